@@ -31,7 +31,9 @@ def make_tiny_text_tokenizer(path: str | Path):
     tok.decoder = decoders.ByteLevel()
     specials = [EOS, *SPECIAL_TOKEN_STRINGS.values(), *EXTRA_SPECIALS]
     tok.add_special_tokens(specials)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, pad_token=EOS, clean_up_tokenization_spaces=False
+    )
     fast.save_pretrained(str(path))
     return fast
 
