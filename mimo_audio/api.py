@@ -194,23 +194,28 @@ class MimoAudio:
             if codes.dim() != 2 or codes.shape[1] == 0:
                 raise ValueError(f"audio codes must be a non-empty [8, frames] tensor, got {tuple(codes.shape)}")
             return codes
-        tok = self._need_tokenizer("encoding audio")
         sr = None
         if isinstance(audio, tuple):
             audio, sr = audio
         if isinstance(audio, (str, Path)):
-            from tokenizer.audio import load_audio
-
             if not Path(audio).is_file():
                 raise FileNotFoundError(f"audio file not found: {audio}")
+            from tokenizer.audio import load_audio
+
             wav, sr = load_audio(str(audio))
         else:
             wav = torch.as_tensor(np.asarray(audio) if not isinstance(audio, torch.Tensor) else audio).float()
-            sr = sr or tok.sample_rate
+            sr = sr or self.sample_rate
         if wav.numel() == 0:
             raise ValueError("audio input is empty")
-        if float(wav.abs().max()) < SILENCE_PEAK:
-            raise ValueError(f"audio input is silent (peak {float(wav.abs().max()):.1e}); nothing to encode")
+        peak = float(wav.abs().max())
+        if not peak >= SILENCE_PEAK:
+            raise ValueError(f"audio input is silent or invalid (peak {peak:.1e}); nothing to encode")
+        tok = self._need_tokenizer("encoding audio")
+        if not isinstance(audio, (str, Path)):
+            from tokenizer.audio import load_audio
+
+            wav, sr = load_audio(wav, sr)  # down-mixes and validates arrays the same way as files
         return tok.encode(wav, sr).long()
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:

@@ -78,7 +78,7 @@ class SpeechLMConfig:
     input_local_dim: int = 1024
     input_full_attention: bool = True
     # Fields of config.json this class does not interpret, kept so that save_pretrained round-trips them.
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in _DASHED_FIELDS:

@@ -135,19 +135,37 @@ class PromptRenderer:
             raise ValueError("empty prompt: no segments to render")
         return torch.cat([self.render_segment(s) for s in segments], dim=1)
 
-    def describe(self, ids: torch.Tensor) -> str:
-        """Readable view of a rendered prompt: text tokens decoded, speech runs as ``[N speech]``."""
-        G = self.group_size
-        words: list[str] = []
-        run = 0
-        for tok in ids[0, ::G].tolist():
+    def pieces(self, ids: torch.Tensor) -> list[str]:
+        """Readable view of a rendered prompt: runs of ordinary text decoded together, special tokens
+        as their strings, runs of speech patches as ``[N speech]``. Used by the golden prompt tests."""
+        specials = {v for v in vars(self.special).values()}
+        out: list[str] = []
+        text_run: list[int] = []
+        speech_run = 0
+
+        def flush() -> None:
+            nonlocal speech_run
+            if text_run:
+                out.append(self.tokenizer.decode(text_run, clean_up_tokenization_spaces=False))
+                text_run.clear()
+            if speech_run:
+                out.append(f"[{speech_run} speech]")
+                speech_run = 0
+
+        for tok in ids[0, :: self.group_size].tolist():
             if tok == self.special.empty:
-                run += 1
-                continue
-            if run:
-                words.append(f"[{run} speech]")
-                run = 0
-            words.append(self.tokenizer.decode([tok]))
-        if run:
-            words.append(f"[{run} speech]")
-        return " ".join(repr(w)[1:-1] if w.strip() != w or "\n" in w else w for w in words)
+                if text_run:
+                    flush()
+                speech_run += 1
+            elif tok in specials:
+                flush()
+                out.append(self.tokenizer.decode([tok]))
+            else:
+                if speech_run:
+                    flush()
+                text_run.append(tok)
+        flush()
+        return out
+
+    def describe(self, ids: torch.Tensor) -> str:
+        return " ".join(repr(p) if p.strip() != p or not p else p for p in self.pieces(ids))
