@@ -103,7 +103,10 @@ class SpeechLMConfig:
     # ----------------------------------------------------------------- presets
     @classmethod
     def preset(cls, name: str) -> SpeechLMConfig:
-        """Named sizes: ``official`` (MiMo-Audio-7B, 8.0 B parameters) and ``tiny`` (tests, ~1 M)."""
+        """Named sizes: ``official`` (MiMo-Audio-7B, 8.0 B parameters) and ``tiny`` (tests, 0.3 M).
+
+        ``tiny`` keeps the official codebook sizes so that it pairs with any audio tokenizer, tiny or real.
+        """
         if name == "official":
             return cls()
         if name == "tiny":
@@ -116,8 +119,6 @@ class SpeechLMConfig:
                 num_key_value_heads=2,
                 head_dim=16,
                 max_position_embeddings=512,
-                speech_vocab_size=(65, 65, 17, 17, 17, 17, 17, 17),
-                speech_zeroemb_idx=(64, 64, 16, 16, 16, 16, 16, 16),
                 local_dim=32,
                 local_layers=2,
                 local_attn_heads=4,

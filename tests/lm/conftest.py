@@ -34,5 +34,5 @@ def mimo(tiny_lm, text_tok, tmp_path) -> MimoAudio:
 
 def random_codes(frames: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    top = torch.tensor([64, 64, 16, 16, 16, 16, 16, 16])[:, None]
+    top = torch.tensor([1024, 1024, 128, 128, 128, 128, 128, 128])[:, None]
     return (torch.rand(8, frames, generator=g) * top).long()

@@ -20,7 +20,7 @@ def test_config_json_roundtrip_keeps_official_format(tmp_path):
     cfg.to_json_file(tmp_path / "config.json")
     raw = json.loads((tmp_path / "config.json").read_text())
     assert raw["model_type"] == "qwen2"
-    assert raw["speech_vocab_size"] == "65-65-17-17-17-17-17-17"
+    assert raw["speech_vocab_size"] == "1025-1025-129-129-129-129-129-129"
     assert raw["delay_pattern"] == "0-1-2-3-4-5-6-7"
     assert raw["torch_dtype"] == "bfloat16"
     back = SpeechLMConfig.from_json_file(tmp_path / "config.json")
@@ -107,10 +107,10 @@ def test_strict_loading_names_the_tensor(tiny_dir, tmp_path, tiny_lm):
         SpeechLM.from_pretrained(d, empty_token_id=e)
 
     def wrong_shape(s):
-        s["speech_embeddings.3.weight"] = torch.zeros(18, 32)
+        s["speech_embeddings.3.weight"] = torch.zeros(130, 32)
 
     d = _copy_ckpt(tiny_dir, tmp_path / "shape", wrong_shape)
-    with pytest.raises(ValueError, match=r"speech_embeddings\.3\.weight.*\(18, 32\).*\(17, 32\)"):
+    with pytest.raises(ValueError, match=r"speech_embeddings\.3\.weight.*\(130, 32\).*\(129, 32\)"):
         SpeechLM.from_pretrained(d, empty_token_id=e)
     empty = tmp_path / "noweights"
     empty.mkdir()
@@ -154,7 +154,7 @@ def test_patch_encoder_is_bidirectional_within_a_patch_only(tiny_lm):
     assert frames is tiny_lm.input_local_transformer
     # Changing the 2nd speech patch must not change the embedding of the 1st (patches are independent).
     ids2 = ids.clone()
-    ids2[0, 1:, -1] = (ids2[0, 1:, -1] + 1) % torch.tensor([64, 64, 16, 16, 16, 16, 16, 16])
+    ids2[0, 1:, -1] = (ids2[0, 1:, -1] + 1) % torch.tensor([1024, 1024, 128, 128, 128, 128, 128, 128])
     e1, e2 = tiny_lm.embed(ids), tiny_lm.embed(ids2)
     assert torch.equal(e1[0, :2], e2[0, :2]) and not torch.equal(e1[0, 2], e2[0, 2])
 
@@ -191,6 +191,6 @@ def test_bad_ids_are_rejected(tiny_lm):
     with pytest.raises(ValueError, match="T % 4"):
         tiny_lm(torch.zeros(1, 9, 6, dtype=torch.long))
     ids = _prompt(tiny_lm, [5], random_codes(4))[None]
-    ids[0, 3, -1] = 99
+    ids[0, 3, -1] = 999
     with pytest.raises(ValueError, match="channel 2"):
         tiny_lm(ids)

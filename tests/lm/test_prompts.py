@@ -12,7 +12,7 @@ from mimo_audio.text_tokenizer import SpecialTokens
 
 from .conftest import random_codes
 
-EMPTY_IDS = [64, 64, 16, 16, 16, 16, 16, 16]
+EMPTY_IDS = [1024, 1024, 128, 128, 128, 128, 128, 128]
 SPEECH3 = ["<|sosp|>", "[3 speech]", "<|eosp|>"]  # a 10-frame clip: padded to 12 frames = 3 patches
 USER = ["<|im_start|>", "user\n"]
 END = ["<|im_end|>", "\n"]
@@ -149,7 +149,7 @@ def test_bad_codes_are_rejected(r):
         r.render([Speech(torch.zeros(4, 8, dtype=torch.long))])
     with pytest.raises(ValueError, match="channel 2"):
         bad = random_codes(8)
-        bad[2, 0] = 16
+        bad[2, 0] = 128
         r.render([Speech(bad)])
     with pytest.raises(ValueError, match="non-empty"):
         r.render([Speech(torch.zeros(8, 0, dtype=torch.long))])
