@@ -49,8 +49,16 @@ class Sampler:
                 drop = drop_sorted.scatter(-1, order, drop_sorted)
                 scores = scores.masked_fill(drop, float("-inf"))
         if len(removed):
-            scores = scores.clone()
-            scores[..., list(removed)] = float("-inf")
+            filtered = scores.clone()
+            filtered[..., list(removed)] = float("-inf")
+            dead = torch.isinf(filtered).all(dim=-1)
+            if bool(dead.any()):
+                # Top-k/p kept only removed tokens (the official code yields NaN here): drop the removed
+                # tokens first, then filter again, for the affected rows only.
+                first = logits.float().clone()
+                first[..., list(removed)] = float("-inf")
+                filtered[dead] = self.filter_logits(first[dead])
+            scores = filtered
         return scores
 
     def __call__(

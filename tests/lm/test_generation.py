@@ -144,3 +144,11 @@ def test_sampler_filters_follow_the_official_rules():
         Sampler(True, 0.0)
     with pytest.raises(ValueError, match="top_p"):
         Sampler(True, 1.0, top_p=1.5)
+
+
+def test_sampler_never_returns_a_removed_token_even_if_top_p_kept_only_it():
+    logits = torch.tensor([[10.0, 0.0, 0.0, 1.0]])
+    s = Sampler(True, 1.0, top_p=0.5)
+    for seed in range(5):
+        tok = s(logits, removed=[0], generator=torch.Generator().manual_seed(seed))
+        assert tok.item() == 3  # the best remaining token, chosen by re-filtering without token 0
