@@ -418,6 +418,19 @@ class MimoAudio:
         segs, task = self._chat_prompt(messages, output, thinking, voice, system_prompt)
         return self.stream(segs, self.generation_config(task, output, **gen), decode_audio=output != "text")
 
+    # ------------------------------------------------------------------ dialogue helpers (multi-turn)
+    def spoken_dialogue(self, conversation: Conversation, voice: str | AudioInput | None = None, **gen) -> ChatResult:
+        """Speech (and/or text) in, speech and its text out; the reply is appended to ``conversation``."""
+        return self.chat(conversation, output="both", voice=voice, **gen)
+
+    def speech_to_text_dialogue(self, conversation: Conversation, thinking: bool = False, **gen) -> ChatResult:
+        """Speech in, text out; the reply is appended to ``conversation``."""
+        return self.chat(conversation, output="text", thinking=thinking, **gen)
+
+    def text_dialogue(self, conversation: Conversation, thinking: bool = False, **gen) -> ChatResult:
+        """Text in, text out; the reply is appended to ``conversation``."""
+        return self.chat(conversation, output="text", thinking=thinking, **gen)
+
     # ------------------------------------------------------------------ task helpers
     def tts(self, text: str, instruct: str | None = None, voice: str | AudioInput | None = None, **gen) -> ChatResult:
         """Text to speech; ``instruct`` describes the style, ``voice`` is a registry name or audio to clone."""

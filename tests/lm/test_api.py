@@ -91,8 +91,11 @@ def test_conversation_is_explicit_and_grows(mimo):
     assert [m.role for m in conv.messages] == ["user", "assistant"]
     assert conv.messages[1].text == r1.text
     conv.add_user(text="And then?")
-    mimo.chat(conv, output="text", **G)
+    mimo.text_dialogue(conv, **G)
     assert len(conv.messages) == 4
+    conv.add_user(audio=C)
+    assert mimo.spoken_dialogue(conv, voice=random_codes(8), **G).prompt_patches > r1.prompt_patches
+    assert conv.messages[-1].role == "assistant"
     with pytest.raises(ValueError, match="text or audio"):
         conv.add_user()
 
