@@ -102,10 +102,53 @@ def measure(model: SpeechLM, layers: int, prompt_patches: int, reps: int) -> dic
     def step():
         mask_len[0] += 1
         mask = torch.ones(1, mask_len[0], dtype=torch.long)
-        model(patch, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        pos = torch.tensor([[mask_len[0] - 1]])  # explicit: with 0 layers the cache cannot tell its length
+        model(patch, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
 
     out["step"] = median_time(step, reps * 2)
     return out
+
+
+@torch.no_grad()
+def layer_step_time(layer: torch.nn.Module, rotary, dtype: torch.dtype, context: int, reps: int) -> float:
+    """One backbone decoder layer, one new position over a KV cache of ``context`` positions."""
+    import copy
+
+    from transformers import DynamicCache
+
+    layer = copy.deepcopy(layer).to(dtype)
+    layer.self_attn.layer_idx = 0
+    cache = DynamicCache()
+    x = torch.randn(1, context, layer.hidden_size if hasattr(layer, "hidden_size") else 4096, dtype=dtype)
+    pos = torch.arange(context)[None]
+    cos, sin = rotary(x, pos)
+    layer(x, attention_mask=None, position_ids=pos, past_key_values=cache, use_cache=True,
+          cache_position=pos[0], position_embeddings=(cos, sin))
+    n = [context]
+
+    def step():
+        p = torch.tensor([[n[0]]])
+        c, s = rotary(x[:, :1], p)
+        layer(x[:, :1], attention_mask=None, position_ids=p, past_key_values=cache, use_cache=True,
+              cache_position=p[0], position_embeddings=(c, s))
+        n[0] += 1
+
+    return median_time(step, reps * 2)
+
+
+@torch.no_grad()
+def patch_decoder_time(model: SpeechLM, dtype: torch.dtype, reps: int) -> float:
+    """The patch decoder (local transformer, heads, embeddings) converted to ``dtype`` for the measurement."""
+    parts = (model.local_transformer, model.local_transformer_lm_heads, model.speech_embeddings)
+    old = model.dtype
+    for p in parts:
+        p.to(dtype)
+    try:
+        hidden = torch.randn(1, model.config.local_dim, dtype=dtype)
+        return median_time(lambda: model.decode_patch(hidden, get_preset("tts").audio), reps)
+    finally:
+        for p in parts:
+            p.to(old)
 
 
 def main() -> None:
@@ -115,6 +158,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--text-rate", type=float, default=3.0, help="text patches per second of TTS audio")
+    ap.add_argument("--compare-fp32", action="store_true", default=True,
+                    help="also time one backbone layer and the patch decoder in fp32 (default on)")
+    ap.add_argument("--no-compare-fp32", dest="compare_fp32", action="store_false")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -132,9 +178,7 @@ def main() -> None:
     scaled = {k: b[k] + (full - l2) * (b[k] - a[k]) / (l2 - l1) for k in a}
     per_layer = {k: (b[k] - a[k]) / (l2 - l1) for k in a}
 
-    hidden = torch.randn(1, model.config.local_dim, dtype=model.dtype)
-    sampler = get_preset("tts").audio
-    local = median_time(lambda: model.decode_patch(hidden, sampler), args.reps)
+    local = patch_decoder_time(model, torch.bfloat16, args.reps)
 
     speech_patch_s = scaled["step"] + local
     text_patch_s = scaled["step"]
@@ -158,6 +202,18 @@ def main() -> None:
         print(f"| {name:<62} | {value:>10.2f} | {unit} |")
     print(f"\nratios: patch decoder / backbone step = {local / scaled['step']:.2f}; "
           f"real time needs {audio_s_per_s:.1f}x speed-up (RTF < 1 is faster than real time)")
+
+    if args.compare_fp32:
+        print("\nbf16 vs fp32 side by side (same weights, same run):")
+        rot = model.model.rotary_emb
+        lb = layer_step_time(model.model.layers[0], rot, torch.bfloat16, args.prompt_patches, args.reps)
+        lf = layer_step_time(model.model.layers[0], rot, torch.float32, args.prompt_patches, args.reps)
+        pb = patch_decoder_time(model, torch.bfloat16, args.reps)
+        pf = patch_decoder_time(model, torch.float32, args.reps)
+        print(f"| {'quantity':<44} | {'bf16 ms':>9} | {'fp32 ms':>9} | bf16/fp32 |")
+        print(f"|{'-' * 46}|{'-' * 11}|{'-' * 11}|-----------|")
+        print(f"| {'one backbone layer, 1-patch step':<44} | {lb * 1e3:>9.1f} | {lf * 1e3:>9.1f} | {lb / lf:>9.2f} |")
+        print(f"| {'patch decoder, 11 steps':<44} | {pb * 1e3:>9.1f} | {pf * 1e3:>9.1f} | {pb / pf:>9.2f} |")
 
 
 if __name__ == "__main__":

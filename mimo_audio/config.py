@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from transformers import Qwen2Config
+
+logger = logging.getLogger(__name__)
 
 # Fields of config.json that belong to the Qwen2 backbone.
 _QWEN2_FIELDS = (
@@ -30,6 +33,7 @@ _QWEN2_FIELDS = (
     "rms_norm_eps",
     "hidden_act",
     "tie_word_embeddings",
+    "rope_scaling",
 )
 # Speech fields stored as "a-b-c" strings in the official config.json.
 _DASHED_FIELDS = ("speech_vocab_size", "speech_zeroemb_idx", "delay_pattern")
@@ -63,6 +67,7 @@ class SpeechLMConfig:
     rms_norm_eps: float = 1e-6
     hidden_act: str = "silu"
     tie_word_embeddings: bool = False
+    rope_scaling: dict[str, Any] | None = None
     # Speech part.
     speech_vocab_size: tuple[int, ...] = (1025, 1025, 129, 129, 129, 129, 129, 129)
     speech_zeroemb_idx: tuple[int, ...] = (1024, 1024, 128, 128, 128, 128, 128, 128)
@@ -75,8 +80,8 @@ class SpeechLMConfig:
     local_ffn_dim: int = 4096
     local_attn_dropout: float = 0.1
     input_local_layers: int = 6
-    input_local_dim: int = 1024
-    input_full_attention: bool = True
+    input_local_dim: int | None = 1024  # None = local_dim (official code default)
+    input_full_attention: bool = True  # official code default None = causal; the released config says true
     # Fields of config.json this class does not interpret, kept so that save_pretrained round-trips them.
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -175,6 +180,16 @@ class SpeechLMConfig:
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in data.items() if k in names and v is not None}
         extra = {k: v for k, v in data.items() if k not in names}
+        if data.get("rope_scaling") is not None:
+            known["rope_scaling"] = data["rope_scaling"]
+        if data.get("input_local_dim") is None:
+            known["input_local_dim"] = known.get("local_dim", cls.local_dim)
+        if data.get("input_full_attention") is None and "local_dim" in data:
+            # The official code reads a missing/null value as False: a causal patch encoder.
+            logger.warning("config.json has no input_full_attention: using a causal patch encoder as the official code")
+            known["input_full_attention"] = False
+        if data.get("use_sliding_window"):
+            raise ValueError("use_sliding_window=true is not supported (MiMo-Audio uses full attention)")
         return cls(**known, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,6 +203,7 @@ class SpeechLMConfig:
             out[f.name] = "-".join(str(v) for v in value) if f.name in _DASHED_FIELDS else value
         out["use_sliding_window"] = False
         out["sliding_window"] = None
+        out.setdefault("rope_scaling", None)
         return out
 
     @classmethod

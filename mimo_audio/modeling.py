@@ -219,7 +219,7 @@ class SpeechLM(nn.Module):
         B = local_hidden.shape[0]
         out = torch.empty(B, cfg.group_size, cfg.audio_channels, dtype=torch.long, device=local_hidden.device)
         cache = DynamicCache()
-        x = local_hidden.reshape(B, 1, -1).to(self.dtype)
+        x = local_hidden.reshape(B, 1, -1).to(self.local_transformer.norm.weight.dtype)
         steps = self.delay.schedule
         for t, emits in enumerate(steps):
             pos = torch.full((B, 1), t, dtype=torch.long, device=x.device)
