@@ -184,3 +184,15 @@ def test_task_library_builtins_user_override_and_validation(tmp_path, mimo):
         lib.get("nope")
     with pytest.raises(ValueError, match="speech_to_text, not speech_to_speech"):
         mimo.few_shot(None, C, task="audio_qa")
+
+
+def test_from_pretrained_without_audio_tokenizer_serves_text(tiny_dir, tmp_path):
+    from mimo_audio import MimoAudio
+
+    m = MimoAudio.from_pretrained(tiny_dir, voices_dir=tmp_path / "v", tasks_dir=tmp_path / "t")
+    r = m.chat([{"role": "user", "content": "Hello"}], **G)
+    assert r.num_patches == 12 and r.audio is None
+    spoken = m.tts("hello", max_new_patches=6, seed=0)
+    assert spoken.audio is None  # codes only: there is no audio tokenizer to decode them
+    with pytest.raises(ValueError, match="audio tokenizer"):
+        m.register_voice("x", np.ones(2400, dtype=np.float32))

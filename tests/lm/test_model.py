@@ -194,3 +194,31 @@ def test_bad_ids_are_rejected(tiny_lm):
     ids[0, 3, -1] = 999
     with pytest.raises(ValueError, match="channel 2"):
         tiny_lm(ids)
+
+
+def test_official_style_config_json_is_read_as_the_official_code_does(tmp_path):
+    official = {
+        "architectures": ["MiMoAudioModel"], "model_type": "qwen2", "torch_dtype": "bfloat16",
+        "transformers_version": "4.49.0", "bos_token_id": 151643, "eos_token_id": 151643,
+        "vocab_size": 151680, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 36,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 8192,
+        "rope_theta": 640000, "rms_norm_eps": 1e-06, "hidden_act": "silu", "tie_word_embeddings": False,
+        "use_sliding_window": False, "sliding_window": None, "max_window_layers": 28, "rope_scaling": None,
+        "speech_vocab_size": "1025-1025-129-129-129-129-129-129",
+        "speech_zeroemb_idx": "1024-1024-128-128-128-128-128-128", "delay_pattern": "0-1-2-3-4-5-6-7",
+        "group_size": 4, "audio_channels": 8, "local_dim": 1024, "local_layers": 16, "local_attn_heads": 64,
+        "local_ffn_dim": 4096, "local_attn_dropout": 0.1, "input_local_layers": 6, "input_local_dim": None,
+        "input_full_attention": True,
+    }
+    cfg = SpeechLMConfig.from_dict(official)
+    assert cfg == SpeechLMConfig.preset("official")
+    assert cfg.extra["transformers_version"] == "4.49.0"
+    assert SpeechLMConfig.from_dict(cfg.to_dict()) == cfg
+    no_flag = dict(official)
+    del no_flag["input_full_attention"]
+    assert SpeechLMConfig.from_dict(no_flag).input_full_attention is False  # official: None -> causal
+    with pytest.raises(ValueError, match="sliding"):
+        SpeechLMConfig.from_dict({**official, "use_sliding_window": True})
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        SpeechLMConfig.from_json_file(tmp_path / "config.json")
