@@ -147,11 +147,14 @@ class SpeechLM(nn.Module):
         N, G, _ = frames.shape
         pos = torch.arange(G, device=frames.device).unsqueeze(0).expand(N, G)
         if self.config.input_full_attention:
-            # An explicit all-visible additive mask makes every attention backend bidirectional.
-            mask = {"full_attention": torch.zeros(N, 1, G, G, dtype=self.dtype, device=frames.device)}
+            # No mask at all (a pre-built mask dict stops transformers from making a causal one) and
+            # is_causal=False: every backend attends both ways; SDPA gets exactly the official call.
+            out = self.input_local_transformer(
+                inputs_embeds=frames, attention_mask={"full_attention": None}, position_ids=pos, use_cache=False,
+                is_causal=False,
+            )
         else:
-            mask = None
-        out = self.input_local_transformer(inputs_embeds=frames, attention_mask=mask, position_ids=pos, use_cache=False)
+            out = self.input_local_transformer(inputs_embeds=frames, position_ids=pos, use_cache=False)
         return out.last_hidden_state
 
     # ------------------------------------------------------------------ backbone
