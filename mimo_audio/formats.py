@@ -148,7 +148,7 @@ def chat(
             raise ValueError(f"unknown chat role {t.role!r}; use system, user or assistant")
         segs.append(turn(t.role))
         if t.role == "user" and first_user and system_prompt:
-            segs.append(Text(system_prompt + "\n\n"))
+            segs += [Text(system_prompt), Text("\n\n")]  # two segments, as the official code tokenises them
         if t.role == "user":
             first_user = False
         if t.role == "assistant" and any(isinstance(p, torch.Tensor) for p in t.parts):

@@ -118,6 +118,16 @@ def test_spoken_dialogue_multiturn_with_voice_and_system_prompt(r):
     ]
 
 
+def test_system_prompt_and_its_blank_line_are_separate_segments(r):
+    # BPE would merge "." and "\n\n" in one segment; the official code tokenises them apart.
+    turns = [RenderTurn("user", [C])]
+    ids = r.render(formats.chat(turns, output="audio", system_prompt="Be brief."))
+    expected = r.tokenize("Be brief.") + r.tokenize("\n\n")
+    text = ids[0, ::4].tolist()
+    start = text.index(r.special.im_start) + len(r.tokenize("user\n")) + 1
+    assert text[start : start + len(expected)] == expected
+
+
 def test_text_and_speech_to_text_dialogue(r):
     turns = [RenderTurn("user", ["Hello"]), RenderTurn("assistant", ["Hi!"]), RenderTurn("user", [C])]
     assert pieces(r, formats.chat(turns, output="text", thinking=True)) == [
