@@ -353,7 +353,9 @@ class MimoAudio:
             if m.text:
                 parts.append(m.text)
             if m.audio is not None:
-                parts.append(self.encode_audio(m.audio))
+                codes = self.encode_audio(m.audio)
+                m.audio = codes  # encode once: later turns of a Conversation reuse the codes
+                parts.append(codes)
             if m.codes is not None:
                 parts.append(torch.as_tensor(m.codes).long())
             if not parts:

@@ -149,6 +149,7 @@ def test_in_context_s2s_and_few_shot_qa(r):
     assert pieces(r, formats.in_context_s2s([pair], C))[0] == "[Int]:"
     with pytest.raises(ValueError, match="at least one example"):
         formats.in_context_s2s([], C)
+    assert pieces(r, formats.speech_continuation(C)) == ["<Spe>:", *SPEECH3, "<|sostm|>"]
     assert pieces(r, formats.few_shot_qa([QAExample(C, "Who?", "Ann")], C, "Why?")) == [
         "[Int]:", *SPEECH3, "Question: Who?Answer: Ann\n\n", *SPEECH3, "Question: Why?\nAnswer:"
     ]
