@@ -63,13 +63,7 @@ def _read_file(path: Path) -> tuple[np.ndarray, int]:
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError with a terse message
-        try:
-            import librosa
-
-            data, sr = librosa.load(str(path), sr=None, mono=False)
-            data = np.atleast_2d(data).T
-        except Exception:
-            raise ValueError(f"could not read {path} as audio ({exc})") from None
+        raise ValueError(f"could not read {path} as audio ({exc})") from None
     return data.T, int(sr)
 
 
