@@ -252,8 +252,9 @@ def init_random(model: MiMoAudioTokenizerModel, seed: int) -> None:
             fan_in = p.shape[0] if ".dconv" in name and name.endswith("conv.weight") else p[0].numel()
             p.normal_(0.0, fan_in**-0.5, generator=g)
     for name, b in model.named_buffers():
-        if name.endswith("_codebook.embed"):
-            b.normal_(0.0, 1.0, generator=g)
+        if name.endswith("_codebook.embed"):  # shrinking scales, like the residuals they quantise
+            layer = int(name.split(".layers.")[1].split(".")[0])
+            b.normal_(0.0, 0.6**layer, generator=g)
         elif name.endswith("istft.window"):
             b.copy_(torch.hann_window(b.shape[0]))
         else:

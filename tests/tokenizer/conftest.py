@@ -13,7 +13,7 @@ def tok() -> AudioTokenizer:
     return AudioTokenizer.from_config(TokenizerConfig.preset("tiny"), seed=0, device="cpu")
 
 
-def test_signal(seconds: float, sr: int = 24000, seed: int = 0) -> np.ndarray:
+def make_signal(seconds: float, sr: int = 24000, seed: int = 0) -> np.ndarray:
     """A speech-like float32 test signal: harmonics with a moving pitch plus a little noise."""
     t = np.arange(int(seconds * sr)) / sr
     f0 = 140 + 40 * np.sin(2 * np.pi * 0.7 * t)
@@ -23,6 +23,6 @@ def test_signal(seconds: float, sr: int = 24000, seed: int = 0) -> np.ndarray:
     return x.astype(np.float32)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def signal():
-    return test_signal
+    return make_signal
