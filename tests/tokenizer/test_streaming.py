@@ -76,7 +76,7 @@ def test_stream_errors_and_reuse(tok, codes):
     # a flushed decoder starts a new stream from scratch
     again = torch.cat([dec.push(codes[:, :9]), dec.push(codes[:, 9:]), dec.flush()])
     fresh, _ = stream(tok, codes, 9)
-    assert torch.equal(again, fresh)
+    assert again.shape == fresh.shape and (again - fresh).abs().max() < 1e-5
     with pytest.raises(ValueError, match="lookahead"):
         tok.stream_decoder(lookahead=-1)
 
