@@ -1,3 +1,16 @@
 """MiMo-Audio-compatible audio tokenizer (25 Hz RVQ): encode, decode, streaming decode.
 
-Stands alone: imports nothing from the other packages of this project."""
+Stands alone: imports nothing from the other packages of this project.
+
+    from tokenizer import AudioTokenizer, TokenizerConfig
+    tok = AudioTokenizer.from_pretrained("models/MiMo-Audio-Tokenizer")
+    codes = tok.encode("speech.wav")          # LongTensor [8, T] at 25 Hz
+    wav = tok.decode(codes)                    # FloatTensor [960 * T] at 24 kHz
+"""
+
+from tokenizer.api import AudioTokenizer
+from tokenizer.audio import load_audio, resample
+from tokenizer.config import TokenizerConfig
+from tokenizer.streaming import StreamDecoder
+
+__all__ = ["AudioTokenizer", "TokenizerConfig", "StreamDecoder", "load_audio", "resample"]

@@ -1,0 +1,192 @@
+"""Benchmark of the MiMo-Audio tokenizer on CPU: RTF of encode/decode and streaming-decode latency.
+
+    PYTHONPATH=. python bench/bench_tokenizer.py                 # official size (1.28 B params), ~10 min
+    PYTHONPATH=. python bench/bench_tokenizer.py --preset tiny   # smoke run in seconds
+
+Random weights (no checkpoint can be downloaded here): speed does not depend on the weights, but the SNR
+figures of reduced lookahead do, so read those as "how far from exact", not as audio quality.
+All configurations run side by side in one process; the figures are medians over --repeats runs.
+RTF = processing time / audio duration (lower is better; < 1 is faster than real time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tokenizer import AudioTokenizer, TokenizerConfig  # noqa: E402
+
+
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f" {f}" in flags]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu}, {os.cpu_count()} logical CPUs ({', '.join(isa)}); torch {torch.__version__}; "
+            f"load average {load:.1f} at start")
+
+
+def speech_like(seconds: float, sr: int = 24000) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 130 + 30 * np.sin(2 * np.pi * 0.5 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.3 + 0.7 * np.sin(2 * np.pi * 2.5 * t) ** 2)
+    return (0.2 * x + 0.005 * np.random.RandomState(0).randn(t.size)).astype(np.float32)
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def snr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
+    noise = (ref - out).double().pow(2).sum().item()
+    return float("inf") if noise == 0 else 10 * np.log10(ref.double().pow(2).sum().item() / noise)
+
+
+def bench_offline(tok: AudioTokenizer, wav: np.ndarray, threads: list[int], repeats: int, label: str) -> list[dict]:
+    seconds = len(wav) / tok.sample_rate
+    rows = []
+    for th in threads:
+        torch.set_num_threads(th)
+        warm = wav[: 2 * tok.sample_rate]
+        tok.decode(tok.encode(warm, tok.sample_rate))
+        t_enc, codes = timed(lambda: tok.encode(wav, tok.sample_rate), repeats)
+        t_dec, _ = timed(lambda c=codes: tok.decode(c), repeats)
+        rows.append(dict(dtype=label, threads=th, enc=t_enc, dec=t_dec, enc_rtf=t_enc / seconds,
+                         dec_rtf=t_dec / seconds))
+        print(f"  {label} {th} thread(s): encode {t_enc:6.2f} s (RTF {t_enc / seconds:.3f})   "
+              f"decode {t_dec:6.2f} s (RTF {t_dec / seconds:.3f})", flush=True)
+    return rows
+
+
+def bench_stream(tok: AudioTokenizer, codes: torch.Tensor, chunk: int, lookaheads: list[int | None]) -> list[dict]:
+    reference = tok.decode(codes, causal_norm=True)
+    official = tok.decode(codes)
+    rows = []
+    for la in lookaheads:
+        dec = tok.stream_decoder(lookahead=la)
+        times, outs, first_chunk, ttfa = [], [], None, None
+        t_start = time.perf_counter()
+        for i in range(0, codes.shape[1], chunk):
+            t0 = time.perf_counter()
+            out = dec.push(codes[:, i : i + chunk])
+            times.append(time.perf_counter() - t0)
+            outs.append(out)
+            if out.numel() and first_chunk is None:
+                first_chunk, ttfa = i // chunk, time.perf_counter() - t_start
+        t0 = time.perf_counter()
+        outs.append(dec.flush())
+        total = sum(times) + time.perf_counter() - t0
+        out = torch.cat(outs)
+        frames_before_audio = (first_chunk + 1) * chunk if first_chunk is not None else codes.shape[1]
+        rows.append(dict(
+            lookahead=dec.lookahead, exact=dec.exact, chunk_ms=chunk * 40, per_chunk=statistics.median(times),
+            p90=float(np.percentile(times, 90)), rtf=total / (codes.shape[1] / tok.frame_rate),
+            wait_ms=frames_before_audio * 40, ttfa=ttfa if ttfa is not None else float("nan"),
+            snr_stream=snr_db(reference, out), snr_official=snr_db(official, out),
+            max_abs=(reference - out).abs().max().item(),
+        ))
+        r = rows[-1]
+        full = " (full)" if r["exact"] else "       "
+        print(f"  lookahead {r['lookahead']:>2} frames{full}: chunk {r['chunk_ms']} ms, "
+              f"median {r['per_chunk'] * 1e3:7.1f} ms/chunk (p90 {r['p90'] * 1e3:.1f}), RTF {r['rtf']:.3f}, "
+              f"audio after {r['wait_ms']} ms of input + {r['ttfa'] * 1e3:.0f} ms compute; "
+              f"SNR vs exact stream {r['snr_stream']:.1f} dB (max abs {r['max_abs']:.1e}), "
+              f"vs official decode {r['snr_official']:.1f} dB", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="official", choices=["official", "tiny"])
+    ap.add_argument("--seconds", type=float, default=10.0, help="audio length (default 10 s)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--chunk", type=int, default=5, help="streaming chunk in code frames (default 5 = 200 ms)")
+    ap.add_argument("--lookaheads", default="full,20,8,2", help="streaming lookaheads in code frames")
+    ap.add_argument("--audio", help="benchmark on this audio file instead of a synthetic signal")
+    args = ap.parse_args()
+
+    print(f"machine: {machine()}")
+    print("note: this machine is shared; timings are noisy (see the load average). Medians of "
+          f"{args.repeats} runs.\n", flush=True)
+    t0 = time.perf_counter()
+    tok = AudioTokenizer.from_config(TokenizerConfig.preset(args.preset), seed=0, device="cpu")
+    params = sum(p.numel() for p in tok.model.parameters())
+    print(f"model: {args.preset}, {params / 1e6:.1f} M params (random weights), built in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    if args.audio:
+        from tokenizer.audio import prepare_waveform
+
+        wav = prepare_waveform(args.audio, None, 24000).numpy()[: int(args.seconds * 24000)]
+    else:
+        wav = speech_like(args.seconds)
+    seconds = len(wav) / 24000
+    print(f"audio: {seconds:.1f} s\n\noffline encode / decode:", flush=True)
+
+    threads = [int(t) for t in args.threads.split(",")]
+    rows = []
+    for label in args.dtypes.split(","):
+        tok._to(tok.device, torch.bfloat16 if label == "bf16" else torch.float32)
+        rows += bench_offline(tok, wav, threads, args.repeats, label)
+
+    print("\n| dtype | threads | encode RTF | decode RTF | encode s | decode s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['dtype']} | {r['threads']} | {r['enc_rtf']:.3f} | {r['dec_rtf']:.3f} | {r['enc']:.2f} | "
+              f"{r['dec']:.2f} |")
+    by = {(r["dtype"], r["threads"]): r for r in rows}
+    if ("fp32", max(threads)) in by and ("bf16", max(threads)) in by:
+        a, b = by[("fp32", max(threads))], by[("bf16", max(threads))]
+        print(f"\nbf16 speed-up over fp32 ({max(threads)} threads): encode x{a['enc'] / b['enc']:.2f}, "
+              f"decode x{a['dec'] / b['dec']:.2f}")
+    best = min(rows, key=lambda r: r["enc_rtf"] + r["dec_rtf"])
+    goal = "MET" if best["enc_rtf"] <= 0.5 and best["dec_rtf"] <= 0.5 else "NOT met"
+    print(f"goal RTF <= 0.5 for encode and decode on 2 cores: {goal} (best: {best['dtype']}, {best['threads']} "
+          f"thread(s): encode {best['enc_rtf']:.3f}, decode {best['dec_rtf']:.3f})")
+
+    stream_dtype = best["dtype"]
+    tok._to(tok.device, torch.bfloat16 if stream_dtype == "bf16" else torch.float32)
+    torch.set_num_threads(max(threads))
+    codes = tok.encode(wav, 24000)
+    lookaheads = [None if x == "full" else int(x) for x in args.lookaheads.split(",")]
+    full = tok.stream_decoder().full_lookahead
+    lookaheads = list(dict.fromkeys(None if (la is not None and la >= full) else la for la in lookaheads))
+    print(f"\nstreaming decode ({stream_dtype}, {max(threads)} threads, {args.chunk * 40} ms chunks, "
+          f"{codes.shape[1]} frames):", flush=True)
+    srows = bench_stream(tok, codes, args.chunk, lookaheads)
+    print("\n| lookahead (frames) | ms / chunk (median) | stream RTF | input before first audio | compute to first "
+          "audio | SNR vs exact stream | SNR vs official decode |")
+    print("|---|---|---|---|---|---|---|")
+    for r in srows:
+        snr = f"exact (max abs {r['max_abs']:.0e})" if r["exact"] else f"{r['snr_stream']:.1f} dB"
+        print(f"| {r['lookahead']}{' (full)' if r['exact'] else ''} | {r['per_chunk'] * 1e3:.0f} | {r['rtf']:.3f} | "
+              f"{r['wait_ms']} ms | {r['ttfa'] * 1e3:.0f} ms | {snr} | {r['snr_official']:.1f} dB |")
+    print(f"\ntotal benchmark time {time.perf_counter() - t0:.0f} s; load average at end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

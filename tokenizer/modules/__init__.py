@@ -1,0 +1,1 @@
+"""Building blocks of the tokenizer networks: transformer layer, transposed convs, RVQ, iSTFT."""
