@@ -135,7 +135,7 @@ class SpeechLM(nn.Module):
                 raise ValueError(f"audio channel {c} holds codes outside [0, {cfg.speech_vocab_size[c]})")
             e = self.speech_embeddings[c](codes)
             e = e * (codes != cfg.speech_zeroemb_idx[c]).unsqueeze(-1).to(e.dtype)
-            buf += e.to(buf_dtype)
+            buf += e  # in-place: summed in the wider dtype, rounded once into the buffer (as officially)
         enc = self._patch_encoder(buf)  # [N, G, D]
         speech_embeds = self.speech_group_downcast(enc.reshape(enc.shape[0], G * cfg.input_local_dim))
         out = text_embeds.clone()

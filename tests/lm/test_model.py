@@ -222,3 +222,31 @@ def test_official_style_config_json_is_read_as_the_official_code_does(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         SpeechLMConfig.from_json_file(tmp_path / "config.json")
+
+
+def _official_embed(lm: SpeechLM, ids: torch.Tensor) -> torch.Tensor:
+    """Spec §2.4 step by step, as the official code does it: every patch (text ones too) goes through the
+    patch encoder from a bf16 buffer, then speech and text parts are summed."""
+    B, _, T = ids.shape
+    G, C, D = 4, 8, lm.config.input_local_dim
+    text = ids[:, 0, ::G]
+    speech = ids[:, 1:, :].reshape(B, C, T // G, G).transpose(1, 2)
+    is_speech = (text == lm.empty_token_id)[..., None, None]
+    buf = torch.zeros(B, T // G, G, D, dtype=torch.bfloat16)
+    for c in range(C):
+        e = lm.speech_embeddings[c](speech[:, :, c, :])
+        e = e.masked_fill((speech[:, :, c, :] == lm.config.speech_zeroemb_idx[c])[..., None], 0.0)
+        buf += e
+    buf = buf * is_speech
+    enc = lm.input_local_transformer(
+        inputs_embeds=buf.reshape(-1, G, D), attention_mask={"full_attention": None}, is_causal=False
+    ).last_hidden_state.reshape(B, T // G, G, D) * is_speech
+    speech_part = lm.speech_group_downcast(enc.reshape(B, T // G, G * D))
+    text_part = lm.model.embed_tokens(text).masked_fill((text == lm.empty_token_id)[..., None], 0.0)
+    return text_part + speech_part
+
+
+def test_embedding_equals_the_official_procedure(tiny_lm):
+    ids = torch.cat([_prompt(tiny_lm, [5, 6], random_codes(8, seed=4)), _prompt(tiny_lm, [9], random_codes(4))], 1)
+    ours, ref = tiny_lm.embed(ids[None]), _official_embed(tiny_lm, ids[None])
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
