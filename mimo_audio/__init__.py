@@ -14,7 +14,7 @@ from .api import ChatResult, Conversation, Message, MimoAudio, StreamEvent
 from .config import SpeechLMConfig
 from .delay_pattern import DelayPattern
 from .formats import QAExample, SpeechPair
-from .generation import GenerationConfig, GenerationOutput, generate, iter_patches
+from .generation import GenerationConfig, GenerationOutput, decode_one, generate, iter_patches, prefill
 from .modeling import SpeechLM, SpeechLMOutput
 from .prompts import PromptRenderer, Speech, Stream, Text
 from .sampling import PRESETS, Sampler
@@ -41,7 +41,9 @@ __all__ = [
     "StreamEvent",
     "Stream",
     "Text",
+    "decode_one",
     "generate",
     "iter_patches",
     "load_text_tokenizer",
+    "prefill",
 ]

@@ -7,8 +7,9 @@ Lengths are counted in patches; the stop patch is kept. Rows of a batch are inde
 padded, padding is masked and positions restart at 0 for each row, so under greedy decoding every row
 equals running it alone.
 
-``iter_patches`` is the streaming primitive (one :class:`PatchStep` per generated patch; the caller may
-stop iterating at any time); ``generate`` collects it into :class:`GenerationOutput` per row.
+The loop is ``prefill`` -> (``sample_patch`` -> ``decode_one``) per patch. ``iter_patches`` is the
+streaming primitive (one :class:`PatchStep` per generated patch; the caller may stop iterating at any
+time); ``generate`` collects it into :class:`GenerationOutput` per row.
 """
 
 from __future__ import annotations
@@ -106,17 +107,63 @@ def left_pad(
     return ids, mask
 
 
+@dataclass
+class DecodeState:
+    """What the loop carries between patches: the KV cache, the patch mask and the last model output."""
+
+    cache: object  # transformers DynamicCache
+    mask: torch.Tensor  # [B, patches so far]: 1 = real patch, 0 = left padding
+    text_logits: torch.Tensor  # [B, vocab] for the next text token
+    local_hidden: torch.Tensor  # [B, local_dim] for the next patch decoder call
+
+
+@torch.no_grad()
+def prefill(model: SpeechLM, ids: torch.Tensor, mask: torch.Tensor) -> DecodeState:
+    """Run the (left-padded) prompts ``ids [B, 9, T]`` through the model, filling a fresh KV cache."""
+    out = model(ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+    return DecodeState(out.past_key_values, mask, out.text_logits[:, -1], out.local_hidden[:, -1])
+
+
+@torch.no_grad()
+def decode_one(model: SpeechLM, state: DecodeState, text: torch.Tensor, codes: torch.Tensor) -> DecodeState:
+    """Feed one patch per row (``text [B]``, ``codes [B, 4, 8]``) through the model with the KV cache."""
+    B, G, _ = codes.shape
+    patch = torch.cat([text.view(B, 1, 1).expand(B, 1, G), codes.transpose(1, 2)], dim=1)  # [B, 9, 4]
+    mask = torch.cat([state.mask, torch.ones(B, 1, dtype=state.mask.dtype, device=state.mask.device)], dim=1)
+    out = model(patch, attention_mask=mask, past_key_values=state.cache, use_cache=True, logits_to_keep=1)
+    return DecodeState(state.cache, mask, out.text_logits[:, -1], out.local_hidden[:, -1])
+
+
+@torch.no_grad()
+def sample_patch(
+    model: SpeechLM, state: DecodeState, config: GenerationConfig, step: int, finished: torch.Tensor,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample the next patch: the text token, then (for rows whose token is ``<|empty|>``) its codes."""
+    B = state.text_logits.shape[0]
+    G, C = model.config.group_size, model.config.audio_channels
+    removed = list(config.suppress_tokens)
+    if step < config.min_new_patches:
+        removed += list(config.stop_tokens)
+    text = config.text_sampler(state.text_logits, removed=removed, generator=generator).to(state.mask.device)
+    codes = model.empty_ids.to(text.device).view(1, 1, C).expand(B, G, C).clone()
+    speech = (text == model.empty_token_id) & ~finished
+    if bool(speech.any()):
+        rows = speech.nonzero().squeeze(-1)
+        codes[rows] = model.decode_patch(state.local_hidden[rows], config.audio_sampler, generator)
+    return text, codes
+
+
 @torch.no_grad()
 def iter_patches(model: SpeechLM, prompts: Sequence[torch.Tensor], config: GenerationConfig) -> Iterator[PatchStep]:
-    """Yield one :class:`PatchStep` per generated patch until every row stopped or hit the length limit."""
-    device = model.device
-    empty = model.empty_token_id
-    empty_ids = model.empty_ids.to(device)
-    G, C = model.config.group_size, model.config.audio_channels
-    stop = torch.tensor(config.stop_tokens, dtype=torch.long, device=device)
+    """Yield one :class:`PatchStep` per generated patch until every row stopped or hit the length limit.
 
-    ids, mask = left_pad(prompts, pad_text_id=config.stop_tokens[0] if config.stop_tokens else 0, empty_ids=empty_ids)
-    ids, mask = ids.to(device), mask.to(device)
+    prefill -> (sample_patch -> decode_one) per patch. Closing the iterator stops generation.
+    """
+    device = model.device
+    stop = torch.tensor(config.stop_tokens, dtype=torch.long, device=device)
+    pad = config.stop_tokens[0] if config.stop_tokens else 0
+    ids, mask = left_pad(prompts, pad_text_id=pad, empty_ids=model.empty_ids)
     B, prompt_patches = mask.shape
     room = model.max_patches - prompt_patches
     if room <= 0:
@@ -130,27 +177,16 @@ def iter_patches(model: SpeechLM, prompts: Sequence[torch.Tensor], config: Gener
         max_new = room
     generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
 
-    out = model(ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    state = prefill(model, ids.to(device), mask.to(device))
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(max_new):
-        removed = list(config.suppress_tokens)
-        if step < config.min_new_patches:
-            removed += list(config.stop_tokens)
-        text = config.text_sampler(out.text_logits[:, -1], removed=removed, generator=generator).to(device)
-        codes = empty_ids.view(1, 1, C).expand(B, G, C).clone()
-        speech = (text == empty) & ~finished
-        if bool(speech.any()):
-            rows = speech.nonzero().squeeze(-1)
-            codes[rows] = model.decode_patch(out.local_hidden[rows, -1], config.audio_sampler, generator)
+        text, codes = sample_patch(model, state, config, step, finished, generator)
         stopped = torch.isin(text, stop) & ~finished
         yield PatchStep(index=step, text=text, codes=codes, active=~finished, stopped=stopped)
         finished = finished | stopped
         if bool(finished.all()) or step + 1 == max_new:
             return
-        patch = torch.cat([text.view(B, 1, 1).expand(B, 1, G), codes.transpose(1, 2)], dim=1)  # [B, 9, 4]
-        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], dim=1)
-        out = model(patch, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        state = decode_one(model, state, text, codes)
 
 
 def generate(model: SpeechLM, prompts: Sequence[torch.Tensor], config: GenerationConfig) -> list[GenerationOutput]:
