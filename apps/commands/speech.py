@@ -1,4 +1,5 @@
-"""Speech-LM subcommands: ``tts``, ``asr``, ``chat``, ``vc`` (few-shot voice conversion), ``continue``.
+"""Speech-LM subcommands: ``tts``, ``asr``, ``chat``, ``vc`` (few-shot voice conversion), ``continue``,
+and ``voice`` (the voice registry).
 
 Each writes its audio as a 24 kHz wav (``-o``) and a JSON summary (``--json``, or stdout).
 """
@@ -151,6 +152,43 @@ def _continue(args: argparse.Namespace) -> int:
     return _emit(args, r, time.perf_counter() - t0)
 
 
+def _voice(args: argparse.Namespace) -> int:
+    from mimo_audio.voices import VoiceRegistry
+
+    registry = VoiceRegistry(args.voices_dir)
+    if args.action == "list":
+        out = []
+        for name in registry.names():
+            _, info = registry.load(name)
+            out.append({"name": name, "seconds": round(info.seconds, 2), "source": info.source,
+                        "description": info.description})
+        sys.stdout.write(json.dumps({"registry": str(registry.root), "voices": out}, indent=2) + "\n")
+        return 0
+    if not args.name:
+        raise ValueError(f"voice {args.action} needs a NAME")
+    if args.action == "remove":
+        registry.remove(args.name)
+        return 0
+    if not args.audio:
+        raise ValueError("voice add needs NAME and AUDIO")
+    from tokenizer import AudioTokenizer
+
+    if not args.tokenizer_path:
+        raise ValueError(f"voice add needs the audio tokenizer: pass --tokenizer-path or set ${TOKENIZER_ENV}")
+    from mimo_audio.api import SILENCE_PEAK
+    from tokenizer.audio import load_audio
+
+    tok = AudioTokenizer.from_pretrained(args.tokenizer_path, device=args.device)
+    wav, sr = load_audio(args.audio)
+    if float(wav.abs().max()) < SILENCE_PEAK:
+        raise ValueError(f"{args.audio} is silent")
+    codes = tok.encode(wav, sr).long()
+    info = registry.make_info(args.name, codes, float(tok.frame_rate), str(args.audio), args.description)
+    path = registry.save(args.name, codes, info)
+    sys.stdout.write(json.dumps({"name": args.name, "path": str(path), "seconds": round(info.seconds, 2)}) + "\n")
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("tts", help="text to speech with the speech LM",
                               description="Synthesise speech from text (optionally a style and a voice).")
@@ -188,6 +226,17 @@ def register(subparsers) -> None:
     p.add_argument("--instruction", default=None, help="instruction text after '[Int]:'")
     _common(p)
     p.set_defaults(func=_vc)
+
+    p = subparsers.add_parser("voice", help="manage the voice registry (voices for --voice NAME)",
+                              description="add: encode AUDIO once and store it as NAME; list; remove NAME.")
+    p.add_argument("action", choices=("add", "list", "remove"))
+    p.add_argument("name", nargs="?", help="voice name (letters, digits, _ - .)")
+    p.add_argument("audio", nargs="?", help="audio file (for add)")
+    p.add_argument("--description", default="", help="free text stored with the voice")
+    p.add_argument("--tokenizer-path", default=os.environ.get(TOKENIZER_ENV), help="audio tokenizer directory")
+    p.add_argument("--device", default=None, help="device for encoding")
+    p.add_argument("--voices-dir", default=None, help="registry folder (default $MIMO_AUDIO_HOME/voices)")
+    p.set_defaults(func=_voice)
 
     p = subparsers.add_parser("continue", help="continue a speech prompt (base model)",
                               description="Generate a spoken continuation of AUDIO.")

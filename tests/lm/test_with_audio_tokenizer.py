@@ -96,3 +96,11 @@ def test_cli_tts_asr_vc_continue(tiny_dir, tok_dir, flite_wav, tmp_path, capsys)
     assert main(["continue", str(flite_wav), *common]) == 0
     assert main(["chat", "--audio", str(flite_wav), "--text", "Why?", *common]) == 0
     assert main(["asr", str(tmp_path / "missing.wav"), *common]) == 1
+    voices = ["--voices-dir", str(tmp_path / "voices")]
+    assert main(["voice", "add", "slt", str(flite_wav), "--tokenizer-path", str(tok_dir), *voices]) == 0
+    assert (tmp_path / "voices" / "slt.safetensors").is_file()
+    assert main(["tts", "hi", *common, "--voice", "slt", *voices]) == 0
+    assert main(["tts", "hi", *common, "--voice", "nobody", *voices]) == 1
+    capsys.readouterr()
+    assert main(["voice", "list", *voices]) == 0
+    assert json.loads(capsys.readouterr().out)["voices"][0]["name"] == "slt"
