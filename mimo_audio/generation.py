@@ -5,7 +5,8 @@ is speech": the patch decoder then samples its 4x8 codes; any other token makes 
 rows are the per-channel empty ids. The new patch (text id repeated over its 4 columns) is fed back.
 Lengths are counted in patches; the stop patch is kept. Rows of a batch are independent: prompts are left
 padded, padding is masked and positions restart at 0 for each row, so under greedy decoding every row
-equals running it alone.
+equals running it alone; with a seed, every row draws from its own identically seeded random stream, so
+sampled rows also match their single runs (up to float noise in the logits).
 
 The loop is ``prefill`` -> (``sample_patch`` -> ``decode_one``) per patch. ``iter_patches`` is the
 streaming primitive (one :class:`PatchStep` per generated patch; the caller may stop iterating at any
@@ -137,7 +138,7 @@ def decode_one(model: SpeechLM, state: DecodeState, text: torch.Tensor, codes: t
 @torch.no_grad()
 def sample_patch(
     model: SpeechLM, state: DecodeState, config: GenerationConfig, step: int, finished: torch.Tensor,
-    generator: torch.Generator | None,
+    generators: list[torch.Generator] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample the next patch: the text token, then (for rows whose token is ``<|empty|>``) its codes."""
     B = state.text_logits.shape[0]
@@ -145,12 +146,13 @@ def sample_patch(
     removed = list(config.suppress_tokens)
     if step < config.min_new_patches:
         removed += list(config.stop_tokens)
-    text = config.text_sampler(state.text_logits, removed=removed, generator=generator).to(state.mask.device)
+    text = config.text_sampler(state.text_logits, removed=removed, generator=generators).to(state.mask.device)
     codes = model.empty_ids.to(text.device).view(1, 1, C).expand(B, G, C).clone()
     speech = (text == model.empty_token_id) & ~finished
     if bool(speech.any()):
         rows = speech.nonzero().squeeze(-1)
-        codes[rows] = model.decode_patch(state.local_hidden[rows], config.audio_sampler, generator)
+        gens = [generators[int(r)] for r in rows] if generators is not None else None
+        codes[rows] = model.decode_patch(state.local_hidden[rows], config.audio_sampler, gens)
     return text, codes
 
 
@@ -175,12 +177,13 @@ def iter_patches(model: SpeechLM, prompts: Sequence[torch.Tensor], config: Gener
     if max_new > room:
         logger.warning("max_new_patches=%d exceeds the remaining context; capped at %d", max_new, room)
         max_new = room
-    generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+    # One random stream per row, all seeded alike: a row samples the same with or without other rows.
+    generators = [torch.Generator().manual_seed(config.seed) for _ in range(B)] if config.seed is not None else None
 
     state = prefill(model, ids.to(device), mask.to(device))
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(max_new):
-        text, codes = sample_patch(model, state, config, step, finished, generator)
+        text, codes = sample_patch(model, state, config, step, finished, generators)
         stopped = torch.isin(text, stop) & ~finished
         yield PatchStep(index=step, text=text, codes=codes, active=~finished, stopped=stopped)
         finished = finished | stopped

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,12 +212,16 @@ class SpeechLM(nn.Module):
 
     @torch.no_grad()
     def decode_patch(
-        self, local_hidden: torch.Tensor, sampler: Sampler, generator: torch.Generator | None = None
+        self,
+        local_hidden: torch.Tensor,
+        sampler: Sampler,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """One patch from the patch decoder: ``local_hidden [B, local_dim]`` -> codes ``[B, 4, 8]``.
 
         Step ``t`` emits the (channel, frame) pairs of ``self.delay.schedule[t]``; the next step's input
         is the sum of the embeddings of the codes just emitted. A channel's empty id is never sampled.
+        ``generator``: one for the batch, or one per row (see :class:`~mimo_audio.sampling.Sampler`).
         """
         cfg = self.config
         B = local_hidden.shape[0]

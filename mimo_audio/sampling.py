@@ -62,20 +62,35 @@ class Sampler:
         return scores
 
     def __call__(
-        self, logits: torch.Tensor, removed: Sequence[int] = (), generator: torch.Generator | None = None
+        self,
+        logits: torch.Tensor,
+        removed: Sequence[int] = (),
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> torch.Tensor:
-        """``logits [..., V]`` -> token ids ``[...]``."""
+        """``logits [..., V]`` -> token ids ``[...]``.
+
+        ``generator`` may be one generator, or one per row of a 2-D ``logits`` (each row then draws from
+        its own stream, so a row's samples do not depend on the other rows of the batch).
+        """
         scores = self.filter_logits(logits, removed)
         if not self.do_sample:
             return scores.argmax(dim=-1)
         probs = scores.softmax(dim=-1)
         flat = probs.reshape(-1, probs.shape[-1])
-        if generator is not None and generator.device != flat.device:
-            # A CPU generator drives sampling on any device: draw on CPU, move the ids back.
-            ids = torch.multinomial(flat.cpu(), 1, generator=generator).to(flat.device)
+        if generator is None or isinstance(generator, torch.Generator):
+            ids = _multinomial(flat, generator)
         else:
-            ids = torch.multinomial(flat, 1, generator=generator)
+            if len(generator) != flat.shape[0]:
+                raise ValueError(f"{len(generator)} generators for {flat.shape[0]} rows")
+            ids = torch.cat([_multinomial(flat[i : i + 1], g) for i, g in enumerate(generator)])
         return ids.reshape(probs.shape[:-1])
+
+
+def _multinomial(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    if generator is not None and generator.device != probs.device:
+        # A CPU generator drives sampling on any device: draw on CPU, move the ids back.
+        return torch.multinomial(probs.cpu(), 1, generator=generator).to(probs.device)
+    return torch.multinomial(probs, 1, generator=generator)
 
 
 @dataclass(frozen=True)

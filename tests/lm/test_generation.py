@@ -152,3 +152,13 @@ def test_sampler_never_returns_a_removed_token_even_if_top_p_kept_only_it():
     for seed in range(5):
         tok = s(logits, removed=[0], generator=torch.Generator().manual_seed(seed))
         assert tok.item() == 3  # the best remaining token, chosen by re-filtering without token 0
+
+
+def test_seeded_sampling_in_a_batch_equals_running_alone(tiny_lm):
+    prompts = [prompt(tiny_lm, [70, 71, 72], 8), prompt(tiny_lm, [5, 6, 7], 20, seed=2)]
+    cfg = GenerationConfig.from_preset("default", max_new_patches=16, seed=7)
+    batch = generate(tiny_lm, prompts, cfg)
+    for p, b in zip(prompts, batch):
+        alone = generate(tiny_lm, [p], cfg)[0]
+        assert b.text_ids == alone.text_ids and torch.equal(b.codes, alone.codes)
+    assert any(t == tiny_lm.empty_token_id for b in batch for t in b.text_ids)  # the audio sampler ran too
