@@ -243,6 +243,30 @@ class SpeechLM(nn.Module):
             x = nxt.unsqueeze(1)
         return out
 
+    def patch_decoder_logits(self, local_hidden: torch.Tensor, codes: torch.Tensor) -> list[torch.Tensor]:
+        """Teacher-forced patch decoder (for training and scoring): all 11 steps in one causal pass.
+
+        ``local_hidden [N, local_dim]`` (from :meth:`forward`, the position *before* each patch) and the
+        patches' true codes ``[N, 4, 8]`` -> per channel ``c`` logits ``[N, 4, vocab_c]`` for its 4 frames.
+        Feeding back the argmax reproduces :meth:`decode_patch` under greedy decoding.
+        """
+        N = local_hidden.shape[0]
+        steps = self.delay.schedule
+        dtype = self.local_transformer.norm.weight.dtype
+        inputs = [local_hidden.to(dtype)]
+        for emits in steps[:-1]:
+            x = torch.zeros_like(inputs[0])
+            for c, f in emits:
+                x = x + self.speech_embed_local(c, codes[:, f, c]).to(dtype)
+            inputs.append(x)
+        x = torch.stack(inputs, dim=1)  # [N, 11, local_dim]
+        pos = torch.arange(len(steps), device=x.device).unsqueeze(0).expand(N, -1)
+        h = self.local_transformer(inputs_embeds=x, position_ids=pos, use_cache=False).last_hidden_state
+        out = []
+        for c, d in enumerate(self.delay.delays):
+            out.append(self.local_transformer_lm_heads[c](h[:, d : d + self.config.group_size]))
+        return out
+
     # ------------------------------------------------------------------ checkpoints
     @classmethod
     def from_pretrained(

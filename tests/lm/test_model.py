@@ -250,3 +250,14 @@ def test_embedding_equals_the_official_procedure(tiny_lm):
     ids = torch.cat([_prompt(tiny_lm, [5, 6], random_codes(8, seed=4)), _prompt(tiny_lm, [9], random_codes(4))], 1)
     ours, ref = tiny_lm.embed(ids[None]), _official_embed(tiny_lm, ids[None])
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_teacher_forced_patch_decoder_matches_greedy_decoding(tiny_lm):
+    h = torch.randn(3, 32)
+    codes = tiny_lm.decode_patch(h, Sampler.greedy())
+    logits = tiny_lm.patch_decoder_logits(h, codes)
+    assert [tuple(x.shape) for x in logits[:3]] == [(3, 4, 1025), (3, 4, 1025), (3, 4, 129)]
+    for c, lg in enumerate(logits):
+        lg = lg.clone()
+        lg[..., tiny_lm.config.speech_zeroemb_idx[c]] = float("-inf")  # never sampled
+        assert torch.equal(lg.argmax(-1), codes[:, :, c])
