@@ -305,6 +305,22 @@ class SpeechLM(nn.Module):
             stack.rotary_emb = Qwen2RotaryEmbedding(stack.config, device=device)
         self.empty_ids = torch.tensor(self.config.speech_zeroemb_idx, dtype=torch.long, device=device)
 
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02, seed: int | None = None) -> SpeechLM:
+        """Fresh weights for training from scratch: every linear and embedding N(0, std), RMSNorm weights 1,
+        the empty-id rows of the speech embeddings 0 (their ``padding_idx``)."""
+        gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, std, generator=gen)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+            elif hasattr(module, "variance_epsilon") and hasattr(module, "weight"):  # Qwen2RMSNorm
+                module.weight.fill_(1.0)
+        for c, e in enumerate(self.config.speech_zeroemb_idx):
+            self.speech_embeddings[c].weight[e].zero_()
+        return self
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

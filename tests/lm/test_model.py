@@ -261,3 +261,13 @@ def test_teacher_forced_patch_decoder_matches_greedy_decoding(tiny_lm):
         lg = lg.clone()
         lg[..., tiny_lm.config.speech_zeroemb_idx[c]] = float("-inf")  # never sampled
         assert torch.equal(lg.argmax(-1), codes[:, :, c])
+
+
+def test_init_weights_for_training_from_scratch():
+    cfg = SpeechLMConfig.preset("tiny")
+    a = SpeechLM(cfg, empty_token_id=261).init_weights(std=0.02, seed=3)
+    b = SpeechLM(cfg, empty_token_id=261).init_weights(std=0.02, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    emb = a.speech_embeddings[0].weight
+    assert abs(emb[:1024].std().item() - 0.02) < 0.005 and not emb[1024].any()
+    assert torch.equal(a.model.norm.weight, torch.ones(64))
