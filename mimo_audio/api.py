@@ -452,8 +452,11 @@ class MimoAudio:
         prompts = [formats.asr(self.encode_audio(a), language=language) for a in audios]
         return [r.text for r in self.run(prompts, self.generation_config("asr", "text", **gen), decode_audio=False)]
 
-    def understand(self, audio: AudioInput, question: str, thinking: bool = False, **gen) -> ChatResult:
-        segs = formats.audio_understanding(self.encode_audio(audio), question, thinking)
+    def understand(
+        self, audio: AudioInput, question: str, thinking: bool = False, think_hint: bool = False, **gen
+    ) -> ChatResult:
+        """Answer ``question`` about ``audio``; ``think_hint`` adds the eval wrapper's thinking sentence."""
+        segs = formats.audio_understanding(self.encode_audio(audio), question, thinking, think_hint)
         return self.run([segs], self.generation_config("audio_understanding", "text", **gen), decode_audio=False)[0]
 
     def few_shot(

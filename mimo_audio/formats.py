@@ -112,10 +112,14 @@ def tts(
     return [*system, turn("user"), Text(user), Text(IM_END), turn("assistant"), Text(THINK_OPEN)]
 
 
-def audio_understanding(codes: torch.Tensor, question: str, thinking: bool = False) -> list[Segment]:
+def audio_understanding(
+    codes: torch.Tensor, question: str, thinking: bool = False, think_hint: bool = False
+) -> list[Segment]:
+    """``think_hint`` (with ``thinking``): the eval wrapper's extra segment after the question."""
     if not question.strip():
         raise ValueError("the question is empty")
-    return [turn("user"), Speech(codes), Text(question), Text(IM_END), *assistant_prefix("text", thinking)]
+    hint = [Text(THINK_HINT)] if thinking and think_hint else []
+    return [turn("user"), Speech(codes), Text(question), *hint, Text(IM_END), *assistant_prefix("text", thinking)]
 
 
 @dataclass

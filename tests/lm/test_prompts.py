@@ -73,6 +73,11 @@ def test_stream_with_longer_text_appends_leftovers_in_order(r):
     assert r.pieces(ids) == ["<|sostm|>", "abcde", "[4 speech]", "fghijklmnop", "<|eot|>", "<|eostm|>"]
 
 
+def test_stream_without_text_still_closes_the_text_part(r):
+    ids = r.render([Stream("", random_codes(8))])
+    assert r.pieces(ids) == ["<|sostm|>", "<|eot|>", "[2 speech]", "<|eostm|>"]
+
+
 def test_asr(r):
     assert pieces(r, formats.asr(C)) == (
         USER + SPEECH3 + ["Transcribe the following voice message."] + END + THINK_OFF
@@ -101,6 +106,8 @@ def test_audio_understanding_thinking_on_and_off(r):
         USER + SPEECH3 + ["What is the mood?"] + END + THINK_OFF
     )
     assert pieces(r, formats.audio_understanding(C, "What is the mood?", thinking=True))[-4:] == THINK_ON
+    hinted = pieces(r, formats.audio_understanding(C, "Why?", thinking=True, think_hint=True))
+    assert hinted[5:7] == ["Why?You can think about the question briefly and then answer it.", "<|im_end|>"]
 
 
 def test_spoken_dialogue_multiturn_with_voice_and_system_prompt(r):
