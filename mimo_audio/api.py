@@ -478,6 +478,11 @@ class MimoAudio:
             instruction = instruction if instruction is not None else (spec.instruction or None)
             if examples is None:
                 examples = [(e["input"], e["output"], e.get("output_text", "")) for e in spec.examples]
+                if not examples:
+                    raise ValueError(
+                        f"few-shot task {task!r} ships no example pairs: pass examples, or copy {spec.source} to "
+                        f"{self.tasks.user_dir} and list example pairs in it"
+                    )
             gen.setdefault("preset", spec.preset)
             if spec.max_new_patches:
                 gen.setdefault("max_new_patches", spec.max_new_patches)
