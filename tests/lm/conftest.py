@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mimo_audio import MimoAudio, SpeechLM, load_text_tokenizer
+from mimo_audio.fewshot import TaskLibrary
 from mimo_audio.testing import make_tiny_checkpoint
 from mimo_audio.voices import VoiceRegistry
 
@@ -29,7 +30,10 @@ def text_tok(tiny_dir):
 @pytest.fixture()
 def mimo(tiny_lm, text_tok, tmp_path) -> MimoAudio:
     """The task API over the tiny LM, without an audio tokenizer (inputs given as codes)."""
-    return MimoAudio(tiny_lm, text_tok, audio_tokenizer=None, voices=VoiceRegistry(tmp_path / "voices"))
+    return MimoAudio(
+        tiny_lm, text_tok, audio_tokenizer=None, voices=VoiceRegistry(tmp_path / "voices"),
+        tasks=TaskLibrary(tmp_path / "tasks"),
+    )
 
 
 def random_codes(frames: int, seed: int = 0) -> torch.Tensor:
