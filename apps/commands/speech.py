@@ -1,0 +1,245 @@
+"""Speech-LM subcommands: ``tts``, ``asr``, ``chat``, ``vc`` (few-shot voice conversion), ``continue``,
+and ``voice`` (the voice registry).
+
+Each writes its audio as a 24 kHz wav (``-o``) and a JSON summary (``--json``, or stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("mimo-audio")
+
+LM_ENV = "MIMO_AUDIO_LM_PATH"
+TOKENIZER_ENV = "MIMO_AUDIO_TOKENIZER_PATH"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _common(p: argparse.ArgumentParser, needs_audio_tokenizer: bool = True) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--lm-path", default=os.environ.get(LM_ENV),
+                   help=f"speech-LM directory (config.json, safetensors, text tokenizer); default ${LM_ENV}")
+    g.add_argument("--tokenizer-path", default=os.environ.get(TOKENIZER_ENV),
+                   help=f"audio tokenizer directory; default ${TOKENIZER_ENV}"
+                   + ("" if needs_audio_tokenizer else " (only needed for audio in or out)"))
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (auto keeps the checkpoint's)")
+    g.add_argument("--voices-dir", default=None, help="voice registry folder (default $MIMO_AUDIO_HOME/voices)")
+    s = p.add_argument_group("generation")
+    s.add_argument("--max-new-patches", type=int, default=None, help="length limit (6.25 patches = 1 s of audio)")
+    s.add_argument("--min-new-patches", type=int, default=0, help="stop tokens are blocked before this length")
+    s.add_argument("--preset", default=None, help="sampler preset (default: the task's; 'greedy' = deterministic)")
+    s.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    o = p.add_argument_group("output")
+    o.add_argument("-o", "--output", default=None, help="write the generated audio to this wav file")
+    o.add_argument("--json", dest="json_path", default=None, help="write a JSON summary here (default: stdout)")
+
+
+def _load(args: argparse.Namespace, need_tokenizer: bool):
+    import torch
+
+    from mimo_audio import MimoAudio
+
+    if not args.lm_path:
+        raise ValueError(f"no speech LM given: pass --lm-path or set ${LM_ENV}")
+    if need_tokenizer and not args.tokenizer_path:
+        raise ValueError(f"this command needs the audio tokenizer: pass --tokenizer-path or set ${TOKENIZER_ENV}")
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    return MimoAudio.from_pretrained(
+        args.lm_path, args.tokenizer_path if args.tokenizer_path else None, device=args.device, dtype=dtype,
+        voices_dir=args.voices_dir,
+    )
+
+
+def _gen(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"min_new_patches": args.min_new_patches}
+    for key in ("max_new_patches", "preset", "seed"):
+        if getattr(args, key) is not None:
+            out[key] = getattr(args, key)
+    return out
+
+
+def _emit(args: argparse.Namespace, result, elapsed: float, extra: dict[str, Any] | None = None) -> int:
+    summary: dict[str, Any] = {
+        "text": result.text,
+        "thinking": result.thinking,
+        "stop_reason": result.stop_reason,
+        "prompt_patches": result.prompt_patches,
+        "generated_patches": result.num_patches,
+        "audio_frames": int(result.codes.shape[1]),
+        "audio_seconds": round(result.seconds, 3),
+        "elapsed_s": round(elapsed, 3),
+    }
+    if result.seconds:
+        summary["real_time_factor"] = round(elapsed / result.seconds, 3)
+    if getattr(args, "output", None):
+        if result.audio is None or result.audio.numel() == 0:
+            logger.warning("no speech was generated; %s not written", args.output)
+        else:
+            summary["audio"] = str(result.save_audio(args.output))
+    summary.update(extra or {})
+    text = json.dumps(summary, ensure_ascii=False, indent=2)
+    if args.json_path:
+        Path(args.json_path).write_text(text + "\n", encoding="utf-8")
+    else:
+        sys.stdout.write(text + "\n")
+    return 0
+
+
+def _tts(args: argparse.Namespace) -> int:
+    m = _load(args, need_tokenizer=True)
+    t0 = time.perf_counter()
+    r = m.tts(args.text, instruct=args.instruct, voice=args.voice, **_gen(args))
+    return _emit(args, r, time.perf_counter() - t0)
+
+
+def _asr(args: argparse.Namespace) -> int:
+    m = _load(args, need_tokenizer=True)
+    t0 = time.perf_counter()
+    texts = m.asr_batch(args.audio, language=args.language, **_gen(args))
+    elapsed = time.perf_counter() - t0
+    summary = {"transcripts": [{"audio": a, "text": t} for a, t in zip(args.audio, texts)], "elapsed_s": elapsed}
+    text = json.dumps(summary, ensure_ascii=False, indent=2)
+    if args.json_path:
+        Path(args.json_path).write_text(text + "\n", encoding="utf-8")
+    else:
+        sys.stdout.write(text + "\n")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    if not args.text and not args.audio:
+        raise ValueError("give the user turn with --text and/or --audio")
+    m = _load(args, need_tokenizer=bool(args.audio) or args.reply != "text")
+    content: list[dict[str, Any]] = []
+    if args.audio:
+        content.append({"type": "audio", "audio": args.audio})
+    if args.text:
+        content.append({"type": "text", "text": args.text})
+    t0 = time.perf_counter()
+    r = m.chat([{"role": "user", "content": content}], output=args.reply, thinking=args.thinking,
+               voice=args.voice, system_prompt=args.system_prompt, **_gen(args))
+    return _emit(args, r, time.perf_counter() - t0)
+
+
+def _vc(args: argparse.Namespace) -> int:
+    if not args.example and not args.task:
+        raise ValueError("give example pairs with --example IN OUT [TRANSCRIPT], or a library task with --task")
+    m = _load(args, need_tokenizer=True)
+    examples = None
+    if args.example:
+        examples = []
+        for ex in args.example:
+            if len(ex) not in (2, 3):
+                raise ValueError(f"--example takes IN OUT [TRANSCRIPT], got {len(ex)} values")
+            examples.append(tuple(ex))
+    t0 = time.perf_counter()
+    r = m.few_shot(examples, args.audio, instruction=args.instruction, task=args.task, **_gen(args))
+    return _emit(args, r, time.perf_counter() - t0)
+
+
+def _continue(args: argparse.Namespace) -> int:
+    m = _load(args, need_tokenizer=True)
+    t0 = time.perf_counter()
+    r = m.continue_speech(args.audio, **_gen(args))
+    return _emit(args, r, time.perf_counter() - t0)
+
+
+def _voice(args: argparse.Namespace) -> int:
+    from mimo_audio.voices import VoiceRegistry
+
+    registry = VoiceRegistry(args.voices_dir)
+    if args.action == "list":
+        out = []
+        for name in registry.names():
+            _, info = registry.load(name)
+            out.append({"name": name, "seconds": round(info.seconds, 2), "source": info.source,
+                        "description": info.description})
+        sys.stdout.write(json.dumps({"registry": str(registry.root), "voices": out}, indent=2) + "\n")
+        return 0
+    if not args.name:
+        raise ValueError(f"voice {args.action} needs a NAME")
+    if args.action == "remove":
+        registry.remove(args.name)
+        return 0
+    if not args.audio:
+        raise ValueError("voice add needs NAME and AUDIO")
+    from tokenizer import AudioTokenizer
+
+    if not args.tokenizer_path:
+        raise ValueError(f"voice add needs the audio tokenizer: pass --tokenizer-path or set ${TOKENIZER_ENV}")
+    from mimo_audio.api import SILENCE_PEAK
+    from tokenizer.audio import load_audio
+
+    tok = AudioTokenizer.from_pretrained(args.tokenizer_path, device=args.device)
+    wav, sr = load_audio(args.audio)
+    if float(wav.abs().max()) < SILENCE_PEAK:
+        raise ValueError(f"{args.audio} is silent")
+    codes = tok.encode(wav, sr).long()
+    info = registry.make_info(args.name, codes, float(tok.frame_rate), str(args.audio), args.description)
+    path = registry.save(args.name, codes, info)
+    sys.stdout.write(json.dumps({"name": args.name, "path": str(path), "seconds": round(info.seconds, 2)}) + "\n")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("tts", help="text to speech with the speech LM",
+                              description="Synthesise speech from text (optionally a style and a voice).")
+    p.add_argument("text", help="the text to speak")
+    p.add_argument("--instruct", default=None, help="style description, e.g. 'whispering, slowly'")
+    p.add_argument("--voice", default=None, help="registered voice name or a wav file to clone")
+    _common(p)
+    p.set_defaults(func=_tts)
+
+    p = subparsers.add_parser("asr", help="speech recognition with the speech LM",
+                              description="Transcribe one or more audio files (batched).")
+    p.add_argument("audio", nargs="+", help="audio files")
+    p.add_argument("--language", choices=("en", "zh"), default="en", help="language of the instruction sentence")
+    _common(p)
+    p.set_defaults(func=_asr)
+
+    p = subparsers.add_parser("chat", help="one chat turn (text and/or speech in; text and/or speech out)",
+                              description="Answer one user turn; --reply audio/both speaks the answer.")
+    p.add_argument("--text", default=None, help="user text")
+    p.add_argument("--audio", default=None, help="user speech (audio file)")
+    p.add_argument("--reply", choices=("text", "audio", "both"), default="text", help="reply modality")
+    p.add_argument("--thinking", action="store_true", help="let the model think first (text replies)")
+    p.add_argument("--system-prompt", default=None, help="system prompt (put before the first user turn)")
+    p.add_argument("--voice", default=None, help="voice for spoken replies (registered name or wav)")
+    _common(p, needs_audio_tokenizer=False)
+    p.set_defaults(func=_chat)
+
+    p = subparsers.add_parser("vc", help="few-shot voice conversion / speech-to-speech from example pairs",
+                              description="In-context speech-to-speech (base model): converts AUDIO the way "
+                              "the example pairs show (voice, emotion, speed, noise).")
+    p.add_argument("audio", help="the speech to convert")
+    p.add_argument("--example", nargs="+", action="append", metavar="IN OUT [TRANSCRIPT]",
+                   help="an example pair: input wav, output wav, optional transcript of the output (repeatable)")
+    p.add_argument("--task", default=None, help="few-shot library task (e.g. voice_conversion, speed_up)")
+    p.add_argument("--instruction", default=None, help="instruction text after '[Int]:'")
+    _common(p)
+    p.set_defaults(func=_vc)
+
+    p = subparsers.add_parser("voice", help="manage the voice registry (voices for --voice NAME)",
+                              description="add: encode AUDIO once and store it as NAME; list; remove NAME.")
+    p.add_argument("action", choices=("add", "list", "remove"))
+    p.add_argument("name", nargs="?", help="voice name (letters, digits, _ - .)")
+    p.add_argument("audio", nargs="?", help="audio file (for add)")
+    p.add_argument("--description", default="", help="free text stored with the voice")
+    p.add_argument("--tokenizer-path", default=os.environ.get(TOKENIZER_ENV), help="audio tokenizer directory")
+    p.add_argument("--device", default=None, help="device for encoding")
+    p.add_argument("--voices-dir", default=None, help="registry folder (default $MIMO_AUDIO_HOME/voices)")
+    p.set_defaults(func=_voice)
+
+    p = subparsers.add_parser("continue", help="continue a speech prompt (base model)",
+                              description="Generate a spoken continuation of AUDIO.")
+    p.add_argument("audio", help="the speech prompt")
+    _common(p)
+    p.set_defaults(func=_continue)

@@ -1,0 +1,514 @@
+"""The task API: ``MimoAudio`` (chat, TTS, ASR, understanding, few-shot, continuation, voices, streaming).
+
+``chat`` is the core: OpenAI-like messages with text and audio parts in, text (plus the thinking text
+separately) and/or audio out. The task helpers build the official prompts of :mod:`mimo_audio.formats`
+and run them with the task's sampler preset and stop tokens. Multi-turn state lives only in an explicit
+:class:`Conversation` object.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import formats
+from .fewshot import TaskLibrary
+from .formats import QAExample, RenderTurn, SpeechPair
+from .generation import GenerationConfig, generate, iter_patches
+from .modeling import SpeechLM
+from .postprocess import OutputParser
+from .prompts import PromptRenderer, Segment
+from .sampling import Sampler, get_preset
+from .text_tokenizer import SpecialTokens, load_text_tokenizer
+from .voices import VoiceRegistry
+
+logger = logging.getLogger(__name__)
+
+# A path, a float waveform (numpy/torch, at the audio tokenizer's rate), (waveform, rate), or int codes [8, T].
+AudioInput = Any
+SILENCE_PEAK = 1e-4  # a waveform whose peak is below this is rejected as silent
+
+OUTPUTS = ("text", "audio", "both")
+
+
+@dataclass
+class ChatResult:
+    text: str
+    thinking: str | None  # None unless the prompt opened a think block
+    codes: torch.Tensor  # [8, frames] generated speech codes (frames at 25 Hz)
+    audio: torch.Tensor | None  # [samples] waveform, when decoded
+    sample_rate: int
+    stop_reason: str  # "stop_token" or "max_length"
+    num_patches: int
+    prompt_patches: int
+
+    @property
+    def seconds(self) -> float:
+        return self.codes.shape[1] / 25.0
+
+    def save_audio(self, path: str | Path) -> Path:
+        import soundfile as sf
+
+        if self.audio is None:
+            raise ValueError("this result has no decoded audio")
+        sf.write(str(path), self.audio.float().cpu().numpy(), self.sample_rate)
+        return Path(path)
+
+
+@dataclass
+class StreamEvent:
+    """One step of :meth:`MimoAudio.stream`: deltas since the previous event; ``result`` on the last one."""
+
+    text: str = ""
+    thinking: str = ""
+    codes: torch.Tensor | None = None  # [8, frames] new speech frames
+    audio: torch.Tensor | None = None  # new waveform samples (streaming decoder)
+    result: ChatResult | None = None
+
+
+@dataclass
+class Message:
+    role: str
+    text: str = ""
+    audio: AudioInput | None = None  # user speech (any AudioInput)
+    codes: torch.Tensor | None = None  # assistant speech codes (history of spoken dialogue)
+
+
+@dataclass
+class Conversation:
+    """Explicit multi-turn state. ``MimoAudio.chat(conv, ...)`` appends the reply to ``conv.messages``."""
+
+    system_prompt: str | None = None
+    voice: str | AudioInput | None = None  # voice prompt for spoken replies (registry name or audio)
+    messages: list[Message] = field(default_factory=list)
+
+    def add_user(self, text: str = "", audio: AudioInput | None = None) -> Conversation:
+        if not text and audio is None:
+            raise ValueError("a user turn needs text or audio")
+        self.messages.append(Message("user", text=text, audio=audio))
+        return self
+
+    def add_assistant(self, text: str = "", codes: torch.Tensor | None = None) -> Conversation:
+        self.messages.append(Message("assistant", text=text, codes=codes))
+        return self
+
+    def clear(self) -> None:
+        self.messages.clear()
+
+
+def _messages_from_openai(messages: Sequence[dict]) -> list[Message]:
+    """``[{"role", "content": str | [{"type": "text"|"audio"|"audio_codes", ...}]}]`` -> :class:`Message` list."""
+    out: list[Message] = []
+    for i, m in enumerate(messages):
+        if isinstance(m, Message):
+            out.append(m)
+            continue
+        if not isinstance(m, dict) or "role" not in m:
+            raise ValueError(f"message {i} must be a dict with 'role' and 'content'")
+        content = m.get("content", "")
+        if isinstance(content, str):
+            out.append(Message(m["role"], text=content, codes=m.get("audio_codes")))
+            continue
+        # A list of parts: split into one Message per part so the order of text and audio is kept.
+        for part in content:
+            kind = part.get("type")
+            if kind == "text":
+                out.append(Message(m["role"], text=part["text"]))
+            elif kind in ("audio", "input_audio"):
+                audio = part.get("audio", part.get("input_audio"))
+                if "sample_rate" in part:
+                    audio = (audio, part["sample_rate"])
+                out.append(Message(m["role"], audio=audio))
+            elif kind == "audio_codes":
+                target = "codes" if m["role"] == "assistant" else "audio"
+                out.append(Message(m["role"], **{target: torch.as_tensor(part["codes"]).long()}))
+            else:
+                raise ValueError(f"message {i}: unknown content part type {kind!r} (use text, audio, audio_codes)")
+    return out
+
+
+class MimoAudio:
+    """A speech LM, its text tokenizer, an audio tokenizer (optional) and the task helpers."""
+
+    def __init__(
+        self,
+        lm: SpeechLM,
+        text_tokenizer,
+        audio_tokenizer=None,
+        voices: VoiceRegistry | None = None,
+        tasks: TaskLibrary | None = None,
+    ):
+        self.lm = lm
+        self.text_tokenizer = text_tokenizer
+        self.audio_tokenizer = audio_tokenizer
+        self.special = SpecialTokens.from_tokenizer(text_tokenizer)
+        if self.special.empty != lm.empty_token_id:
+            raise ValueError("the LM's <|empty|> id differs from the text tokenizer's")
+        self.renderer = PromptRenderer(text_tokenizer, self.special, lm.config.speech_zeroemb_idx, lm.config.group_size)
+        self.voices = voices or VoiceRegistry()
+        self.tasks = tasks or TaskLibrary()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        lm_path: str | Path,
+        tokenizer_path: str | Path | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        voices_dir: str | Path | None = None,
+        tasks_dir: str | Path | None = None,
+    ) -> MimoAudio:
+        """Load the LM directory (weights + text tokenizer) and, if given, the audio tokenizer directory."""
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        text_tokenizer = load_text_tokenizer(lm_path)
+        special = SpecialTokens.from_tokenizer(text_tokenizer)
+        lm = SpeechLM.from_pretrained(lm_path, device=device, dtype=dtype, empty_token_id=special.empty)
+        audio_tokenizer = None
+        if tokenizer_path is not None:
+            from tokenizer import AudioTokenizer
+
+            audio_tokenizer = AudioTokenizer.from_pretrained(tokenizer_path, device=device, dtype=dtype)
+        return cls(lm, text_tokenizer, audio_tokenizer, VoiceRegistry(voices_dir), TaskLibrary(tasks_dir))
+
+    # ------------------------------------------------------------------ audio in / out
+    @property
+    def sample_rate(self) -> int:
+        return int(self.audio_tokenizer.sample_rate) if self.audio_tokenizer is not None else 24000
+
+    def _need_tokenizer(self, what: str):
+        if self.audio_tokenizer is None:
+            raise ValueError(f"{what} needs an audio tokenizer: pass tokenizer_path to MimoAudio.from_pretrained")
+        return self.audio_tokenizer
+
+    def encode_audio(self, audio: AudioInput) -> torch.Tensor:
+        """Any audio input -> codes ``[8, T]``. Integer tensors are taken as codes already."""
+        if isinstance(audio, torch.Tensor) and not audio.is_floating_point():
+            codes = audio.long()
+            if codes.dim() != 2 or codes.shape[1] == 0:
+                raise ValueError(f"audio codes must be a non-empty [8, frames] tensor, got {tuple(codes.shape)}")
+            return codes
+        sr = None
+        if isinstance(audio, tuple):
+            audio, sr = audio
+        if isinstance(audio, (str, Path)):
+            if not Path(audio).is_file():
+                raise FileNotFoundError(f"audio file not found: {audio}")
+            from tokenizer.audio import load_audio
+
+            wav, sr = load_audio(str(audio))
+        else:
+            wav = torch.as_tensor(np.asarray(audio) if not isinstance(audio, torch.Tensor) else audio).float()
+            sr = sr or self.sample_rate
+        if wav.numel() == 0:
+            raise ValueError("audio input is empty")
+        peak = float(wav.abs().max())
+        if not peak >= SILENCE_PEAK:
+            raise ValueError(f"audio input is silent or invalid (peak {peak:.1e}); nothing to encode")
+        tok = self._need_tokenizer("encoding audio")
+        if not isinstance(audio, (str, Path)):
+            from tokenizer.audio import load_audio
+
+            wav, sr = load_audio(wav, sr)  # down-mixes and validates arrays the same way as files
+        return tok.encode(wav, sr).long()
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        tok = self._need_tokenizer("decoding audio")
+        if codes.shape[1] == 0:
+            return torch.zeros(0)
+        return tok.decode(codes.to(self.lm.device)).float().cpu()
+
+    def _voice_codes(self, voice: str | AudioInput | None) -> torch.Tensor | None:
+        if voice is None:
+            return None
+        if isinstance(voice, str) and not Path(voice).suffix:
+            return self.voices.load(voice)[0]
+        return self.encode_audio(voice)
+
+    def register_voice(self, name: str, audio: AudioInput, description: str = "") -> Path:
+        """Encode ``audio`` once and store it as voice ``name``; ``voice="name"`` then reuses it."""
+        codes = self.encode_audio(audio)
+        frame_rate = float(getattr(self.audio_tokenizer, "frame_rate", 25))
+        src = str(audio) if isinstance(audio, (str, Path)) else "array"
+        return self.voices.save(name, codes, self.voices.make_info(name, codes, frame_rate, src, description))
+
+    # ------------------------------------------------------------------ generation core
+    def generation_config(
+        self,
+        task: str,
+        output: str = "text",
+        preset: str | None = None,
+        max_new_patches: int | None = None,
+        min_new_patches: int = 0,
+        seed: int | None = None,
+        text_sampler: Sampler | None = None,
+        audio_sampler: Sampler | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> GenerationConfig:
+        """The task's preset and stop tokens, with any of them overridden."""
+        spec = formats.TASKS[task]
+        p = get_preset(preset or spec.preset)
+        suppress = (self.special.empty, self.special.sostm) if output == "text" else ()
+        return GenerationConfig(
+            max_new_patches=max_new_patches or spec.max_new_patches,
+            min_new_patches=min_new_patches,
+            stop_tokens=tuple(self.special.by_string(s) for s in (stop or spec.stop)),
+            text_sampler=text_sampler or p.text,
+            audio_sampler=audio_sampler or p.audio,
+            suppress_tokens=suppress,
+            seed=seed,
+        )
+
+    def render(self, segments: Sequence[Segment]) -> torch.Tensor:
+        return self.renderer.render(segments)
+
+    def _parser(self, prompt: torch.Tensor) -> OutputParser:
+        text = prompt[0, :: self.lm.config.group_size].tolist()
+        sp = self.special
+        last_open = max((i for i, t in enumerate(text) if t == sp.think_start), default=-1)
+        last_close = max((i for i, t in enumerate(text) if t == sp.think_end), default=-1)
+        return OutputParser(
+            self.text_tokenizer, sp, thinking_open=last_open > last_close, stream_open=text[-1] == sp.sostm
+        )
+
+    def _result(self, parser: OutputParser, stop_reason: str, n: int, prompt: torch.Tensor, decode: bool):
+        parsed = parser.result(self.lm.config.audio_channels)
+        audio = None
+        if decode and parsed.codes.shape[1] and self.audio_tokenizer is not None:
+            audio = self.decode_codes(parsed.codes)
+        elif decode and not parsed.codes.shape[1]:
+            logger.warning("the model generated no speech")
+        return ChatResult(
+            text=parsed.text, thinking=parsed.thinking, codes=parsed.codes, audio=audio, sample_rate=self.sample_rate,
+            stop_reason=stop_reason, num_patches=n, prompt_patches=prompt.shape[1] // self.lm.config.group_size,
+        )
+
+    def run(
+        self, prompts: Sequence[Sequence[Segment]], config: GenerationConfig, decode_audio: bool = True
+    ) -> list[ChatResult]:
+        """Render and generate a batch of prompts (segment lists) with one configuration."""
+        ids = [self.render(p) for p in prompts]
+        outs = generate(self.lm, ids, config)
+        results = []
+        for prompt, out in zip(ids, outs):
+            parser = self._parser(prompt)
+            for i, (t, c) in enumerate(zip(out.text_ids, out.codes)):
+                last = i == out.num_patches - 1
+                parser.push(t, c, is_stop=last and out.stop_reason == "stop_token")
+            parser.finish()
+            results.append(self._result(parser, out.stop_reason, out.num_patches, prompt, decode_audio))
+        return results
+
+    def stream(
+        self, segments: Sequence[Segment], config: GenerationConfig, decode_audio: bool = True
+    ) -> Iterator[StreamEvent]:
+        """Generate one prompt, yielding text/thinking deltas and audio chunks as patches are produced.
+
+        Audio goes through the tokenizer's streaming decoder. Stop early by leaving the loop (or calling
+        ``close()`` on the iterator); the last event carries the complete :class:`ChatResult`.
+        """
+        prompt = self.render(segments)
+        parser = self._parser(prompt)
+        decoder = None
+        if decode_audio and self.audio_tokenizer is not None:
+            decoder = self.audio_tokenizer.stream_decoder()
+        audio_parts: list[torch.Tensor] = []
+        n, reason = 0, "max_length"
+
+        def emit(delta) -> StreamEvent:
+            ev = StreamEvent(text=delta.text, thinking=delta.thinking, codes=delta.codes)
+            if decoder is not None and delta.codes is not None:
+                ev.audio = decoder.push(delta.codes.to(self.lm.device)).float().cpu()
+                audio_parts.append(ev.audio)
+            return ev
+
+        for step in iter_patches(self.lm, [prompt], config):
+            n += 1
+            stopped = bool(step.stopped[0])
+            reason = "stop_token" if stopped else reason
+            ev = emit(parser.push(int(step.text[0]), step.codes[0].cpu(), is_stop=stopped))
+            if ev.text or ev.thinking or ev.codes is not None:
+                yield ev
+        final = emit(parser.finish())
+        result = self._result(parser, reason, n, prompt, decode=False)
+        if decoder is not None:
+            tail = decoder.flush().float().cpu()
+            final.audio = tail if final.audio is None else torch.cat([final.audio, tail])
+            audio_parts.append(tail)
+            result.audio = torch.cat(audio_parts) if audio_parts else torch.zeros(0)
+        final.result = result
+        yield final
+
+    # ------------------------------------------------------------------ chat
+    def _turns(self, messages: Sequence[Message]) -> list[RenderTurn]:
+        turns: list[RenderTurn] = []
+        for m in messages:
+            parts: list[str | torch.Tensor] = []
+            if m.text:
+                parts.append(m.text)
+            if m.audio is not None:
+                codes = self.encode_audio(m.audio)
+                m.audio = codes  # encode once: later turns of a Conversation reuse the codes
+                parts.append(codes)
+            if m.codes is not None:
+                parts.append(torch.as_tensor(m.codes).long())
+            if not parts:
+                raise ValueError(f"a {m.role} message has neither text nor audio")
+            if turns and turns[-1].role == m.role:
+                turns[-1].parts.extend(parts)  # consecutive parts of one message
+            else:
+                turns.append(RenderTurn(m.role, parts))
+        return turns
+
+    def _chat_prompt(self, messages, output, thinking, voice, system_prompt) -> tuple[list[Segment], str]:
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if isinstance(messages, Conversation):
+            voice = voice if voice is not None else messages.voice
+            system_prompt = system_prompt if system_prompt is not None else messages.system_prompt
+            msgs = list(messages.messages)
+        else:
+            msgs = _messages_from_openai(messages)
+        if not msgs:
+            raise ValueError("no messages to answer")
+        turns = self._turns(msgs)
+        has_audio = any(isinstance(p, torch.Tensor) for t in turns if t.role == "user" for p in t.parts)
+        if output != "text":
+            task = "spoken_dialogue"
+        else:
+            task = "speech2text_dialogue" if has_audio else "text_dialogue"
+        segs = formats.chat(turns, output, thinking, self._voice_codes(voice) if output != "text" else None,
+                            system_prompt)
+        return segs, task
+
+    def chat(
+        self,
+        messages: Sequence[dict | Message] | Conversation,
+        output: str = "text",
+        thinking: bool = False,
+        voice: str | AudioInput | None = None,
+        system_prompt: str | None = None,
+        **gen: Any,
+    ) -> ChatResult:
+        """Answer a conversation. ``output``: "text", "audio" or "both" (speech replies carry their text).
+
+        With a :class:`Conversation`, the reply (text, and codes for speech) is appended to it.
+        ``gen`` overrides the generation settings (``max_new_patches``, ``seed``, ``preset``, samplers...).
+        """
+        segs, task = self._chat_prompt(messages, output, thinking, voice, system_prompt)
+        result = self.run([segs], self.generation_config(task, output, **gen), decode_audio=output != "text")[0]
+        if isinstance(messages, Conversation):
+            messages.add_assistant(result.text, result.codes if output != "text" and result.codes.numel() else None)
+        return result
+
+    def stream_chat(
+        self,
+        messages: Sequence[dict | Message] | Conversation,
+        output: str = "text",
+        thinking: bool = False,
+        voice: str | AudioInput | None = None,
+        system_prompt: str | None = None,
+        **gen: Any,
+    ) -> Iterator[StreamEvent]:
+        """Streaming :meth:`chat` (a Conversation is not updated; add the final result yourself)."""
+        segs, task = self._chat_prompt(messages, output, thinking, voice, system_prompt)
+        return self.stream(segs, self.generation_config(task, output, **gen), decode_audio=output != "text")
+
+    # ------------------------------------------------------------------ dialogue helpers (multi-turn)
+    def spoken_dialogue(self, conversation: Conversation, voice: str | AudioInput | None = None, **gen) -> ChatResult:
+        """Speech (and/or text) in, speech and its text out; the reply is appended to ``conversation``."""
+        return self.chat(conversation, output="both", voice=voice, **gen)
+
+    def speech_to_text_dialogue(self, conversation: Conversation, thinking: bool = False, **gen) -> ChatResult:
+        """Speech in, text out; the reply is appended to ``conversation``."""
+        return self.chat(conversation, output="text", thinking=thinking, **gen)
+
+    def text_dialogue(self, conversation: Conversation, thinking: bool = False, **gen) -> ChatResult:
+        """Text in, text out; the reply is appended to ``conversation``."""
+        return self.chat(conversation, output="text", thinking=thinking, **gen)
+
+    # ------------------------------------------------------------------ task helpers
+    def tts(self, text: str, instruct: str | None = None, voice: str | AudioInput | None = None, **gen) -> ChatResult:
+        """Text to speech; ``instruct`` describes the style, ``voice`` is a registry name or audio to clone."""
+        return self.tts_batch([text], instruct=instruct, voice=voice, **gen)[0]
+
+    def tts_batch(
+        self, texts: Sequence[str], instruct: str | None = None, voice: str | AudioInput | None = None, **gen
+    ) -> list[ChatResult]:
+        voice_codes = self._voice_codes(voice)
+        prompts = [formats.tts(t, instruct=instruct, voice=voice_codes) for t in texts]
+        return self.run(prompts, self.generation_config("tts", "audio", **gen))
+
+    def asr(self, audio: AudioInput, language: str = "en", **gen) -> str:
+        return self.asr_batch([audio], language=language, **gen)[0]
+
+    def asr_batch(self, audios: Sequence[AudioInput], language: str = "en", **gen) -> list[str]:
+        prompts = [formats.asr(self.encode_audio(a), language=language) for a in audios]
+        return [r.text for r in self.run(prompts, self.generation_config("asr", "text", **gen), decode_audio=False)]
+
+    def understand(
+        self, audio: AudioInput, question: str, thinking: bool = False, think_hint: bool = False, **gen
+    ) -> ChatResult:
+        """Answer ``question`` about ``audio``; ``think_hint`` adds the eval wrapper's thinking sentence."""
+        segs = formats.audio_understanding(self.encode_audio(audio), question, thinking, think_hint)
+        return self.run([segs], self.generation_config("audio_understanding", "text", **gen), decode_audio=False)[0]
+
+    def few_shot(
+        self,
+        examples: Sequence[SpeechPair | tuple] | None,
+        query: AudioInput,
+        instruction: str | None = None,
+        task: str | None = None,
+        **gen,
+    ) -> ChatResult:
+        """In-context speech-to-speech (base model): example pairs ``(input, output[, output_text])``.
+
+        ``task`` names a few-shot library task; its instruction, preset and examples are the defaults.
+        """
+        if task is not None:
+            spec = self.tasks.get(task)
+            if spec.modality != "speech_to_speech":
+                raise ValueError(f"few-shot task {task!r} is {spec.modality}, not speech_to_speech")
+            instruction = instruction if instruction is not None else (spec.instruction or None)
+            if examples is None:
+                examples = [(e["input"], e["output"], e.get("output_text", "")) for e in spec.examples]
+                if not examples:
+                    raise ValueError(
+                        f"few-shot task {task!r} ships no example pairs: pass examples, or copy {spec.source} to "
+                        f"{self.tasks.user_dir} and list example pairs in it"
+                    )
+            gen.setdefault("preset", spec.preset)
+            if spec.max_new_patches:
+                gen.setdefault("max_new_patches", spec.max_new_patches)
+        pairs = []
+        for ex in examples or []:
+            if isinstance(ex, SpeechPair):
+                pairs.append(ex)
+            else:
+                inp, out, *rest = ex
+                pairs.append(SpeechPair(self.encode_audio(inp), self.encode_audio(out), rest[0] if rest else ""))
+        segs = formats.in_context_s2s(pairs, self.encode_audio(query), instruction)
+        return self.run([segs], self.generation_config("in_context_learning_s2s", "audio", **gen))[0]
+
+    def few_shot_qa(
+        self, examples: Sequence[QAExample | tuple], audio: AudioInput, question: str, **gen
+    ) -> ChatResult:
+        """Few-shot audio question answering (base model); ``examples`` are ``(audio, question, answer)``."""
+        exs = [
+            e if isinstance(e, QAExample) else QAExample(self.encode_audio(e[0]), e[1], e[2]) for e in examples
+        ]
+        segs = formats.few_shot_qa(exs, self.encode_audio(audio), question)
+        cfg = self.generation_config("few_shot_qa", "text", **gen)
+        cfg = cfg.with_(suppress_tokens=(self.special.empty,))  # <|sosp|> must stay: it is a stop token here
+        return self.run([segs], cfg, decode_audio=False)[0]
+
+    def continue_speech(self, audio: AudioInput, **gen) -> ChatResult:
+        """Continue a speech prompt (base model)."""
+        segs = formats.speech_continuation(self.encode_audio(audio))
+        return self.run([segs], self.generation_config("speech_continuation", "audio", **gen))[0]

@@ -1,0 +1,216 @@
+"""The generation loop: prefill, then one patch per step with the KV cache; batch >= 1 with left padding.
+
+Each step samples the next text token from the backbone's last position. ``<|empty|>`` means "this patch
+is speech": the patch decoder then samples its 4x8 codes; any other token makes a text patch whose audio
+rows are the per-channel empty ids. The new patch (text id repeated over its 4 columns) is fed back.
+Lengths are counted in patches; the stop patch is kept. Rows of a batch are independent: prompts are left
+padded, padding is masked and positions restart at 0 for each row, so under greedy decoding every row
+equals running it alone; with a seed, every row draws from its own identically seeded random stream, so
+sampled rows also match their single runs (up to float noise in the logits).
+
+The loop is ``prefill`` -> (``sample_patch`` -> ``decode_one``) per patch. ``iter_patches`` is the
+streaming primitive (one :class:`PatchStep` per generated patch; the caller may stop iterating at any
+time); ``generate`` collects it into :class:`GenerationOutput` per row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from .modeling import SpeechLM
+from .sampling import Sampler, get_preset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Lengths in patches (1 patch = 4 audio frames = 160 ms, or one text token)."""
+
+    max_new_patches: int = 1024
+    min_new_patches: int = 0
+    stop_tokens: tuple[int, ...] = ()
+    text_sampler: Sampler = field(default_factory=Sampler.greedy)
+    audio_sampler: Sampler = field(default_factory=Sampler.greedy)
+    suppress_tokens: tuple[int, ...] = ()  # never sampled on the text channel (e.g. <|empty|> for text output)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_patches < 1:
+            raise ValueError(f"max_new_patches must be >= 1, got {self.max_new_patches}")
+        if not 0 <= self.min_new_patches <= self.max_new_patches:
+            raise ValueError(
+                f"min_new_patches must be in [0, max_new_patches={self.max_new_patches}], got {self.min_new_patches}"
+            )
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> GenerationConfig:
+        preset = get_preset(name)
+        return cls(text_sampler=preset.text, audio_sampler=preset.audio, **overrides)
+
+    def with_(self, **changes) -> GenerationConfig:
+        return replace(self, **changes)
+
+
+@dataclass
+class PatchStep:
+    """One generated patch for every row of the batch."""
+
+    index: int  # 0-based index of the new patch
+    text: torch.Tensor  # [B] text token of the patch (<|empty|> for speech patches)
+    codes: torch.Tensor  # [B, 4, 8] codes (per-channel empty ids for text patches)
+    active: torch.Tensor  # [B] bool: the row was still generating at this step (its patch is part of the output)
+    stopped: torch.Tensor  # [B] bool: the row emitted a stop token at this step
+
+
+@dataclass
+class GenerationOutput:
+    """The new patches of one row."""
+
+    text_ids: list[int]  # text token of each new patch, stop patch included
+    codes: torch.Tensor  # [n_patches, 4, 8]
+    stop_reason: str  # "stop_token" or "max_length"
+
+    @property
+    def num_patches(self) -> int:
+        return len(self.text_ids)
+
+    def to_layout(self) -> torch.Tensor:
+        """The new patches in the model's ``[9, 4 * n]`` layout (text id repeated over the 4 frames)."""
+        n, G, C = self.codes.shape
+        text = torch.tensor(self.text_ids, dtype=torch.long).repeat_interleave(G)
+        return torch.cat([text[None], self.codes.reshape(n * G, C).T.cpu()], dim=0)
+
+
+def left_pad(
+    prompts: Sequence[torch.Tensor], pad_text_id: int, empty_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``[9, T_i]`` prompts into ``ids [B, 9, T_max]`` (left padded) and a patch mask ``[B, T_max/4]``."""
+    if not prompts:
+        raise ValueError("no prompts given")
+    G = 4
+    for i, p in enumerate(prompts):
+        if p.dim() != 2 or p.shape[0] != empty_ids.numel() + 1 or p.shape[1] % G or p.shape[1] == 0:
+            raise ValueError(f"prompt {i} must be a non-empty [9, T] tensor with T % 4 == 0, got {tuple(p.shape)}")
+    T = max(p.shape[1] for p in prompts)
+    B = len(prompts)
+    ids = torch.empty(B, empty_ids.numel() + 1, T, dtype=torch.long)
+    ids[:, 0] = pad_text_id
+    ids[:, 1:] = empty_ids.cpu()[None, :, None]
+    mask = torch.zeros(B, T // G, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, :, T - p.shape[1] :] = p.cpu()
+        mask[i, (T - p.shape[1]) // G :] = 1
+    return ids, mask
+
+
+@dataclass
+class DecodeState:
+    """What the loop carries between patches: the KV cache, the patch mask and the last model output."""
+
+    cache: object  # transformers DynamicCache
+    mask: torch.Tensor  # [B, patches so far]: 1 = real patch, 0 = left padding
+    text_logits: torch.Tensor  # [B, vocab] for the next text token
+    local_hidden: torch.Tensor  # [B, local_dim] for the next patch decoder call
+
+
+@torch.no_grad()
+def prefill(model: SpeechLM, ids: torch.Tensor, mask: torch.Tensor) -> DecodeState:
+    """Run the (left-padded) prompts ``ids [B, 9, T]`` through the model, filling a fresh KV cache."""
+    out = model(ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+    return DecodeState(out.past_key_values, mask, out.text_logits[:, -1], out.local_hidden[:, -1])
+
+
+@torch.no_grad()
+def decode_one(model: SpeechLM, state: DecodeState, text: torch.Tensor, codes: torch.Tensor) -> DecodeState:
+    """Feed one patch per row (``text [B]``, ``codes [B, 4, 8]``) through the model with the KV cache."""
+    B, G, _ = codes.shape
+    patch = torch.cat([text.view(B, 1, 1).expand(B, 1, G), codes.transpose(1, 2)], dim=1)  # [B, 9, 4]
+    mask = torch.cat([state.mask, torch.ones(B, 1, dtype=state.mask.dtype, device=state.mask.device)], dim=1)
+    out = model(patch, attention_mask=mask, past_key_values=state.cache, use_cache=True, logits_to_keep=1)
+    return DecodeState(state.cache, mask, out.text_logits[:, -1], out.local_hidden[:, -1])
+
+
+@torch.no_grad()
+def sample_patch(
+    model: SpeechLM, state: DecodeState, config: GenerationConfig, step: int, finished: torch.Tensor,
+    generators: list[torch.Generator] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample the next patch: the text token, then (for rows whose token is ``<|empty|>``) its codes."""
+    B = state.text_logits.shape[0]
+    G, C = model.config.group_size, model.config.audio_channels
+    removed = list(config.suppress_tokens)
+    if step < config.min_new_patches:
+        removed += list(config.stop_tokens)
+    text = config.text_sampler(state.text_logits, removed=removed, generator=generators).to(state.mask.device)
+    codes = model.empty_ids.to(text.device).view(1, 1, C).expand(B, G, C).clone()
+    speech = (text == model.empty_token_id) & ~finished
+    if bool(speech.any()):
+        rows = speech.nonzero().squeeze(-1)
+        gens = [generators[int(r)] for r in rows] if generators is not None else None
+        codes[rows] = model.decode_patch(state.local_hidden[rows], config.audio_sampler, gens)
+    return text, codes
+
+
+@torch.no_grad()
+def iter_patches(model: SpeechLM, prompts: Sequence[torch.Tensor], config: GenerationConfig) -> Iterator[PatchStep]:
+    """Yield one :class:`PatchStep` per generated patch until every row stopped or hit the length limit.
+
+    prefill -> (sample_patch -> decode_one) per patch. Closing the iterator stops generation.
+    """
+    device = model.device
+    stop = torch.tensor(config.stop_tokens, dtype=torch.long, device=device)
+    pad = config.stop_tokens[0] if config.stop_tokens else 0
+    ids, mask = left_pad(prompts, pad_text_id=pad, empty_ids=model.empty_ids)
+    B, prompt_patches = mask.shape
+    room = model.max_patches - prompt_patches
+    if room <= 0:
+        raise ValueError(
+            f"prompt of {prompt_patches} patches leaves no room in the model's context of {model.max_patches} "
+            "patches; shorten the prompt (audio costs 6.25 patches per second)"
+        )
+    max_new = config.max_new_patches
+    if max_new > room:
+        logger.warning("max_new_patches=%d exceeds the remaining context; capped at %d", max_new, room)
+        max_new = room
+    # One random stream per row, all seeded alike: a row samples the same with or without other rows.
+    generators = [torch.Generator().manual_seed(config.seed) for _ in range(B)] if config.seed is not None else None
+
+    state = prefill(model, ids.to(device), mask.to(device))
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    for step in range(max_new):
+        text, codes = sample_patch(model, state, config, step, finished, generators)
+        stopped = torch.isin(text, stop) & ~finished
+        yield PatchStep(index=step, text=text, codes=codes, active=~finished, stopped=stopped)
+        finished = finished | stopped
+        if bool(finished.all()) or step + 1 == max_new:
+            return
+        state = decode_one(model, state, text, codes)
+
+
+def generate(model: SpeechLM, prompts: Sequence[torch.Tensor], config: GenerationConfig) -> list[GenerationOutput]:
+    """Generate for each ``[9, T]`` prompt; returns one :class:`GenerationOutput` per prompt."""
+    B = len(prompts)
+    texts: list[list[int]] = [[] for _ in range(B)]
+    codes: list[list[torch.Tensor]] = [[] for _ in range(B)]
+    reasons = ["max_length"] * B
+    for step in iter_patches(model, prompts, config):
+        for b in range(B):
+            if step.active[b]:
+                texts[b].append(int(step.text[b]))
+                codes[b].append(step.codes[b].cpu())
+                if step.stopped[b]:
+                    reasons[b] = "stop_token"
+    G, C = model.config.group_size, model.config.audio_channels
+    return [
+        GenerationOutput(
+            text_ids=texts[b],
+            codes=torch.stack(codes[b]) if codes[b] else torch.empty(0, G, C, dtype=torch.long),
+            stop_reason=reasons[b],
+        )
+        for b in range(B)
+    ]
