@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from apps.corpus.augment import NOISE_TYPES
@@ -97,7 +98,7 @@ def text_id(sentence: Sentence) -> str:
     return "t" + hashlib.sha256(sentence.key.encode()).hexdigest()[:10]
 
 
-def split_sentences(sentences: list[Sentence], config: CorpusConfig) -> dict[str, list[Sentence]]:
+def split_sentences(sentences: Sequence[Sentence], config: CorpusConfig) -> dict[str, list[Sentence]]:
     """Assign sentences to splits by a seeded hash (5% test, 5% validation), take the first N of each."""
     wanted = {"train": config.train_sentences, "valid": config.valid_sentences, "test": config.test_sentences}
     buckets: dict[str, list[tuple[int, Sentence]]] = {s: [] for s in SPLITS}
@@ -151,7 +152,7 @@ def _row(split: str, sentence: Sentence, voice: Voice, seen: bool, style: str, *
     )
 
 
-def plan_corpus(sentences: list[Sentence], voices: list[Voice], config: CorpusConfig) -> list[Utterance]:
+def plan_corpus(sentences: Sequence[Sentence], voices: list[Voice], config: CorpusConfig) -> list[Utterance]:
     """Every utterance to generate, in a deterministic order (clean and re-synthesised rows first)."""
     by_split = split_sentences(sentences, config)
     voice_split = split_voices(voices)

@@ -50,7 +50,8 @@ def _sox(src: Path, dst: Path, pitch: float, tempo: float) -> None:
         effects += ["pitch", f"{pitch * 100:.0f}"]
     if abs(tempo - 1.0) > 1e-6:
         effects += ["tempo", "-s", f"{tempo:.4f}"]
-    _run(["sox", str(src), "-b", "16", str(dst), *effects])
+    # -D: no dither (sox dithers randomly by default, which would make builds differ run to run)
+    _run(["sox", "-D", str(src), "-e", "floating-point", "-b", "32", str(dst), *effects])
 
 
 def level_and_trim(samples: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:

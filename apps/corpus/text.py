@@ -37,7 +37,7 @@ FORTUNE_FILES = (
 MIN_WORDS, MAX_WORDS = 4, 25
 
 _ABBREVIATIONS = ("Mr.", "Mrs.", "Ms.", "Dr.", "St.", "Jr.", "Sr.", "vs.", "etc.", "e.g.", "i.e.", "Prof.", "Mt.")
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]*[A-Z])")
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]*[A-Z])")
 _BAD_CHARS = re.compile(r"[^A-Za-z0-9 ,.;:!?'\-]")
 _WORD = re.compile(r"[A-Za-z']+")
 
@@ -137,11 +137,12 @@ def clean_sentence(raw: str, vocabulary: frozenset[str]) -> str | None:
     if _BAD_CHARS.search(text) or re.search(r"\w\.\w|\w'\s|\s'\w|'$|^'", text):
         return None  # symbols, dotted names, quoting apostrophes
     if re.search(r"\d", text):
-        if re.search(r"\d[.,:]\d(?!\d{2}\b)|\d[A-Za-z]|[A-Za-z]\d", text.replace(",000", "000")):
+        if re.search(r"\d[.,:]\d(?!\d{2}\b)|\d(?!(?:st|nd|rd|th)\b)[A-Za-z]|[A-Za-z]\d", text.replace(",000", "000")):
             return None  # decimals, times, versions, mixed tokens (ordinals are handled below)
         text = spell_numbers(text)
         if re.search(r"\d", text):
             return None
+    text = re.sub(r"([!?])[!?]+", r"\1", text)
     text = re.sub(r"\s+([,.;:!?])", r"\1", text)
     text = re.sub(r"([,;:])(?=[,.;:!?])", "", text)
     text = re.sub(r"\s+", " ", text).strip()
@@ -160,7 +161,8 @@ def clean_sentence(raw: str, vocabulary: frozenset[str]) -> str | None:
     return text
 
 
-def load_sentences() -> list[Sentence]:
+@lru_cache(maxsize=1)
+def load_sentences() -> tuple[Sentence, ...]:
     """All usable sentences from the installed sources, deduplicated, in a fixed source order."""
     vocabulary = cmu_vocabulary()
     sources = (("fortunes", fortune_paragraphs()), ("python-docs", python_doc_paragraphs()))
@@ -186,4 +188,4 @@ def load_sentences() -> list[Sentence]:
         raise FileNotFoundError(
             "no corpus text source is installed: apt-get install fortunes-min (or fortunes) python3.11-doc"
         )
-    return sentences
+    return tuple(sentences)
