@@ -29,6 +29,15 @@ def _stats(args: argparse.Namespace) -> int:
     return 1 if stats["problems"] else 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from apps.corpus.quality import format_scores, score_corpus
+
+    scores = score_corpus(args.dir, split=args.split, styles=args.styles.split(","), audio_root=args.audio_root,
+                          limit=args.limit, progress=not args.no_progress, save=args.save)
+    print(format_scores(scores))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("corpus", help="build or inspect the offline TTS speech corpus")
     sub = parser.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
@@ -36,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build = sub.add_parser("build", help="synthesise the corpus (resumes: files already there are kept)")
     build.add_argument("--out", required=True, help="output directory")
     build.add_argument("--size", choices=("small", "full"), default="small",
-                       help="small: ~200 utterances in under a minute; full: ~12 h of audio")
+                       help="small: ~200 utterances in under a minute; full: about 14 h of audio")
     build.add_argument("--jobs", type=int, default=2, help="parallel synthesis jobs (default 2)")
     build.add_argument("--seed", type=int, default=None, help="seed for the plan and the noise (default 0)")
     build.add_argument("--engines", default=None, help="comma-separated subset of flite,festival,espeak")
@@ -47,3 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("dir", help="corpus directory (with manifest.jsonl)")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(func=_stats)
+
+    score = sub.add_parser("score", help="pocketsphinx WER and DNSMOS of a split, by engine (needs the eval extra)")
+    score.add_argument("dir", help="corpus directory (with manifest.jsonl)")
+    score.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    score.add_argument("--styles", default="plain", help="comma-separated styles to score (default: plain)")
+    score.add_argument("--audio-root", default=None,
+                       help="score these files instead (same relative paths as the corpus, e.g. resynthesised)")
+    score.add_argument("--limit", type=int, default=None, help="score only the first N rows")
+    score.add_argument("--save", default=None, help="also write per-utterance results to this JSONL file")
+    score.add_argument("--no-progress", action="store_true", help="no progress bar")
+    score.set_defaults(func=_score)
