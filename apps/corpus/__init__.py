@@ -8,10 +8,10 @@
 from __future__ import annotations
 
 from apps.corpus.build import BuildReport, build_corpus
-from apps.corpus.manifest import check_splits, corpus_stats, format_stats, load_manifest
+from apps.corpus.manifest import check_splits, corpus_stats, format_stats, load_manifest, parallel_pairs
 from apps.corpus.plan import SIZES, CorpusConfig, Utterance, plan_corpus
 
 __all__ = [
     "SIZES", "BuildReport", "CorpusConfig", "Utterance", "build_corpus", "check_splits", "corpus_stats",
-    "format_stats", "load_manifest", "plan_corpus",
+    "format_stats", "load_manifest", "parallel_pairs", "plan_corpus",
 ]

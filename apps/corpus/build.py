@@ -12,6 +12,7 @@ A file that already exists is not made again, so an interrupted build resumes wh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -144,6 +145,9 @@ def build_corpus(out_dir: str | Path, config: CorpusConfig, jobs: int = 2, progr
         "config": config.to_dict(),
         "sample_rate": SAMPLE_RATE,
         "text_sources": sorted({r.text_source for r in made_rows}),
+        # the plan depends on the installed text packages: these tell whether two machines agree
+        "candidate_sentences": len(sentences),
+        "candidate_sentences_sha256": hashlib.sha256("\n".join(s.text for s in sentences).encode()).hexdigest(),
         "voices": {split: [v.speaker_id for v in vs] for split, vs in voice_split.items()},
         "engines": _engine_versions(),
         "utterances": len(made_rows),

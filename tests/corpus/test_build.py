@@ -100,6 +100,23 @@ def test_stats_and_cli(corpus: Path, capsys) -> None:
     assert main(["corpus", "stats", str(corpus / "nowhere")]) == 1
 
 
+def test_parallel_pairs_for_few_shot_tasks(corpus: Path) -> None:
+    from apps.corpus import parallel_pairs
+
+    rows = load_manifest(corpus)
+    for task in ("voice", "speed", "denoise", "whisper"):
+        pairs = parallel_pairs(rows, task)
+        assert pairs, task
+        for a, b in pairs:
+            assert a["text"] == b["text"] and a["split"] == b["split"]
+            assert (a["speaker_id"] != b["speaker_id"]) == (task == "voice")
+    assert all(a["style"] == "noisy" and b["style"] == "plain" for a, b in parallel_pairs(rows, "denoise"))
+    test_vc = parallel_pairs(rows, "voice", split="test")
+    assert any(a["voice_seen_in_train"] and not b["voice_seen_in_train"] for a, b in test_vc)  # to unseen voices
+    with pytest.raises(ValueError, match="unknown pair task"):
+        parallel_pairs(rows, "translate")
+
+
 def test_levelled_audio(corpus: Path) -> None:
     row = next(r for r in load_manifest(corpus) if r["style"] == "plain")
     x, _ = sf.read(str(corpus / row["path"]), dtype="float32")
