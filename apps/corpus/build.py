@@ -100,8 +100,21 @@ def _engine_versions() -> dict[str, str]:
         if shutil.which(cmd[0]):
             proc = subprocess.run(cmd, capture_output=True, text=True)
             text = (proc.stdout or proc.stderr).strip()
-            versions[name] = text.splitlines()[0] if text else ""
+            lines = text.splitlines() or [""]
+            versions[name] = next((ln.strip() for ln in lines if "version" in ln.lower()), lines[0].strip())
     return versions
+
+
+def _check_same_config(out: Path, config: CorpusConfig) -> None:
+    """Resuming is only sound with the same config: otherwise existing files would be stale."""
+    wanted = json.loads(json.dumps({"format": CORPUS_FORMAT, "config": config.to_dict()}))
+    marker = out / "build.json"
+    if marker.is_file():
+        found = json.loads(marker.read_text(encoding="utf-8"))
+        if found != wanted:
+            raise ValueError(f"{out} holds a corpus built with a different config or seed; use a new --out directory")
+    else:
+        marker.write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")
 
 
 def build_corpus(out_dir: str | Path, config: CorpusConfig, jobs: int = 2, progress: bool = True) -> BuildReport:
@@ -109,6 +122,7 @@ def build_corpus(out_dir: str | Path, config: CorpusConfig, jobs: int = 2, progr
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _check_same_config(out, config)
     voices = available_voices(config.engines)
     if not voices:
         raise FileNotFoundError("no TTS engine is installed: apt-get install flite espeak-ng festival sox")

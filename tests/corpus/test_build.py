@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,8 @@ def test_resume_skips_existing_files_and_rebuilds_identically(corpus: Path) -> N
     for path, data in before.items():
         assert (corpus / path).read_bytes() == data  # same seed, same engines: same samples
     assert load_manifest(corpus) == rows
+    with pytest.raises(ValueError, match="different config"):
+        build_corpus(corpus, replace(TINY, seed=7), jobs=1, progress=False)
 
 
 def test_stats_and_cli(corpus: Path, capsys) -> None:
