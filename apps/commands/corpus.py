@@ -35,6 +35,13 @@ def _score(args: argparse.Namespace) -> int:
     scores = score_corpus(args.dir, split=args.split, styles=args.styles.split(","), audio_root=args.audio_root,
                           limit=args.limit, progress=not args.no_progress, save=args.save)
     print(format_scores(scores))
+    if args.conversion_oracle:
+        from apps.corpus.quality import conversion_oracle
+
+        check = conversion_oracle(args.dir, split=args.split, progress=not args.no_progress)
+        print(f"\nspeaker check (real target audio as a perfect conversion): {check.items} items, "
+              f"closer to target on {check.closer_to_target:.1%}, mean similarity to target "
+              f"{check.mean_sim_target:.3f} vs to source {check.mean_sim_source:.3f}")
     return 0
 
 
@@ -65,5 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="score these files instead (same relative paths as the corpus, e.g. resynthesised)")
     score.add_argument("--limit", type=int, default=None, help="score only the first N rows")
     score.add_argument("--save", default=None, help="also write per-utterance results to this JSONL file")
+    score.add_argument("--conversion-oracle", action="store_true",
+                       help="also run the Resemblyzer voice-conversion criterion on the real held-out voices")
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
     score.set_defaults(func=_score)

@@ -98,3 +98,62 @@ def format_scores(scores: list[GroupScore]) -> str:
         lines.append(f"| {g.group} | {g.utterances} | {g.wer_corpus:.3f} | {g.wer_mean_utterance:.3f} | "
                      f"{g.dnsmos_ovrl:.2f} | {g.dnsmos_sig:.2f} | {g.dnsmos_bak:.2f} | {g.dnsmos_p808:.2f} |")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ConversionCheck:
+    """How often the speaker scorer puts an utterance closer to its own voice than to a source voice."""
+
+    items: int
+    closer_to_target: float  # fraction of items where sim(x, target reference) > sim(x, source)
+    mean_sim_target: float
+    mean_sim_source: float
+
+
+def conversion_oracle(corpus_dir: str | Path, split: str = "test", progress: bool = True) -> ConversionCheck:
+    """The few-shot voice-conversion criterion applied to the real target audio (a perfect conversion).
+
+    For each held-out-voice utterance x of sentence s, with a trained panel voice's reading of s as
+    the source and the held-out voice's reading of another sentence as the target reference, count
+    sim(x, target) > sim(x, source). This is the ceiling a conversion system can reach under the
+    Resemblyzer criterion of issue 7 §4 on this split.
+    """
+    from eval.scorers import ResemblyzerSimilarity
+
+    rows = [r for r in load_manifest(corpus_dir) if r["split"] == split and r["style"] == "plain"]
+    unseen = [r for r in rows if not r["voice_seen_in_train"]]
+    seen_by_text: dict[str, list[dict]] = defaultdict(list)
+    by_speaker: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["voice_seen_in_train"]:
+            seen_by_text[r["text_id"]].append(r)
+        else:
+            by_speaker[r["speaker_id"]].append(r)
+    sim = ResemblyzerSimilarity()
+    cache: dict[str, np.ndarray] = {}
+
+    def emb(r: dict) -> np.ndarray:
+        if r["id"] not in cache:
+            cache[r["id"]] = sim.embed(Path(corpus_dir) / r["path"])
+        return cache[r["id"]]
+
+    wins, st, ss = [], [], []
+    items = unseen
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(unseen, desc="speaker check", unit="utt")
+    for x in items:
+        refs = [r for r in by_speaker[x["speaker_id"]] if r["text_id"] != x["text_id"]]
+        if not refs:
+            continue
+        ref = refs[0]
+        for src in seen_by_text[x["text_id"]]:
+            s_t, s_s = float(emb(x) @ emb(ref)), float(emb(x) @ emb(src))
+            wins.append(s_t > s_s)
+            st.append(s_t)
+            ss.append(s_s)
+    if not wins:
+        raise ValueError(f"split {split!r} has no held-out voice with two sentences and a parallel trained voice")
+    return ConversionCheck(items=len(wins), closer_to_target=float(np.mean(wins)),
+                           mean_sim_target=float(np.mean(st)), mean_sim_source=float(np.mean(ss)))

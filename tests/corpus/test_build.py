@@ -14,7 +14,7 @@ import soundfile as sf
 from apps.corpus import CorpusConfig, build_corpus, corpus_stats, load_manifest
 from apps.corpus.augment import measured_snr_db
 
-TINY = CorpusConfig(train_sentences=3, valid_sentences=1, test_sentences=1, voices_per_train_sentence=2,
+TINY = CorpusConfig(train_sentences=3, valid_sentences=1, test_sentences=2, voices_per_train_sentence=2,
                     speed_fraction=0.5, noise_fraction=0.5, whisper_fraction=0.6, engines=("flite", "espeak"))
 
 
@@ -71,8 +71,9 @@ def test_transcripts_are_what_is_spoken(corpus: Path) -> None:
     rows = [r for r in load_manifest(corpus) if r["speaker_id"] == "flite-slt-p0-r100" and r["style"] == "plain"]
     assert rows
     asr = PocketsphinxASR()
-    hyps = [asr.transcribe(corpus / r["path"]) for r in rows[:2]]
-    assert word_error_rate([r["text"] for r in rows[:2]], hyps).corpus < 0.5, hyps
+    hyps = [asr.transcribe(corpus / r["path"]) for r in rows[:3]]
+    # pocketsphinx scores ~0.3 on clean flite speech of this text; a wrong transcript scores ~1
+    assert word_error_rate([r["text"] for r in rows[:3]], hyps).corpus < 0.6, hyps
 
 
 def test_resume_skips_existing_files_and_rebuilds_identically(corpus: Path) -> None:
@@ -145,3 +146,18 @@ def test_each_engine_speaks_at_24khz(speaker_id: str) -> None:
     else:
         with pytest.raises(ValueError, match="whisper"):
             synthesize(voice, "The cat sat on the mat.", whisper=True)
+
+
+def test_quality_scores_and_conversion_oracle(corpus: Path) -> None:
+    pytest.importorskip("speechmos")
+    pytest.importorskip("resemblyzer")
+    from apps.corpus.quality import conversion_oracle, format_scores, score_corpus
+
+    scores = score_corpus(corpus, split="test", limit=2, progress=False)
+    overall = scores[0]
+    assert overall.group == "all" and overall.utterances == 2
+    assert 0.0 <= overall.wer_corpus <= 1.5 and 1.0 < overall.dnsmos_ovrl < 5.0
+    assert "| all | 2 |" in format_scores(scores)
+    check = conversion_oracle(corpus, split="test", progress=False)
+    assert check.items > 0 and check.closer_to_target >= 0.8  # the real target voice passes the §4 criterion
+    assert check.mean_sim_target > check.mean_sim_source
