@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -31,7 +32,16 @@ def _stats(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     from apps.corpus.quality import format_scores, score_corpus
+    from eval.scorers import MissingScorerDependency
 
+    try:
+        return _score_and_print(args, score_corpus, format_scores)
+    except MissingScorerDependency as exc:
+        logging.getLogger("mimo-audio").error("%s", exc)
+        return 1
+
+
+def _score_and_print(args: argparse.Namespace, score_corpus, format_scores) -> int:
     scores = score_corpus(args.dir, split=args.split, styles=args.styles.split(","), audio_root=args.audio_root,
                           limit=args.limit, progress=not args.no_progress, save=args.save)
     print(format_scores(scores))

@@ -30,7 +30,7 @@ from apps.corpus.augment import babble, coloured_noise, mix_at_snr
 from apps.corpus.plan import CorpusConfig, Utterance, plan_corpus, split_voices, stable_hash
 from apps.corpus.synth import SAMPLE_RATE, synthesize, write_wav
 from apps.corpus.text import load_sentences
-from apps.corpus.voices import Voice, available_voices
+from apps.corpus.voices import ENGINES, Voice, available_voices
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,9 @@ def _check_same_config(out: Path, config: CorpusConfig) -> None:
 def build_corpus(out_dir: str | Path, config: CorpusConfig, jobs: int = 2, progress: bool = True) -> BuildReport:
     """Generate (or resume) the corpus described by ``config`` under ``out_dir``."""
     start = time.perf_counter()
+    unknown = set(config.engines or ()) - set(ENGINES)
+    if unknown:
+        raise ValueError(f"unknown TTS engine(s) {sorted(unknown)}; expected some of {list(ENGINES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_config(out, config)

@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 FESTIVAL_VOICE_DIRS = (Path("/usr/share/festival/voices"),)
+ENGINES = ("flite", "festival", "espeak")
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,9 @@ def test_stats_and_cli(corpus: Path, capsys) -> None:
     assert main(["corpus", "stats", str(corpus)]) == 0
     assert "| test |" in capsys.readouterr().out
     assert main(["corpus", "stats", str(corpus / "nowhere")]) == 1
+    assert main(["corpus", "build", "--out", str(corpus), "--engines", "flite,sam"]) == 1  # unknown engine
+    with pytest.raises(ValueError, match="unknown TTS engine"):
+        build_corpus(corpus / "other", replace(TINY, engines=("sam",)), progress=False)
 
 
 def test_parallel_pairs_for_few_shot_tasks(corpus: Path) -> None:
