@@ -164,3 +164,24 @@ def test_quality_scores_and_conversion_oracle(corpus: Path) -> None:
     check = conversion_oracle(corpus, split="test", progress=False)
     assert check.items > 0 and check.closer_to_target >= 0.8  # the real target voice passes the §4 criterion
     assert check.mean_sim_target > check.mean_sim_source
+
+
+def test_pitch_and_rate_variants_change_f0_and_duration() -> None:
+    import librosa
+
+    from apps.corpus.synth import synthesize
+    from apps.corpus.voices import voice_available, voice_inventory
+
+    voices = {v.speaker_id: v for v in voice_inventory()}
+    base, high = voices["flite-slt-p0-r100"], voices["flite-slt-p+2-r110"]
+    if not (voice_available(base) and voice_available(high)):
+        pytest.skip("flite and sox are needed")
+    text = "The cat sat quietly on the warm mat all day."
+    a, b = synthesize(base, text), synthesize(high, text)
+
+    def median_f0(x: np.ndarray) -> float:
+        f0, _, _ = librosa.pyin(x[: 2 * 24000], fmin=60, fmax=400, sr=24000, frame_length=2048)
+        return float(np.nanmedian(f0))
+
+    assert median_f0(b) / median_f0(a) == pytest.approx(2 ** (2 / 12), rel=0.04)  # +2 semitones
+    assert len(b) / len(a) == pytest.approx(100 / 110, rel=0.06)  # 110% rate
