@@ -7,6 +7,8 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,demo,eval,gguf
 OUT    ?= out
 PYTEST_ARGS ?=
+# TTS engines and voices (real speech), sox, and offline English text (fortunes, Python docs)
+SYSPKGS ?= flite espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox fortunes python3.11-doc
 
 .PHONY: help setup sysdeps demo test lint bench clean
 
@@ -28,17 +30,17 @@ setup: $(VENV)/.installed
 
 # Real speech for tests and the demo comes from Debian's TTS engines.
 sysdeps:
-	@command -v flite >/dev/null && command -v espeak-ng >/dev/null && test -d /usr/share/doc/python3.11/html/_sources || { \
-		echo "installing flite, espeak-ng and python3.11-doc (apt-get)"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite espeak-ng python3.11-doc) \
-		|| echo "warning: could not install flite/espeak-ng; tests that need them are skipped"; }
+	@missing=$$(for p in $(SYSPKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) \
+		|| echo "warning: could not install $$missing; tests that need them are skipped"; \
+	fi
 
 demo: setup sysdeps
 	@mkdir -p $(OUT)
 	flite -voice slt -t "The quick brown fox jumps over the lazy dog." -o $(OUT)/demo_in.wav
 	$(VENV)/bin/mimo-audio tokenizer roundtrip $(OUT)/demo_in.wav $(OUT)/demo_out.wav --preset tiny
-	@echo "demo: input  $(OUT)/demo_in.wav"
-	@echo "demo: output $(OUT)/demo_out.wav (tokens in $(OUT)/demo_out.safetensors)"
 
 test: setup sysdeps
 	$(PY) -m pytest $(PYTEST_ARGS)
