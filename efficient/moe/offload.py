@@ -187,9 +187,9 @@ def find_moe_blocks(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
     found = []
     for parent in model.modules():
         for name, child in parent.named_children():
-            if isinstance(child, OffloadedMoeBlock) or (
-                isinstance(getattr(child, "gate", None), nn.Linear) and isinstance(getattr(child, "experts", None), nn.ModuleList)
-            ):
+            sparse = isinstance(getattr(child, "gate", None), nn.Linear) and isinstance(
+                getattr(child, "experts", None), nn.ModuleList)
+            if isinstance(child, OffloadedMoeBlock) or sparse:
                 found.append((parent, name, child))
     return found
 
@@ -252,7 +252,7 @@ def offload_moe(
     act = getattr(model.config, "hidden_act", "silu")
     for i, (parent, name, block) in enumerate(blocks):
         if block.gate.out_features != len([k for k in store.keys if k[0] == i]):
-            raise ValueError(f"MoE layer {i}: router has {block.gate.out_features} experts, the store a different number")
+            raise ValueError(f"MoE layer {i}: router has {block.gate.out_features} experts, the store another count")
         new = OffloadedMoeBlock(
             i, block.gate, _routing_of(block, model.config), engine, act=act,
             shared_expert=getattr(block, "shared_expert", None),
