@@ -121,7 +121,8 @@ def train(args: argparse.Namespace) -> Path:
     target = CausalLMTarget(model)
     cfg = MTPConfig.from_target(model.config, num_heads=args.heads, sliding_window=args.window)
     drafter = MTPDrafter(cfg, target.embed, target.final_norm, target.lm_head)
-    stream = token_stream(tok, offline_english_text("train"))
+    text = offline_english_text("train")
+    stream = token_stream(tok, text[: args.max_chars] if args.max_chars else text)
     with torch.no_grad():
         model(input_ids=stream[None, :128], use_cache=False)
         rms = float(target._captured.pow(2).mean(-1).sqrt().median())
@@ -135,6 +136,8 @@ def train(args: argparse.Namespace) -> Path:
         step, cursor = _load_state(state_path, drafter, opt)
         log.info("resuming from %s at step %d", state_path, step)
     chunk = args.seq_len * args.batch
+    if len(stream) <= chunk:
+        raise ValueError(f"the training text has {len(stream)} tokens, fewer than one batch ({chunk})")
     t0 = time.time()
     bar = tqdm(total=args.steps, initial=step, desc=f"MTP x{args.heads}", unit="step")
     while step < args.steps:
@@ -188,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=25)
     p.add_argument("--out", default=None, help="output directory (default: the model directory)")
     p.add_argument("--restart", action="store_true", help="ignore an existing training state")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--max-chars", type=int, default=0, help="use only the first N characters of the text")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (1 is fastest on a busy 2-core machine)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
