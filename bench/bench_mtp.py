@@ -62,14 +62,16 @@ def main() -> None:
                         "--steps", "150", "--batch", "2", "--seq-len", "128", "--threads", str(args.threads),
                         "--max-minutes", str(args.train_minutes), "--out", str(args.heads_dir)],
                        check=True, cwd=ROOT)
-    train_info = (args.heads_dir / "mtp.train.json").read_text() if (args.heads_dir / "mtp.train.json").is_file() else ""
+    info_file = args.heads_dir / "mtp.train.json"
+    train_info = info_file.read_text() if info_file.is_file() else ""
     model, tok = load_smollm2()
     target = CausalLMTarget(model)
     full = load_mtp(args.heads_dir, target)
     drafters = {k: first_heads(full, k, target) for k in range(1, len(full.heads) + 1)}
     paras = [x for x in offline_english_text("test").split("\n\n") if len(x) > 600]
     step = max(1, len(paras) // args.prompts)
-    prompts = [tok(paras[i * step], add_special_tokens=False).input_ids[: args.prompt_tokens] for i in range(args.prompts)]
+    prompts = [tok(paras[i * step], add_special_tokens=False).input_ids[: args.prompt_tokens]
+               for i in range(args.prompts)]
     print(f"SmolLM2-135M-Instruct fp32, {args.threads} torch thread(s), {len(prompts)} held-out prompts x "
           f"{args.prompt_tokens} tokens, {args.tokens} new tokens; heads: {train_info.strip() or args.heads_dir}")
 

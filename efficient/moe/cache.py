@@ -67,6 +67,10 @@ class ExpertCache:
     def __contains__(self, key: ExpertKey) -> bool:
         return key in self._lru
 
+    def available(self, key: ExpertKey) -> bool:
+        """Cached or being read in the background (a request would not start a new read)."""
+        return key in self._lru or key in self._inflight
+
     def reset_stats(self) -> None:
         self.stats = CacheStats()
 

@@ -150,6 +150,8 @@ class OffloadedMoeBlock(nn.Module):
         else:
             logits = self.gate(x)
         weights, selected = self.routing(logits)
+        if eng.cache is not None and eng.mode in ("speculative", "pregated") and self.layer > 0:
+            self._score_prediction(selected)
         # look ahead before computing, so the next block's reads overlap with this block's work
         ahead = eng.next_choice(self.layer, x)
         if ahead is not None and eng.cache is not None:
@@ -167,15 +169,13 @@ class OffloadedMoeBlock(nn.Module):
             if self.shared_expert_gate is not None:
                 s = torch.sigmoid(self.shared_expert_gate(x)) * s
             out = out + s
-        if eng.mode == "speculative" and self.layer > 0:
-            self._score_prediction(selected)
         self.last_router_logits = logits
         return (out.reshape(shape), logits) if self.returns_router_logits else out.reshape(shape)
 
     def _score_prediction(self, selected: torch.Tensor) -> None:
-        """Share of this block's experts that the previous block prefetched (speculative mode)."""
+        """Share of this block's experts already cached or in flight when it routes."""
         eng = self.engine
-        cached = [(self.layer, e) in eng.cache for e in torch.unique(selected).tolist()]
+        cached = [eng.cache.available((self.layer, e)) for e in torch.unique(selected).tolist()]
         eng.prefetch_predictions += len(cached)
         eng.prefetch_correct += sum(cached)
 
