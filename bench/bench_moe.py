@@ -6,7 +6,7 @@ mode runs in its own process, so peak RSS is per mode; modes are interleaved and
 quoted. Expert reads come from the page cache ("warm"), and with --cold through O_DIRECT, which
 bypasses the page cache like a real disk read.
 
-Part 2 (quality of pre-gating, real weights): SmolLM2-135M MoEfied into 8 experts/layer with top-4
+Part 2 (quality of pre-gating, real weights): SmolLM2-135M MoEfied into 8 experts/layer with top-6
 hard routing and least-squares routers; held-out perplexity with its routers, with pre-gates copied
 from the next router, and with pre-gates distilled from the routers on the training text.
 
@@ -231,7 +231,7 @@ def main() -> None:
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--quality-batches", type=int, default=4)
-    p.add_argument("--quality-topk", type=int, default=4)
+    p.add_argument("--quality-topk", type=int, default=6)
     p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
