@@ -62,6 +62,8 @@ def _peak_rss_mb(field: str = "VmHWM") -> float:
 
 def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     from transformers import AutoModelForCausalLM, DynamicCache
 
     from efficient.moe import load_offloaded, make_pregates
@@ -111,7 +113,8 @@ def worker(args: argparse.Namespace) -> None:
 def run_worker(mode: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", mode, "--dir", str(args.dir), "--budget", str(args.budget),
            "--tokens", str(args.tokens), "--threads", str(args.threads),
-           "--prefetch-threads", str(args.prefetch_threads)] + (["--cold"] if args.cold else [])
+           "--prefetch-threads", str(args.prefetch_threads),
+           "--switch-interval", str(args.switch_interval)] + (["--cold"] if args.cold else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT),
                           "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
     for line in proc.stdout.splitlines():
@@ -127,14 +130,19 @@ def speed(args: argparse.Namespace) -> None:
           f"{args.budget / 2**20:.0f} MiB, {args.tokens} tokens, {args.threads} torch thread(s), "
           f"{args.prefetch_threads} prefetch thread(s), "
           f"reads {'O_DIRECT (cold)' if args.cold else 'through the page cache (warm)'}")
-    runs: dict[str, list[dict]] = {m: [] for m in MODES}
+    modes = [m for m in MODES if m in args.modes.split(",")]
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
     for r in range(args.repeats):
-        for m in MODES:
+        for m in modes:
             res = run_worker(m, args)
             runs[m].append(res)
             print(f"  repeat {r} {m:12s} {res['tok_s']:.2f} tok/s", flush=True)
     med = {m: {k: statistics.median(x[k] for x in v) for k in v[0] if isinstance(v[0][k], float)}
            for m, v in runs.items()}
+    if len(modes) < len(MODES):
+        for m in modes:
+            print(m, {k: round(v, 3) for k, v in med[m].items()})
+        return
     same = runs["on_demand"][0]["tokens"] == runs["speculative"][0]["tokens"] == runs["resident"][0]["tokens"]
     print("\nmedians over repeats; every mode ran in its own process, modes interleaved")
     print("\n| mode | tok/s | vs on-demand | hit rate | MiB read/token | blocked ms/token | peak RSS MiB |"
@@ -227,7 +235,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--prefetch-threads", type=int, default=1, help="background read threads")
+    p.add_argument("--switch-interval", type=float, default=0.0, help="sys.setswitchinterval for the workers")
     p.add_argument("--cold", action="store_true", help="read experts with O_DIRECT (bypass the page cache)")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset (prints raw medians)")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--quality-batches", type=int, default=4)
