@@ -77,10 +77,14 @@ class CausalLMTarget(TargetStep):
         self.decoder_layers = getattr(decoder, "layers", None)
         self._cache_factory = cache_factory
         self._captured: torch.Tensor | None = None
-        norm.register_forward_hook(self._capture)
+        self._hook = norm.register_forward_hook(self._capture)
 
     def _capture(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         self._captured = inputs[0]
+
+    def close(self) -> None:
+        """Remove the forward hook this adapter put on the model's final norm."""
+        self._hook.remove()
 
     def new_cache(self) -> CropCache:
         if self._cache_factory is not None:
