@@ -1,0 +1,13 @@
+"""One intra-op thread: these models are tiny, and on a shared 2-core machine OpenMP spinning with two
+threads makes each forward ~50x slower."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
