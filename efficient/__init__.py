@@ -18,6 +18,11 @@ _EXPORTS = {
     "quantize": "efficient.quant",
     "QuantLinear": "efficient.quant",
     "apply_attention": "efficient.attention",
+    "SpeculativeDecoder": "efficient.spec",
+    "CausalLMTarget": "efficient.spec",
+    "load_mtp": "efficient.spec",
+    "offload_moe": "efficient.moe",
+    "load_offloaded": "efficient.moe",
 }
 
 
