@@ -19,6 +19,7 @@ from tokenizer.audio import AudioInput, prepare_waveform
 from tokenizer.config import TokenizerConfig
 from tokenizer.mel import LogMel
 from tokenizer.model import MiMoAudioTokenizerModel
+from tokenizer.modules.prepack import prepack_linears
 from tokenizer.streaming import StreamDecoder
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,9 @@ class AudioTokenizer:
         finally:
             enc.quantizer, head.istft = quantizer.to(device, torch.float32), istft.to(device, torch.float32)
         self.device, self.dtype = device, dtype
+        packed = prepack_linears(self.model, enable=dtype == torch.bfloat16 and device.type == "cpu")
+        if packed:
+            log.debug("pre-packed %d bf16 linear layers for oneDNN", packed)
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod

@@ -175,3 +175,16 @@ def test_bf16_keeps_exact_fp32_codebooks():
     b = AudioTokenizer.from_config(cfg, seed=0, dtype="bf16")
     assert torch.equal(a.model.quantizer.codebook(2).embed, b.model.quantizer.codebook(2).embed)
     assert torch.equal(a.model.decoder.vocoder.head.istft.window, b.model.decoder.vocoder.head.istft.window)
+
+
+def test_bf16_prepacked_linears_are_bit_identical(signal):
+    from tokenizer import AudioTokenizer, TokenizerConfig
+    from tokenizer.modules.prepack import prepack_linears
+
+    tok = AudioTokenizer.from_config(TokenizerConfig.preset("tiny"), seed=0, dtype="bf16")
+    x = signal(0.8)
+    codes, wav = tok.encode(x, 24000), tok.decode(torch.zeros(8, 6, dtype=torch.long))
+    prepack_linears(tok.model, enable=False)
+    assert not any("forward" in m.__dict__ for m in tok.model.modules())
+    assert torch.equal(tok.encode(x, 24000), codes)
+    assert torch.equal(tok.decode(torch.zeros(8, 6, dtype=torch.long)), wav)
