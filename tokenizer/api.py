@@ -19,6 +19,7 @@ from tokenizer.audio import AudioInput, prepare_waveform
 from tokenizer.config import TokenizerConfig
 from tokenizer.mel import LogMel
 from tokenizer.model import MiMoAudioTokenizerModel
+from tokenizer.modules.prepack import prepack_linears
 from tokenizer.streaming import StreamDecoder
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,18 @@ class AudioTokenizer:
                                    cfg.fmin, cfg.fmax).to(self.device)
 
     def _to(self, device: torch.device, dtype: torch.dtype) -> None:
-        self.model.to(device=device, dtype=dtype)
-        # The quantizer and the iSTFT window stay fp32 whatever the model dtype.
-        self.model.encoder.quantizer.float()
-        self.model.decoder.vocoder.head.istft.float()
+        # The quantizer and the iSTFT window stay fp32 whatever the model dtype (never rounded through bf16).
+        enc, head = self.model.encoder, self.model.decoder.vocoder.head
+        quantizer, istft = enc.quantizer, head.istft
+        enc.quantizer, head.istft = None, None
+        try:
+            self.model.to(device=device, dtype=dtype)
+        finally:
+            enc.quantizer, head.istft = quantizer.to(device, torch.float32), istft.to(device, torch.float32)
         self.device, self.dtype = device, dtype
+        packed = prepack_linears(self.model, enable=dtype == torch.bfloat16 and device.type == "cpu")
+        if packed:
+            log.debug("pre-packed %d bf16 linear layers for oneDNN", packed)
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
@@ -114,7 +122,8 @@ class AudioTokenizer:
         """A tokenizer with random weights (deterministic in ``seed``): for tests and benchmarks only."""
         with torch.device("meta"):
             model = MiMoAudioTokenizerModel(config)
-        model.to_empty(device="cpu")
+        empty = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
+        model.load_state_dict(empty, assign=True)
         init_random(model, seed)
         return cls(model, device, dtype)
 

@@ -103,7 +103,10 @@ def load_audio(source: AudioInput, sample_rate: int | None = None) -> tuple[torc
 
 @lru_cache(maxsize=16)
 def _sinc_kernel(orig: int, new: int, width_zeros: int = 6, rolloff: float = 0.99) -> tuple[torch.Tensor, int]:
-    """Polyphase filter bank [new, 1, taps] for reduced rates orig -> new (float64)."""
+    """Polyphase filter bank [new, 1, taps] for reduced rates orig -> new (float64).
+
+    Output phase p of frame f is sample f * new + p; tap j of its filter multiplies input sample f * orig + j - half.
+    """
     cutoff = min(orig, new) * rolloff
     half = math.ceil(width_zeros * orig / cutoff)
     taps = torch.arange(-half, half + orig, dtype=torch.float64) / orig
@@ -124,8 +127,9 @@ def resample(wav: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     orig, new = orig_sr // g, new_sr // g
     kernel, half = _sinc_kernel(orig, new)
     n = wav.shape[-1]
-    x = F.pad(wav.to(torch.float64)[None, None], (half, half + orig))
-    y = F.conv1d(x, kernel, stride=orig)  # [1, new, frames]: phase p of output frame f is sample f*new + p
+    # Kernel computed in float64, applied in float32 (as torchaudio does for float32 audio).
+    x = F.pad(wav.to(torch.float32)[None, None], (half, half + orig))
+    y = F.conv1d(x, kernel.to(torch.float32), stride=orig)  # [1, new, frames]
     y = y[0].transpose(0, 1).reshape(-1)
     out_len = math.ceil(new * n / orig)
     return y[:out_len].to(torch.float32)

@@ -51,7 +51,8 @@ def data_codebooks(tok: AudioTokenizer) -> None:
 
 def wave_stats(wav: torch.Tensor) -> dict:
     w = wav.double()
-    idx = [0, 1, 100, 5000, 12345, wav.numel() - 1]
+    n = wav.numel()
+    idx = [0, 1, n // 7, n // 3, n // 2, n - 1]
     return {"length": wav.numel(), "sum": w.sum().item(), "abs_sum": w.abs().sum().item(),
             "sq_sum": w.pow(2).sum().item(), "samples": {str(i): w[i].item() for i in idx}}
 
@@ -65,7 +66,9 @@ def main() -> None:
     save_file(state, str(GOLDEN / "model.safetensors"), metadata={"format": "pt"})
     tok = AudioTokenizer.from_pretrained(GOLDEN, device="cpu")
     codes = tok.encode(golden_input(), 16000, n_q=N_Q)
-    expected = {"codes": codes.tolist(), "decode": wave_stats(tok.decode(codes)),
+    latents, _ = tok.model.encoder([tok.mel(golden_input(), 16000)])
+    expected = {"codes": codes.tolist(), "latents": wave_stats(latents.flatten()),
+                "decode": wave_stats(tok.decode(codes)),
                 "decode_causal_norm": wave_stats(tok.decode(codes, causal_norm=True))}
     text = json.dumps(expected, indent=1)
     for row in codes.tolist():  # one line per codebook

@@ -4,6 +4,8 @@ import json
 import math
 from pathlib import Path
 
+import torch
+
 from tokenizer import AudioTokenizer
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -32,10 +34,16 @@ def assert_stats(wav, stats):
 def test_golden_codes_and_waveform():
     expected = json.loads((GOLDEN / "expected.json").read_text())
     tok = AudioTokenizer.from_pretrained(GOLDEN, device="cpu")
-    codes = tok.encode(golden_input(), 16000, n_q=len(expected["codes"]))
-    assert codes.tolist() == expected["codes"]
-    assert_stats(tok.decode(codes), expected["decode"])
-    assert_stats(tok.decode(codes, causal_norm=True), expected["decode_causal_norm"])
+    x = golden_input()
+    latents, _ = tok.model.encoder([tok.mel(x, 16000)])
+    assert_stats(latents.flatten(), expected["latents"])
+    codes = tok.encode(x, 16000, n_q=len(expected["codes"]))
+    want = torch.tensor(expected["codes"])
+    # A random model has near-ties between codewords, where rounding noise (another CPU, BLAS) may flip a choice;
+    # the latents above are checked tightly, so allow a flip or two but no systematic change.
+    assert codes.shape == want.shape and (codes != want).sum() <= 2
+    assert_stats(tok.decode(want), expected["decode"])
+    assert_stats(tok.decode(want, causal_norm=True), expected["decode_causal_norm"])
 
 
 def test_golden_fixture_is_small():

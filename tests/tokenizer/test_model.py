@@ -165,3 +165,26 @@ def test_rvq_encode_is_greedy_nearest_and_decode_sums(tok):
     manual = sum(q.codebook(i).embed[codes[i]] for i in range(10))
     assert torch.allclose(q.decode(codes), manual, atol=1e-6)
     assert torch.allclose(x - q.decode(codes), residual, atol=1e-5)
+
+
+def test_bf16_keeps_exact_fp32_codebooks():
+    from tokenizer import AudioTokenizer, TokenizerConfig
+
+    cfg = TokenizerConfig.preset("tiny")
+    a = AudioTokenizer.from_config(cfg, seed=0)
+    b = AudioTokenizer.from_config(cfg, seed=0, dtype="bf16")
+    assert torch.equal(a.model.quantizer.codebook(2).embed, b.model.quantizer.codebook(2).embed)
+    assert torch.equal(a.model.decoder.vocoder.head.istft.window, b.model.decoder.vocoder.head.istft.window)
+
+
+def test_bf16_prepacked_linears_are_bit_identical(signal):
+    from tokenizer import AudioTokenizer, TokenizerConfig
+    from tokenizer.modules.prepack import prepack_linears
+
+    tok = AudioTokenizer.from_config(TokenizerConfig.preset("tiny"), seed=0, dtype="bf16")
+    x = signal(0.8)
+    codes, wav = tok.encode(x, 24000), tok.decode(torch.zeros(8, 6, dtype=torch.long))
+    prepack_linears(tok.model, enable=False)
+    assert not any("forward" in m.__dict__ for m in tok.model.modules())
+    assert torch.equal(tok.encode(x, 24000), codes)
+    assert torch.equal(tok.decode(torch.zeros(8, 6, dtype=torch.long)), wav)

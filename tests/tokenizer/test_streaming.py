@@ -16,10 +16,10 @@ def stream(tok, codes, chunk, lookahead=None):
 
 @pytest.fixture(scope="module")
 def codes(tok, signal):
-    return tok.encode(signal(1.7), 24000)
+    return tok.encode(signal(1.0), 24000)  # 26 frames
 
 
-@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 8, 43])
+@pytest.mark.parametrize("chunk", [1, 3, 8, 26])
 def test_full_lookahead_equals_offline(tok, codes, chunk):
     offline = tok.decode(codes, causal_norm=True)
     out, _ = stream(tok, codes, chunk)
@@ -41,7 +41,7 @@ def test_output_is_incremental(tok, codes):
 def test_smaller_lookahead_is_chunk_independent_and_close(tok, codes, lookahead):
     offline = tok.decode(codes, causal_norm=True)
     a, outs = stream(tok, codes, 1, lookahead)
-    b, _ = stream(tok, codes, 7, lookahead)
+    b, _ = stream(tok, codes, 7, lookahead)  # 7 does not divide 26: uneven last chunk
     assert torch.allclose(a, b, atol=1e-5)
     assert a.shape == offline.shape
     err = (a - offline).abs().max()
@@ -52,7 +52,7 @@ def test_smaller_lookahead_is_chunk_independent_and_close(tok, codes, lookahead)
 
 
 def test_segments_reset_like_offline(tok, codes, monkeypatch):
-    monkeypatch.setattr(api, "DECODE_SEGMENT_FRAMES", 16)
+    monkeypatch.setattr(api, "DECODE_SEGMENT_FRAMES", 11)
     offline = tok.decode(codes, causal_norm=True)
     out, _ = stream(tok, codes, 5)
     assert (out - offline).abs().max() < 1e-4

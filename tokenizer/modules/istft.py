@@ -17,7 +17,8 @@ class ISTFT(nn.Module):
         super().__init__()
         self.n_fft, self.hop_length, self.win_length = n_fft, hop_length, win_length
         self.pad = (win_length - hop_length) // 2
-        self.register_buffer("window", torch.hann_window(win_length))
+        # Built on the CPU explicitly: a meta-device hann_window would pull in sympy (slow import).
+        self.register_buffer("window", torch.hann_window(win_length, device="cpu"))
 
     def frames(self, spec: torch.Tensor) -> torch.Tensor:
         """Complex [F, T] -> windowed time frames [win, T] (fp32)."""
