@@ -261,7 +261,7 @@ def train_tokenizer(tc: TokenizerTrainConfig) -> dict:
     crop = int(tc.crop_seconds * cfg.sampling_rate) // cfg.samples_per_frame * cfg.samples_per_frame
     data = WavCrops(tc.corpus, "train", cfg.sampling_rate, crop)
     frontend, msmel = _frontend(cfg).to(device), MultiScaleMel(cfg.sampling_rate).to(device)
-    metrics_file = open(out / "metrics.jsonl", "a")
+    metrics_file = open(out / "metrics.jsonl", "a", buffering=1)  # line-buffered: readable while running
     bar = progress(tc.steps, state["step"], "tokenizer", tc.progress)
     t_start = time.perf_counter()
     steps_run = 0
