@@ -73,6 +73,7 @@ class LMTrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0
+    stop_at: int | None = None  # end this invocation at this step (resume later); the schedule keeps `steps`
     save_every: int = 200
     log_every: int = 10
     device: str | None = None
@@ -151,7 +152,8 @@ def train_lm(tc: LMTrainConfig) -> dict:
     bar = progress(tc.steps, state["step"], "speech LM", tc.progress)
     t_start, steps_run = time.perf_counter(), 0
     try:
-        while state["step"] < tc.steps:
+        end = min(tc.steps, tc.stop_at or tc.steps)
+        while state["step"] < end:
             step = state["step"]
             s = seed_step(tc.seed, step)
             ids, target, mask, tasks = data.batch(tc.batch_size, np.random.default_rng(s), special.eos)
@@ -174,7 +176,7 @@ def train_lm(tc: LMTrainConfig) -> dict:
             if (step + 1) % tc.log_every == 0:
                 log.info("step %d loss %.4f text %.4f audio[0] %.4f (%s)", step + 1, row["loss"], row["text"],
                          row["audio0"], ",".join(tasks))
-            if (step + 1) % tc.save_every == 0 or step + 1 == tc.steps:
+            if (step + 1) % tc.save_every == 0 or step + 1 == end:
                 save_checkpoint(last, model.save_pretrained, opt, names, state)
     finally:
         bar.close()
@@ -201,12 +203,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in _FLOAT:
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--stop-at", type=int, default=None, help="stop at this step (resumable; lr schedule keeps --steps)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def config_from_args(args: argparse.Namespace) -> LMTrainConfig:
-    names = ("corpus", "out", "tokenizer", "tokenizer_preset", "preset", "device", *_INT, *_FLOAT)
+    names = ("corpus", "out", "tokenizer", "tokenizer_preset", "preset", "device", "stop_at", *_INT, *_FLOAT)
     return LMTrainConfig(**{n: getattr(args, n) for n in names}, progress=not args.no_progress)
 
 

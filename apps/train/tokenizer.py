@@ -73,6 +73,7 @@ class TokenizerTrainConfig:
     ema_decay: float = 0.99
     dead_code_usage: float = 0.01  # EMA usage per batch below which a code is replaced
     seed: int = 0
+    stop_at: int | None = None  # end this invocation at this step (resume later); the schedule keeps `steps`
     save_every: int = 200
     log_every: int = 10
     device: str | None = None
@@ -266,7 +267,8 @@ def train_tokenizer(tc: TokenizerTrainConfig) -> dict:
     t_start = time.perf_counter()
     steps_run = 0
     try:
-        while state["step"] < tc.steps:
+        end = min(tc.steps, tc.stop_at or tc.steps)
+        while state["step"] < end:
             step = state["step"]
             s = seed_step(tc.seed, step)
             wav = data.batch(tc.batch_size, np.random.default_rng(s)).to(device)
@@ -287,7 +289,7 @@ def train_tokenizer(tc: TokenizerTrainConfig) -> dict:
             if (step + 1) % tc.log_every == 0:
                 log.info("step %d loss %.4f mel %.4f coarse %.4f commit %.4f replaced %d", step + 1, row["loss"],
                          row["mel"], row["coarse_mel"], row["commit"], row["replaced"])
-            if (step + 1) % tc.save_every == 0 or step + 1 == tc.steps:
+            if (step + 1) % tc.save_every == 0 or step + 1 == end:
                 save_checkpoint(last, _save_model(model), opt, names, state)
     finally:
         bar.close()
@@ -311,13 +313,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("crop_seconds", "lr", "commitment", "ema_decay"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--stop-at", type=int, default=None, help="stop at this step (resumable; lr schedule keeps --steps)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def config_from_args(args: argparse.Namespace) -> TokenizerTrainConfig:
     names = ("corpus", "out", "preset", "steps", "batch_size", "warmup", "seed", "save_every", "log_every",
-             "eval_items", "crop_seconds", "lr", "commitment", "ema_decay", "device")
+             "eval_items", "crop_seconds", "lr", "commitment", "ema_decay", "device", "stop_at")
     return TokenizerTrainConfig(**{n: getattr(args, n) for n in names}, progress=not args.no_progress)
 
 
