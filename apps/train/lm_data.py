@@ -68,11 +68,14 @@ class LMExamples:
         self.probs = w / w.sum()
 
     def _render(self, prompt: list, answer: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt patches are context; so is the ``<|sostm|>`` that opens a stream answer (the official
+        prompts end with it), everything after is learned."""
         G = self.renderer.group_size
+        skip = 1 if isinstance(answer[0], Stream) else 0
         head = self.renderer.render(prompt)
         ids = torch.cat([head, self.renderer.render(answer)], dim=1)
         target = torch.zeros(ids.shape[1] // G, dtype=torch.bool)
-        target[head.shape[1] // G :] = True
+        target[head.shape[1] // G + skip :] = True
         return ids[:, : self.max_patches * G], target[: self.max_patches]
 
     def example(self, task: str, gen: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:

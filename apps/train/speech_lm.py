@@ -166,8 +166,9 @@ def train_lm(tc: LMTrainConfig) -> dict:
             opt.step()
             state["step"] = step + 1
             steps_run += 1
-            row = {"step": step + 1, "loss": round(float(res.loss.detach()), 5), "text": round(float(res.text), 5),
-                   "audio0": round(float(res.channels[0]), 5), "speech_patches": res.speech_patches,
+            row = {"step": step + 1, "loss": round(float(res.loss.detach()), 5),
+                   "text": round(float(res.text.detach()), 5),
+                   "audio0": round(float(res.channels[0].detach()), 5), "speech_patches": res.speech_patches,
                    "text_tokens": res.text_tokens}
             state["history"].append(row)
             metrics_file.write(json.dumps(row) + "\n")
