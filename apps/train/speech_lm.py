@@ -78,6 +78,7 @@ class LMTrainConfig:
     log_every: int = 10
     device: str | None = None
     progress: bool = True
+    eval_items: int = 8  # held-out examples per task for the final test-split loss (0: skip)
 
 
 def _lr(tc: LMTrainConfig, step: int) -> float:
@@ -124,6 +125,27 @@ def prepare(tc: LMTrainConfig, device: torch.device):
                           tc.progress)
     data = LMExamples(tc.corpus, "train", codes, renderer, tc.max_patches)
     return config, special, data
+
+
+@torch.no_grad()
+def heldout_loss(model: SpeechLM, data: LMExamples, pad_id: int, items: int = 8, seed: int = 1234) -> dict:
+    """Teacher-forced loss per task on ``items`` fixed examples of another split (e.g. the test split)."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for task in data.tasks:
+        gen = np.random.default_rng(seed)
+        texts, audio = [], []
+        for _ in range(items):
+            ids, target = data.example(task, gen)
+            res = speech_lm_loss(model, ids[None].to(model.device), target[None].to(model.device))
+            texts.append(float(res.text))
+            if res.speech_patches:
+                audio.append(float(res.channels[0]))
+        out[task] = {"text_ce": round(float(np.mean(texts)), 4),
+                     "audio0_ce": round(float(np.mean(audio)), 4) if audio else None}
+    model.train(was_training)
+    return out
 
 
 def train_lm(tc: LMTrainConfig) -> dict:
@@ -184,11 +206,18 @@ def train_lm(tc: LMTrainConfig) -> dict:
         metrics_file.close()
     state["seconds_per_step"] = (time.perf_counter() - t_start) / max(1, steps_run)
     model.save_pretrained(out / "model")
+    if tc.eval_items:
+        device_ = next(model.parameters()).device
+        test = LMExamples(tc.corpus, "test", encode_corpus(load_audio_tokenizer(tc, device_), tc.corpus, "test",
+                          out / "codes-test.safetensors", config.audio_channels, tc.progress),
+                          data.renderer, tc.max_patches)
+        state["eval"] = {"test": heldout_loss(model, test, special.eos, tc.eval_items)}
+        log.info("held-out (test split) loss per task: %s", state["eval"]["test"])
     (out / "summary.json").write_text(json.dumps({k: v for k, v in state.items() if k != "history"}, indent=1))
     return state
 
 
-_INT = ("steps", "batch_size", "max_patches", "warmup", "seed", "save_every", "log_every")
+_INT = ("steps", "batch_size", "max_patches", "warmup", "seed", "save_every", "log_every", "eval_items")
 _FLOAT = ("lr", "weight_decay")
 
 

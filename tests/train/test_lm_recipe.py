@@ -13,14 +13,14 @@ from mimo_audio import MimoAudio
 
 def _cfg(corpus, out, steps, **kw):
     base = dict(preset="tiny", tokenizer_preset="tiny", steps=steps, batch_size=3, max_patches=192, lr=3e-3,
-                warmup=1, save_every=2, log_every=100, progress=False, device="cpu")
+                warmup=1, save_every=2, log_every=100, progress=False, device="cpu", eval_items=0)
     return LMTrainConfig(corpus=str(corpus), out=str(out), **{**base, **kw})
 
 
 @pytest.fixture(scope="module")
 def straight(mini_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("lm_straight")
-    return out, train_lm(_cfg(mini_corpus, out, 8))
+    return out, train_lm(_cfg(mini_corpus, out, 8, eval_items=1))
 
 
 def test_examples_follow_the_official_formats(mini_corpus, tmp_path):
@@ -56,6 +56,9 @@ def test_loss_decreases_and_checkpoint_loads(straight):
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
     m = MimoAudio.from_pretrained(out / "model", device="cpu")  # official layout + text tokenizer
     assert m.lm.config.hidden_size == 64
+    heldout = state["eval"]["test"]  # teacher-forced loss per task on the held-out split
+    assert set(heldout) == {"asr", "continuation", "fewshot", "text", "tts"}
+    assert all(v["text_ce"] > 0 for v in heldout.values()) and heldout["tts"]["audio0_ce"] > 0
 
 
 def test_resume_continues_exactly(straight, mini_corpus, tmp_path):
