@@ -1,0 +1,47 @@
+"""Training data from the offline corpus (``mimo-audio corpus build``): waveform crops for the tokenizer and
+prompts in the official formats for the speech LM."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+log = logging.getLogger("mimo-audio.train")
+
+
+def corpus_rows(corpus: str | Path, split: str) -> list[dict]:
+    from apps.corpus import load_manifest
+
+    rows = [r for r in load_manifest(corpus) if r["split"] == split]
+    if not rows:
+        raise ValueError(f"corpus {corpus} has no rows in split {split!r}")
+    return rows
+
+
+def read_wav(corpus: str | Path, row: dict, sample_rate: int) -> torch.Tensor:
+    wav, sr = sf.read(str(Path(corpus) / row["path"]), dtype="float32", always_2d=True)
+    if sr != sample_rate:
+        raise ValueError(f"{row['path']}: sample rate {sr}, the tokenizer needs {sample_rate}")
+    return torch.from_numpy(wav.mean(axis=1))
+
+
+class WavCrops:
+    """Random fixed-length crops of the corpus wavs (zero-padded when shorter), read lazily from disk."""
+
+    def __init__(self, corpus: str | Path, split: str, sample_rate: int, crop_samples: int):
+        self.corpus, self.rows = Path(corpus), corpus_rows(corpus, split)
+        self.sample_rate, self.crop = sample_rate, crop_samples
+
+    def batch(self, batch_size: int, gen: np.random.Generator) -> torch.Tensor:
+        out = torch.zeros(batch_size, self.crop)
+        for b, i in enumerate(gen.integers(0, len(self.rows), batch_size)):
+            wav = read_wav(self.corpus, self.rows[int(i)], self.sample_rate)
+            if wav.shape[0] > self.crop:
+                s = int(gen.integers(0, wav.shape[0] - self.crop + 1))
+                wav = wav[s : s + self.crop]
+            out[b, : wav.shape[0]] = wav
+        return out

@@ -1,0 +1,123 @@
+"""Speech-LM training examples from the corpus, rendered in the official prompt formats.
+
+Each example is ``(ids [9, T], target [T/4])``: the prompt patches are context, the answer patches are
+learned. Tasks (weights in :data:`TASK_WEIGHTS`):
+
+- ``tts``: instruct-model TTS prompt -> the answer as a stream segment (text chunks interleaved with speech);
+- ``asr``: instruct-model ASR prompt (speech + instruction) -> transcript + ``<|im_end|>``;
+- ``continuation``: base-model ``<Spe>:`` + first part of an utterance -> the rest as a stream;
+- ``fewshot``: one in-context pair (voice, speed, denoise or whisper, from the corpus' parallel groups) +
+  a query -> the query's counterpart as a stream;
+- ``text``: the transcript alone, every token learned (keeps the text ability).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from apps.train.data import corpus_rows, read_wav
+from mimo_audio import formats
+from mimo_audio.prompts import PromptRenderer, Stream, Text
+
+log = logging.getLogger("mimo-audio.train")
+
+TASK_WEIGHTS = {"tts": 0.3, "asr": 0.3, "continuation": 0.1, "fewshot": 0.2, "text": 0.1}
+
+
+@torch.no_grad()
+def encode_corpus(tokenizer, corpus: str | Path, split: str, cache: Path | None = None, n_q: int = 8,
+                  progress: bool = True) -> dict[str, torch.Tensor]:
+    """Codes [n_q, T] of every utterance of ``split`` (cached as safetensors keyed by row index)."""
+    rows = corpus_rows(corpus, split)
+    if cache is not None and cache.is_file():
+        stored = load_file(str(cache))
+        if len(stored) == len(rows):
+            return {rows[int(k)]["id"]: v for k, v in stored.items()}
+    from tqdm import tqdm
+
+    codes = {}
+    for i, r in enumerate(tqdm(rows, desc=f"encode {split}", disable=not progress)):
+        wav = read_wav(corpus, r, tokenizer.sample_rate)
+        codes[str(i)] = tokenizer.encode(wav, tokenizer.sample_rate, n_q=n_q, progress=False).cpu().contiguous()
+    if cache is not None:
+        save_file(codes, str(cache))
+    return {rows[int(k)]["id"]: v for k, v in codes.items()}
+
+
+class LMExamples:
+    """Samples rendered training examples for one split of the corpus."""
+
+    def __init__(self, corpus: str | Path, split: str, codes: dict[str, torch.Tensor], renderer: PromptRenderer,
+                 max_patches: int = 256, weights: dict[str, float] | None = None):
+        from apps.corpus.manifest import PAIR_TASKS, parallel_pairs
+
+        self.rows = [r for r in corpus_rows(corpus, split) if r["id"] in codes]
+        self.codes, self.renderer, self.max_patches = codes, renderer, max_patches
+        self.plain = [r for r in self.rows if r["style"] == "plain"] or self.rows
+        self.pairs = {t: p for t in PAIR_TASKS if (p := parallel_pairs(self.rows, t))}
+        weights = dict(weights or TASK_WEIGHTS)
+        if not self.pairs:
+            weights.pop("fewshot", None)
+        self.tasks = sorted(weights)
+        w = np.array([weights[t] for t in self.tasks], dtype=np.float64)
+        self.probs = w / w.sum()
+
+    def _render(self, prompt: list, answer: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt patches are context; so is the ``<|sostm|>`` that opens a stream answer (the official
+        prompts end with it), everything after is learned."""
+        G = self.renderer.group_size
+        skip = 1 if isinstance(answer[0], Stream) else 0
+        head = self.renderer.render(prompt)
+        ids = torch.cat([head, self.renderer.render(answer)], dim=1)
+        target = torch.zeros(ids.shape[1] // G, dtype=torch.bool)
+        target[head.shape[1] // G + skip :] = True
+        return ids[:, : self.max_patches * G], target[: self.max_patches]
+
+    def example(self, task: str, gen: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        pick = lambda seq: seq[int(gen.integers(0, len(seq)))]  # noqa: E731
+        if task == "fewshot":
+            pairs = self.pairs[pick(sorted(self.pairs))]
+            (ex_in, ex_out), (q_in, q_out) = pick(pairs), pick(pairs)
+            c = self.codes
+            prompt = formats.in_context_s2s([formats.SpeechPair(c[ex_in["id"]], c[ex_out["id"]], ex_out["text"])],
+                                            c[q_in["id"]])
+            return self._render(prompt[:-1], [Stream(q_out["text"], c[q_out["id"]]), Text(formats.IM_END)])
+        row = pick(self.plain if task != "asr" else self.rows)
+        codes, text = self.codes[row["id"]], row["text"]
+        if task == "tts":
+            prompt = formats.tts(text)  # ends with <|sostm|>: the stream segment starts with it
+            return self._render(prompt[:-1], [Stream(formats.normalize_case(text), codes), Text(formats.IM_END)])
+        if task == "asr":
+            return self._render(formats.asr(codes), [Text(text), Text(formats.IM_END)])
+        if task == "continuation":
+            cut = max(4, int(codes.shape[1] * gen.uniform(0.3, 0.6))) // 4 * 4
+            cut = min(cut, codes.shape[1] - 1)
+            prompt = formats.speech_continuation(codes[:, :cut])
+            return self._render(prompt[:-1], [Stream("", codes[:, cut:])])
+        if task == "text":
+            ids = self.renderer.render([Text(text + "\n")])
+            return ids[:, : self.max_patches * self.renderer.group_size], torch.ones(
+                min(ids.shape[1] // self.renderer.group_size, self.max_patches), dtype=torch.bool)
+        raise ValueError(f"unknown LM training task {task!r}")
+
+    def batch(self, batch_size: int, gen: np.random.Generator, pad_id: int):
+        """Left-padded batch: ids [B, 9, T], target [B, T/4], attention_mask [B, T/4], task names."""
+        tasks = [self.tasks[int(i)] for i in gen.choice(len(self.tasks), size=batch_size, p=self.probs)]
+        items = [self.example(t, gen) for t in tasks]
+        G = self.renderer.group_size
+        n = max(t.shape[0] for _, t in items)
+        pad = self.renderer.text_patches([pad_id])
+        ids = pad.repeat(1, n)[None].repeat(batch_size, 1, 1)
+        target = torch.zeros(batch_size, n, dtype=torch.bool)
+        mask = torch.zeros(batch_size, n, dtype=torch.long)
+        for b, (x, t) in enumerate(items):
+            k = t.shape[0]
+            ids[b, :, (n - k) * G :] = x
+            target[b, n - k :] = t
+            mask[b, n - k :] = 1
+        return ids, target, mask, tasks
