@@ -56,7 +56,7 @@ def library() -> ctypes.CDLL | None:
     lib.lk_cpu_path.restype = I32
     lib.lk_lut_packed_bytes.argtypes = [I64, I64, I64, I64]
     lib.lk_lut_packed_bytes.restype = I64
-    lib.lk_lut_tables.argtypes = [P, I64, I64, I64, P, P, P]
+    lib.lk_lut_tables.argtypes = [P, I64, I64, I64, P, P, P, I32]
     lib.lk_lut_gemm.argtypes = [P, P, P, I64, I64, I64, I64, I64, I32, I32]
     lib.lk_lut_gemm.restype = I32
     lib.lk_i2s_gemm.argtypes = [P, P, P, P, I64, I64, I64, I32, I32]

@@ -187,24 +187,29 @@ inline int64_t lut_block_bytes(int64_t K, int64_t g, int64_t bits) {
     return (K / g) * ((g / 32) * bits * 64 + 64);
 }
 
+// Max of (|x0|+|x1|)+|x2|)+|x3| over the group's act groups -> scale; sum of x (bias term).
+inline void lut_group_stats(const float *xg, int64_t g, float *lscale, float *sumx, float *inv) {
+    float mx = 0.f, sx = 0.f;
+    for (int64_t t = 0; t < g / 4; t++) {
+        const float *q = xg + 4 * t;
+        float a = ((fabsf(q[0]) + fabsf(q[1])) + fabsf(q[2])) + fabsf(q[3]);
+        if (a > mx) mx = a;
+    }
+    for (int64_t k = 0; k < g; k++) sx += xg[k];
+    *inv = mx > 0.f ? 127.0f / mx : 0.f;
+    *lscale = mx / 127.0f;
+    *sumx = sx;
+}
+
 void lut_tables_scalar(const float *x, int64_t K, int64_t g, int8_t *tab, float *lscale, float *sumx) {
     int64_t nG = K / g;
     for (int64_t G = 0; G < nG; G++) {
         const float *xg = x + G * g;
-        float mx = 0.f, sx = 0.f;
+        float inv;
+        lut_group_stats(xg, g, lscale + G, sumx + G, &inv);
         for (int64_t t = 0; t < g / 4; t++) {
-            const float *q = xg + 4 * t;
-            float a = ((fabsf(q[0]) + fabsf(q[1])) + fabsf(q[2])) + fabsf(q[3]);
-            if (a > mx) mx = a;
-        }
-        for (int64_t k = 0; k < g; k++) sx += xg[k];
-        float inv = mx > 0.f ? 127.0f / mx : 0.f;
-        lscale[G] = mx / 127.0f;
-        sumx[G] = sx;
-        for (int64_t t = 0; t < g / 4; t++) {
-            int64_t grp = G * (g / 4) + t;  // global act group
-            int64_t c = grp / 8, h = (grp % 8) / 4, s = grp % 4;
-            int8_t *e = tab + ((c * 2 + h) * 4 + s) * 16;
+            // act group grp = 8c + 4h + s lives at ((c*2+h)*4+s)*16 = grp*16
+            int8_t *e = tab + (G * (g / 4) + t) * 16;
             const float *q = xg + 4 * t;
             for (int idx = 0; idx < 8; idx++) {
                 float v = (((idx & 1) ? q[0] : -q[0]) + ((idx & 2) ? q[1] : -q[1])) + ((idx & 4) ? q[2] : -q[2]);
@@ -213,6 +218,30 @@ void lut_tables_scalar(const float *x, int64_t K, int64_t g, int8_t *tab, float 
                 e[idx] = (int8_t)r;
                 e[15 - idx] = (int8_t)(-r);  // mirror: complementing all sign bits negates the sum
             }
+        }
+    }
+}
+
+// Same tables, 4 act groups (one 64-byte table row) per step: lanes = the 16 sign patterns.
+A512 void lut_tables_avx512(const float *x, int64_t K, int64_t g, int8_t *tab, float *lscale, float *sumx) {
+    const __m512 S0 = _mm512_setr_ps(-1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1);
+    const __m512 S1 = _mm512_setr_ps(-1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1);
+    const __m512 S2 = _mm512_setr_ps(-1, -1, -1, -1, 1, 1, 1, 1, -1, -1, -1, -1, 1, 1, 1, 1);
+    const __m512 S3 = _mm512_setr_ps(-1, -1, -1, -1, -1, -1, -1, -1, 1, 1, 1, 1, 1, 1, 1, 1);
+    int64_t nG = K / g;
+    for (int64_t G = 0; G < nG; G++) {
+        const float *xg = x + G * g;
+        float inv;
+        lut_group_stats(xg, g, lscale + G, sumx + G, &inv);
+        const __m512 vinv = _mm512_set1_ps(inv);
+        for (int64_t t = 0; t < g / 4; t++) {
+            const float *q = xg + 4 * t;
+            // (S0*x0 + S1*x1) + S2*x2) + S3*x3: products by +-1 are exact, so this equals the scalar sums.
+            __m512 v = _mm512_add_ps(_mm512_mul_ps(S0, _mm512_set1_ps(q[0])), _mm512_mul_ps(S1, _mm512_set1_ps(q[1])));
+            v = _mm512_add_ps(v, _mm512_mul_ps(S2, _mm512_set1_ps(q[2])));
+            v = _mm512_add_ps(v, _mm512_mul_ps(S3, _mm512_set1_ps(q[3])));
+            __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(v, vinv));  // round to nearest even = nearbyintf
+            _mm_storeu_si128((__m128i *)(tab + (G * (g / 4) + t) * 16), _mm512_cvtepi32_epi8(r));
         }
     }
 }
@@ -426,9 +455,14 @@ int64_t lk_lut_packed_bytes(int64_t N, int64_t K, int64_t g, int64_t bits) {
 }
 
 // Build the int8 tables for M activation rows (exposed for tests and the torch cross-check).
-void lk_lut_tables(const float *x, int64_t M, int64_t K, int64_t g, int8_t *tab, float *lscale, float *sumx) {
-    for (int64_t m = 0; m < M; m++)
-        lut_tables_scalar(x + m * K, K, g, tab + m * (K / 32 * 128), lscale + m * (K / g), sumx + m * (K / g));
+void lk_lut_tables(const float *x, int64_t M, int64_t K, int64_t g, int8_t *tab, float *lscale, float *sumx,
+                   int path) {
+    for (int64_t m = 0; m < M; m++) {
+        if (path == 2)
+            lut_tables_avx512(x + m * K, K, g, tab + m * (K / 32 * 128), lscale + m * (K / g), sumx + m * (K / g));
+        else
+            lut_tables_scalar(x + m * K, K, g, tab + m * (K / 32 * 128), lscale + m * (K / g), sumx + m * (K / g));
+    }
 }
 
 // y[M][N] = x[M][K] @ W^T.
@@ -442,7 +476,7 @@ int lk_lut_gemm(const uint8_t *w, const float *x, float *y, int64_t M, int64_t N
     int8_t *tab = (int8_t *)s;
     float *lsc = (float *)(s + ((M * tsz + 63) / 64) * 64);
     float *sx = lsc + M * nG;
-    lk_lut_tables(x, M, K, g, tab, lsc, sx);
+    lk_lut_tables(x, M, K, g, tab, lsc, sx, path);
     pthread_mutex_unlock(&g_call_mu);
     LutArgs a{w, tab, lsc, sx, y, N, K, M, g, bits};
     int64_t nrb = (N + 15) / 16;
@@ -713,7 +747,7 @@ A512 void fp_rows_avx512(void *vctx, int64_t r0, int64_t r1) {
         const uint8_t *p = a->w + n * (a->K / 2);
         for (int64_t m = 0; m < a->M; m++) {
             const int8_t *x = a->act + m * a->K;
-            float y = 0.f;
+            __m512 yv = _mm512_setzero_ps();
             for (int64_t G = 0; G < nG; G++) {
                 __m512i tot = _mm512_setzero_si512(), neg = tot;
                 int64_t k = G * a->g;
@@ -742,11 +776,13 @@ A512 void fp_rows_avx512(void *vctx, int64_t r0, int64_t r1) {
                     tot = _mm512_dpbusd_epi32(tot, mm, xx);
                     neg = _mm512_dpbusd_epi32(neg, _mm512_maskz_mov_epi8(_mm512_test_epi8_mask(i2, eight), mm), xx);
                 }
-                int32_t t = _mm512_reduce_add_epi32(tot), ng = _mm512_reduce_add_epi32(neg);
                 float sp = _cvtsh_ss(a->sc[(n * nG + G) * 2]), sn = _cvtsh_ss(a->sc[(n * nG + G) * 2 + 1]);
-                float d = fmaf((float)(t - ng), sp, -(float)ng * sn);
-                y = fmaf(d, a->ascale[m * nG + G] * a->unit, y);
+                float f = a->ascale[m * nG + G] * a->unit;
+                // y_lanes += (tot - neg) * s+ * f - neg * s- * f   (one horizontal sum per row, at the end)
+                yv = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(tot, neg)), _mm512_set1_ps(sp * f), yv);
+                yv = _mm512_fmadd_ps(_mm512_cvtepi32_ps(neg), _mm512_set1_ps(-(sn * f)), yv);
             }
+            float y = _mm512_reduce_add_ps(yv);
             a->y[m * a->N + n] = y;
         }
     }
@@ -761,7 +797,7 @@ A256 void fp_rows_avx2(void *vctx, int64_t r0, int64_t r1) {
         const uint8_t *p = a->w + n * (a->K / 2);
         for (int64_t m = 0; m < a->M; m++) {
             const int8_t *x = a->act + m * a->K;
-            float y = 0.f;
+            __m256 yv = _mm256_setzero_ps();
             for (int64_t G = 0; G < nG; G++) {
                 __m256i tot = _mm256_setzero_si256(), neg = tot;
                 for (int64_t k = G * a->g; k < (G + 1) * a->g; k += 64) {
@@ -777,18 +813,14 @@ A256 void fp_rows_avx2(void *vctx, int64_t r0, int64_t r1) {
                     tot = _mm256_add_epi32(tot, _mm256_madd_epi16(st, ones16));
                     neg = _mm256_add_epi32(neg, _mm256_madd_epi16(sn, ones16));
                 }
-                int32_t tv[8], nv[8];
-                _mm256_storeu_si256((__m256i *)tv, tot);
-                _mm256_storeu_si256((__m256i *)nv, neg);
-                int32_t t = 0, ng = 0;
-                for (int i = 0; i < 8; i++) {
-                    t += tv[i];
-                    ng += nv[i];
-                }
                 float sp = _cvtsh_ss(a->sc[(n * nG + G) * 2]), sn = _cvtsh_ss(a->sc[(n * nG + G) * 2 + 1]);
-                float d = fmaf((float)(t - ng), sp, -(float)ng * sn);
-                y = fmaf(d, a->ascale[m * nG + G] * a->unit, y);
+                float f = a->ascale[m * nG + G] * a->unit;
+                yv = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(tot, neg)), _mm256_set1_ps(sp * f), yv);
+                yv = _mm256_fmadd_ps(_mm256_cvtepi32_ps(neg), _mm256_set1_ps(-(sn * f)), yv);
             }
+            float yl[8];
+            _mm256_storeu_ps(yl, yv);
+            float y = ((yl[0] + yl[1]) + (yl[2] + yl[3])) + ((yl[4] + yl[5]) + (yl[6] + yl[7]));
             a->y[m * a->N + n] = y;
         }
     }
