@@ -513,11 +513,23 @@ struct I2Args {
     const uint8_t *w;
     const float *wscale;
     const int8_t *act;    // [M][Kp] natural order
+    const int8_t *actp;   // [M][Kp] per pair of blocks: the 4 64-byte vectors the AVX-512 loop multiplies
     const float *ascale;  // [M]
     const int32_t *asum;  // [M]
     float *y;
     int64_t N, Kp, M;
 };
+
+// actp for blocks (2p, 2p+1): vector k = a[256p+32k .. +32] ++ a[256p+128+32k .. +32]
+void i2s_permute(const int8_t *a, int64_t Kp, int8_t *out) {
+    int64_t p = 0;
+    for (; 256 * (p + 1) <= Kp; p++)
+        for (int k = 0; k < 4; k++) {
+            memcpy(out + 256 * p + 64 * k, a + 256 * p + 32 * k, 32);
+            memcpy(out + 256 * p + 64 * k + 32, a + 256 * p + 128 + 32 * k, 32);
+        }
+    memcpy(out + 256 * p, a + 256 * p, Kp - 256 * p);
+}
 
 void i2s_rows_scalar(void *vctx, int64_t r0, int64_t r1) {
     I2Args *a = (I2Args *)vctx;
@@ -545,24 +557,15 @@ A512 void i2s_rows_avx512(void *vctx, int64_t r0, int64_t r1) {
     for (int64_t n = r0; n < r1; n++) {
         const uint8_t *p = a->w + n * (a->Kp / 4);
         for (int64_t m = 0; m < a->M; m++) {
-            const int8_t *x = a->act + m * a->Kp;
+            const int8_t *x = a->act + m * a->Kp, *xq = a->actp + m * a->Kp;
             __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0;
             int64_t b = 0;
             for (; b + 2 <= nb; b += 2) {
                 // 64 bytes = blocks b and b+1; masked (unshifted) codes are 64c, 16c, 4c, c.
                 __m512i v = _mm512_loadu_si512(p + b * 32);
-                const int8_t *x0 = x + b * 128, *x1 = x0 + 128;
-                __m512i a0 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)x0)),
-                                                _mm256_loadu_si256((const __m256i *)x1), 1);
-                __m512i a1 = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x0 + 32))),
-                    _mm256_loadu_si256((const __m256i *)(x1 + 32)), 1);
-                __m512i a2 = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x0 + 64))),
-                    _mm256_loadu_si256((const __m256i *)(x1 + 64)), 1);
-                __m512i a3 = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x0 + 96))),
-                    _mm256_loadu_si256((const __m256i *)(x1 + 96)), 1);
+                const int8_t *xp = xq + b * 128;
+                __m512i a0 = _mm512_loadu_si512(xp), a1 = _mm512_loadu_si512(xp + 64);
+                __m512i a2 = _mm512_loadu_si512(xp + 128), a3 = _mm512_loadu_si512(xp + 192);
                 c0 = _mm512_dpbusd_epi32(c0, _mm512_and_si512(v, M0), a0);
                 c1 = _mm512_dpbusd_epi32(c1, _mm512_and_si512(v, M1), a1);
                 c2 = _mm512_dpbusd_epi32(c2, _mm512_and_si512(v, M2), a2);
@@ -702,6 +705,7 @@ struct FpArgs {
     const uint8_t *w;
     const uint16_t *sc;   // [N][nG][2]
     const int8_t *act;    // [M][K]
+    const int8_t *actp;   // [M][K]; per 128 columns: [0,32) [64,96) [32,64) [96,128) (AVX-512, g % 128 == 0)
     const float *ascale;  // [M][nG]
     const uint8_t *mag;   // 16 entries (magnitudes in integer units)
     float unit;           // value of one magnitude unit (0.5 for e2m1, 1 for fp3)
@@ -746,7 +750,7 @@ A512 void fp_rows_avx512(void *vctx, int64_t r0, int64_t r1) {
     for (int64_t n = r0; n < r1; n++) {
         const uint8_t *p = a->w + n * (a->K / 2);
         for (int64_t m = 0; m < a->M; m++) {
-            const int8_t *x = a->act + m * a->K;
+            const int8_t *x = a->act + m * a->K, *xq = a->actp + m * a->K;
             __m512 yv = _mm512_setzero_ps();
             for (int64_t G = 0; G < nG; G++) {
                 __m512i tot = _mm512_setzero_si512(), neg = tot;
@@ -755,12 +759,7 @@ A512 void fp_rows_avx512(void *vctx, int64_t r0, int64_t r1) {
                     // 64 bytes = two 32-byte pieces: lo nibbles are codes [k, k+32) and [k+64, k+96).
                     __m512i v = _mm512_loadu_si512(p + k / 2);
                     __m512i il = _mm512_and_si512(v, low4), ih = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
-                    __m512i xl = _mm512_inserti64x4(
-                        _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x + k))),
-                        _mm256_loadu_si256((const __m256i *)(x + k + 64)), 1);
-                    __m512i xh = _mm512_inserti64x4(
-                        _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x + k + 32))),
-                        _mm256_loadu_si256((const __m256i *)(x + k + 96)), 1);
+                    __m512i xl = _mm512_loadu_si512(xq + k), xh = _mm512_loadu_si512(xq + k + 64);
                     __m512i ml = _mm512_shuffle_epi8(tab, il), mh = _mm512_shuffle_epi8(tab, ih);
                     tot = _mm512_dpbusd_epi32(tot, ml, xl);
                     tot = _mm512_dpbusd_epi32(tot, mh, xh);
@@ -846,13 +845,17 @@ int lk_i2s_gemm(const uint8_t *w, const float *wscale, const float *x, float *y,
                 int path, int nthreads) {
     int64_t Kp = (K + 127) / 128 * 128;
     pthread_mutex_lock(&g_call_mu);
-    char *s = (char *)g_scratch.get((size_t)M * Kp + 8 * M + 64);
-    int8_t *act = (int8_t *)s;
-    float *asc = (float *)(s + (M * Kp + 63) / 64 * 64);
+    size_t ab = ((size_t)M * Kp + 63) / 64 * 64;
+    char *s = (char *)g_scratch.get(2 * ab + 8 * M + 64);
+    int8_t *act = (int8_t *)s, *actp = (int8_t *)(s + ab);
+    float *asc = (float *)(s + 2 * ab);
     int32_t *asum = (int32_t *)(asc + M);
-    for (int64_t m = 0; m < M; m++) quant_act_row(x + m * K, K, Kp, act + m * Kp, asc + m, asum + m);
+    for (int64_t m = 0; m < M; m++) {
+        quant_act_row(x + m * K, K, Kp, act + m * Kp, asc + m, asum + m);
+        i2s_permute(act + m * Kp, Kp, actp + m * Kp);
+    }
     pthread_mutex_unlock(&g_call_mu);
-    I2Args a{w, wscale, act, asc, asum, y, N, Kp, M};
+    I2Args a{w, wscale, act, actp, asc, asum, y, N, Kp, M};
     task_fn fn = path == 2 ? i2s_rows_avx512 : path == 1 ? i2s_rows_avx2 : i2s_rows_scalar;
     parallel_for(nthreads, N, pick_chunk(N, nthreads), fn, &a);
     return 0;
@@ -885,12 +888,24 @@ int lk_fp_gemm(const uint8_t *w, const uint16_t *sc, const uint8_t *mag16, float
     if (K % g || g % 64) return -1;
     int64_t nG = K / g;
     pthread_mutex_lock(&g_call_mu);
-    char *s = (char *)g_scratch.get((size_t)M * K + 4 * M * nG + 128);
-    int8_t *act = (int8_t *)s;
-    float *asc = (float *)(s + (M * K + 63) / 64 * 64);
-    for (int64_t m = 0; m < M; m++) quant_act_groups(x + m * K, K, g, act + m * K, asc + m * nG);
+    size_t ab = ((size_t)M * K + 63) / 64 * 64;
+    char *s = (char *)g_scratch.get(2 * ab + 4 * M * nG + 128);
+    int8_t *act = (int8_t *)s, *actp = (int8_t *)(s + ab);
+    float *asc = (float *)(s + 2 * ab);
+    for (int64_t m = 0; m < M; m++) {
+        quant_act_groups(x + m * K, K, g, act + m * K, asc + m * nG);
+        const int8_t *src = act + m * K;
+        int8_t *dst = actp + m * K;
+        if (g % 128 == 0) {
+            static const int order[4] = {0, 2, 1, 3};
+            for (int64_t k = 0; k < K; k += 128)
+                for (int q = 0; q < 4; q++) memcpy(dst + k + 32 * q, src + k + 32 * order[q], 32);
+        } else {
+            memcpy(dst, src, K);
+        }
+    }
     pthread_mutex_unlock(&g_call_mu);
-    FpArgs a{w, sc, act, asc, mag16, unit, y, N, K, M, g};
+    FpArgs a{w, sc, act, actp, asc, mag16, unit, y, N, K, M, g};
     task_fn fn = path == 2 ? fp_rows_avx512 : path == 1 ? fp_rows_avx2 : fp_rows_scalar;
     parallel_for(nthreads, N, pick_chunk(N, nthreads), fn, &a);
     return 0;
