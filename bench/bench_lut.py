@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from efficient.quant import formats, native  # noqa: E402
 from efficient.quant.formats import QuantResult, parse_scheme  # noqa: E402
 
-POOL_BYTES = 320 << 20  # distinct weight bytes rotated per measurement ("cold": >> 32 MiB L3)
+POOL_BYTES = 128 << 20  # distinct weight bytes rotated per measurement ("cold": >> 32 MiB L3)
 OUR_SCHEMES = ["w1g128", "w2g128", "w3g128", "w4g128", "w4g32", "ternary", "ternary-tl", "afpq4g128", "afpq3g128"]
 GGML_TYPES = {"Q4_0": 2, "Q4_K": 12, "Q2_K": 10, "TQ2_0": 35, "TQ1_0": 34}
 GGML_BPW = {"Q4_0": 4.5, "Q4_K": 4.5, "Q2_K": 2.625, "TQ2_0": 2.0625, "TQ1_0": 1.6875}
@@ -102,46 +102,61 @@ def our_call(name: str, pk: dict, x: torch.Tensor, y: torch.Tensor, N: int, K: i
     return lambda: lib.lk_fp_gemm(w, s, mag.data_ptr(), unit, xp, yp, M, N, K, sch.group_size, path, threads)
 
 
-def time_pool(calls: list, repeats: int = 5) -> float:
-    """Median over repeats of (time to run every call once) / len(calls)."""
-    calls[0]()
+class Pool:
+    """One kernel on a pool of distinct weight copies; ``time(threads)`` runs every copy once."""
 
-    def sweep():
+    def __init__(self, name: str, nbytes: int, make_calls) -> None:
+        self.name, self.nbytes, self.make_calls = name, nbytes, make_calls
+        self.calls: dict[int, list] = {}
+
+    def time(self, threads: int) -> float:
+        calls = self.calls.setdefault(threads, self.make_calls(threads))
+        t0 = time.perf_counter()
         for c in calls:
             c()
+        return (time.perf_counter() - t0) / len(calls)
 
-    return median_time(sweep, repeats) / len(calls)
 
-
-def bench_ours(name: str, N: int, K: int, M: int, threads_list: list[int]) -> dict[int, tuple[float, int]]:
+def pool_ours(name: str, N: int, K: int, M: int) -> Pool:
     pk0 = random_packed(name, N, K)
     nbytes = sum(t.numel() * t.element_size() for t in pk0.values())
     copies = [pk0] + [{k: v.clone() for k, v in pk0.items()} for _ in range(max(1, POOL_BYTES // nbytes) - 1)]
-    x = torch.randn(M, K)
-    y = torch.empty(M, N)
-    out = {}
-    for th in threads_list:
-        calls = [our_call(name, pk, x, y, N, K, th) for pk in copies]
-        out[th] = (time_pool(calls), nbytes)
-    del copies
-    gc.collect()
-    return out
+    x, y = torch.randn(M, K), torch.empty(M, N)
+    return Pool(f"ours {name}", nbytes, lambda th: [our_call(name, pk, x, y, N, K, th) for pk in copies])
 
 
-def bench_torch(dtype: torch.dtype, N: int, K: int, M: int, threads_list: list[int]) -> dict[int, tuple[float, int]]:
+def pool_torch(dtype: torch.dtype, N: int, K: int, M: int) -> Pool:
     w0 = torch.randn(N, K).to(dtype)
     nbytes = w0.numel() * w0.element_size()
     copies = [w0] + [w0.clone() for _ in range(max(1, POOL_BYTES // nbytes) - 1)]
     x = torch.randn(M, K).to(dtype)
-    out = {}
-    old = torch.get_num_threads()
-    for th in threads_list:
+
+    def make(th):
         torch.set_num_threads(th)
-        out[th] = (time_pool([lambda w=w: torch.nn.functional.linear(x, w) for w in copies], 3), nbytes)
+        return [lambda w=w: torch.nn.functional.linear(x, w) for w in copies]
+
+    class TorchPool(Pool):
+        def time(self, threads: int) -> float:
+            torch.set_num_threads(threads)
+            return super().time(threads)
+
+    return TorchPool(f"torch {str(dtype).split('.')[-1]}", nbytes, make)
+
+
+def interleaved(pools: list[Pool], threads_list: list[int], rounds: int) -> dict[str, dict[int, tuple[float, int]]]:
+    """Round-robin over kernels and thread counts ``rounds`` times, medians per kernel: under a fluctuating
+    load every kernel sees the same conditions."""
+    samples: dict[tuple[str, int], list[float]] = {}
+    old = torch.get_num_threads()
+    for p in pools:  # warm-up: page in, build the call lists
+        for th in threads_list:
+            p.time(th)
+    for _ in range(rounds):
+        for th in threads_list:
+            for p in pools:
+                samples.setdefault((p.name, th), []).append(p.time(th))
     torch.set_num_threads(old)
-    del copies
-    gc.collect()
-    return out
+    return {p.name: {th: (statistics.median(samples[(p.name, th)]), p.nbytes) for th in threads_list} for p in pools}
 
 
 # ----------------------------------------------------------------------------------------------- ggml (llama.cpp)
@@ -149,9 +164,12 @@ class Ggml:
     """Minimal ctypes bindings to the libggml shipped inside llama-cpp-python."""
 
     def __init__(self) -> None:
-        import llama_cpp
+        if os.environ.get("MIMO_GGML_LIB_DIR"):  # e.g. a llama.cpp build tree's bin/
+            libdir = Path(os.environ["MIMO_GGML_LIB_DIR"])
+        else:
+            import llama_cpp
 
-        libdir = Path(llama_cpp.__file__).parent / "lib"
+            libdir = Path(llama_cpp.__file__).parent / "lib"
         self.base = ctypes.CDLL(self._find(libdir, "libggml-base"), mode=ctypes.RTLD_GLOBAL)
         self.cpu = ctypes.CDLL(self._find(libdir, "libggml-cpu"), mode=ctypes.RTLD_GLOBAL)
         P, I64, SZ = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t
@@ -181,6 +199,7 @@ class Ggml:
         self.cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
         if hasattr(self.cpu, "ggml_cpu_init"):
             self.cpu.ggml_cpu_init()
+        self.ctxs: list = []
 
     @staticmethod
     def _find(libdir: Path, stem: str) -> str:
@@ -189,34 +208,46 @@ class Ggml:
             raise FileNotFoundError(f"{stem} not found in {libdir}")
         return hits[0]
 
-    def bench(self, type_name: str, N: int, K: int, M: int, threads_list: list[int]) -> dict[int, tuple[float, int]]:
+    def pool(self, type_name: str, N: int, K: int, M: int) -> Pool:
+        """Weight copies as mul_mat nodes of one graph; time of one graph compute / nodes = one GEMV."""
         b, t = self.base, GGML_TYPES[type_name]
-        row = b.ggml_row_size(t, K)
-        nbytes = row * N
+        nbytes = b.ggml_row_size(t, K) * N
         ncopy = max(1, POOL_BYTES // nbytes)
         mem = nbytes * ncopy + ncopy * (N * M * 4 + 1024) + K * M * 4 + (64 << 20)
         ctx = b.ggml_init(self.InitParams(mem, None, False))
         if not ctx:
             raise MemoryError("ggml_init failed")
+        self.ctxs.append(ctx)
+        wf = torch.randn(N, K) * 0.02
+        q = torch.empty(nbytes, dtype=torch.uint8)
+        b.ggml_quantize_chunk(t, wf.data_ptr(), q.data_ptr(), 0, N, K, None)
+        x = b.ggml_new_tensor_2d(ctx, 0, K, M)
+        ctypes.memmove(b.ggml_get_data(x), torch.randn(M, K).data_ptr(), K * M * 4)
+        graph = b.ggml_new_graph_custom(ctx, 2 * ncopy + 16, False)
+        for _ in range(ncopy):
+            w = b.ggml_new_tensor_2d(ctx, t, K, N)
+            ctypes.memmove(b.ggml_get_data(w), q.data_ptr(), nbytes)
+            b.ggml_build_forward_expand(graph, b.ggml_mul_mat(ctx, w, x))
+        compute = self.cpu.ggml_graph_compute_with_ctx
+
+        class GgmlPool(Pool):
+            def time(self, threads: int) -> float:
+                t0 = time.perf_counter()
+                compute(ctx, graph, threads)
+                return (time.perf_counter() - t0) / ncopy
+
+        return GgmlPool(f"llama.cpp {type_name}", nbytes, None)
+
+    def free_all(self) -> None:
+        for c in self.ctxs:
+            self.base.ggml_free(c)
+        self.ctxs.clear()
+
+    def bench(self, type_name: str, N: int, K: int, M: int, threads_list: list[int]) -> dict[int, tuple[float, int]]:
         try:
-            wf = torch.randn(N, K) * 0.02
-            q = torch.empty(nbytes, dtype=torch.uint8)
-            b.ggml_quantize_chunk(t, wf.data_ptr(), q.data_ptr(), 0, N, K, None)
-            x = b.ggml_new_tensor_2d(ctx, 0, K, M)
-            ctypes.memmove(b.ggml_get_data(x), torch.randn(M, K).data_ptr(), K * M * 4)
-            graph = b.ggml_new_graph_custom(ctx, 2 * ncopy + 16, False)
-            for _ in range(ncopy):
-                w = b.ggml_new_tensor_2d(ctx, t, K, N)
-                ctypes.memmove(b.ggml_get_data(w), q.data_ptr(), nbytes)
-                b.ggml_build_forward_expand(graph, b.ggml_mul_mat(ctx, w, x))
-            out = {}
-            for th in threads_list:
-                self.cpu.ggml_graph_compute_with_ctx(ctx, graph, th)
-                out[th] = (median_time(lambda th=th: self.cpu.ggml_graph_compute_with_ctx(ctx, graph, th), 5)
-                           / ncopy, nbytes)
-            return out
+            return interleaved([self.pool(type_name, N, K, M)], threads_list, 5)[f"llama.cpp {type_name}"]
         finally:
-            b.ggml_free(ctx)
+            self.free_all()
 
 
 def load_ggml() -> Ggml | None:
@@ -228,21 +259,23 @@ def load_ggml() -> Ggml | None:
 
 
 # ----------------------------------------------------------------------------------------------- GEMV tables
-def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | None) -> dict:
+def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | None, rounds: int) -> dict:
     results = {}
     for N, K in shapes:
         for M in ms:
-            rows = []
-            for name in OUR_SCHEMES:
-                rows.append((f"ours {name}", bench_ours(name, N, K, M, threads_list)))
+            pools = [pool_ours(name, N, K, M) for name in OUR_SCHEMES]
             if ggml is not None:
                 for tn in GGML_TYPES:
                     try:
-                        rows.append((f"llama.cpp {tn}", ggml.bench(tn, N, K, M, threads_list)))
+                        pools.append(ggml.pool(tn, N, K, M))
                     except Exception as exc:  # noqa: BLE001 - a type this ggml build lacks
                         print(f"  ggml {tn} failed: {exc}")
-            rows.append(("torch fp32", bench_torch(torch.float32, N, K, M, threads_list)))
-            rows.append(("torch bf16", bench_torch(torch.bfloat16, N, K, M, threads_list)))
+            pools += [pool_torch(torch.float32, N, K, M), pool_torch(torch.bfloat16, N, K, M)]
+            rows = list(interleaved(pools, threads_list, rounds).items())
+            del pools
+            if ggml is not None:
+                ggml.free_all()
+            gc.collect()
             results[(N, K, M)] = dict(rows)
             print(f"\n### GEMV/GEMM N(out)={N} K(in)={K} M={M}: median us per call, cold weights "
                   f"[effective GB/s, % of read bandwidth]")
@@ -287,9 +320,8 @@ def e2e_smollm2(threads: int, max_tokens: int) -> None:
     ppl0 = perplexity(model, tok, text, max_tokens=max_tokens)
     print(f"| float32 (dequantized Q4_1 GGUF) | 32 | {ppl0:.3f} | {decode_tokens_per_s(model):.1f} |")
     sys.stdout.flush()
-    configs = [("w4g128", "rtn"), ("w4g128", "gptq"), ("afpq4g128", "rtn"), ("afpq4g128", "gptq"),
-               ("w3g128", "rtn"), ("w3g128", "gptq"), ("afpq3g128", "rtn"), ("afpq3g128", "gptq"),
-               ("w2g64", "rtn"), ("w2g64", "gptq"), ("w4g64", "rtn"), ("afpq4g64", "rtn")]
+    configs = [("w4g128", "rtn"), ("w4g128", "gptq"), ("afpq4g128", "rtn"), ("w3g128", "rtn"), ("w3g128", "gptq"),
+               ("afpq3g128", "rtn"), ("afpq3g128", "gptq"), ("w2g64", "rtn"), ("w2g64", "gptq")]
     for scheme, method in configs:
         m = copy.deepcopy(model)
         quantize(m, scheme, method=method, tokenizer=tok)
@@ -415,7 +447,8 @@ def main() -> None:
     ap.add_argument("--skip-gemv", action="store_true")
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--skip-7b", action="store_true")
-    ap.add_argument("--ppl-tokens", type=int, default=4096)
+    ap.add_argument("--ppl-tokens", type=int, default=2048)
+    ap.add_argument("--rounds", type=int, default=7, help="round-robin repeats per GEMV table")
     ap.add_argument("--layers-7b", type=int, default=3)
     args = ap.parse_args()
     if native.library() is None:
@@ -423,12 +456,13 @@ def main() -> None:
     print(f"kernel path: {native.kernel_path()}; torch {torch.__version__}; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (shared machine: numbers are noisy)")
     bw = {th: read_bandwidth(th) for th in args.threads}
-    print("read bandwidth (512 MiB, AVX2 loads, median of 7): " + ", ".join(f"{th}T {v:.1f} GB/s" for th, v in bw.items()))
+    print("read bandwidth (512 MiB, AVX2 loads, median of 7): "
+          + ", ".join(f"{th}T {v:.1f} GB/s" for th, v in bw.items()))
     ggml = load_ggml()
     if not args.skip_gemv:
         shapes = [(4096, 4096)] if args.quick else [(4096, 4096), (11008, 4096), (4096, 11008)]
         ms = [1] if args.quick else [1, 8]
-        gemv_tables(shapes, ms, args.threads, bw, ggml)
+        gemv_tables(shapes, ms, args.threads, bw, ggml, args.rounds)
     if args.quick:
         return
     if not args.skip_e2e:
