@@ -41,18 +41,19 @@ int lk_cpu_path(void) {
 
 }  // extern "C"
 
-// ---------------------------------------------------------------------------------------------------------
-// Thread pool.
+// Thread pool. A job is open until the caller has run out of chunks; workers that wake up late (e.g. the
+// VM is oversubscribed and they were descheduled) find it closed and skip it, so the caller never waits for
+// a thread that has not started. state = generation << 32 | closed << 16 | active workers.
 typedef void (*task_fn)(void *ctx, int64_t begin, int64_t end);
 
 namespace {
 const int MAX_THREADS = 64;
+const uint64_t CLOSED = 1ull << 16, ACTIVE_MASK = 0xFFFFull;
 struct Pool {
     int nworkers = 0;
     pthread_t th[MAX_THREADS];
-    std::atomic<uint64_t> gen{0};
+    std::atomic<uint64_t> state{CLOSED};
     std::atomic<int64_t> next{0};
-    std::atomic<int> acks{0};
     int64_t total = 0, chunk = 1;
     task_fn fn = nullptr;
     void *ctx = nullptr;
@@ -76,23 +77,33 @@ void *worker_main(void *) {
     uint64_t seen = 0;
     for (;;) {
         // Spin briefly (decode calls come back to back), then sleep on the condition variable.
-        uint64_t g;
+        uint64_t s;
         int spins = 0;
-        while ((g = p->gen.load(std::memory_order_acquire)) == seen) {
+        while (((s = p->state.load(std::memory_order_acquire)) >> 32) == seen) {
             if (++spins < 20000) {
                 _mm_pause();
                 continue;
             }
             pthread_mutex_lock(&p->mu);
             p->sleepers.fetch_add(1);
-            while ((g = p->gen.load(std::memory_order_acquire)) == seen) pthread_cond_wait(&p->cv, &p->mu);
+            while (((s = p->state.load(std::memory_order_acquire)) >> 32) == seen) pthread_cond_wait(&p->cv, &p->mu);
             p->sleepers.fetch_sub(1);
             pthread_mutex_unlock(&p->mu);
             break;
         }
-        seen = g;
-        run_chunks(p);
-        p->acks.fetch_add(1, std::memory_order_acq_rel);
+        seen = s >> 32;
+        // join unless the job is already closed (or a newer one started: then the loop sees it next)
+        bool joined = false;
+        while ((s >> 32) == seen && !(s & CLOSED)) {
+            if (p->state.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) {
+                joined = true;
+                break;
+            }
+        }
+        if (joined) {
+            run_chunks(p);
+            p->state.fetch_sub(1, std::memory_order_acq_rel);
+        }
     }
     return nullptr;
 }
@@ -106,38 +117,39 @@ void ensure_workers(int n) {
 }
 
 pthread_mutex_t g_call_mu = PTHREAD_MUTEX_INITIALIZER;
+pthread_mutex_t g_job_mu = PTHREAD_MUTEX_INITIALIZER;
 
-// Runs fn over [0, total) in chunks with `nthreads` threads (the caller is one of them).
+// Runs fn over [0, total) in chunks with up to `nthreads` threads (the caller is one of them).
 void parallel_for(int nthreads, int64_t total, int64_t chunk, task_fn fn, void *ctx) {
     if (nthreads <= 1 || total <= chunk) {
         fn(ctx, 0, total);
         return;
     }
-    pthread_mutex_lock(&g_call_mu);
+    pthread_mutex_lock(&g_job_mu);
     ensure_workers(nthreads - 1);
     Pool *p = &g_pool;
-    // Workers beyond nthreads-1 still wake and ack, they just find no work left most of the time.
     p->total = total;
     p->chunk = chunk;
     p->fn = fn;
     p->ctx = ctx;
-    p->acks.store(0, std::memory_order_relaxed);
     p->next.store(0, std::memory_order_relaxed);
-    p->gen.fetch_add(1, std::memory_order_acq_rel);
+    uint64_t gen = (p->state.load() >> 32) + 1;
+    p->state.store(gen << 32, std::memory_order_release);  // open, no active workers
     if (p->sleepers.load() > 0) {
         pthread_mutex_lock(&p->mu);
         pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
     }
     run_chunks(p);
+    p->state.fetch_or(CLOSED, std::memory_order_acq_rel);
     int spins = 0;
-    while (p->acks.load(std::memory_order_acquire) < p->nworkers) {
+    while (p->state.load(std::memory_order_acquire) & ACTIVE_MASK) {  // only threads that took chunks
         if (++spins < 4000)
             _mm_pause();
         else
             sched_yield();
     }
-    pthread_mutex_unlock(&g_call_mu);
+    pthread_mutex_unlock(&g_job_mu);
 }
 
 inline float h2f(uint16_t h) {
@@ -471,17 +483,17 @@ int lk_lut_gemm(const uint8_t *w, const float *x, float *y, int64_t M, int64_t N
     if (K % g || g % 32 || bits < 1 || bits > 4) return -1;
     int64_t nG = K / g, tsz = K / 32 * 128;
     size_t bytes = (size_t)M * tsz + 2 * sizeof(float) * M * nG + 128;
-    pthread_mutex_lock(&g_call_mu);  // scratch is shared; serialise table building
+    pthread_mutex_lock(&g_call_mu);  // one call at a time: the table scratch is shared
     char *s = (char *)g_scratch.get(bytes);
     int8_t *tab = (int8_t *)s;
     float *lsc = (float *)(s + ((M * tsz + 63) / 64) * 64);
     float *sx = lsc + M * nG;
     lk_lut_tables(x, M, K, g, tab, lsc, sx, path);
-    pthread_mutex_unlock(&g_call_mu);
     LutArgs a{w, tab, lsc, sx, y, N, K, M, g, bits};
     int64_t nrb = (N + 15) / 16;
     task_fn fn = path == 2 ? lut_rows_avx512 : path == 1 ? lut_rows_avx2 : lut_rows_scalar;
     parallel_for(nthreads, nrb, pick_chunk(nrb, nthreads), fn, &a);
+    pthread_mutex_unlock(&g_call_mu);
     return 0;
 }
 
@@ -854,10 +866,10 @@ int lk_i2s_gemm(const uint8_t *w, const float *wscale, const float *x, float *y,
         quant_act_row(x + m * K, K, Kp, act + m * Kp, asc + m, asum + m);
         i2s_permute(act + m * Kp, Kp, actp + m * Kp);
     }
-    pthread_mutex_unlock(&g_call_mu);
     I2Args a{w, wscale, act, actp, asc, asum, y, N, Kp, M};
     task_fn fn = path == 2 ? i2s_rows_avx512 : path == 1 ? i2s_rows_avx2 : i2s_rows_scalar;
     parallel_for(nthreads, N, pick_chunk(N, nthreads), fn, &a);
+    pthread_mutex_unlock(&g_call_mu);
     return 0;
 }
 
@@ -875,11 +887,11 @@ int lk_tl_gemm(const uint16_t *w, const float *wscale, const float *x, float *y,
         quant_act_row(x + m * K, K, Kt, q, asc + m, &sum);
         tl_tables(q, Kt, tab + m * (Kt / 3) * 32);
     }
-    pthread_mutex_unlock(&g_call_mu);
     TlArgs a{w, wscale, tab, asc, y, N, Kt, M};
     int64_t nrb = (N + 31) / 32;
     task_fn fn = path == 2 ? tl_rows_avx512 : tl_rows_scalar;  // AVX2 has no 16-bit permute: scalar
     parallel_for(nthreads, nrb, pick_chunk(nrb, nthreads), fn, &a);
+    pthread_mutex_unlock(&g_call_mu);
     return 0;
 }
 
@@ -904,10 +916,10 @@ int lk_fp_gemm(const uint8_t *w, const uint16_t *sc, const uint8_t *mag16, float
             memcpy(dst, src, K);
         }
     }
-    pthread_mutex_unlock(&g_call_mu);
     FpArgs a{w, sc, act, actp, asc, mag16, unit, y, N, K, M, g};
     task_fn fn = path == 2 ? fp_rows_avx512 : path == 1 ? fp_rows_avx2 : fp_rows_scalar;
     parallel_for(nthreads, N, pick_chunk(N, nthreads), fn, &a);
+    pthread_mutex_unlock(&g_call_mu);
     return 0;
 }
 
