@@ -12,8 +12,9 @@
 4. A 7B-shaped Qwen2 (random weights, a few of its 28 layers instantiated, per-token time scaled to 28):
    decode tokens/s at 2 and 4 bits vs llama.cpp Q2_K / TQ2_0 / Q4_0 on the same shape.
 
-The machine is shared with other engineers: medians of repeats, and every number is noisy; compare rows
-of one run, not runs. Use --quick for GEMV 4096x4096 only.
+The machine is shared with other engineers: medians of interleaved repeats, and every number is noisy;
+compare rows of one run, not runs. The "1 thr CPU-time" column is the calling thread's CPU time for the
+1-thread runs (time.thread_time), which does not count time spent descheduled by other tenants. Use --quick for GEMV 4096x4096 only.
 """
 
 from __future__ import annotations
@@ -111,9 +112,10 @@ class Pool:
 
     def time(self, threads: int) -> float:
         calls = self.calls.setdefault(threads, self.make_calls(threads))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         for c in calls:
             c()
+        self.last_cpu = (time.thread_time() - c0) / len(calls)  # 1 thread: immune to being descheduled
         return (time.perf_counter() - t0) / len(calls)
 
 
@@ -147,6 +149,7 @@ def interleaved(pools: list[Pool], threads_list: list[int], rounds: int) -> dict
     """Round-robin over kernels and thread counts ``rounds`` times, medians per kernel: under a fluctuating
     load every kernel sees the same conditions."""
     samples: dict[tuple[str, int], list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     old = torch.get_num_threads()
     for p in pools:  # warm-up: page in, build the call lists
         for th in threads_list:
@@ -155,8 +158,13 @@ def interleaved(pools: list[Pool], threads_list: list[int], rounds: int) -> dict
         for th in threads_list:
             for p in pools:
                 samples.setdefault((p.name, th), []).append(p.time(th))
+                if th == 1:
+                    cpu.setdefault(p.name, []).append(p.last_cpu)
     torch.set_num_threads(old)
-    return {p.name: {th: (statistics.median(samples[(p.name, th)]), p.nbytes) for th in threads_list} for p in pools}
+    out = {p.name: {th: (statistics.median(samples[(p.name, th)]), p.nbytes) for th in threads_list} for p in pools}
+    for name, v in cpu.items():
+        out[name]["cpu1"] = (statistics.median(v), out[name][1][1])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- ggml (llama.cpp)
@@ -232,8 +240,9 @@ class Ggml:
 
         class GgmlPool(Pool):
             def time(self, threads: int) -> float:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 compute(ctx, graph, threads)
+                self.last_cpu = (time.thread_time() - c0) / ncopy
                 return (time.perf_counter() - t0) / ncopy
 
         return GgmlPool(f"llama.cpp {type_name}", nbytes, None)
@@ -279,15 +288,17 @@ def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | Non
             results[(N, K, M)] = dict(rows)
             print(f"\n### GEMV/GEMM N(out)={N} K(in)={K} M={M}: median us per call, cold weights "
                   f"[effective GB/s, % of read bandwidth]")
-            head = "| kernel | MiB | " + " | ".join(f"{t} thr us [GB/s, %BW]" for t in threads_list) + " |"
+            cols = list(threads_list) + (["cpu1"] if 1 in threads_list else [])
+            head = "| kernel | MiB | " + " | ".join(
+                "1 thr CPU-time us [GB/s, %BW]" if t == "cpu1" else f"{t} thr wall us [GB/s, %BW]" for t in cols) + " |"
             print(head)
-            print("|" + "---|" * (2 + len(threads_list)))
+            print("|" + "---|" * (2 + len(cols)))
             for name, r in rows:
                 cells = []
-                for th in threads_list:
+                for th in cols:
                     sec, nb = r[th]
                     gbs = nb / sec / 1e9
-                    cells.append(f"{sec * 1e6:.0f} [{gbs:.1f}, {100 * gbs / bw[th]:.0f}%]")
+                    cells.append(f"{sec * 1e6:.0f} [{gbs:.1f}, {100 * gbs / bw[1 if th == 'cpu1' else th]:.0f}%]")
                 print(f"| {name} | {r[threads_list[0]][1] / 2**20:.2f} | " + " | ".join(cells) + " |")
             if ggml is not None:
                 print("speed-up vs llama.cpp at equal bits (their time / ours):")
@@ -295,7 +306,7 @@ def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | Non
                     a, b = results[(N, K, M)].get(f"ours {ours}"), results[(N, K, M)].get(f"llama.cpp {theirs}")
                     if a and b:
                         print(f"  {ours:>10} vs {theirs:<6} " + "  ".join(
-                            f"{th}T {b[th][0] / a[th][0]:.2f}x" for th in threads_list))
+                            f"{th}{'' if th == 'cpu1' else 'T'} {b[th][0] / a[th][0]:.2f}x" for th in cols))
             sys.stdout.flush()
     return results
 
