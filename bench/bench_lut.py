@@ -14,7 +14,8 @@
 
 The machine is shared with other engineers: medians of interleaved repeats, and every number is noisy;
 compare rows of one run, not runs. The "1 thr CPU-time" column is the calling thread's CPU time for the
-1-thread runs (time.thread_time), which does not count time spent descheduled by other tenants. Use --quick for GEMV 4096x4096 only.
+1-thread runs (time.thread_time), which does not count time spent descheduled by other tenants.
+Use --quick for GEMV 4096x4096 only.
 """
 
 from __future__ import annotations

@@ -163,3 +163,19 @@ def test_cli_quantize(tmp_path, capsys):
     assert (out / WEIGHTS_FILE).is_file() and (out / CONFIG_FILE).is_file()
     assert main(["quantize", "--model", str(src), "--scheme", "w9", "--out", str(out)]) == 1
     assert main(["quantize", "--model", str(tmp_path / "none"), "--scheme", "w2g64", "--out", str(out)]) == 1
+
+
+@pytest.mark.parametrize("scheme", ["w2g32", "ternary", "afpq3g64"])
+def test_quantlinear_same_output_on_every_forced_path(monkeypatch, scheme):
+    from efficient.quant import native
+
+    q = QuantLinear.from_linear(nn.Linear(96, 40), scheme)
+    x = torch.randn(4, 96)
+    paths = ["torch"] + ([] if native.library() is None else
+                         [p for p in native.PATHS if native.PATHS.index(p) <= native.PATHS.index(native.cpu_path())])
+    outs = {}
+    for p in paths:
+        monkeypatch.setenv(native.ENV_PATH, p)
+        outs[p] = q(x)
+    for p, y in outs.items():
+        assert torch.allclose(y, outs["torch"], rtol=1e-5, atol=1e-5), p
