@@ -519,6 +519,67 @@ void quant_act_row(const float *x, int64_t K, int64_t Kp, int8_t *q, float *scal
     *sum = s;
 }
 
+// AVX-512 versions: identical results (max is exact, vcvtps2dq rounds to nearest even like nearbyintf).
+A512 float absmax_avx512(const float *x, int64_t n) {
+    __m512 m = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+    float mx = _mm512_reduce_max_ps(m);
+    for (; k < n; k++) mx = fmaxf(mx, fabsf(x[k]));
+    return mx;
+}
+
+A512 int32_t quant_int8_avx512(const float *x, int64_t n, float inv, int8_t *q) {
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    __m512i sum = _mm512_setzero_si512();
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k), vinv));
+        r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
+        sum = _mm512_add_epi32(sum, r);
+        _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtepi32_epi8(r));
+    }
+    int32_t s = _mm512_reduce_add_epi32(sum);
+    for (; k < n; k++) {
+        float r = nearbyintf(x[k] * inv);
+        r = r > 127.f ? 127.f : (r < -127.f ? -127.f : r);
+        q[k] = (int8_t)r;
+        s += (int32_t)r;
+    }
+    return s;
+}
+
+void quant_act_row_path(const float *x, int64_t K, int64_t Kp, int8_t *q, float *scale, int32_t *sum, int path) {
+    if (path != 2) {
+        quant_act_row(x, K, Kp, q, scale, sum);
+        return;
+    }
+    float mx = absmax_avx512(x, K);
+    float inv = mx > 0.f ? 127.0f / mx : 0.f;
+    *sum = quant_int8_avx512(x, K, inv, q);
+    for (int64_t k = K; k < Kp; k++) q[k] = 0;
+    *scale = mx / 127.0f;
+}
+
+// TL tables with 16-bit multiplies: e[i] = (i/9-1) a0 + ((i/3)%3-1) a1 + (i%3-1) a2 for 32 lanes.
+A512 void tl_tables_avx512(const int8_t *q, int64_t Kt, int16_t *tab) {
+    int16_t c0[32], c1[32], c2[32];
+    for (int i = 0; i < 32; i++) {
+        c0[i] = i < 27 ? (int16_t)(i / 9 - 1) : 0;
+        c1[i] = i < 27 ? (int16_t)((i / 3) % 3 - 1) : 0;
+        c2[i] = i < 27 ? (int16_t)(i % 3 - 1) : 0;
+    }
+    const __m512i w0 = _mm512_loadu_si512(c0), w1 = _mm512_loadu_si512(c1), w2 = _mm512_loadu_si512(c2);
+    for (int64_t t = 0; t < Kt / 3; t++) {
+        const int8_t *a = q + 3 * t;
+        __m512i e = _mm512_mullo_epi16(w0, _mm512_set1_epi16(a[0]));
+        e = _mm512_add_epi16(e, _mm512_mullo_epi16(w1, _mm512_set1_epi16(a[1])));
+        e = _mm512_add_epi16(e, _mm512_mullo_epi16(w2, _mm512_set1_epi16(a[2])));
+        _mm512_storeu_si512(tab + t * 32, e);
+    }
+}
+
 // ---- I2_S: per row, blocks of 128 weights in 32 bytes; byte j: bits 7-6 w[j], 5-4 w[j+32], 3-2 w[j+64],
 // 1-0 w[j+96]; code = w + 1. Row stride Kp/4 bytes (Kp = K rounded up to 128). Per-row fp32 scale.
 struct I2Args {
@@ -863,7 +924,7 @@ int lk_i2s_gemm(const uint8_t *w, const float *wscale, const float *x, float *y,
     float *asc = (float *)(s + 2 * ab);
     int32_t *asum = (int32_t *)(asc + M);
     for (int64_t m = 0; m < M; m++) {
-        quant_act_row(x + m * K, K, Kp, act + m * Kp, asc + m, asum + m);
+        quant_act_row_path(x + m * K, K, Kp, act + m * Kp, asc + m, asum + m, path);
         i2s_permute(act + m * Kp, Kp, actp + m * Kp);
     }
     I2Args a{w, wscale, act, actp, asc, asum, y, N, Kp, M};
@@ -884,8 +945,11 @@ int lk_tl_gemm(const uint16_t *w, const float *wscale, const float *x, float *y,
     float *asc = (float *)(s + tb + (Kt + 63) / 64 * 64);
     for (int64_t m = 0; m < M; m++) {
         int32_t sum;
-        quant_act_row(x + m * K, K, Kt, q, asc + m, &sum);
-        tl_tables(q, Kt, tab + m * (Kt / 3) * 32);
+        quant_act_row_path(x + m * K, K, Kt, q, asc + m, &sum, path);
+        if (path == 2)
+            tl_tables_avx512(q, Kt, tab + m * (Kt / 3) * 32);
+        else
+            tl_tables(q, Kt, tab + m * (Kt / 3) * 32);
     }
     TlArgs a{w, wscale, tab, asc, y, N, Kt, M};
     int64_t nrb = (N + 31) / 32;
@@ -905,7 +969,15 @@ int lk_fp_gemm(const uint8_t *w, const uint16_t *sc, const uint8_t *mag16, float
     int8_t *act = (int8_t *)s, *actp = (int8_t *)(s + ab);
     float *asc = (float *)(s + 2 * ab);
     for (int64_t m = 0; m < M; m++) {
-        quant_act_groups(x + m * K, K, g, act + m * K, asc + m * nG);
+        if (path == 2) {
+            for (int64_t G = 0; G < nG; G++) {
+                float mx = absmax_avx512(x + m * K + G * g, g);
+                quant_int8_avx512(x + m * K + G * g, g, mx > 0.f ? 127.0f / mx : 0.f, act + m * K + G * g);
+                asc[m * nG + G] = mx / 127.0f;
+            }
+        } else {
+            quant_act_groups(x + m * K, K, g, act + m * K, asc + m * nG);
+        }
         const int8_t *src = act + m * K;
         int8_t *dst = actp + m * K;
         if (g % 128 == 0) {
