@@ -287,7 +287,8 @@ def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | Non
                 ggml.free_all()
             gc.collect()
             results[(N, K, M)] = dict(rows)
-            print(f"\n### GEMV/GEMM N(out)={N} K(in)={K} M={M}: median us per call, cold weights "
+            print(f"\n### GEMV/GEMM N(out)={N} K(in)={K} M={M}: median us per call, "
+                  f"{'cold' if POOL_BYTES > 64 << 20 else 'hot'} weights "
                   f"[effective GB/s, % of read bandwidth]")
             cols = list(threads_list) + (["cpu1"] if 1 in threads_list else [])
             head = "| kernel | MiB | " + " | ".join(
@@ -464,8 +465,12 @@ def main() -> None:
     ap.add_argument("--skip-7b", action="store_true")
     ap.add_argument("--ppl-tokens", type=int, default=2048)
     ap.add_argument("--rounds", type=int, default=7, help="round-robin repeats per GEMV table")
+    ap.add_argument("--pool-mib", type=int, default=128,
+                    help="distinct weight bytes rotated per kernel (cold); 0 = one copy (hot, cache-resident)")
     ap.add_argument("--layers-7b", type=int, default=3)
     args = ap.parse_args()
+    global POOL_BYTES
+    POOL_BYTES = max(1, args.pool_mib << 20)
     if native.library() is None:
         sys.exit("native kernels not built: pip install -e . (or python setup.py build_ext --inplace)")
     print(f"kernel path: {native.kernel_path()}; torch {torch.__version__}; load average "

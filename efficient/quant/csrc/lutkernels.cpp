@@ -622,38 +622,51 @@ void i2s_rows_scalar(void *vctx, int64_t r0, int64_t r1) {
     }
 }
 
+// Two rows per pass share the activation loads (the loop is load-bound: 1 weight + 4 activation vectors).
 A512 void i2s_rows_avx512(void *vctx, int64_t r0, int64_t r1) {
     I2Args *a = (I2Args *)vctx;
     const __m512i M0 = _mm512_set1_epi8((char)0xC0), M1 = _mm512_set1_epi8(0x30), M2 = _mm512_set1_epi8(0x0C),
                   M3 = _mm512_set1_epi8(0x03);
-    const int64_t nb = a->Kp / 128;
-    for (int64_t n = r0; n < r1; n++) {
-        const uint8_t *p = a->w + n * (a->Kp / 4);
+    const int64_t nb = a->Kp / 128, rs = a->Kp / 4;
+    for (int64_t n = r0; n < r1; n += 2) {
+        const int nr = n + 1 < r1 ? 2 : 1;
+        const uint8_t *p0 = a->w + n * rs, *p1 = nr == 2 ? p0 + rs : p0;
         for (int64_t m = 0; m < a->M; m++) {
             const int8_t *x = a->act + m * a->Kp, *xq = a->actp + m * a->Kp;
             __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0;
+            __m512i d0 = c0, d1 = c0, d2 = c0, d3 = c0;
             int64_t b = 0;
             for (; b + 2 <= nb; b += 2) {
                 // 64 bytes = blocks b and b+1; masked (unshifted) codes are 64c, 16c, 4c, c.
-                __m512i v = _mm512_loadu_si512(p + b * 32);
                 const int8_t *xp = xq + b * 128;
                 __m512i a0 = _mm512_loadu_si512(xp), a1 = _mm512_loadu_si512(xp + 64);
                 __m512i a2 = _mm512_loadu_si512(xp + 128), a3 = _mm512_loadu_si512(xp + 192);
+                __m512i v = _mm512_loadu_si512(p0 + b * 32), u = _mm512_loadu_si512(p1 + b * 32);
                 c0 = _mm512_dpbusd_epi32(c0, _mm512_and_si512(v, M0), a0);
                 c1 = _mm512_dpbusd_epi32(c1, _mm512_and_si512(v, M1), a1);
                 c2 = _mm512_dpbusd_epi32(c2, _mm512_and_si512(v, M2), a2);
                 c3 = _mm512_dpbusd_epi32(c3, _mm512_and_si512(v, M3), a3);
+                d0 = _mm512_dpbusd_epi32(d0, _mm512_and_si512(u, M0), a0);
+                d1 = _mm512_dpbusd_epi32(d1, _mm512_and_si512(u, M1), a1);
+                d2 = _mm512_dpbusd_epi32(d2, _mm512_and_si512(u, M2), a2);
+                d3 = _mm512_dpbusd_epi32(d3, _mm512_and_si512(u, M3), a3);
             }
-            __m512i tot = _mm512_add_epi32(_mm512_add_epi32(_mm512_srai_epi32(c0, 6), _mm512_srai_epi32(c1, 4)),
-                                           _mm512_add_epi32(_mm512_srai_epi32(c2, 2), c3));
-            int32_t dot = _mm512_reduce_add_epi32(tot);
-            for (; b < nb; b++)
-                for (int j = 0; j < 32; j++) {
-                    uint8_t v = p[b * 32 + j];
-                    const int8_t *xb = x + b * 128 + j;
-                    dot += (v >> 6) * xb[0] + ((v >> 4) & 3) * xb[32] + ((v >> 2) & 3) * xb[64] + (v & 3) * xb[96];
-                }
-            a->y[m * a->N + n] = (float)(dot - a->asum[m]) * (a->wscale[n] * a->ascale[m]);
+            __m512i tc = _mm512_add_epi32(_mm512_add_epi32(_mm512_srai_epi32(c0, 6), _mm512_srai_epi32(c1, 4)),
+                                          _mm512_add_epi32(_mm512_srai_epi32(c2, 2), c3));
+            __m512i td = _mm512_add_epi32(_mm512_add_epi32(_mm512_srai_epi32(d0, 6), _mm512_srai_epi32(d1, 4)),
+                                          _mm512_add_epi32(_mm512_srai_epi32(d2, 2), d3));
+            int32_t dot[2] = {_mm512_reduce_add_epi32(tc), _mm512_reduce_add_epi32(td)};
+            for (int r = 0; r < nr; r++) {
+                const uint8_t *p = r ? p1 : p0;
+                for (int64_t bb = b; bb < nb; bb++)
+                    for (int j = 0; j < 32; j++) {
+                        uint8_t v = p[bb * 32 + j];
+                        const int8_t *xb = x + bb * 128 + j;
+                        dot[r] += (v >> 6) * xb[0] + ((v >> 4) & 3) * xb[32] + ((v >> 2) & 3) * xb[64] +
+                                  (v & 3) * xb[96];
+                    }
+                a->y[m * a->N + n + r] = (float)(dot[r] - a->asum[m]) * (a->wscale[n + r] * a->ascale[m]);
+            }
         }
     }
 }
@@ -929,7 +942,7 @@ int lk_i2s_gemm(const uint8_t *w, const float *wscale, const float *x, float *y,
     }
     I2Args a{w, wscale, act, actp, asc, asum, y, N, Kp, M};
     task_fn fn = path == 2 ? i2s_rows_avx512 : path == 1 ? i2s_rows_avx2 : i2s_rows_scalar;
-    parallel_for(nthreads, N, pick_chunk(N, nthreads), fn, &a);
+    parallel_for(nthreads, N, (pick_chunk(N, nthreads) + 1) & ~(int64_t)1, fn, &a);
     pthread_mutex_unlock(&g_call_mu);
     return 0;
 }
