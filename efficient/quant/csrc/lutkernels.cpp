@@ -642,6 +642,9 @@ A512 void i2s_rows_avx512(void *vctx, int64_t r0, int64_t r1) {
                 __m512i a0 = _mm512_loadu_si512(xp), a1 = _mm512_loadu_si512(xp + 64);
                 __m512i a2 = _mm512_loadu_si512(xp + 128), a3 = _mm512_loadu_si512(xp + 192);
                 __m512i v = _mm512_loadu_si512(p0 + b * 32), u = _mm512_loadu_si512(p1 + b * 32);
+                // rows are short (K/4 bytes): prefetch the next pair so DRAM streaming does not stall per row
+                _mm_prefetch((const char *)(p0 + 2 * rs + b * 32), _MM_HINT_T0);
+                _mm_prefetch((const char *)(p1 + 2 * rs + b * 32), _MM_HINT_T0);
                 c0 = _mm512_dpbusd_epi32(c0, _mm512_and_si512(v, M0), a0);
                 c1 = _mm512_dpbusd_epi32(c1, _mm512_and_si512(v, M1), a1);
                 c2 = _mm512_dpbusd_epi32(c2, _mm512_and_si512(v, M2), a2);
@@ -844,6 +847,7 @@ A512 void fp_rows_avx512(void *vctx, int64_t r0, int64_t r1) {
                 for (; k + 128 <= (G + 1) * a->g; k += 128) {
                     // 64 bytes = two 32-byte pieces: lo nibbles are codes [k, k+32) and [k+64, k+96).
                     __m512i v = _mm512_loadu_si512(p + k / 2);
+                    _mm_prefetch((const char *)(p + a->K + k / 2), _MM_HINT_T0);  // two rows ahead
                     __m512i il = _mm512_and_si512(v, low4), ih = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
                     __m512i xl = _mm512_loadu_si512(xq + k), xh = _mm512_loadu_si512(xq + k + 64);
                     __m512i ml = _mm512_shuffle_epi8(tab, il), mh = _mm512_shuffle_epi8(tab, ih);
