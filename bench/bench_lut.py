@@ -333,8 +333,8 @@ def e2e_smollm2(threads: int, max_tokens: int) -> None:
     ppl0 = perplexity(model, tok, text, max_tokens=max_tokens)
     print(f"| float32 (dequantized Q4_1 GGUF) | 32 | {ppl0:.3f} | {decode_tokens_per_s(model):.1f} |")
     sys.stdout.flush()
-    configs = [("w4g128", "rtn"), ("w4g128", "gptq"), ("afpq4g128", "rtn"), ("w3g128", "rtn"), ("w3g128", "gptq"),
-               ("afpq3g128", "rtn"), ("afpq3g128", "gptq"), ("w2g64", "rtn"), ("w2g64", "gptq")]
+    configs = [("w4g32", "rtn"), ("w4g128", "rtn"), ("afpq4g128", "rtn"), ("w3g128", "rtn"), ("afpq3g128", "rtn"),
+               ("w3g128", "gptq"), ("w2g64", "rtn"), ("w2g64", "gptq")]
     for scheme, method in configs:
         m = copy.deepcopy(model)
         quantize(m, scheme, method=method, tokenizer=tok)

@@ -102,10 +102,11 @@ class UniformQuantizer:
 
     def fit(self, wg: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """wg: [..., g] -> params for each group; clip ratio searched for the lowest (weighted) error."""
-        lo, hi = wg.amin(-1).clamp_max(0), wg.amax(-1).clamp_min(0)
+        lo, hi = wg.amin(-1), wg.amax(-1)
+        mid = (lo + hi) / 2
         best_err, best = None, None
-        for f in CLIP_GRID:
-            p = self.params_for(lo * f, hi * f)
+        for f in CLIP_GRID:  # shrink the range around its centre (asymmetric: zero need not be inside)
+            p = self.params_for(mid + (lo - mid) * f, mid + (hi - mid) * f)
             _, dq = self.qdq(wg, p)
             d = (dq - wg) ** 2
             err = (d * weight).sum(-1) if weight is not None else d.sum(-1)
