@@ -1,0 +1,64 @@
+"""``mimo-audio quantize``: pack a transformers causal LM's linear layers into a low-bit format."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger("mimo-audio.quantize")
+
+SCHEME_HELP = ("w<bits>g<group> (bits 1-4, group 32/64/128; T-MAC LUT kernel), ternary (BitNet I2_S), "
+               "ternary-tl (ternary LUT), afpq4g<64|128> / afpq3g<64|128> (asymmetric FP, e2m1 / fp3)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "quantize",
+        help="quantize a causal LM to 1-4-bit / ternary / AFPQ weights (LUT kernels)",
+        description="Quantize the linear layers of a transformers causal-LM directory and write a packed "
+        "checkpoint (model.safetensors + quant_config.json + config.json + tokenizer) that "
+        "efficient.quant.load_quantized_causal_lm() loads. Prints a per-layer size / error summary.",
+    )
+    p.add_argument("--model", required=True, help="transformers causal-LM directory (config.json + weights)")
+    p.add_argument("--scheme", required=True, help=SCHEME_HELP)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--method", choices=("rtn", "gptq"), default="rtn",
+                   help="rtn: round to nearest with clip search; gptq: calibrated on offline English text")
+    p.add_argument("--include", action="append", default=None,
+                   help="glob over module names to quantize (repeatable; default: all nn.Linear)")
+    p.add_argument("--exclude", action="append", default=None,
+                   help="glob over module names to keep in float (repeatable; default: lm_head)")
+    p.add_argument("--calib-tokens", type=int, default=4096, help="calibration tokens for gptq (default 4096)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from efficient.quant import formats
+
+    formats.parse_scheme(args.scheme)  # fail fast with a clear message
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: not a transformers model directory (config.json missing)")
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from efficient.quant import quantize, save_quantized, summary_table
+    from efficient.quant.api import default_calibration
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tok = None
+    if any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        tok = AutoTokenizer.from_pretrained(model_dir)
+    elif args.method == "gptq":
+        raise ValueError(f"{model_dir}: gptq calibration needs the model's tokenizer files")
+    calib = default_calibration(model, tok, n_tokens=args.calib_tokens) if args.method == "gptq" else None
+    reports = quantize(model, args.scheme, method=args.method, include=args.include, exclude=args.exclude,
+                       calib_fn=calib, progress=True)
+    out = save_quantized(model, args.out, reports)
+    if tok is not None:
+        tok.save_pretrained(out)
+    print(summary_table(reports))
+    print(f"wrote {out}")
+    return 0

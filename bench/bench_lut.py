@@ -1,0 +1,496 @@
+"""LUT low-bit kernels vs torch and llama.cpp, side by side in one run (one command: python bench/bench_lut.py).
+
+1. Machine read bandwidth (1 and 2 threads).
+2. GEMV / small GEMM (M = 1, 8) for 4096x4096, 11008x4096, 4096x11008 with cold weights (a pool of distinct
+   weight copies larger than the caches is rotated): our formats (uniform 1-4 bit, ternary I2_S / TL, AFPQ),
+   torch fp32 / bf16 F.linear, and llama.cpp's ggml CPU kernels (Q4_0, Q4_K, Q2_K, TQ2_0, TQ1_0) called
+   through ctypes on the libggml shipped by llama-cpp-python: each weight copy is one ggml_mul_mat node of
+   a single graph, run by ggml_graph_compute_with_ctx with n threads; time / nodes = one GEMV (activation
+   quantization to Q8 included, as in ours). Effective GB/s = weight bytes / time, and its share of (1).
+3. SmolLM2-135M-Instruct: perplexity on the offline test text and decode tokens/s, float vs our schemes
+   (RTN and GPTQ) and llama.cpp (llama-cpp-python, the same GGUF requantized to Q4_0 / Q4_K / Q2_K).
+4. A 7B-shaped Qwen2 (random weights, a few of its 28 layers instantiated, per-token time scaled to 28):
+   decode tokens/s at 2 and 4 bits vs llama.cpp Q2_K / TQ2_0 / Q4_0 on the same shape.
+
+The machine is shared with other engineers: medians of interleaved repeats, and every number is noisy;
+compare rows of one run, not runs. The "1 thr CPU-time" column is the calling thread's CPU time for the
+1-thread runs (time.thread_time), which does not count time spent descheduled by other tenants.
+Use --quick for GEMV 4096x4096 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import glob
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from efficient.quant import formats, native  # noqa: E402
+from efficient.quant.formats import QuantResult, parse_scheme  # noqa: E402
+
+POOL_BYTES = 128 << 20  # distinct weight bytes rotated per measurement ("cold": >> 32 MiB L3)
+OUR_SCHEMES = ["w1g128", "w2g128", "w3g128", "w4g128", "w4g32", "ternary", "ternary-tl", "afpq4g128", "afpq3g128"]
+GGML_TYPES = {"Q4_0": 2, "Q4_K": 12, "Q2_K": 10, "TQ2_0": 35, "TQ1_0": 34}
+GGML_BPW = {"Q4_0": 4.5, "Q4_K": 4.5, "Q2_K": 2.625, "TQ2_0": 2.0625, "TQ1_0": 1.6875}
+EQUAL_BITS = {"w4g128": "Q4_K", "w4g32": "Q4_0", "w2g128": "Q2_K", "ternary": "TQ2_0", "ternary-tl": "TQ2_0",
+              "afpq4g128": "Q4_K", "w3g128": "Q2_K"}
+
+
+def median_time(fn, repeats: int = 5) -> float:
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+# ------------------------------------------------------------------------------------------------- bandwidth
+def read_bandwidth(threads: int) -> float:
+    lib = native.library()
+    buf = torch.ones(512 << 20, dtype=torch.uint8)
+    t = median_time(lambda: lib.lk_read_bw(buf.data_ptr(), buf.numel(), threads), 7)
+    return buf.numel() / t / 1e9
+
+
+# ----------------------------------------------------------------------------------------------- our kernels
+def random_packed(name: str, N: int, K: int) -> dict[str, torch.Tensor]:
+    """Valid packed weights with random codes (kernel speed does not depend on the values)."""
+    sch = parse_scheme(name)
+    kp = formats.padded_k(sch, K)
+    g = torch.Generator().manual_seed(0)
+    if sch.kind == "uniform":
+        codes = torch.randint(0, 1 << sch.bits, (N, kp), generator=g, dtype=torch.uint8)
+        p = (torch.full((N, kp // sch.group_size), 0.01), torch.full((N, kp // sch.group_size), -0.05))
+    elif sch.kind == "ternary":
+        codes = torch.randint(-1, 2, (N, kp), generator=g, dtype=torch.int8)
+        p = (torch.full((N,), 0.02),)
+    else:
+        codes = torch.randint(0, 16, (N, kp), generator=g, dtype=torch.uint8)
+        p = (torch.full((N, kp // sch.group_size), 0.01), torch.full((N, kp // sch.group_size), 0.012))
+    pk = formats.pack(sch, QuantResult(codes, p, torch.empty(0)), N, K)
+    if sch.kernel == "tl":
+        pk = {"tl": formats.tl_layout(formats.unpack_i2s(pk["qweight"]), K), "wscale": pk["wscale"]}
+    return pk
+
+
+def our_call(name: str, pk: dict, x: torch.Tensor, y: torch.Tensor, N: int, K: int, threads: int):
+    """A zero-overhead closure around the native kernel (pointers resolved once)."""
+    lib, sch = native.library(), parse_scheme(name)
+    M, path = x.shape[0], native.PATHS.index(native.kernel_path())
+    xp, yp = x.data_ptr(), y.data_ptr()
+    if sch.kind == "uniform":
+        w = pk["qweight"].data_ptr()
+        return lambda: lib.lk_lut_gemm(w, xp, yp, M, N, K, sch.group_size, sch.bits, path, threads)
+    if sch.kernel == "i2s":
+        w, s = pk["qweight"].data_ptr(), pk["wscale"].data_ptr()
+        return lambda: lib.lk_i2s_gemm(w, s, xp, yp, M, N, K, path, threads)
+    if sch.kernel == "tl":
+        w, s = pk["tl"].data_ptr(), pk["wscale"].data_ptr()
+        return lambda: lib.lk_tl_gemm(w, s, xp, yp, M, N, K, path, threads)
+    w, s = pk["qweight"].data_ptr(), pk["scales"].data_ptr()
+    mag = formats.afpq_mag_table(sch.bits)
+    unit = formats.AFPQ_FORMATS[sch.bits]["unit"]
+    return lambda: lib.lk_fp_gemm(w, s, mag.data_ptr(), unit, xp, yp, M, N, K, sch.group_size, path, threads)
+
+
+class Pool:
+    """One kernel on a pool of distinct weight copies; ``time(threads)`` runs every copy once."""
+
+    def __init__(self, name: str, nbytes: int, make_calls) -> None:
+        self.name, self.nbytes, self.make_calls = name, nbytes, make_calls
+        self.calls: dict[int, list] = {}
+
+    def time(self, threads: int) -> float:
+        calls = self.calls.setdefault(threads, self.make_calls(threads))
+        t0, c0 = time.perf_counter(), time.thread_time()
+        for c in calls:
+            c()
+        self.last_cpu = (time.thread_time() - c0) / len(calls)  # 1 thread: immune to being descheduled
+        return (time.perf_counter() - t0) / len(calls)
+
+
+def pool_ours(name: str, N: int, K: int, M: int) -> Pool:
+    pk0 = random_packed(name, N, K)
+    nbytes = sum(t.numel() * t.element_size() for t in pk0.values())
+    copies = [pk0] + [{k: v.clone() for k, v in pk0.items()} for _ in range(max(1, POOL_BYTES // nbytes) - 1)]
+    x, y = torch.randn(M, K), torch.empty(M, N)
+    return Pool(f"ours {name}", nbytes, lambda th: [our_call(name, pk, x, y, N, K, th) for pk in copies])
+
+
+def pool_torch(dtype: torch.dtype, N: int, K: int, M: int) -> Pool:
+    w0 = torch.randn(N, K).to(dtype)
+    nbytes = w0.numel() * w0.element_size()
+    copies = [w0] + [w0.clone() for _ in range(max(1, POOL_BYTES // nbytes) - 1)]
+    x = torch.randn(M, K).to(dtype)
+
+    def make(th):
+        torch.set_num_threads(th)
+        return [lambda w=w: torch.nn.functional.linear(x, w) for w in copies]
+
+    class TorchPool(Pool):
+        def time(self, threads: int) -> float:
+            torch.set_num_threads(threads)
+            return super().time(threads)
+
+    return TorchPool(f"torch {str(dtype).split('.')[-1]}", nbytes, make)
+
+
+def interleaved(pools: list[Pool], threads_list: list[int], rounds: int) -> dict[str, dict[int, tuple[float, int]]]:
+    """Round-robin over kernels and thread counts ``rounds`` times, medians per kernel: under a fluctuating
+    load every kernel sees the same conditions."""
+    samples: dict[tuple[str, int], list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    old = torch.get_num_threads()
+    for p in pools:  # warm-up: page in, build the call lists
+        for th in threads_list:
+            p.time(th)
+    for _ in range(rounds):
+        for th in threads_list:
+            for p in pools:
+                samples.setdefault((p.name, th), []).append(p.time(th))
+                if th == 1:
+                    cpu.setdefault(p.name, []).append(p.last_cpu)
+    torch.set_num_threads(old)
+    out = {p.name: {th: (statistics.median(samples[(p.name, th)]), p.nbytes) for th in threads_list} for p in pools}
+    for name, v in cpu.items():
+        out[name]["cpu1"] = (statistics.median(v), out[name][1][1])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- ggml (llama.cpp)
+class Ggml:
+    """Minimal ctypes bindings to the libggml shipped inside llama-cpp-python."""
+
+    def __init__(self) -> None:
+        if os.environ.get("MIMO_GGML_LIB_DIR"):  # e.g. a llama.cpp build tree's bin/
+            libdir = Path(os.environ["MIMO_GGML_LIB_DIR"])
+        else:
+            import llama_cpp
+
+            libdir = Path(llama_cpp.__file__).parent / "lib"
+        self.base = ctypes.CDLL(self._find(libdir, "libggml-base"), mode=ctypes.RTLD_GLOBAL)
+        self.cpu = ctypes.CDLL(self._find(libdir, "libggml-cpu"), mode=ctypes.RTLD_GLOBAL)
+        P, I64, SZ = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t
+        b = self.base
+
+        class InitParams(ctypes.Structure):
+            _fields_ = [("mem_size", SZ), ("mem_buffer", P), ("no_alloc", ctypes.c_bool)]
+
+        self.InitParams = InitParams
+        b.ggml_init.argtypes = [InitParams]
+        b.ggml_init.restype = P
+        b.ggml_free.argtypes = [P]
+        b.ggml_new_tensor_2d.argtypes = [P, ctypes.c_int, I64, I64]
+        b.ggml_new_tensor_2d.restype = P
+        b.ggml_get_data.argtypes = [P]
+        b.ggml_get_data.restype = P
+        b.ggml_row_size.argtypes = [ctypes.c_int, I64]
+        b.ggml_row_size.restype = SZ
+        b.ggml_quantize_chunk.argtypes = [ctypes.c_int, P, P, I64, I64, I64, P]
+        b.ggml_quantize_chunk.restype = SZ
+        b.ggml_mul_mat.argtypes = [P, P, P]
+        b.ggml_mul_mat.restype = P
+        b.ggml_new_graph_custom.argtypes = [P, SZ, ctypes.c_bool]
+        b.ggml_new_graph_custom.restype = P
+        b.ggml_build_forward_expand.argtypes = [P, P]
+        self.cpu.ggml_graph_compute_with_ctx.argtypes = [P, P, ctypes.c_int]
+        self.cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
+        if hasattr(self.cpu, "ggml_cpu_init"):
+            self.cpu.ggml_cpu_init()
+        self.ctxs: list = []
+
+    @staticmethod
+    def _find(libdir: Path, stem: str) -> str:
+        hits = sorted(glob.glob(str(libdir / f"{stem}*.so*")))
+        if not hits:
+            raise FileNotFoundError(f"{stem} not found in {libdir}")
+        return hits[0]
+
+    def pool(self, type_name: str, N: int, K: int, M: int) -> Pool:
+        """Weight copies as mul_mat nodes of one graph; time of one graph compute / nodes = one GEMV."""
+        b, t = self.base, GGML_TYPES[type_name]
+        nbytes = b.ggml_row_size(t, K) * N
+        ncopy = max(1, POOL_BYTES // nbytes)
+        mem = nbytes * ncopy + ncopy * (N * M * 4 + 1024) + K * M * 4 + (64 << 20)
+        ctx = b.ggml_init(self.InitParams(mem, None, False))
+        if not ctx:
+            raise MemoryError("ggml_init failed")
+        self.ctxs.append(ctx)
+        wf = torch.randn(N, K) * 0.02
+        q = torch.empty(nbytes, dtype=torch.uint8)
+        b.ggml_quantize_chunk(t, wf.data_ptr(), q.data_ptr(), 0, N, K, None)
+        x = b.ggml_new_tensor_2d(ctx, 0, K, M)
+        ctypes.memmove(b.ggml_get_data(x), torch.randn(M, K).data_ptr(), K * M * 4)
+        graph = b.ggml_new_graph_custom(ctx, 2 * ncopy + 16, False)
+        for _ in range(ncopy):
+            w = b.ggml_new_tensor_2d(ctx, t, K, N)
+            ctypes.memmove(b.ggml_get_data(w), q.data_ptr(), nbytes)
+            b.ggml_build_forward_expand(graph, b.ggml_mul_mat(ctx, w, x))
+        compute = self.cpu.ggml_graph_compute_with_ctx
+
+        class GgmlPool(Pool):
+            def time(self, threads: int) -> float:
+                t0, c0 = time.perf_counter(), time.thread_time()
+                compute(ctx, graph, threads)
+                self.last_cpu = (time.thread_time() - c0) / ncopy
+                return (time.perf_counter() - t0) / ncopy
+
+        return GgmlPool(f"llama.cpp {type_name}", nbytes, None)
+
+    def free_all(self) -> None:
+        for c in self.ctxs:
+            self.base.ggml_free(c)
+        self.ctxs.clear()
+
+    def bench(self, type_name: str, N: int, K: int, M: int, threads_list: list[int]) -> dict[int, tuple[float, int]]:
+        try:
+            return interleaved([self.pool(type_name, N, K, M)], threads_list, 5)[f"llama.cpp {type_name}"]
+        finally:
+            self.free_all()
+
+
+def load_ggml() -> Ggml | None:
+    try:
+        return Ggml()
+    except (ImportError, OSError, AttributeError, FileNotFoundError) as exc:
+        print(f"(llama.cpp kernels skipped: {exc.__class__.__name__}: {exc})")
+        return None
+
+
+# ----------------------------------------------------------------------------------------------- GEMV tables
+def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | None, rounds: int) -> dict:
+    results = {}
+    for si, (N, K) in enumerate(shapes):
+        for M in ms if si == 0 else ms[:1]:  # small-M GEMM on the first shape only (time on a shared VM)
+            pools = [pool_ours(name, N, K, M) for name in OUR_SCHEMES]
+            if ggml is not None:
+                for tn in GGML_TYPES:
+                    try:
+                        pools.append(ggml.pool(tn, N, K, M))
+                    except Exception as exc:  # noqa: BLE001 - a type this ggml build lacks
+                        print(f"  ggml {tn} failed: {exc}")
+            pools += [pool_torch(torch.float32, N, K, M), pool_torch(torch.bfloat16, N, K, M)]
+            rows = list(interleaved(pools, threads_list, rounds).items())
+            del pools
+            if ggml is not None:
+                ggml.free_all()
+            gc.collect()
+            results[(N, K, M)] = dict(rows)
+            print(f"\n### GEMV/GEMM N(out)={N} K(in)={K} M={M}: median us per call, "
+                  f"{'cold' if POOL_BYTES > 64 << 20 else 'hot'} weights "
+                  f"[effective GB/s, % of read bandwidth]")
+            cols = list(threads_list) + (["cpu1"] if 1 in threads_list else [])
+            head = "| kernel | MiB | " + " | ".join(
+                "1 thr CPU-time us [GB/s, %BW]" if t == "cpu1" else f"{t} thr wall us [GB/s, %BW]" for t in cols) + " |"
+            print(head)
+            print("|" + "---|" * (2 + len(cols)))
+            for name, r in rows:
+                cells = []
+                for th in cols:
+                    sec, nb = r[th]
+                    gbs = nb / sec / 1e9
+                    cells.append(f"{sec * 1e6:.0f} [{gbs:.1f}, {100 * gbs / bw[1 if th == 'cpu1' else th]:.0f}%]")
+                print(f"| {name} | {r[threads_list[0]][1] / 2**20:.2f} | " + " | ".join(cells) + " |")
+            if ggml is not None:
+                print("speed-up vs llama.cpp at equal bits (their time / ours):")
+                for ours, theirs in EQUAL_BITS.items():
+                    a, b = results[(N, K, M)].get(f"ours {ours}"), results[(N, K, M)].get(f"llama.cpp {theirs}")
+                    if a and b:
+                        print(f"  {ours:>10} vs {theirs:<6} " + "  ".join(
+                            f"{th}{'' if th == 'cpu1' else 'T'} {b[th][0] / a[th][0]:.2f}x" for th in cols))
+            sys.stdout.flush()
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+def e2e_smollm2(threads: int, max_tokens: int) -> None:
+    import copy
+
+    from efficient.quant import quantize
+    from efficient.quant.evaluate import decode_tokens_per_s, perplexity
+    from efficient.reference_models import load_smollm2, smollm2_gguf_path
+    from efficient.textdata import offline_english_text
+
+    torch.set_num_threads(threads)
+    os.environ[native.ENV_THREADS] = str(threads)
+    model, tok = load_smollm2()
+    text = offline_english_text("test")
+    print(f"\n### SmolLM2-135M-Instruct end to end ({threads} threads; PPL on the first {max_tokens} tokens of the "
+          "offline test text, windows of 512; decode = batch-1 greedy, 32 new tokens after 16, median of 3)")
+    print("| model | bits/weight (linear layers) | PPL | decode tok/s |")
+    print("|---|---|---|---|")
+    ppl0 = perplexity(model, tok, text, max_tokens=max_tokens)
+    print(f"| float32 (dequantized Q4_1 GGUF) | 32 | {ppl0:.3f} | {decode_tokens_per_s(model):.1f} |")
+    sys.stdout.flush()
+    configs = [("w4g32", "rtn"), ("w4g128", "rtn"), ("afpq4g128", "rtn"), ("w3g128", "rtn"), ("afpq3g128", "rtn"),
+               ("w3g128", "gptq"), ("w2g64", "rtn"), ("w2g64", "gptq")]
+    for scheme, method in configs:
+        m = copy.deepcopy(model)
+        quantize(m, scheme, method=method, tokenizer=tok)
+        ppl = perplexity(m, tok, text, max_tokens=max_tokens)
+        bpw = parse_scheme(scheme).bits_per_weight
+        print(f"| ours {scheme} {method} | {bpw:.3g} | {ppl:.3f} ({100 * (ppl / ppl0 - 1):+.1f}%) | "
+              f"{decode_tokens_per_s(m):.1f} |")
+        sys.stdout.flush()
+        del m
+        gc.collect()
+    try:
+        import llama_cpp
+    except ImportError:
+        print("(llama.cpp end-to-end skipped: llama-cpp-python not installed)")
+        return
+    src = str(smollm2_gguf_path())
+    ids = tok(text, return_tensors="pt").input_ids[0][:max_tokens].tolist()
+    for qname, ftype in [("Q4_1 (original GGUF)", None), ("Q4_0", 2), ("Q4_K_M", 15), ("Q2_K", 10)]:
+        path = src
+        if ftype is not None:
+            path = f"/tmp/smollm2-{qname}.gguf"
+            if not os.path.exists(path):
+                params = llama_cpp.llama_model_quantize_default_params()
+                params.ftype = ftype
+                params.allow_requantize = True
+                params.nthread = threads
+                llama_cpp.llama_model_quantize(src.encode(), path.encode(), ctypes.byref(params))
+        llm = llama_cpp.Llama(model_path=path, n_ctx=600, n_threads=threads, n_batch=512, logits_all=True,
+                              verbose=False)
+        nll, cnt = 0.0, 0
+        for i in range(0, len(ids) - 1, 512):
+            chunk = ids[i : i + 513]
+            llm.reset()
+            llm.eval(chunk[:-1])
+            logits = torch.from_numpy(llm.scores[: len(chunk) - 1].copy())
+            nll += torch.nn.functional.cross_entropy(logits, torch.tensor(chunk[1:]), reduction="sum").item()
+            cnt += len(chunk) - 1
+        rates = []
+        for _ in range(3):
+            llm.reset()
+            llm.eval(ids[:16])
+            t0 = time.perf_counter()
+            nxt = ids[16]
+            for _ in range(32):
+                llm.eval([nxt])
+                nxt = int(llm.scores[llm.n_tokens - 1].argmax())
+            rates.append(32 / (time.perf_counter() - t0))
+        print(f"| llama.cpp {qname} | - | {math.exp(nll / cnt):.3f} | {statistics.median(rates):.1f} |")
+        sys.stdout.flush()
+        del llm
+
+
+def e2e_7b(threads: int, layers: int, ggml: Ggml | None, hidden: int = 3584, inter: int = 18944,
+           vocab: int = 151936) -> None:
+    """Decode a 7B-shaped Qwen2 (hidden 3584, MLP 18944, 28 heads / 4 KV heads) with `layers` of its 28 layers."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from efficient.quant.linear import QuantLinear
+
+    torch.set_num_threads(threads)
+    os.environ[native.ENV_THREADS] = str(threads)
+    cfg = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                      num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False)
+    print(f"\n### 7B-shaped Qwen2 decode ({threads} threads, {layers} of 28 layers instantiated with random "
+          "weights; tok/s scaled to 28 layers; lm_head in the same format; embedding lookup excluded)")
+    print("| format | ms/token (28 layers + head) | tok/s |")
+    print("|---|---|---|")
+    for scheme in ("w2g128", "ternary", "w4g128", "w4g32"):
+        with torch.device("meta"):
+            model = Qwen2ForCausalLM(cfg)
+        # materialise: quantized linears with random packed codes, small float tensors elsewhere
+        for name, mod in list(model.named_modules()):
+            if isinstance(mod, torch.nn.Linear):
+                q = QuantLinear(mod.in_features, mod.out_features, scheme, bias=mod.bias is not None)
+                for k, v in random_packed(scheme, mod.out_features, mod.in_features).items():
+                    if hasattr(q, k) and getattr(q, k).shape == v.shape:
+                        getattr(q, k).copy_(v)
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, child, q)
+        model = model.to_empty(device="cpu")
+        for name, p in model.named_parameters():
+            p.data.normal_(0, 0.02) if "embed" in name else p.data.fill_(1.0)
+        model.model.rotary_emb.__init__(cfg)  # non-persistent inv_freq buffer lost by to_empty
+        model.eval()
+        ids = torch.randint(0, 1000, (1, 8))
+        with torch.no_grad():
+            out = model(input_ids=ids, use_cache=True)
+            past = out.past_key_values
+            nxt = ids[:, -1:]
+            times_layers, times_head = [], []
+            for _ in range(6):
+                t0 = time.perf_counter()
+                h = model.model(input_ids=nxt, past_key_values=past, use_cache=True)
+                t1 = time.perf_counter()
+                model.lm_head(h.last_hidden_state)
+                t2 = time.perf_counter()
+                past = h.past_key_values
+                times_layers.append(t1 - t0)
+                times_head.append(t2 - t1)
+        per_tok = statistics.median(times_layers[1:]) * 28 / layers + statistics.median(times_head[1:])
+        print(f"| ours {scheme} | {per_tok * 1e3:.1f} | {1 / per_tok:.2f} |")
+        sys.stdout.flush()
+        del model
+        gc.collect()
+    if ggml is None:
+        return
+    # llama.cpp: the same per-token matrix work through ggml (weights of one layer set, rotated over `layers`
+    # copies so they stay cold), i.e. the GEMV part of a decode step; attention over a short context is small.
+    kv = hidden // 7  # 4 of 28 heads
+    shapes = [(hidden, hidden), (kv, hidden), (kv, hidden), (hidden, hidden), (inter, hidden), (inter, hidden),
+              (hidden, inter)]
+    for tn in ("Q2_K", "TQ2_0", "Q4_0", "Q4_K"):
+        total = 0.0
+        for N, K in shapes:
+            total += ggml.bench(tn, N, K, 1, [threads])[threads][0]
+        head = ggml.bench(tn, vocab, hidden, 1, [threads])[threads][0]
+        per_tok = total * 28 + head
+        print(f"| llama.cpp {tn} (GEMVs only) | {per_tok * 1e3:.1f} | {1 / per_tok:.2f} |")
+        sys.stdout.flush()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="GEMV 4096x4096 M=1 only")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--skip-gemv", action="store_true")
+    ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--skip-7b", action="store_true")
+    ap.add_argument("--ppl-tokens", type=int, default=2048)
+    ap.add_argument("--rounds", type=int, default=7, help="round-robin repeats per GEMV table")
+    ap.add_argument("--pool-mib", type=int, default=128,
+                    help="distinct weight bytes rotated per kernel (cold); 0 = one copy (hot, cache-resident)")
+    ap.add_argument("--layers-7b", type=int, default=3)
+    args = ap.parse_args()
+    global POOL_BYTES
+    POOL_BYTES = max(1, args.pool_mib << 20)
+    if native.library() is None:
+        sys.exit("native kernels not built: pip install -e . (or python setup.py build_ext --inplace)")
+    print(f"kernel path: {native.kernel_path()}; torch {torch.__version__}; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (shared machine: numbers are noisy)")
+    bw = {th: read_bandwidth(th) for th in args.threads}
+    print("read bandwidth (512 MiB, AVX2 loads, median of 7): "
+          + ", ".join(f"{th}T {v:.1f} GB/s" for th, v in bw.items()))
+    ggml = load_ggml()
+    if not args.skip_gemv:
+        shapes = [(4096, 4096)] if args.quick else [(4096, 4096), (11008, 4096), (4096, 11008)]
+        ms = [1] if args.quick else [1, 8]
+        gemv_tables(shapes, ms, args.threads, bw, ggml, args.rounds)
+    if args.quick:
+        return
+    if not args.skip_e2e:
+        e2e_smollm2(max(args.threads), args.ppl_tokens)
+    if not args.skip_7b:
+        e2e_7b(max(args.threads), args.layers_7b, ggml)
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Low-bit weight quantization with LUT kernels (T-MAC bit-serial, BitNet I2_S / TL ternary, AFPQ).
+
+>>> from efficient.quant import quantize, save_quantized
+>>> reports = quantize(model, "w4g128")                  # any nn.Module; RTN
+>>> reports = quantize(model, "w2g64", method="gptq", tokenizer=tok)   # calibrated
+>>> save_quantized(model, "out/")
+
+Schemes: ``w{1-4}g{32,64,128}`` (uniform asymmetric), ``ternary`` / ``ternary-tl``, ``afpq{3,4}g{64,128}``.
+Kernel path: env ``MIMO_QUANT_KERNEL`` = auto|avx512|avx2|scalar|torch; threads: ``MIMO_QUANT_THREADS``.
+"""
+
+from efficient.quant.api import (
+    LayerReport,
+    load_quantized,
+    load_quantized_causal_lm,
+    quantize,
+    read_quant_config,
+    save_quantized,
+    select_linears,
+    summary_table,
+)
+from efficient.quant.formats import Scheme, parse_scheme
+from efficient.quant.linear import QuantLinear
+from efficient.quant.native import cpu_path, kernel_path
+
+__all__ = [
+    "LayerReport",
+    "QuantLinear",
+    "Scheme",
+    "cpu_path",
+    "kernel_path",
+    "load_quantized",
+    "load_quantized_causal_lm",
+    "parse_scheme",
+    "quantize",
+    "read_quant_config",
+    "save_quantized",
+    "select_linears",
+    "summary_table",
+]

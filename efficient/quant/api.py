@@ -1,0 +1,284 @@
+"""``quantize(model, scheme)``: swap selected ``nn.Linear`` layers for ``QuantLinear``; packed checkpoints.
+
+Works on any ``nn.Module``: a transformers causal LM (defaults skip ``lm_head``), or the speech LM, whose
+backbone (``model.*``), local transformers (``local_transformer.*``, ``input_local_transformer.*``) and heads
+are chosen with ``include`` / ``exclude`` glob patterns over qualified module names.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from efficient.quant import formats
+from efficient.quant.formats import Scheme, parse_scheme
+from efficient.quant.gptq import gptq_quantize
+from efficient.quant.linear import QuantLinear
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "mimo-audio-quant"
+FORMAT_VERSION = 1
+CONFIG_FILE = "quant_config.json"
+WEIGHTS_FILE = "model.safetensors"
+DEFAULT_EXCLUDE = ("lm_head", "*.lm_head")
+
+
+@dataclass
+class LayerReport:
+    name: str
+    shape: tuple[int, int]
+    scheme: str
+    fp32_bytes: int
+    packed_bytes: int
+    weight_rel_err: float  # ||W - W_q||_F / ||W||_F
+    output_rel_err: float | None  # sqrt(tr(dW H dW^T) / tr(W H W^T)) on calibration activations
+
+    def row(self) -> str:
+        out = "-" if self.output_rel_err is None else f"{self.output_rel_err:.4f}"
+        return (f"{self.name:<48} {self.shape[0]:>6}x{self.shape[1]:<6} {self.fp32_bytes / 2**20:8.2f} "
+                f"{self.packed_bytes / 2**20:8.3f} {self.weight_rel_err:10.4f} {out:>10}")
+
+
+def summary_table(reports: list[LayerReport]) -> str:
+    head = f"{'layer':<48} {'shape':>13} {'fp32 MiB':>8} {'q MiB':>8} {'w rel.err':>10} {'out rel.err':>10}"
+    lines = [head, "-" * len(head)] + [r.row() for r in reports]
+    tot32 = sum(r.fp32_bytes for r in reports)
+    totq = sum(r.packed_bytes for r in reports)
+    lines.append(f"{'total (' + str(len(reports)) + ' layers)':<48} {'':>13} {tot32 / 2**20:8.2f} {totq / 2**20:8.3f}"
+                 f"   ({tot32 / max(totq, 1):.1f}x smaller)")
+    return "\n".join(lines)
+
+
+def select_linears(model: nn.Module, include: Iterable[str] | None = None,
+                   exclude: Iterable[str] | None = None) -> list[tuple[str, nn.Linear]]:
+    """Qualified names of the ``nn.Linear`` modules to quantize (glob patterns; a pattern ``p`` also
+    matches everything below it, ``p.*``)."""
+    inc = list(include) if include else ["*"]
+    exc = list(exclude) if exclude is not None else list(DEFAULT_EXCLUDE)
+
+    def match(name: str, pats: list[str]) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*") for p in pats)
+
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and match(n, inc) and not match(n, exc)]
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def default_calibration(model: nn.Module, tokenizer, n_tokens: int = 4096, seq_len: int = 256) -> Callable:
+    """A calibration function running a transformers LM over the offline English training text."""
+    from efficient.textdata import offline_english_text
+
+    ids = tokenizer(offline_english_text("train"), return_tensors="pt").input_ids[0][:n_tokens]
+    n = max(1, ids.numel() // seq_len)
+    batches = ids[: n * seq_len].view(n, seq_len)
+
+    def run(m: nn.Module) -> None:
+        for i in range(0, n, 4):
+            m(input_ids=batches[i : i + 4])
+
+    return run
+
+
+def collect_hessians(model: nn.Module, targets: list[tuple[str, nn.Linear]], calib_fn: Callable,
+                     max_bytes: int = 1 << 30) -> Iterable[tuple[str, torch.Tensor]]:
+    """Yields (name, H = sum x x^T) per target; runs ``calib_fn(model)`` once per batch of layers so that
+    at most ``max_bytes`` of float32 Hessians are held at a time."""
+    batch: list[tuple[str, nn.Linear]] = []
+    size = 0
+    groups = []
+    for name, mod in targets:
+        b = 4 * mod.in_features**2
+        if batch and size + b > max_bytes:
+            groups.append(batch)
+            batch, size = [], 0
+        batch.append((name, mod))
+        size += b
+    if batch:
+        groups.append(batch)
+    for group in groups:
+        hs: dict[str, torch.Tensor] = {}
+        hooks = []
+        for name, mod in group:
+            hs[name] = torch.zeros(mod.in_features, mod.in_features)
+
+            def hook(_m, inp, _out, key=name, hs=hs):
+                x = inp[0].detach().reshape(-1, inp[0].shape[-1]).float()
+                hs[key].addmm_(x.T, x)
+
+            hooks.append(mod.register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                calib_fn(model)
+        finally:
+            for h in hooks:
+                h.remove()
+        yield from hs.items()
+
+
+@torch.no_grad()
+def quantize(
+    model: nn.Module,
+    scheme: str | Scheme,
+    method: str = "rtn",
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    calib_fn: Callable[[nn.Module], None] | None = None,
+    tokenizer=None,
+    progress: bool = False,
+) -> list[LayerReport]:
+    """Quantize the selected ``nn.Linear`` layers of ``model`` in place; returns a per-layer report.
+
+    ``method``: ``rtn`` (round to nearest, per-group clip search) or ``gptq`` (calibrated; needs
+    ``calib_fn(model)`` that runs forward passes, or a ``tokenizer`` for a transformers LM, which then
+    runs over the offline English training text).
+    """
+    sch = scheme if isinstance(scheme, Scheme) else parse_scheme(scheme)
+    if method not in ("rtn", "gptq"):
+        raise ValueError(f"unknown quantization method {method!r}: expected 'rtn' or 'gptq'")
+    targets = select_linears(model, include, exclude)
+    if not targets:
+        raise ValueError("no nn.Linear layer matches the include/exclude patterns")
+    hessians: dict[str, torch.Tensor] = {}
+    if method == "gptq":
+        if calib_fn is None:
+            if tokenizer is None:
+                raise ValueError("method='gptq' needs calib_fn or a tokenizer for the calibration text")
+            calib_fn = default_calibration(model, tokenizer)
+        hessians = dict(collect_hessians(model, targets, calib_fn))
+    reports = []
+    it = targets
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(targets, desc=f"quantize {sch.name} ({method})", unit="layer")
+    for name, lin in it:
+        w = lin.weight.detach().float()
+        H = hessians.get(name)
+        res = gptq_quantize(sch, w, H) if H is not None else formats.rtn_quantize(sch, w)
+        q = QuantLinear.from_linear(lin, sch, res)
+        dw = res.dequant - w
+        out_err = None
+        if H is not None:
+            out_err = float(torch.sqrt((dw @ H * dw).sum() / (w @ H * w).sum().clamp_min(1e-30)))
+        reports.append(LayerReport(name, (lin.out_features, lin.in_features), sch.name, w.numel() * 4,
+                                   q.packed_bytes(), float(dw.norm() / w.norm().clamp_min(1e-30)), out_err))
+        _set_module(model, name, q)
+    model._mimo_quant = {"scheme": sch.name, "method": method}  # noqa: SLF001 - read by save_quantized
+    return reports
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoints: safetensors (all parameters and buffers, packed layers included) + quant_config.json.
+# ---------------------------------------------------------------------------------------------------------
+def quant_layers(model: nn.Module) -> dict[str, dict]:
+    return {n: {"scheme": m.scheme.name, "in_features": m.in_features, "out_features": m.out_features,
+                "bias": m.bias is not None}
+            for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def save_quantized(model: nn.Module, out_dir: str | Path, reports: list[LayerReport] | None = None) -> Path:
+    """Write ``model.safetensors`` + ``quant_config.json`` (+ the transformers config when present)."""
+    from safetensors.torch import save_model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(out / WEIGHTS_FILE))
+    cfg = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "layers": quant_layers(model),
+           **getattr(model, "_mimo_quant", {})}
+    if reports:
+        cfg["report"] = [asdict(r) for r in reports]
+    (out / CONFIG_FILE).write_text(json.dumps(cfg, indent=1))
+    if hasattr(model, "config") and hasattr(model.config, "save_pretrained"):
+        model.config.save_pretrained(out)
+    return out
+
+
+def read_quant_config(path: str | Path) -> dict:
+    p = Path(path) / CONFIG_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: not a quantized checkpoint directory")
+    try:
+        cfg = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{p} is not valid JSON: {exc}") from exc
+    if cfg.get("format") != FORMAT_NAME:
+        raise ValueError(f"{p}: format {cfg.get('format')!r} is not {FORMAT_NAME!r}")
+    if cfg.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{p}: quantized format version {cfg.get('format_version')!r} is not supported "
+                         f"(this build reads version {FORMAT_VERSION})")
+    return cfg
+
+
+def apply_quant_config(model: nn.Module, cfg: dict) -> None:
+    """Replace the layers named in ``cfg['layers']`` by empty ``QuantLinear`` modules of the right shape."""
+    for name, spec in cfg["layers"].items():
+        try:
+            old = model.get_submodule(name)
+        except AttributeError as exc:
+            raise ValueError(f"quantized layer {name!r} does not exist in this model") from exc
+        if isinstance(old, nn.Linear) and (old.in_features, old.out_features) != (spec["in_features"],
+                                                                                  spec["out_features"]):
+            raise ValueError(f"layer {name}: checkpoint shape {spec['out_features']}x{spec['in_features']} "
+                             f"does not match the model's {old.out_features}x{old.in_features}")
+        _set_module(model, name, QuantLinear(spec["in_features"], spec["out_features"], spec["scheme"],
+                                             bias=spec["bias"]))
+
+
+def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a packed checkpoint into ``model`` (an unquantized skeleton of the same architecture)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg = read_quant_config(path)
+    apply_quant_config(model, cfg)
+    wfile = path / WEIGHTS_FILE
+    if not wfile.is_file():
+        raise FileNotFoundError(f"{wfile} not found")
+    try:
+        state = load_file(str(wfile))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{wfile} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    # Tied parameters (e.g. lm_head = embed_tokens) are saved once.
+    ptrs = {}
+    for k, v in own.items():
+        ptrs.setdefault(v.data_ptr(), []).append(k)
+    missing = [k for k in missing if not any(o in state for o in ptrs[own[k].data_ptr()])]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise ValueError(f"{wfile}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise ValueError(f"{wfile}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+        if v.dtype != own[k].dtype:
+            raise ValueError(f"{wfile}: tensor {k} has dtype {v.dtype}, expected {own[k].dtype}")
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def load_quantized_causal_lm(path: str | Path):
+    """A transformers causal LM from a directory written by ``save_quantized`` (config.json inside)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    read_quant_config(path)
+    config = AutoConfig.from_pretrained(path)
+    model = AutoModelForCausalLM.from_config(config)  # random init is overwritten below
+    load_quantized(model, path)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model.eval()

@@ -1,0 +1,461 @@
+"""Weight formats: schemes, quantizers (codes + parameters), packing, dequantization and the GEMM kernels.
+
+Three families, all packed so that one canonical byte layout serves every SIMD path (no width-dependent
+on-disk blocks):
+
+* ``uniform`` (``w{bits}g{group}``, bits 1-4, group 32/64/128): w = scale * q + min per group (asymmetric),
+  run by the T-MAC-style bit-serial LUT kernel. Layout: 16-row blocks; per group, per 32 columns, per bit
+  plane 64 bytes (byte 4r+s holds the 4-bit patterns of activation groups s and 4+s of row r), then the
+  group's 16 fp16 scales and 16 fp16 mins.
+* ``ternary`` (``ternary`` = BitNet I2_S kernel, ``ternary-tl`` = TL LUT kernel): w in {-1, 0, 1} times a
+  per-row fp32 scale; stored as I2_S (blocks of 128 in 32 bytes, code = w + 1, byte j: w[j] in bits 7-6,
+  w[j+32] 5-4, w[j+64] 3-2, w[j+96] 1-0). The TL layout is derived from it when the layer is loaded.
+* ``afpq`` (``afpq4g{group}`` e2m1, ``afpq3g{group}`` sign + {0,1,2,4}; group 64/128): a sign bit plus a
+  magnitude code, separate scales for the positive and the negative weights of each group (AFPQ). Stored as
+  nibbles (byte j of each 32-byte piece: code 64p+j low, 64p+32+j high) + fp16 [N, groups, 2] scales.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from efficient.quant import native
+
+# AFPQ magnitude tables in integer units (value = unit * table[index]); index 0-7, bit 3 of a code = sign.
+AFPQ_FORMATS = {
+    4: {"name": "e2m1", "mags": (0, 1, 2, 3, 4, 6, 8, 12), "unit": 0.5},
+    3: {"name": "fp3", "mags": (0, 1, 2, 4), "unit": 1.0},
+}
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A weight format: ``kind`` in {uniform, ternary, afpq}; ``kernel`` in {lut, i2s, tl, fp}."""
+
+    name: str
+    kind: str
+    bits: int
+    group_size: int
+    kernel: str
+
+    @property
+    def bits_per_weight(self) -> float:
+        if self.kind == "uniform":
+            return self.bits + 32 / self.group_size
+        if self.kind == "afpq":
+            return 4 + 32 / self.group_size  # codes kept in nibbles (fp3 too)
+        return 2.0
+
+    def k_multiple(self) -> int:
+        """Columns are zero-padded to a multiple of this."""
+        return 128 if self.kind == "ternary" else self.group_size
+
+
+_UNIFORM = re.compile(r"^w([1-4])g(32|64|128)$")
+_AFPQ = re.compile(r"^afpq([34])g(64|128)$")
+
+
+def parse_scheme(name: str) -> Scheme:
+    """``w{1-4}g{32,64,128}``, ``afpq{3,4}g{64,128}``, ``ternary`` or ``ternary-tl``."""
+    key = name.strip().lower()
+    if m := _UNIFORM.match(key):
+        return Scheme(key, "uniform", int(m.group(1)), int(m.group(2)), "lut")
+    if m := _AFPQ.match(key):
+        return Scheme(key, "afpq", int(m.group(1)), int(m.group(2)), "fp")
+    if key in ("ternary", "ternary-i2s"):
+        return Scheme("ternary", "ternary", 2, 128, "i2s")
+    if key == "ternary-tl":
+        return Scheme("ternary-tl", "ternary", 2, 128, "tl")
+    raise ValueError(
+        f"unknown quantization scheme {name!r}: expected w<bits>g<group> (bits 1-4, group 32/64/128), "
+        "afpq<3|4>g<64|128>, ternary or ternary-tl"
+    )
+
+
+def padded_k(scheme: Scheme, K: int) -> int:
+    m = scheme.k_multiple()
+    return (K + m - 1) // m * m
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Quantizers: fit per-group parameters, then quantize-dequantize (used by RTN and by GPTQ column by column).
+# Parameters are rounded to their stored precision (fp16 / fp32) before codes are chosen.
+# ---------------------------------------------------------------------------------------------------------
+CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
+
+
+class UniformQuantizer:
+    def __init__(self, bits: int) -> None:
+        self.qmax = (1 << bits) - 1
+
+    def params_for(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = ((hi - lo) / self.qmax).clamp_min(1e-8).half().float()
+        return scale, lo.half().float()
+
+    def qdq(self, w: torch.Tensor, params: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        scale, mn = (p.unsqueeze(-1) if p.dim() < w.dim() else p for p in params)
+        q = torch.clamp(torch.round((w - mn) / scale), 0, self.qmax)
+        return q, q * scale + mn
+
+    def fit(self, wg: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """wg: [..., g] -> params for each group; clip ratio searched for the lowest (weighted) error."""
+        lo, hi = wg.amin(-1), wg.amax(-1)
+        mid = (lo + hi) / 2
+        best_err, best = None, None
+        for f in CLIP_GRID:  # shrink the range around its centre (asymmetric: zero need not be inside)
+            p = self.params_for(mid + (lo - mid) * f, mid + (hi - mid) * f)
+            _, dq = self.qdq(wg, p)
+            d = (dq - wg) ** 2
+            err = (d * weight).sum(-1) if weight is not None else d.sum(-1)
+            if best is None:
+                best_err, best = err, p
+            else:
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best = tuple(torch.where(better, a, b) for a, b in zip(p, best))
+        return best
+
+
+class AfpqQuantizer:
+    def __init__(self, bits: int) -> None:
+        fmt = AFPQ_FORMATS[bits]
+        self.mags = torch.tensor(fmt["mags"], dtype=torch.float32) * fmt["unit"]  # real magnitudes
+        self.cmax = float(self.mags[-1])
+
+    def qdq(self, w: torch.Tensor, params: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        sp, sn = (p.unsqueeze(-1) if p.dim() < w.dim() else p for p in params)
+        neg = w < 0
+        s = torch.where(neg, sn, sp).clamp_min(1e-12)
+        a = (w.abs() / s).unsqueeze(-1)
+        idx = (a - self.mags).abs().argmin(-1)
+        mag = self.mags[idx] * s
+        codes = idx + neg.to(idx.dtype) * 8
+        return codes, torch.where(neg, -mag, mag) * (torch.where(neg, sn, sp) > 0)
+
+    def fit(self, wg: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        pos = wg.clamp_min(0).amax(-1) / self.cmax
+        neg = (-wg).clamp_min(0).amax(-1) / self.cmax
+        best_err, best = None, None
+        for f in CLIP_GRID:
+            p = ((pos * f).half().float(), (neg * f).half().float())
+            _, dq = self.qdq(wg, p)
+            d = (dq - wg) ** 2
+            err = (d * weight).sum(-1) if weight is not None else d.sum(-1)
+            if best is None:
+                best_err, best = err, p
+            else:
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best = tuple(torch.where(better, a, b) for a, b in zip(p, best))
+        return best
+
+
+class TernaryQuantizer:
+    """BitNet-style absmean: one scale per row (the whole row is one 'group')."""
+
+    def qdq(self, w: torch.Tensor, params: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        (scale,) = (p.unsqueeze(-1) if p.dim() < w.dim() else p for p in params)
+        q = torch.clamp(torch.round(w / scale.clamp_min(1e-12)), -1, 1)
+        return q, q * scale
+
+    def fit(self, w: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        return (w.abs().mean(-1).clamp_min(1e-8).float(),)
+
+
+def make_quantizer(scheme: Scheme):
+    if scheme.kind == "uniform":
+        return UniformQuantizer(scheme.bits)
+    if scheme.kind == "afpq":
+        return AfpqQuantizer(scheme.bits)
+    return TernaryQuantizer()
+
+
+@dataclass
+class QuantResult:
+    """Codes [N, Kp] (padded columns hold code 0 / w = 0) and per-group parameters, plus the dequantized W."""
+
+    codes: torch.Tensor
+    params: tuple[torch.Tensor, ...]
+    dequant: torch.Tensor  # [N, K] float32
+
+
+def pad_columns(w: torch.Tensor, kp: int) -> torch.Tensor:
+    """Pad with the row's last value: group min/max (hence the real weights' codes) are unchanged."""
+    K = w.shape[1]
+    if kp == K:
+        return w
+    return torch.cat([w, w[:, -1:].expand(-1, kp - K)], dim=1)
+
+
+def rtn_quantize(scheme: Scheme, w: torch.Tensor, col_weight: torch.Tensor | None = None) -> QuantResult:
+    """Round-to-nearest with a per-group clip search (optionally weighted by E[x^2] per column)."""
+    w = w.detach().float()
+    N, K = w.shape
+    kp = padded_k(scheme, K)
+    qz = make_quantizer(scheme)
+    if scheme.kind == "ternary":
+        params = qz.fit(w)
+        q, dq = qz.qdq(w, params)
+        codes = torch.zeros(N, kp)
+        codes[:, :K] = q
+        return QuantResult(codes.to(torch.int8), params, dq)
+    g = scheme.group_size
+    wp = pad_columns(w, kp).view(N, kp // g, g)
+    cw = None
+    if col_weight is not None:
+        cw = torch.nn.functional.pad(col_weight.float(), (0, kp - K)).view(1, kp // g, g)
+    params = qz.fit(wp, cw)
+    q, dq = qz.qdq(wp, params)
+    codes = q.view(N, kp).to(torch.uint8)
+    return QuantResult(codes, params, dq.view(N, kp)[:, :K].contiguous())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Packing (codes + params -> tensors saved in checkpoints) and the inverse.
+# ---------------------------------------------------------------------------------------------------------
+def pack(scheme: Scheme, res: QuantResult, N: int, K: int) -> dict[str, torch.Tensor]:
+    kp = padded_k(scheme, K)
+    if scheme.kind == "uniform":
+        return {"qweight": _pack_uniform(res.codes, res.params[0], res.params[1], scheme.bits, scheme.group_size)}
+    if scheme.kind == "ternary":
+        return {"qweight": _pack_i2s(res.codes.to(torch.int8)), "wscale": res.params[0].float().contiguous()}
+    g = scheme.group_size
+    scales = torch.stack([res.params[0], res.params[1]], dim=-1).half().contiguous()  # [N, nG, 2]
+    c = res.codes.view(N, kp // 64, 2, 32)
+    qweight = (c[:, :, 0] | (c[:, :, 1] << 4)).reshape(N, kp // 2).contiguous()
+    assert scales.shape == (N, kp // g, 2)
+    return {"qweight": qweight, "scales": scales}
+
+
+def expected_shapes(scheme: Scheme, N: int, K: int) -> dict[str, tuple[int, ...]]:
+    kp = padded_k(scheme, K)
+    if scheme.kind == "uniform":
+        return {"qweight": (uniform_packed_bytes(N, kp, scheme.group_size, scheme.bits),)}
+    if scheme.kind == "ternary":
+        return {"qweight": (N, kp // 4), "wscale": (N,)}
+    return {"qweight": (N, kp // 2), "scales": (N, kp // scheme.group_size, 2)}
+
+
+def uniform_packed_bytes(N: int, kp: int, g: int, bits: int) -> int:
+    return (N + 15) // 16 * (kp // g) * ((g // 32) * bits * 64 + 64)
+
+
+def _pack_uniform(codes: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor, bits: int, g: int) -> torch.Tensor:
+    N, kp = codes.shape
+    npad = (N + 15) // 16 * 16
+    nR, nG, nC, cpg = npad // 16, kp // g, kp // 32, g // 32
+    q = torch.zeros(npad, kp, dtype=torch.uint8)
+    q[:N] = codes
+    s16 = torch.zeros(npad, nG, dtype=torch.float16)
+    m16 = torch.zeros(npad, nG, dtype=torch.float16)
+    s16[:N], m16[:N] = scale.half(), mn.half()
+    sh = torch.tensor([1, 2, 4, 8], dtype=torch.uint8)
+    planes = []
+    for i in range(bits):
+        b = ((q >> i) & 1).view(npad, kp // 4, 4)
+        planes.append((b * sh).sum(-1, dtype=torch.uint8))  # idx [npad, kp/4]
+    idx = torch.stack(planes)  # [b, npad, kp/4]
+    idx = idx.view(bits, nR, 16, nC, 2, 4).permute(1, 3, 0, 2, 5, 4)  # [nR, nC, b, r, s, h]
+    byte = (idx[..., 0] | (idx[..., 1] << 4)).reshape(nR, nG, cpg * bits * 64)
+    sc = s16.view(nR, 16, nG).transpose(1, 2).contiguous().view(torch.uint8)  # [nR, nG, 32]
+    mb = m16.view(nR, 16, nG).transpose(1, 2).contiguous().view(torch.uint8)
+    return torch.cat([byte, sc, mb], dim=-1).reshape(-1).contiguous()
+
+
+def unpack_uniform(packed: torch.Tensor, N: int, kp: int, bits: int, g: int):
+    """-> codes [N, kp] uint8, scale [N, nG] fp32, min [N, nG] fp32."""
+    npad = (N + 15) // 16 * 16
+    nR, nG, nC, cpg = npad // 16, kp // g, kp // 32, g // 32
+    blk = packed.view(nR, nG, cpg * bits * 64 + 64)
+    byte = blk[..., : cpg * bits * 64].reshape(nR, nC, bits, 16, 4)
+    idx = torch.stack([byte & 15, byte >> 4], dim=-1)  # [nR, nC, b, r, s, h]
+    idx = idx.permute(2, 0, 3, 1, 5, 4).reshape(bits, npad, kp // 4)
+    codes = torch.zeros(npad, kp // 4, 4, dtype=torch.uint8)
+    for i in range(bits):
+        for j in range(4):
+            codes[..., j] |= ((idx[i] >> j) & 1) << i
+    tail = blk[..., cpg * bits * 64 :].contiguous()
+    s16 = tail[..., :32].contiguous().view(torch.float16).view(nR, nG, 16).transpose(1, 2).reshape(npad, nG)
+    m16 = tail[..., 32:].contiguous().view(torch.float16).view(nR, nG, 16).transpose(1, 2).reshape(npad, nG)
+    return codes.view(npad, kp)[:N], s16[:N].float(), m16[:N].float()
+
+
+def _pack_i2s(codes: torch.Tensor) -> torch.Tensor:
+    N, kp = codes.shape
+    c = (codes.to(torch.int16) + 1).to(torch.uint8).view(N, kp // 128, 4, 32)
+    return ((c[:, :, 0] << 6) | (c[:, :, 1] << 4) | (c[:, :, 2] << 2) | c[:, :, 3]).reshape(N, kp // 4).contiguous()
+
+
+def unpack_i2s(qweight: torch.Tensor) -> torch.Tensor:
+    """-> ternary int8 [N, kp]."""
+    N, nb = qweight.shape[0], qweight.shape[1] // 32
+    v = qweight.view(N, nb, 1, 32)
+    sh = torch.tensor([6, 4, 2, 0], dtype=torch.uint8).view(1, 1, 4, 1)
+    return (((v >> sh) & 3).to(torch.int8) - 1).view(N, nb * 128)
+
+
+def tl_layout(ternary: torch.Tensor, K: int) -> torch.Tensor:
+    """TL kernel layout from ternary codes [N, >=K]: int16 [ceil(N/32), Kt/9, 32], Kt = K rounded up to 9."""
+    N = ternary.shape[0]
+    kt = (K + 8) // 9 * 9
+    npad = (N + 31) // 32 * 32
+    w = torch.zeros(npad, kt, dtype=torch.int16)
+    w[:N, :K] = ternary[:, :K].to(torch.int16)
+    t = (w + 1).view(npad, kt // 3, 3)
+    idx = t[..., 0] * 9 + t[..., 1] * 3 + t[..., 2]  # [npad, kt/3]
+    idx = idx.view(npad, kt // 9, 3)
+    words = idx[..., 0] | (idx[..., 1] << 5) | (idx[..., 2] << 10)  # [npad, kt/9]
+    return words.view(npad // 32, 32, kt // 9).transpose(1, 2).contiguous()
+
+
+def unpack_afpq(qweight: torch.Tensor) -> torch.Tensor:
+    N, half = qweight.shape
+    v = qweight.view(N, half // 32, 1, 32)
+    return torch.cat([v & 15, v >> 4], dim=2).view(N, half * 2)
+
+
+def dequantize(scheme: Scheme, packed: dict[str, torch.Tensor], N: int, K: int) -> torch.Tensor:
+    """The float32 [N, K] weight the packed tensors represent (the kernels' reference)."""
+    kp = padded_k(scheme, K)
+    if scheme.kind == "uniform":
+        codes, s, m = unpack_uniform(packed["qweight"], N, kp, scheme.bits, scheme.group_size)
+        g = scheme.group_size
+        w = codes.float().view(N, kp // g, g) * s.unsqueeze(-1) + m.unsqueeze(-1)
+        return w.view(N, kp)[:, :K].contiguous()
+    if scheme.kind == "ternary":
+        return (unpack_i2s(packed["qweight"]).float() * packed["wscale"].unsqueeze(1))[:, :K].contiguous()
+    codes = unpack_afpq(packed["qweight"]).long()
+    fmt = AFPQ_FORMATS[scheme.bits]
+    mags = torch.tensor(fmt["mags"] + (0,) * (8 - len(fmt["mags"])), dtype=torch.float32) * fmt["unit"]
+    g = scheme.group_size
+    sc = packed["scales"].float()  # [N, nG, 2]
+    neg = (codes & 8) > 0
+    mag = mags[codes & 7].view(N, kp // g, g)
+    s = torch.where(neg.view(N, kp // g, g), sc[..., 1:2], sc[..., 0:1])
+    w = torch.where(neg.view(N, kp // g, g), -mag, mag) * s
+    return w.view(N, kp)[:, :K].contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GEMM: y[M, N] = x[M, Kp] @ W^T through the native library or the PyTorch emulation of the same arithmetic.
+# ---------------------------------------------------------------------------------------------------------
+def afpq_mag_table(bits: int) -> torch.Tensor:
+    mags = AFPQ_FORMATS[bits]["mags"]
+    t = list(mags) + [0] * (8 - len(mags))
+    return torch.tensor(t + t, dtype=torch.uint8)  # the sign bit (8) indexes the same magnitudes
+
+
+def gemm(
+    scheme: Scheme,
+    packed: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    N: int,
+    K: int,
+    path: str | None = None,
+    threads: int | None = None,
+) -> torch.Tensor:
+    """x: float32 [M, K] contiguous (zero-padded to the scheme's K multiple here). Returns float32 [M, N]."""
+    path = path or native.kernel_path()
+    kp = padded_k(scheme, K)
+    x = x.float().contiguous()
+    if x.shape[1] != K:
+        raise ValueError(f"activation has {x.shape[1]} features, the layer expects {K}")
+    if scheme.kind != "ternary" and kp != K:
+        x = torch.nn.functional.pad(x, (0, kp - K))
+    if path == "torch":
+        return _gemm_torch(scheme, packed, x, N, K)
+    lib = native.library()
+    pid = native.PATHS.index(path)
+    nt = threads or native.num_threads()
+    M = x.shape[0]
+    y = torch.empty(M, N, dtype=torch.float32)
+    if scheme.kind == "uniform":
+        rc = lib.lk_lut_gemm(packed["qweight"].data_ptr(), x.data_ptr(), y.data_ptr(), M, N, kp,
+                             scheme.group_size, scheme.bits, pid, nt)
+    elif scheme.kernel == "i2s":
+        rc = lib.lk_i2s_gemm(packed["qweight"].data_ptr(), packed["wscale"].data_ptr(), x.data_ptr(),
+                             y.data_ptr(), M, N, K, pid, nt)
+    elif scheme.kernel == "tl":
+        tl = packed.get("tl")
+        if tl is None:
+            raise ValueError("ternary-tl weights need their TL layout (QuantLinear builds it at load)")
+        rc = lib.lk_tl_gemm(tl.data_ptr(), packed["wscale"].data_ptr(), x.data_ptr(), y.data_ptr(),
+                            M, N, K, pid, nt)
+    else:
+        mag = afpq_mag_table(scheme.bits)
+        unit = AFPQ_FORMATS[scheme.bits]["unit"]
+        rc = lib.lk_fp_gemm(packed["qweight"].data_ptr(), packed["scales"].data_ptr(), mag.data_ptr(), unit,
+                            x.data_ptr(), y.data_ptr(), M, N, kp, scheme.group_size, pid, nt)
+    if rc != 0:
+        raise RuntimeError(f"native kernel rejected the shapes (scheme {scheme.name}, N={N}, K={K})")
+    return y
+
+
+_SIGNS = torch.tensor([[1.0 if (i >> j) & 1 else -1.0 for j in range(4)] for i in range(16)])
+
+
+def lut_tables_torch(x: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kernel's int8 tables: q [M, K/4, 16] (int32), lscale [M, K/g], sumx [M, K/g]; same rounding."""
+    M, kp = x.shape
+    xg = x.view(M, kp // 4, 1, 4)
+    S = _SIGNS.view(1, 1, 16, 4)
+    e = ((S[..., 0] * xg[..., 0] + S[..., 1] * xg[..., 1]) + S[..., 2] * xg[..., 2]) + S[..., 3] * xg[..., 3]
+    a = x.abs().view(M, kp // 4, 4)
+    mag = ((a[..., 0] + a[..., 1]) + a[..., 2]) + a[..., 3]
+    mx = mag.view(M, kp // g, g // 4).amax(-1)
+    inv = torch.where(mx > 0, torch.full_like(mx, 127.0) / mx, torch.zeros_like(mx))
+    invt = inv.repeat_interleave(g // 4, dim=1).unsqueeze(-1)
+    q = torch.round(e * invt).to(torch.int32)
+    return q, mx / 127.0, x.view(M, kp // g, g).sum(-1)
+
+
+def _quant_act(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    M, K = x.shape
+    xg = x.view(M, K // group, group)
+    mx = xg.abs().amax(-1, keepdim=True)
+    inv = torch.where(mx > 0, torch.full_like(mx, 127.0) / mx, torch.zeros_like(mx))
+    q = torch.round(xg * inv).clamp(-127, 127)
+    return q.view(M, K), (mx / 127.0).squeeze(-1)
+
+
+def _gemm_torch(scheme: Scheme, packed: dict[str, torch.Tensor], x: torch.Tensor, N: int, K: int) -> torch.Tensor:
+    M, kp = x.shape[0], padded_k(scheme, K)
+    if scheme.kind == "uniform":
+        b, g = scheme.bits, scheme.group_size
+        codes, s, mn = unpack_uniform(packed["qweight"], N, kp, b, g)
+        tq, lsc, sx = lut_tables_torch(x, g)
+        c4 = codes.view(N, kp // 4, 4).long()
+        comb = torch.zeros(M, N, kp // g, dtype=torch.int64)
+        t_idx = torch.arange(kp // 4).view(1, -1)
+        for i in range(b):
+            idx = sum(((c4[..., j] >> i) & 1) << j for j in range(4))  # [N, kp/4]
+            for m in range(M):
+                v = tq[m][t_idx, idx]  # [N, kp/4]
+                comb[m] += v.view(N, kp // g, g // 4).sum(-1).long() << i
+        half = 0.5 * ((1 << b) - 1)
+        c = s * half + mn  # [N, nG]
+        y = comb.double() * (s.double().unsqueeze(0) * (lsc.double() * 0.5).unsqueeze(1))
+        y = y + c.double().unsqueeze(0) * sx.double().unsqueeze(1)
+        return y.sum(-1).float()
+    if scheme.kind == "ternary":
+        w = unpack_i2s(packed["qweight"])[:, :K].double()
+        mx = x.abs().amax(-1, keepdim=True)
+        inv = torch.where(mx > 0, torch.full_like(mx, 127.0) / mx, torch.zeros_like(mx))
+        a = torch.round(x * inv).clamp(-127, 127)
+        dot = (a.double() @ w.T).float()
+        return dot * (packed["wscale"].unsqueeze(0) * (mx / 127.0))
+    g = scheme.group_size
+    a, asc = _quant_act(x, g)  # [M, kp], [M, nG]
+    codes = unpack_afpq(packed["qweight"]).long()
+    mag = afpq_mag_table(scheme.bits).double()[codes]  # [N, kp]
+    negm = mag * ((codes & 8) > 0)
+    ag = a.double().view(M, 1, kp // g, g)
+    tot = (ag * mag.view(1, N, kp // g, g)).sum(-1)
+    neg = (ag * negm.view(1, N, kp // g, g)).sum(-1)
+    sc = packed["scales"].double()
+    d = (tot - neg) * sc[..., 0] - neg * sc[..., 1]
+    unit = AFPQ_FORMATS[scheme.bits]["unit"]
+    return (d * asc.double().unsqueeze(1) * unit).sum(-1).float()

@@ -1,0 +1,109 @@
+"""Loader for the native kernels (``_lutkernels*.so``, built by ``pip install``) and kernel-path selection.
+
+The library is a plain shared object driven through :mod:`ctypes` with raw tensor data pointers. The path
+is chosen at run time from the CPU (AVX-512 VNNI/VBMI, else AVX2, else scalar) and can be forced with the
+environment variable ``MIMO_QUANT_KERNEL`` = ``avx512`` | ``avx2`` | ``scalar`` | ``torch`` (``auto`` default).
+``MIMO_QUANT_THREADS`` sets the thread count (default: ``torch.get_num_threads()``).
+If the library is missing, every kernel runs as PyTorch code that gives the same results (slower), and a
+one-line warning is logged once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PATHS = ("scalar", "avx2", "avx512")  # index = native path id
+ENV_PATH = "MIMO_QUANT_KERNEL"
+ENV_THREADS = "MIMO_QUANT_THREADS"
+
+_lib: ctypes.CDLL | None = None
+_lib_tried = False
+_warned = False
+
+
+def _find_library() -> Path | None:
+    here = Path(__file__).resolve().parent
+    override = os.environ.get("MIMO_QUANT_LIB")
+    if override:
+        return Path(override)
+    hits = sorted(glob.glob(str(here / "_lutkernels*.so")))
+    return Path(hits[0]) if hits else None
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded native library, or None when it is not built."""
+    global _lib, _lib_tried
+    if _lib_tried:
+        return _lib
+    _lib_tried = True
+    path = _find_library()
+    if path is None or not path.is_file():
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        log.warning("could not load %s (%s)", path, exc)
+        return None
+    P, I64, I32, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+    lib.lk_cpu_path.restype = I32
+    lib.lk_lut_packed_bytes.argtypes = [I64, I64, I64, I64]
+    lib.lk_lut_packed_bytes.restype = I64
+    lib.lk_lut_tables.argtypes = [P, I64, I64, I64, P, P, P, I32]
+    lib.lk_lut_gemm.argtypes = [P, P, P, I64, I64, I64, I64, I64, I32, I32]
+    lib.lk_lut_gemm.restype = I32
+    lib.lk_i2s_gemm.argtypes = [P, P, P, P, I64, I64, I64, I32, I32]
+    lib.lk_i2s_gemm.restype = I32
+    lib.lk_tl_gemm.argtypes = [P, P, P, P, I64, I64, I64, I32, I32]
+    lib.lk_tl_gemm.restype = I32
+    lib.lk_fp_gemm.argtypes = [P, P, P, F32, P, P, I64, I64, I64, I64, I32, I32]
+    lib.lk_fp_gemm.restype = I32
+    lib.lk_read_bw.argtypes = [P, I64, I32]
+    lib.lk_read_bw.restype = I64
+    _lib = lib
+    return lib
+
+
+def cpu_path() -> str:
+    """Best native path this CPU supports ('avx512', 'avx2' or 'scalar'); 'torch' without the library."""
+    lib = library()
+    return "torch" if lib is None else PATHS[lib.lk_cpu_path()]
+
+
+def kernel_path() -> str:
+    """The path kernels run on now: ``MIMO_QUANT_KERNEL`` if set (validated), else the best available."""
+    global _warned
+    want = os.environ.get(ENV_PATH, "auto").strip().lower() or "auto"
+    if want not in ("auto", "torch", *PATHS):
+        raise ValueError(f"{ENV_PATH}={want!r}: expected one of auto, avx512, avx2, scalar, torch")
+    if want == "torch":
+        return "torch"
+    best = cpu_path()
+    if best == "torch":
+        if want != "auto":
+            raise RuntimeError(f"{ENV_PATH}={want} but the native kernel library is not built (pip install -e .)")
+        if not _warned:
+            log.warning("efficient.quant: native kernels not built; using the slower PyTorch fallback")
+            _warned = True
+        return "torch"
+    if want == "auto":
+        return best
+    if PATHS.index(want) > PATHS.index(best):
+        raise RuntimeError(f"{ENV_PATH}={want}: this CPU only supports up to {best}")
+    return want
+
+
+def num_threads() -> int:
+    env = os.environ.get(ENV_THREADS)
+    return max(1, int(env)) if env else max(1, torch.get_num_threads())
+
+
+def ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
