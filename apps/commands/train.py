@@ -6,32 +6,35 @@ import argparse
 import json
 import logging
 
+_RECIPES = {
+    "tokenizer": ("apps.train.tokenizer", "train_tokenizer",
+                  "train an audio tokenizer for reconstruction (resumable)"),
+    "lm": ("apps.train.speech_lm", "train_lm",
+           "train a speech LM on TTS/ASR/continuation/few-shot/text examples (resumable)"),
+}
 
-def _tokenizer(args: argparse.Namespace) -> int:
-    from apps.train.tokenizer import config_from_args, train_tokenizer
 
-    state = train_tokenizer(config_from_args(args))
-    print(json.dumps({k: v for k, v in state.items() if k not in ("history", "config")}, indent=1))
-    return 0
+def _run(args: argparse.Namespace) -> int:
+    # The recipes import torch and the models; build their full parser only when one is run, so that
+    # `mimo-audio --help` and every other subcommand start fast.
+    import importlib
 
-
-def _lm(args: argparse.Namespace) -> int:
-    from apps.train.speech_lm import config_from_args, train_lm
-
-    state = train_lm(config_from_args(args))
+    module_name, train_name, help_text = _RECIPES[args.train_command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"mimo-audio train {args.train_command}", description=help_text)
+    module.add_arguments(parser)
+    recipe_args = parser.parse_args(args.unknown_args)
+    logging.getLogger("mimo-audio.train").setLevel(logging.INFO)
+    state = getattr(module, train_name)(module.config_from_args(recipe_args))
     print(json.dumps({k: v for k, v in state.items() if k not in ("history", "config")}, indent=1))
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from apps.train import speech_lm, tokenizer
-
     p = subparsers.add_parser("train", help="train the small tokenizer / speech LM on an offline corpus")
     sub = p.add_subparsers(dest="train_command", required=True)
-    t = sub.add_parser("tokenizer", help="train an audio tokenizer for reconstruction (resumable)")
-    tokenizer.add_arguments(t)
-    t.set_defaults(func=_tokenizer)
-    m = sub.add_parser("lm", help="train a speech LM on TTS/ASR/continuation/few-shot/text examples (resumable)")
-    speech_lm.add_arguments(m)
-    m.set_defaults(func=_lm)
-    logging.getLogger("mimo-audio.train").setLevel(logging.INFO)
+    for name, (_, _, help_text) in _RECIPES.items():
+        # add_help=False: `--help` is passed on to the recipe's own parser, which lists every option
+        r = sub.add_parser(name, help=help_text, add_help=False,
+                           description=f"{help_text}. Run with --help for the recipe's options.")
+        r.set_defaults(func=_run, passes_unknown_args=True)
