@@ -68,7 +68,7 @@ def heal(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
     finally:
         for name, p in model.named_parameters():

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 NEG_INF = float("-inf")
 # query rows per chunk are chosen so one chunk's logits stay below this many elements
 _CHUNK_ELEMENTS = 1 << 24
+# from this many query rows on, use the fused CPU flash kernel (decode rows stay on the small eager path)
+_FLASH_MIN_ROWS = 8
 
 
 @dataclass
@@ -79,6 +81,14 @@ def _grouped(q: torch.Tensor, hkv: int) -> torch.Tensor:
     return q.reshape(b, hkv, hq // hkv, t, d)
 
 
+def _grouped_logits(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """``[B, Hkv, G, T, S]`` logits as one batched matmul per KV head (no K copy per query head)."""
+    b, hq, t, d = q.shape
+    hkv = k.shape[1]
+    logits = torch.matmul(q.reshape(b, hkv, (hq // hkv) * t, d), k.transpose(-1, -2))
+    return logits.mul_(scale).view(b, hkv, hq // hkv, t, k.shape[2])
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -113,15 +123,40 @@ def attend(
     sink_g = None if sink is None else sink.to(q.dtype).view(1, hkv, g, 1, 1)
     nb = math.ceil(s / block_size) if block_size else 0
     rows = max(1, min(t, _CHUNK_ELEMENTS // max(1, b * hq * s)))
+    flash = v is not None and k.shape[-1] == v.shape[-1] and t >= _FLASH_MIN_ROWS
+    if flash:
+        kk, vv = (k, v) if g == 1 else (k.repeat_interleave(g, 1), v.repeat_interleave(g, 1))
     outs, lses, bms = [], [], []
     for t0 in range(0, t, rows):
         t1 = min(t, t0 + rows)
-        qg = _grouped(q[:, :, t0:t1], hkv)  # [B, Hkv, G, Tc, Dk]
-        logits = torch.matmul(qg, k.unsqueeze(2).transpose(-1, -2)) * scale  # [B, Hkv, G, Tc, S]
         mask = visibility(q_pos[t0:t1], k_pos, window)
         if key_mask is not None:
-            mask = mask & key_mask[:, :, t0:t1][:, :, None]
-        logits = logits.masked_fill(~mask, NEG_INF)
+            mask = mask & key_mask[:, :, t0:t1]  # [B, Hkv, Tc, S]
+        if flash:
+            # fused CPU flash kernel: output and log-sum-exp; the sink rescales both exactly
+            m = mask if mask.dim() == 4 else mask[None, None]
+            if m.shape[1] > 1 and g > 1:
+                m = m.repeat_interleave(g, 1)
+            bias = torch.zeros(m.shape, dtype=q.dtype, device=q.device).masked_fill_(~m, NEG_INF)
+            o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q[:, :, t0:t1], kk, vv, 0.0, False, attn_mask=bias, scale=scale
+            )
+            if sink is not None:
+                lse_s = torch.logaddexp(lse, sink.to(lse.dtype).view(1, hq, 1))
+                o = o * torch.exp(lse - lse_s).unsqueeze(-1)
+                lse = lse_s
+            outs.append(o)
+            lses.append(lse)
+            if block_size:
+                logits = _grouped_logits(q[:, :, t0:t1], k, scale)
+                logits.masked_fill_(~(mask[:, :, None] if mask.dim() == 4 else mask), NEG_INF)
+                lse_g = lse.reshape(b, hkv, g, t1 - t0, 1)
+                padded = F.pad(logits, (0, nb * block_size - s), value=NEG_INF)
+                blk = padded.view(*padded.shape[:-1], nb, block_size).amax(-1)
+                bms.append(torch.exp(blk - lse_g).amax(2))
+            continue
+        logits = _grouped_logits(q[:, :, t0:t1], k, scale)  # [B, Hkv, G, Tc, S]
+        logits = logits.masked_fill(~(mask[:, :, None] if mask.dim() == 4 else mask), NEG_INF)
         p, lse = _softmax_with_sink(logits, sink_g)
         if v is not None:
             outs.append(torch.matmul(p, v.unsqueeze(2)).reshape(b, hq, t1 - t0, v.shape[-1]))
@@ -133,6 +168,36 @@ def attend(
     return AttentionOutput(
         torch.cat(outs, 2) if outs else None, torch.cat(lses, 2), torch.cat(bms, 2) if block_size else None
     )
+
+
+def attend_window(
+    q: torch.Tensor,
+    old: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    *,
+    window: int,
+    scale: float | None = None,
+    sink: torch.Tensor | None = None,
+    rows: int = 256,
+) -> torch.Tensor:
+    """Sliding-window attention of new queries over a ring's ``old`` ``(k, v, pos)`` plus the new ``k``/``v``.
+
+    The new keys sit at ``q_pos`` (contiguous); each chunk of ``rows`` queries reads only the ring and the new
+    keys within its reach, so a long prefill costs ``O(T * (window + rows))``, not ``O(T^2)``.
+    """
+    outs = []
+    for t0 in range(0, q.shape[2], rows):
+        t1 = min(q.shape[2], t0 + rows)
+        lo = max(0, t0 - window + 1)
+        keys, values, k_pos = k[:, :, lo:t1], v[:, :, lo:t1], q_pos[lo:t1]
+        if old is not None:
+            keys, values = torch.cat([old[0], keys], 2), torch.cat([old[1], values], 2)
+            k_pos = torch.cat([old[2], k_pos])
+        outs.append(attend(q[:, :, t0:t1], keys, values, q_pos[t0:t1], k_pos, scale=scale, window=window,
+                           sink=sink).out)
+    return torch.cat(outs, 2)
 
 
 def select_blocks(
@@ -185,7 +250,7 @@ def attend_blocks(
     For each chunk of ``rows`` queries the union of their blocks is gathered once (whole, contiguous blocks),
     and every query is masked to its own blocks: exact, and cheap because neighbouring queries share blocks.
     """
-    g = _check_shapes(q, k, v)
+    _check_shapes(q, k, v)
     b, hq, t, dk = q.shape
     hkv, cap = k.shape[1], k.shape[2]
     if cap % block_size:  # buffers from the cache are block multiples; pad anything else
@@ -194,7 +259,6 @@ def attend_blocks(
         cap += pad
     nb = cap // block_size
     scale = dk**-0.5 if scale is None else scale
-    sink_g = None if sink is None else sink.to(q.dtype).view(1, hkv, g, 1, 1)
     kb = k.view(b, hkv, nb, block_size, dk)
     vb = v.view(b, hkv, nb, block_size, v.shape[-1])
     bi = torch.arange(b, device=q.device)[:, None, None]
@@ -216,12 +280,10 @@ def attend_blocks(
         mask = allowed.repeat_interleave(block_size, -1) & (kp <= qp) & (kp < n_valid)
         if exclude_window is not None:
             mask &= (qp - kp) >= exclude_window
-        qg = _grouped(q[:, :, t0:t1], hkv)
-        logits = torch.matmul(qg, kg.unsqueeze(2).transpose(-1, -2)) * scale
-        logits = logits.masked_fill(~mask[:, :, None], NEG_INF)
-        p, lse = _softmax_with_sink(logits, sink_g)
-        outs.append(torch.matmul(p, vg.unsqueeze(2)).reshape(b, hq, t1 - t0, v.shape[-1]))
-        lses.append(lse.reshape(b, hq, t1 - t0))
+        res = attend(q[:, :, t0:t1], kg, vg, q_pos[t0:t1], torch.zeros(u * block_size, dtype=torch.long,
+                     device=q.device), scale=scale, sink=sink, key_mask=mask)
+        outs.append(res.out)
+        lses.append(res.lse)
     return AttentionOutput(torch.cat(outs, 2), torch.cat(lses, 2))
 
 

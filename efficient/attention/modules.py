@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .cache import FullKVLayer, HybridAttentionCache, RingKVLayer
-from .kernels import attend, attend_blocks, select_blocks
+from .kernels import attend, attend_blocks, attend_window, select_blocks
 from .layout import AttentionConfig, kv_sources, selection_sources
 
 
@@ -114,15 +114,10 @@ class EfficientAttention(nn.Module):
         return q, k, v
 
     def _window(self, q, k, v, pos, ring: RingKVLayer, sink: torch.Tensor):
-        old = ring.contents()
-        if old is None:
-            keys, values, k_pos = k, v, pos
-        else:
-            keys, values = torch.cat([old[0], k], 2), torch.cat([old[1], v], 2)
-            k_pos = torch.cat([old[2], pos])
-        res = attend(q, keys, values, pos, k_pos, scale=self.scaling, window=self.attn_config.window, sink=sink)
+        out = attend_window(q, ring.contents(), k, v, pos, window=self.attn_config.window, scale=self.scaling,
+                            sink=sink)
         ring.write(k, v, pos)
-        return res.out
+        return out
 
     def forward(
         self,
