@@ -265,6 +265,16 @@ def attend_blocks(
     hi = torch.arange(hkv, device=q.device)[None, :, None]
     offs = torch.arange(block_size, device=q.device)
     outs, lses = [], []
+    if t == 1:  # decode: the query's own blocks, no union needed
+        ids = blocks[:, :, 0]
+        k_sel = kb[bi, hi, ids].reshape(b, hkv, -1, dk)
+        v_sel = vb[bi, hi, ids].reshape(b, hkv, -1, v.shape[-1])
+        kp = (ids[..., None] * block_size + offs).reshape(b, hkv, 1, -1)
+        key_mask = (kp <= q_pos.view(1, 1, 1, 1)) & (kp < n_valid)
+        if exclude_window is not None:
+            key_mask &= (q_pos.view(1, 1, 1, 1) - kp) >= exclude_window
+        kp = torch.zeros(kp.shape[-1], dtype=torch.long, device=q.device)
+        return attend(q, k_sel, v_sel, q_pos, kp, scale=scale, sink=sink, key_mask=key_mask)
     for t0 in range(0, t, rows):
         t1 = min(t, t0 + rows)
         sel = torch.zeros(b, hkv, t1 - t0, nb, dtype=torch.bool, device=q.device)

@@ -106,11 +106,12 @@ def test_topk_covering_all_blocks_equals_dense_over_full_kv():
 
 
 @pytest.mark.parametrize("exclude_window", [None, 10])
-def test_block_reads_match_eager(exclude_window):
-    q, k, v = _qkv(t=30, s=128)
-    q_pos = torch.arange(70, 100)
+@pytest.mark.parametrize("t", [30, 1])
+def test_block_reads_match_eager(exclude_window, t):
+    q, k, v = _qkv(t=t, s=128)
+    q_pos = torch.arange(100 - t, 100)
     n_valid = 100
-    scores = torch.rand(2, 2, 30, 8)
+    scores = torch.rand(2, 2, t, 8)
     blocks = select_blocks(scores, 3, q_pos, 16)
     sink = torch.randn(6, dtype=torch.float64)
     got = attend_blocks(q, k, v, q_pos, n_valid, blocks, block_size=16, sink=sink, exclude_window=exclude_window)
