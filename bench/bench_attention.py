@@ -215,6 +215,10 @@ def main() -> None:
     ap.add_argument("--qwen-layers", type=int, default=None)
     ap.add_argument("--skip-qwen", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true", help="skip the SmolLM2 KV/decode table")
+    ap.add_argument("--healed-only", action="store_true", help="quality after healing only (run in parallel)")
+    ap.add_argument("--qwen-only", action="store_true", help="only the Qwen2 backbone-shape table")
+    ap.add_argument("--layouts", help="comma-separated subset of " + ",".join(LAYOUTS))
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared, oversubscribed CPU every small op of a 2-thread "
                          "run waits for the other thread, which hides the attention cost behind sync overhead)")
@@ -230,6 +234,9 @@ def main() -> None:
     qwen_layers = args.qwen_layers or (4 if q else 8)
     torch.manual_seed(0)
 
+    if args.qwen_only:
+        print("\n".join(qwen_backbone(qwen_layers, [8192, 16384] if q else [16384, 32768], steps=2, repeats=2)))
+        return
     from efficient.reference_models import load_smollm2
     from efficient.textdata import offline_english_text
 
@@ -239,6 +246,8 @@ def main() -> None:
     test_text = offline_english_text("test")
     test = tok(test_text[:200_000], return_tensors="pt").input_ids
     layouts = LAYOUTS[:2] + LAYOUTS[3:] if q else LAYOUTS
+    if args.layouts:
+        layouts = args.layouts.split(",")
     models = {"full (transformers)": model}
     for layout in layouts:
         t0 = time.perf_counter()
@@ -249,12 +258,16 @@ def main() -> None:
               f"({time.perf_counter() - t0:.0f} s incl. calibration)", flush=True)
 
     results: dict = {"contexts": contexts}
+    base = "full (transformers)"
+    for name, m in models.items():
+        results[name] = {"layout": getattr(m.config, "efficient_attention", {"layout": "F" * 30})["layout"]}
+    if args.skip_speed:
+        contexts = []
     speed, kvb = decode_speed(models, contexts, steps=4 if q else 6, repeats=3, dtype=torch.float32)
     print("\nSmolLM2-135M, fp32, batch 1: KV cache and decode speed (random-filled cache; medians of 3, noisy CPU)")
     print("| config | layout F/30 | " + " | ".join(f"KV MiB @{n // 1024}k | KV ratio | tok/s @{n // 1024}k | speed-up"
                                                   for n in contexts) + " |")
     print("|---" * (2 + 4 * len(contexts)) + "|")
-    base = "full (transformers)"
     for name, m in models.items():
         layout = getattr(m.config, "efficient_attention", {"layout": "F" * 30})["layout"]
         cells = []
@@ -262,16 +275,18 @@ def main() -> None:
             cells += [f"{kvb[name, n] / 2**20:.1f}", f"{kvb[base, n] / kvb[name, n]:.2f}x", f"{speed[name, n]:.2f}",
                       f"{speed[name, n] / speed[base, n]:.2f}x"]
         print(f"| {name} | {layout.count('F')} | " + " | ".join(cells) + " |", flush=True)
-        results[name] = {"layout": layout, "kv_bytes": {n: kvb[name, n] for n in contexts},
-                         "tok_s": {n: speed[name, n] for n in contexts}}
+        results[name].update(kv_bytes={n: kvb[name, n] for n in contexts}, tok_s={n: speed[name, n] for n in contexts})
 
     if not args.skip_quality:
         prompts = {n: passkey_prompts(tok, test_text, n, trials, seed=n) for n in passkey_lengths}
         rows = {}
         for name, m in models.items():
+            if args.healed_only and name != base:
+                continue
             t0 = time.perf_counter()
             ppl = perplexity(m, test, ppl_len, ppl_segments)
-            pk = {n: passkey_accuracy(m, prompts[n]) for n in passkey_lengths}
+            pk = {n: passkey_accuracy(m, prompts[n]) if not args.healed_only else float("nan")
+                  for n in passkey_lengths}
             rows[name] = [ppl, pk]
             print(f"quality {name}: ppl {ppl:.2f}, passkey {pk} ({time.perf_counter() - t0:.0f} s)", flush=True)
         healed = {}
@@ -295,7 +310,8 @@ def main() -> None:
               + " |")
         print("|---" * (3 + 2 * len(passkey_lengths) + 2) + "|")
         ref_ppl = rows[base][0]
-        for name, (ppl, pk) in rows.items():
+        for name in models:
+            ppl, pk = rows.get(name, [float("nan"), {n: float("nan") for n in passkey_lengths}])
             hp = healed.get(name)
             hcells = ["-", "-"] + ["-"] * len(passkey_lengths)
             if hp:
