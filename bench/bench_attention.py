@@ -218,6 +218,7 @@ def main() -> None:
     ap.add_argument("--skip-speed", action="store_true", help="skip the SmolLM2 KV/decode table")
     ap.add_argument("--healed-only", action="store_true", help="quality after healing only (run in parallel)")
     ap.add_argument("--qwen-only", action="store_true", help="only the Qwen2 backbone-shape table")
+    ap.add_argument("--passkey-lengths", help="comma-separated prompt lengths (default 2048,4096,8192)")
     ap.add_argument("--layouts", help="comma-separated subset of " + ",".join(LAYOUTS))
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared, oversubscribed CPU every small op of a 2-thread "
@@ -228,6 +229,8 @@ def main() -> None:
     q = args.quick
     contexts = [1024, 2048] if q else [1024, 4096, 8192]
     passkey_lengths = [1024, 2048] if q else [2048, 4096, 8192]
+    if args.passkey_lengths:
+        passkey_lengths = [int(x) for x in args.passkey_lengths.split(",")]
     trials = args.passkey_trials or 2
     heal_steps = args.heal_steps if args.heal_steps is not None else (4 if q else 16)
     ppl_len, ppl_segments = (512, 1) if q else (2048, 1)

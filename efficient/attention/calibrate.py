@@ -77,10 +77,15 @@ def calibrate(base: nn.Module, inputs: list[torch.Tensor], rope: tuple) -> None:
         no_sink = torch.full((m.num_heads,), float("-inf"), dtype=q.dtype, device=q.device)
         win = attend(q, k, v, pos, pos, scale=m.scaling, window=cfg.window, sink=no_sink)
         grid = SINK_GRID.to(q.device, q.dtype)
-        share = torch.sigmoid(win.lse[None] - grid.view(-1, 1, 1, 1)).unsqueeze(-1)  # [G, B, H, T, 1]
-        a = share * win.out[None]  # window branch output for each sink on the grid
+        share = torch.sigmoid(win.lse[None] - grid.view(-1, 1, 1, 1))  # [G, B, H, T]: c_t(s)
+        # every error below is a sum over tokens of per-token dot products: no [G, ..., D] tensors
+        ww = (win.out * win.out).sum(-1)[None]  # |o_w|^2
+        wo = (win.out * full).sum(-1)[None]  # <o_w, o>
+        oo = (full * full).sum((0, 2, 3))  # [H]
+        dims = (1, 3)
+        aa, ao = (share**2 * ww).sum(dims), (share * wo).sum(dims)  # [G, H]
         if m.kind == "W":
-            err = ((a - full[None]) ** 2).sum((1, 3, 4))  # [G, H]
+            err = aa - 2 * ao + oo
             m.sink.copy_(grid[err.argmin(0)])
             continue
         kf, vf = qkv[m.kv_source][1], qkv[m.kv_source][2]
@@ -90,15 +95,13 @@ def calibrate(base: nn.Module, inputs: list[torch.Tensor], rope: tuple) -> None:
         blocks = selections[m.selection_source]
         sp = attend_blocks(q, kf, vf, pos, t, blocks, block_size=cfg.block_size, scale=m.scaling,
                            sink=m.sink_sparse, exclude_window=skip).out
-        b = sp[None].expand_as(a)
-        dims = (1, 3, 4)
-        aa, ab, bb = (a * a).sum(dims), (a * b).sum(dims), (b * b).sum(dims)
-        ao, bo = (a * full[None]).sum(dims), (b * full[None]).sum(dims)
+        ab = (share * (win.out * sp).sum(-1)[None]).sum(dims)
+        bb = (sp * sp).sum((0, 2, 3))[None]
+        bo = (sp * full).sum((0, 2, 3))[None]
         det = (aa * bb - ab * ab).clamp_min(1e-12)
         g_a = ((bb * ao - ab * bo) / det).clamp(1e-3, 1 - 1e-3)
         g_b = ((aa * bo - ab * ao) / det).clamp(1e-3, 1 - 1e-3)
-        err = ((g_a.view(*g_a.shape[:1], 1, -1, 1, 1) * a + g_b.view(*g_b.shape[:1], 1, -1, 1, 1) * b
-                - full[None]) ** 2).sum(dims)
+        err = g_a**2 * aa + g_b**2 * bb + 2 * g_a * g_b * ab - 2 * g_a * ao - 2 * g_b * bo + oo
         best = err.argmin(0)  # [H]
         heads = torch.arange(m.num_heads, device=q.device)
         m.sink_swa.copy_(grid[best])
@@ -106,5 +109,5 @@ def calibrate(base: nn.Module, inputs: list[torch.Tensor], rope: tuple) -> None:
         m.gate_sparse.weight.zero_()
         m.gate_swa.bias.copy_(_logit(g_a[best, heads]))
         m.gate_sparse.bias.copy_(_logit(g_b[best, heads]))
-        rel = (err[best, heads] / (full**2).sum((0, 2, 3)).clamp_min(1e-12)).mean()
+        rel = (err[best, heads] / oo.clamp_min(1e-12)).mean()
         log.info("layer %d (%s): relative output error after calibration %.3f", i, m.kind, float(rel))
