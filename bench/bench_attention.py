@@ -267,18 +267,20 @@ def main() -> None:
     if args.skip_speed:
         contexts = []
     speed, kvb = decode_speed(models, contexts, steps=4 if q else 6, repeats=3, dtype=torch.float32)
-    print("\nSmolLM2-135M, fp32, batch 1: KV cache and decode speed (random-filled cache; medians of 3, noisy CPU)")
-    print("| config | layout F/30 | " + " | ".join(f"KV MiB @{n // 1024}k | KV ratio | tok/s @{n // 1024}k | speed-up"
-                                                  for n in contexts) + " |")
-    print("|---" * (2 + 4 * len(contexts)) + "|")
-    for name, m in models.items():
-        layout = getattr(m.config, "efficient_attention", {"layout": "F" * 30})["layout"]
-        cells = []
-        for n in contexts:
-            cells += [f"{kvb[name, n] / 2**20:.1f}", f"{kvb[base, n] / kvb[name, n]:.2f}x", f"{speed[name, n]:.2f}",
-                      f"{speed[name, n] / speed[base, n]:.2f}x"]
-        print(f"| {name} | {layout.count('F')} | " + " | ".join(cells) + " |", flush=True)
-        results[name].update(kv_bytes={n: kvb[name, n] for n in contexts}, tok_s={n: speed[name, n] for n in contexts})
+    if contexts:
+        print("\nSmolLM2-135M, fp32, batch 1: KV cache and decode speed (random-filled cache; medians of 3, noisy CPU)")
+        head = " | ".join(f"KV MiB @{n // 1024}k | KV ratio | tok/s @{n // 1024}k | speed-up" for n in contexts)
+        print("| config | layout F/30 | " + head + " |")
+        print("|---" * (2 + 4 * len(contexts)) + "|")
+        for name, m in models.items():
+            layout = getattr(m.config, "efficient_attention", {"layout": "F" * 30})["layout"]
+            cells = []
+            for n in contexts:
+                cells += [f"{kvb[name, n] / 2**20:.1f}", f"{kvb[base, n] / kvb[name, n]:.2f}x", f"{speed[name, n]:.2f}",
+                          f"{speed[name, n] / speed[base, n]:.2f}x"]
+            print(f"| {name} | {layout.count('F')} | " + " | ".join(cells) + " |", flush=True)
+            results[name].update(kv_bytes={n: kvb[name, n] for n in contexts},
+                                 tok_s={n: speed[name, n] for n in contexts})
 
     if not args.skip_quality:
         prompts = {n: passkey_prompts(tok, test_text, n, trials, seed=n) for n in passkey_lengths}
