@@ -218,6 +218,7 @@ def main() -> None:
     ap.add_argument("--skip-speed", action="store_true", help="skip the SmolLM2 KV/decode table")
     ap.add_argument("--healed-only", action="store_true", help="quality after healing only (run in parallel)")
     ap.add_argument("--qwen-only", action="store_true", help="only the Qwen2 backbone-shape table")
+    ap.add_argument("--skip-baseline", action="store_true", help="no quality run for the unmodified model")
     ap.add_argument("--passkey-lengths", help="comma-separated prompt lengths (default 2048,4096,8192)")
     ap.add_argument("--layouts", help="comma-separated subset of " + ",".join(LAYOUTS))
     ap.add_argument("--threads", type=int, default=1,
@@ -286,7 +287,7 @@ def main() -> None:
         prompts = {n: passkey_prompts(tok, test_text, n, trials, seed=n) for n in passkey_lengths}
         rows = {}
         for name, m in models.items():
-            if args.healed_only and name != base:
+            if (args.healed_only and name != base) or (args.skip_baseline and name == base):
                 continue
             t0 = time.perf_counter()
             ppl = perplexity(m, test, ppl_len, ppl_segments)
@@ -314,7 +315,7 @@ def main() -> None:
               " | healed ppl | healed Δppl | " + " | ".join(f"healed passkey @{n // 1024}k" for n in passkey_lengths)
               + " |")
         print("|---" * (3 + 2 * len(passkey_lengths) + 2) + "|")
-        ref_ppl = rows[base][0]
+        ref_ppl = rows[base][0] if base in rows else float("nan")
         for name in models:
             ppl, pk = rows.get(name, [float("nan"), {n: float("nan") for n in passkey_lengths}])
             hp = healed.get(name)
