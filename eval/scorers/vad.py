@@ -19,7 +19,9 @@ class SileroVAD:
     def _load(self):
         if self._model is None:
             self._module = require("silero_vad", "silero-vad", "VAD")
-            self._model = self._module.load_silero_vad()
+            # the ONNX copy of the model (run by onnxruntime) rather than the TorchScript one, which
+            # torch.jit.load would unpickle
+            self._model = self._module.load_silero_vad(onnx=True)
         return self._model
 
     def speech_segments(self, audio: AudioInput, sample_rate: int | None = None) -> list[tuple[float, float]]:
