@@ -185,7 +185,7 @@ def test_task_library_builtins_user_override_and_validation(tmp_path, mimo):
     with pytest.raises(ValueError, match="speech_to_text, not speech_to_speech"):
         mimo.few_shot(None, C, task="audio_qa")
     with pytest.raises(ValueError, match="ships no example pairs"):
-        mimo.few_shot(None, C, task="denoise")
+        mimo.few_shot(None, C, task="emotion_transfer")
 
 
 def test_from_pretrained_without_audio_tokenizer_serves_text(tiny_dir, tmp_path):

@@ -1,7 +1,4 @@
-"""End-to-end with the project's audio tokenizer (tiny random preset): audio in, audio out, CLI.
-
-Skipped until the tokenizer package (issue 2) provides ``AudioTokenizer``.
-"""
+"""End-to-end with the project's audio tokenizer (tiny random preset): audio in, audio out, CLI."""
 
 from __future__ import annotations
 
@@ -12,13 +9,9 @@ import pytest
 import soundfile as sf
 import torch
 
-try:
-    from tokenizer import AudioTokenizer, TokenizerConfig
-except ImportError:  # the tokenizer branch has not been merged yet
-    pytest.skip("tokenizer.AudioTokenizer is not available", allow_module_level=True)
-
 from apps.cli import main
 from mimo_audio import MimoAudio, formats
+from tokenizer import AudioTokenizer, TokenizerConfig
 
 G = {"preset": "greedy", "max_new_patches": 8}
 
@@ -104,3 +97,17 @@ def test_cli_tts_asr_vc_continue(tiny_dir, tok_dir, flite_wav, tmp_path, capsys)
     capsys.readouterr()
     assert main(["voice", "list", *voices]) == 0
     assert json.loads(capsys.readouterr().out)["voices"][0]["name"] == "slt"
+
+
+@pytest.mark.parametrize("task", ["voice_conversion", "speed_up", "slow_down", "denoise", "whisper"])
+def test_builtin_few_shot_tasks_ship_real_example_pairs(mimo_tok, flite_wav, task):
+    spec = mimo_tok.tasks.get(task)
+    assert len(spec.examples) == 3
+    for ex in spec.examples:
+        for key in ("input", "output"):
+            info = sf.info(ex[key])
+            assert info.samplerate == 16000 and info.channels == 1 and 0.5 < info.duration < 6
+        assert ex["output_text"]
+    # the task runs from its shipped examples alone
+    r = mimo_tok.few_shot(None, flite_wav, task=task, preset="greedy", max_new_patches=4)
+    assert r.num_patches <= 4 and r.codes.shape[0] == 8

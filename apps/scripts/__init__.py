@@ -1,0 +1,1 @@
+"""Plain scripts that build project data (run them with ``python -m apps.scripts.<name>``)."""
