@@ -87,6 +87,22 @@ def padded_k(scheme: Scheme, K: int) -> int:
 CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
 
 
+def best_clip(qdq, wg: torch.Tensor, weight: torch.Tensor | None, candidates) -> tuple[torch.Tensor, ...]:
+    """Per group, the candidate parameters whose quantize-dequantize has the lowest (weighted) squared error."""
+    best_err, best = None, None
+    for p in candidates:
+        _, dq = qdq(wg, p)
+        d = (dq - wg) ** 2
+        err = (d * weight).sum(-1) if weight is not None else d.sum(-1)
+        if best is None:
+            best_err, best = err, p
+        else:
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = tuple(torch.where(better, a, b) for a, b in zip(p, best))
+    return best
+
+
 class UniformQuantizer:
     def __init__(self, bits: int) -> None:
         self.qmax = (1 << bits) - 1
@@ -104,19 +120,9 @@ class UniformQuantizer:
         """wg: [..., g] -> params for each group; clip ratio searched for the lowest (weighted) error."""
         lo, hi = wg.amin(-1), wg.amax(-1)
         mid = (lo + hi) / 2
-        best_err, best = None, None
-        for f in CLIP_GRID:  # shrink the range around its centre (asymmetric: zero need not be inside)
-            p = self.params_for(mid + (lo - mid) * f, mid + (hi - mid) * f)
-            _, dq = self.qdq(wg, p)
-            d = (dq - wg) ** 2
-            err = (d * weight).sum(-1) if weight is not None else d.sum(-1)
-            if best is None:
-                best_err, best = err, p
-            else:
-                better = err < best_err
-                best_err = torch.where(better, err, best_err)
-                best = tuple(torch.where(better, a, b) for a, b in zip(p, best))
-        return best
+        # shrink the range around its centre (asymmetric: zero need not be inside)
+        candidates = (self.params_for(mid + (lo - mid) * f, mid + (hi - mid) * f) for f in CLIP_GRID)
+        return best_clip(self.qdq, wg, weight, candidates)
 
 
 class AfpqQuantizer:
@@ -138,19 +144,8 @@ class AfpqQuantizer:
     def fit(self, wg: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         pos = wg.clamp_min(0).amax(-1) / self.cmax
         neg = (-wg).clamp_min(0).amax(-1) / self.cmax
-        best_err, best = None, None
-        for f in CLIP_GRID:
-            p = ((pos * f).half().float(), (neg * f).half().float())
-            _, dq = self.qdq(wg, p)
-            d = (dq - wg) ** 2
-            err = (d * weight).sum(-1) if weight is not None else d.sum(-1)
-            if best is None:
-                best_err, best = err, p
-            else:
-                better = err < best_err
-                best_err = torch.where(better, err, best_err)
-                best = tuple(torch.where(better, a, b) for a, b in zip(p, best))
-        return best
+        candidates = (((pos * f).half().float(), (neg * f).half().float()) for f in CLIP_GRID)
+        return best_clip(self.qdq, wg, weight, candidates)
 
 
 class TernaryQuantizer:
