@@ -85,6 +85,11 @@ def _emit(args: argparse.Namespace, result, elapsed: float, extra: dict[str, Any
         else:
             summary["audio"] = str(result.save_audio(args.output))
     summary.update(extra or {})
+    return _write_summary(args, summary)
+
+
+def _write_summary(args: argparse.Namespace, summary: dict[str, Any]) -> int:
+    """The JSON summary of a command: to ``--json FILE`` when given, else to stdout."""
     text = json.dumps(summary, ensure_ascii=False, indent=2)
     if args.json_path:
         Path(args.json_path).write_text(text + "\n", encoding="utf-8")
@@ -106,12 +111,7 @@ def _asr(args: argparse.Namespace) -> int:
     texts = m.asr_batch(args.audio, language=args.language, **_gen(args))
     elapsed = time.perf_counter() - t0
     summary = {"transcripts": [{"audio": a, "text": t} for a, t in zip(args.audio, texts)], "elapsed_s": elapsed}
-    text = json.dumps(summary, ensure_ascii=False, indent=2)
-    if args.json_path:
-        Path(args.json_path).write_text(text + "\n", encoding="utf-8")
-    else:
-        sys.stdout.write(text + "\n")
-    return 0
+    return _write_summary(args, summary)
 
 
 def _chat(args: argparse.Namespace) -> int:
