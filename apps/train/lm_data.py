@@ -13,6 +13,7 @@ learned. Tasks (weights in :data:`TASK_WEIGHTS`):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -29,11 +30,22 @@ log = logging.getLogger("mimo-audio.train")
 TASK_WEIGHTS = {"tts": 0.3, "asr": 0.3, "continuation": 0.1, "fewshot": 0.2, "text": 0.1}
 
 
+def select_sentences(rows: list[dict], max_sentences: int | None, seed: int = 0) -> list[dict]:
+    """The rows of at most ``max_sentences`` sentences (every voice and style of each, so parallel groups stay
+    whole), chosen by a seeded hash of the sentence id: the same subset on every machine."""
+    if not max_sentences:
+        return rows
+    ids = sorted({r["text_id"] for r in rows}, key=lambda t: hashlib.sha1(f"{seed}:{t}".encode()).hexdigest())
+    keep = set(ids[:max_sentences])
+    return [r for r in rows if r["text_id"] in keep]
+
+
 @torch.no_grad()
 def encode_corpus(tokenizer, corpus: str | Path, split: str, cache: Path | None = None, n_q: int = 8,
-                  progress: bool = True) -> dict[str, torch.Tensor]:
-    """Codes [n_q, T] of every utterance of ``split`` (cached as safetensors keyed by row index)."""
-    rows = corpus_rows(corpus, split)
+                  progress: bool = True, max_sentences: int | None = None) -> dict[str, torch.Tensor]:
+    """Codes [n_q, T] of the utterances of ``split`` (of at most ``max_sentences`` sentences; cached as
+    safetensors keyed by row index)."""
+    rows = select_sentences(corpus_rows(corpus, split), max_sentences)
     if cache is not None and cache.is_file():
         stored = load_file(str(cache))
         if len(stored) == len(rows):

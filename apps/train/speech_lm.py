@@ -79,6 +79,9 @@ class LMTrainConfig:
     device: str | None = None
     progress: bool = True
     eval_items: int = 8  # held-out examples per task for the final test-split loss (0: skip)
+    max_sentences: int | None = None  # train on the utterances of this many sentences (all their voices)
+    eval_sentences: int = 12  # test-split sentences for the held-out loss
+    bf16: bool = False  # bf16 autocast for the matmuls (fp32 weights and losses): ~1.5x on AVX512-BF16 CPUs
 
 
 def _lr(tc: LMTrainConfig, step: int) -> float:
@@ -122,7 +125,7 @@ def prepare(tc: LMTrainConfig, device: torch.device):
     renderer = PromptRenderer(text_tok, special, config.speech_zeroemb_idx, config.group_size)
     audio_tok = load_audio_tokenizer(tc, device)
     codes = encode_corpus(audio_tok, tc.corpus, "train", out / "codes-train.safetensors", config.audio_channels,
-                          tc.progress)
+                          tc.progress, tc.max_sentences)
     data = LMExamples(tc.corpus, "train", codes, renderer, tc.max_patches)
     return config, special, data
 
@@ -181,7 +184,8 @@ def train_lm(tc: LMTrainConfig) -> dict:
             ids, target, mask, tasks = data.batch(tc.batch_size, np.random.default_rng(s), special.eos)
             for g in opt.param_groups:
                 g["lr"] = _lr(tc, step)
-            res = speech_lm_loss(model, ids.to(device), target.to(device), mask.to(device))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
+                res = speech_lm_loss(model, ids.to(device), target.to(device), mask.to(device))
             opt.zero_grad(set_to_none=True)
             res.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -209,7 +213,8 @@ def train_lm(tc: LMTrainConfig) -> dict:
     if tc.eval_items:
         device_ = next(model.parameters()).device
         test = LMExamples(tc.corpus, "test", encode_corpus(load_audio_tokenizer(tc, device_), tc.corpus, "test",
-                          out / "codes-test.safetensors", config.audio_channels, tc.progress),
+                          out / "codes-test.safetensors", config.audio_channels, tc.progress,
+                                                   tc.eval_sentences),
                           data.renderer, tc.max_patches)
         state["eval"] = {"test": heldout_loss(model, test, special.eos, tc.eval_items)}
         log.info("held-out (test split) loss per task: %s", state["eval"]["test"])
@@ -217,7 +222,8 @@ def train_lm(tc: LMTrainConfig) -> dict:
     return state
 
 
-_INT = ("steps", "batch_size", "max_patches", "warmup", "seed", "save_every", "log_every", "eval_items")
+_INT = ("steps", "batch_size", "max_patches", "warmup", "seed", "save_every", "log_every", "eval_items",
+        "eval_sentences")
 _FLOAT = ("lr", "weight_decay")
 
 
@@ -235,11 +241,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--stop-at", type=int, default=None, help="stop at this step (resumable; lr schedule keeps --steps)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--max-sentences", type=int, default=None,
+                   help="train on the utterances of this many sentences (all voices; default: all)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights and losses); ~1.5x faster on "
+                   "CPUs with AVX512-BF16 / AMX and on GPUs")
     p.add_argument("--no-progress", action="store_true")
 
 
 def config_from_args(args: argparse.Namespace) -> LMTrainConfig:
-    names = ("corpus", "out", "tokenizer", "tokenizer_preset", "preset", "device", "stop_at", *_INT, *_FLOAT)
+    names = ("corpus", "out", "tokenizer", "tokenizer_preset", "preset", "device", "stop_at", "bf16", "max_sentences",
+             *_INT, *_FLOAT)
     return LMTrainConfig(**{n: getattr(args, n) for n in names}, progress=not args.no_progress)
 
 

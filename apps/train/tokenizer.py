@@ -71,7 +71,14 @@ class TokenizerTrainConfig:
     commitment: float = 0.25
     coarse_mel_weight: float = 1.0
     ema_decay: float = 0.99
-    dead_code_usage: float = 0.01  # EMA usage per batch below which a code is replaced
+    dead_code_fraction: float = 0.1  # a code whose EMA usage falls below this share of the mean usage restarts
+    init_vectors: int = 8192  # k-means initialisation of the codebooks on this many encoder vectors (>> codes)
+    kmeans_iters: int = 10
+    vocoder_teacher: float = 0.5  # share of batch items whose vocoder input is the ground-truth mel
+    train_vocoder: bool = True  # False: codec only (coarse-mel L1), a cheaper first phase
+    freeze_codec: bool = False  # train only decoder + vocoder: encoder and codebooks fixed, so codes stay valid
+    bf16: bool = False  # bf16 autocast for matmuls/convs (fp32 weights, losses and front-end): ~2x on AVX512-BF16
+    init_from: str | None = None  # official-layout tokenizer dir to start from (weights only, fresh optimiser)
     seed: int = 0
     stop_at: int | None = None  # end this invocation at this step (resume later); the schedule keeps `steps`
     save_every: int = 200
@@ -89,13 +96,42 @@ class TokenizerTrainConfig:
 
 # ---------------------------------------------------------------- RVQ training step
 @torch.no_grad()
-def _init_codebook(book: EuclideanCodebook, x: torch.Tensor) -> None:
-    k = book.embed.shape[0]
-    idx = torch.randint(0, x.shape[0], (k,), device=x.device)
-    book.embed.copy_(x[idx])
-    book.embed_avg.copy_(x[idx])
-    book.cluster_size.fill_(1.0)
-    book.inited.fill_(1.0)
+def kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on x [N, D] -> (centroids [k, D], cluster sizes [k]). Empty clusters restart on points."""
+    n = x.shape[0]
+    centroids = x[torch.randint(0, n, (k,), generator=gen)].clone()
+    if n < k:  # fewer points than codes: jitter the duplicates apart
+        centroids += 1e-3 * x.std() * torch.randn(centroids.shape, generator=gen)
+    book = EuclideanCodebook(x.shape[1], k)
+    counts = torch.zeros(k)
+    for _ in range(iters):
+        book.embed = centroids
+        idx = book.encode(x)
+        counts = torch.bincount(idx, minlength=k).to(x.dtype)
+        sums = torch.zeros_like(centroids).index_add_(0, idx, x)
+        empty = counts == 0
+        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp_min(1)[:, None])
+        if empty.any():
+            centroids[empty] = x[torch.randint(0, n, (int(empty.sum()),), generator=gen)]
+    return centroids, counts
+
+
+@torch.no_grad()
+def init_codebooks(q: ResidualVectorQuantizer, x: torch.Tensor, iters: int, seed: int, batch_vectors: int) -> None:
+    """Residual k-means: codebook i is fitted to what codebooks 0..i-1 leave. Usage counts are scaled to one
+    batch (``batch_vectors``) so the EMA and the dead-code threshold start from their steady state."""
+    gen = torch.Generator().manual_seed(seed)
+    residual = x.float().cpu()
+    for i in range(q.n_q):
+        book = q.codebook(i)
+        centroids, counts = kmeans(residual, book.embed.shape[0], iters, gen)
+        size = counts * batch_vectors / residual.shape[0]
+        dev = book.embed.device
+        book.embed.copy_(centroids.to(dev))
+        book.cluster_size.copy_(size.to(dev))
+        book.embed_avg.copy_((centroids * size[:, None]).to(dev))
+        book.inited.fill_(1.0)
+        residual = residual - centroids[book.encode(residual)]
 
 
 @torch.no_grad()
@@ -108,37 +144,47 @@ def _ema_update(book: EuclideanCodebook, x: torch.Tensor, idx: torch.Tensor, dec
     n = book.cluster_size.sum()
     smoothed = (book.cluster_size + 1e-5) / (n + k * 1e-5) * n  # Laplace smoothing: no division by zero
     book.embed.copy_(book.embed_avg / smoothed[:, None])
-    expired = book.cluster_size < dead
+    # Dead-code replacement, relative to the mean usage per code (an absolute threshold never fires when a
+    # batch has fewer vectors than the codebook has codes). Restarted codes get the mean usage, so they have
+    # ~ln(1/dead) / (1 - decay) steps to win vectors before they expire again.
+    mean_usage = x.shape[0] / k
+    expired = book.cluster_size < dead * mean_usage
     n_dead = int(expired.sum())
-    if n_dead:  # dead-code replacement: restart unused codes on vectors of this batch
+    if n_dead:
         fresh = x[torch.randint(0, x.shape[0], (n_dead,), device=x.device)]
         book.embed[expired] = fresh
-        book.embed_avg[expired] = fresh
-        book.cluster_size[expired] = 1.0
+        book.embed_avg[expired] = fresh * mean_usage
+        book.cluster_size[expired] = mean_usage
     return n_dead
 
 
+def _perplexity(idx: torch.Tensor, k: int) -> float:
+    p = torch.bincount(idx, minlength=k).float()
+    p = p / p.sum()
+    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
+
+
 def rvq_train_forward(q: ResidualVectorQuantizer, x: torch.Tensor, decay: float, dead: float,
-                      update: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """x [N, D] -> (straight-through quantised x, commitment loss, codes [n_q, N], replaced codes)."""
+                      update: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, list[float]]:
+    """x [N, D] -> (straight-through quantised x, commitment loss, codes [n_q, N], replaced codes, per-codebook
+    perplexity of this batch's codes)."""
     residual = x.float()
     total = torch.zeros_like(residual)
     commit = residual.new_zeros(())
-    codes, replaced = [], 0
+    codes, replaced, ppl = [], 0, []
     for i in range(q.n_q):
         book = q.codebook(i)
         r = residual.detach()
-        if update and not bool(book.inited.item()):
-            _init_codebook(book, r)
         idx = book.encode(r)
         qv = book.decode(idx)
         commit = commit + F.mse_loss(residual, qv.detach())
+        ppl.append(_perplexity(idx, book.embed.shape[0]))
         if update:
             replaced += _ema_update(book, r, idx, decay, dead)
         total = total + qv
         residual = residual - qv.detach()
         codes.append(idx)
-    return x + (total - x).detach(), commit / q.n_q, torch.stack(codes), replaced
+    return x + (total - x).detach(), commit / q.n_q, torch.stack(codes), replaced, ppl
 
 
 # ---------------------------------------------------------------- losses
@@ -170,24 +216,56 @@ def _frontend(cfg: TokenizerConfig) -> LogMel:
 
 
 def train_forward(model: MiMoAudioTokenizerModel, frontend: LogMel, msmel: MultiScaleMel, wav: torch.Tensor,
-                  tc: TokenizerTrainConfig, update: bool = True) -> dict[str, torch.Tensor]:
-    """One batch of waveforms [B, N] through encoder, training RVQ, decoder and vocoder: the losses."""
-    mels = [frontend(w) for w in wav]
-    h, lengths = model.encoder(mels)
-    hq, commit, _, replaced = rvq_train_forward(model.quantizer, h, tc.ema_decay, tc.dead_code_usage, update)
+                  tc: TokenizerTrainConfig, update: bool = True,
+                  gen: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+    """One batch of waveforms [B, N] through encoder, training RVQ, decoder and vocoder: the losses.
+
+    The codec (encoder, RVQ, decoder) learns from the coarse-mel L1; the vocoder learns the waveform from a
+    detached mel, the ground truth for a ``vocoder_teacher`` share of the items and the decoder's coarse mel
+    for the rest. Decoupled, each half learns from the first step instead of waiting for the other.
+    """
+    with torch.autocast(wav.device.type, enabled=False):  # targets stay fp32
+        mels = [frontend(w) for w in wav]
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not tc.freeze_codec):
+        h, lengths = model.encoder(mels)
+    hq, commit, _, replaced, ppl = rvq_train_forward(
+        model.quantizer, h, tc.ema_decay, tc.dead_code_fraction, update and not tc.freeze_codec)
+    gen = gen or np.random.default_rng(0)
+    teacher = gen.random(wav.shape[0]) < tc.vocoder_teacher
     outs, coarse_l1 = [], h.new_zeros(())
     for b, lat in enumerate(hq.split(lengths)):
         coarse = model.decoder.coarse_mel(lat)  # [T100, n_mels]
         n = min(coarse.shape[0], mels[b].shape[1])
-        coarse_l1 = coarse_l1 + F.l1_loss(coarse[:n], mels[b].T[:n])
-        y = model.decoder.vocoder(coarse)
-        outs.append(y[: wav.shape[1]])
-    pred = torch.stack(outs)
-    mel = msmel(pred, wav)
+        coarse_l1 = coarse_l1 + F.l1_loss(coarse[:n].float(), mels[b].T[:n])
+        if tc.train_vocoder:
+            voc_in = mels[b].T[:n] if teacher[b] else coarse[:n].detach()
+            y = model.decoder.vocoder(voc_in)[: wav.shape[1]].float()
+            outs.append(F.pad(y, (0, wav.shape[1] - y.shape[0])))
+    with torch.autocast(wav.device.type, enabled=False):
+        mel = msmel(torch.stack(outs), wav) if outs else h.new_zeros(())
     coarse_l1 = coarse_l1 / wav.shape[0]
     total = mel + tc.coarse_mel_weight * coarse_l1 + tc.commitment * commit
-    return {"loss": total, "mel": mel, "coarse_mel": coarse_l1, "commit": commit,
-            "replaced": torch.tensor(float(replaced))}
+    out = {"loss": total, "mel": mel, "coarse_mel": coarse_l1, "commit": commit,
+           "replaced": torch.tensor(float(replaced))}
+    out.update({f"ppl{i}": torch.tensor(v) for i, v in enumerate(ppl)})
+    return out
+
+
+@torch.no_grad()
+def initialise_codebooks(model: MiMoAudioTokenizerModel, frontend: LogMel, data: WavCrops,
+                         tc: TokenizerTrainConfig, device: torch.device) -> None:
+    """k-means codebooks on the encoder output of about ``init_vectors`` vectors (seeded, before step 1)."""
+    # Far more vectors than codes: with fewer, k-means puts a code on every vector, the residuals vanish and
+    # the later codebooks collapse onto zero.
+    feats, n = [], 0
+    while n < tc.init_vectors:
+        wav = data.batch(tc.batch_size, np.random.default_rng(seed_step(tc.seed, -1 - len(feats)))).to(device)
+        h, _ = model.encoder([frontend(w) for w in wav])
+        feats.append(h.float())
+        n += h.shape[0]
+    x = torch.cat(feats)
+    init_codebooks(model.quantizer, x, tc.kmeans_iters, tc.seed, batch_vectors=x.shape[0] // len(feats))
+    log.info("codebooks initialised by k-means on %d encoder vectors", x.shape[0])
 
 
 # ---------------------------------------------------------------- evaluation
@@ -229,14 +307,25 @@ def _lr(tc: TokenizerTrainConfig, step: int) -> float:
     return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
+def _optimizer(model: MiMoAudioTokenizerModel, tc: TokenizerTrainConfig):
+    if tc.freeze_codec:  # codes must stay valid for an LM trained on them: only the decoder side learns
+        for p in model.encoder.parameters():
+            p.requires_grad_(False)
+    params = {p: n for n, p in model.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW(list(params), lr=tc.lr, betas=(0.8, 0.99), weight_decay=tc.weight_decay)
+    return opt, params
+
+
 def build(tc: TokenizerTrainConfig, device: torch.device):
     cfg = tc.model_config()
     torch.manual_seed(tc.seed)
     model = MiMoAudioTokenizerModel(cfg)
     init_random(model, tc.seed)
+    if tc.init_from:  # start from another run's weights (e.g. a second phase with --freeze-codec)
+        checkpoint.load_into(model, checkpoint.read_state_dict(Path(tc.init_from)))
+        log.info("initialised from %s", tc.init_from)
     model.to(device).train()
-    names = {p: n for n, p in model.named_parameters()}
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.8, 0.99), weight_decay=tc.weight_decay)
+    opt, names = _optimizer(model, tc)
     return model, opt, names
 
 
@@ -253,8 +342,7 @@ def train_tokenizer(tc: TokenizerTrainConfig) -> dict:
         state = read_state(last)
         checkpoint.load_into(model, {k: v.to(device) for k, v in checkpoint.read_state_dict(last / "model").items()})
         model.to(device).train()
-        names = {p: n for n, p in model.named_parameters()}
-        opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.8, 0.99), weight_decay=tc.weight_decay)
+        opt, names = _optimizer(model, tc)
         load_optimizer_tensors(opt, names, read_optimizer(last))
         log.info("resuming from %s at step %d", last, state["step"])
     n_params = sum(p.numel() for p in model.parameters())
@@ -263,6 +351,8 @@ def train_tokenizer(tc: TokenizerTrainConfig) -> dict:
     data = WavCrops(tc.corpus, "train", cfg.sampling_rate, crop)
     frontend, msmel = _frontend(cfg).to(device), MultiScaleMel(cfg.sampling_rate).to(device)
     metrics_file = open(out / "metrics.jsonl", "a", buffering=1)  # line-buffered: readable while running
+    if not bool(model.quantizer.codebook(0).inited.item()):
+        initialise_codebooks(model, frontend, data, tc, device)
     bar = progress(tc.steps, state["step"], "tokenizer", tc.progress)
     t_start = time.perf_counter()
     steps_run = 0
@@ -274,7 +364,8 @@ def train_tokenizer(tc: TokenizerTrainConfig) -> dict:
             wav = data.batch(tc.batch_size, np.random.default_rng(s)).to(device)
             for g in opt.param_groups:
                 g["lr"] = _lr(tc, step)
-            losses = train_forward(model, frontend, msmel, wav, tc)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
+                losses = train_forward(model, frontend, msmel, wav, tc, gen=np.random.default_rng(s + 1))
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -287,8 +378,9 @@ def train_tokenizer(tc: TokenizerTrainConfig) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", mel=f"{row['mel']:.3f}")
             if (step + 1) % tc.log_every == 0:
-                log.info("step %d loss %.4f mel %.4f coarse %.4f commit %.4f replaced %d", step + 1, row["loss"],
-                         row["mel"], row["coarse_mel"], row["commit"], row["replaced"])
+                log.info("step %d loss %.4f mel %.4f coarse %.4f commit %.4f replaced %d ppl %s", step + 1,
+                         row["loss"], row["mel"], row["coarse_mel"], row["commit"], row["replaced"],
+                         " ".join(f"{row[f'ppl{i}']:.0f}" for i in range(model.quantizer.n_q)))
             if (step + 1) % tc.save_every == 0 or step + 1 == end:
                 save_checkpoint(last, _save_model(model), opt, names, state)
     finally:
@@ -311,8 +403,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=d.preset, choices=sorted(TRAIN_PRESETS))
     for name in ("steps", "batch_size", "warmup", "seed", "save_every", "log_every", "eval_items"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("crop_seconds", "lr", "commitment", "ema_decay"):
+    for name in ("init_vectors", "kmeans_iters"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("crop_seconds", "lr", "commitment", "ema_decay", "dead_code_fraction", "vocoder_teacher"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--no-vocoder", dest="train_vocoder", action="store_false",
+                   help="train the codec only (coarse-mel L1): a cheaper first phase")
+    p.add_argument("--freeze-codec", action="store_true",
+                   help="train only the decoder and vocoder (encoder + codebooks fixed: codes stay valid)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights and losses); ~2x faster on CPUs "
+                   "with AVX512-BF16 / AMX and on GPUs")
+    p.add_argument("--init-from", default=None, help="tokenizer dir (official layout) to start from")
     p.add_argument("--stop-at", type=int, default=None, help="stop at this step (resumable; lr schedule keeps --steps)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
@@ -320,7 +421,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TokenizerTrainConfig:
     names = ("corpus", "out", "preset", "steps", "batch_size", "warmup", "seed", "save_every", "log_every",
-             "eval_items", "crop_seconds", "lr", "commitment", "ema_decay", "device", "stop_at")
+             "eval_items", "crop_seconds", "lr", "commitment", "ema_decay", "device", "stop_at", "init_vectors",
+             "kmeans_iters", "dead_code_fraction", "vocoder_teacher", "freeze_codec", "init_from", "train_vocoder",
+             "bf16")
     return TokenizerTrainConfig(**{n: getattr(args, n) for n in names}, progress=not args.no_progress)
 
 
