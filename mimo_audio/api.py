@@ -169,7 +169,8 @@ class MimoAudio:
         ``lm_path=None`` loads the embedded default model: the small LM shipped with the package and, unless
         ``tokenizer_path`` names another one, the embedded audio tokenizer it was trained with. With an
         explicit ``lm_path`` the audio tokenizer is loaded only from ``tokenizer_path`` (an official LM is
-        never paired with the small embedded tokenizer behind the caller's back).
+        never paired with the small embedded tokenizer behind the caller's back). ``dtype=None`` keeps the
+        checkpoint's dtype, except for the embedded default, which runs in float32 however it is stored.
         """
         if lm_path is None:
             from tokenizer import defaults as tok_defaults
@@ -185,6 +186,8 @@ class MimoAudio:
                 logger.warning("pairing the embedded default speech LM with the audio tokenizer %s: the LM was "
                                "trained on the codes of the embedded tokenizer", tokenizer_path)
             check_pairing(lm_path, tokenizer_path)
+            if dtype is None:  # the default may be stored in bf16 to save space; on CPU fp32 runs ~2x faster
+                dtype = torch.float32
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         text_tokenizer = load_text_tokenizer(lm_path)

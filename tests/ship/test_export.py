@@ -50,7 +50,7 @@ def test_fp32_export_is_exact_and_documented(tiny_runs, default_assets):
     assert {"tokenizer.json", "tokenizer_config.json", "config.json"} <= set(lm_prov["files"])
 
 
-def test_bf16_export_halves_the_weights_and_keeps_codebooks_fp32(tiny_runs, default_assets, tmp_path):
+def test_bf16_export_halves_the_weights_and_keeps_codebooks_fp32(tiny_runs, default_assets, tmp_path, monkeypatch):
     tok_dir, lm_dir = tmp_path / "tok", tmp_path / "lm"
     mtp = tmp_path / "heads.safetensors"
     save_file({"mtp.0.proj.weight": torch.randn(8, 8)}, str(mtp))
@@ -67,6 +67,13 @@ def test_bf16_export_halves_the_weights_and_keeps_codebooks_fp32(tiny_runs, defa
     m = MimoAudio.from_pretrained(lm_dir, tok_dir, device="cpu")
     assert m.lm.dtype == torch.bfloat16 and m.audio_tokenizer.dtype == torch.float32
     assert m.tts("hi", preset="greedy", max_new_patches=3).num_patches >= 1
+    # as the embedded default, a bf16-stored LM runs in fp32 (about twice as fast on CPU)
+    import mimo_audio.defaults
+    import tokenizer.defaults
+
+    monkeypatch.setattr(tokenizer.defaults, "DEFAULT_DIR", tok_dir)
+    monkeypatch.setattr(mimo_audio.defaults, "DEFAULT_DIR", lm_dir)
+    assert MimoAudio.from_pretrained(device="cpu").lm.dtype == torch.float32
 
 
 def test_over_budget_export_installs_nothing(tiny_runs, tmp_path):
