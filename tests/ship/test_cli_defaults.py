@@ -53,3 +53,17 @@ def test_missing_assets_end_in_one_clear_line(no_defaults, flite_wav, tmp_path, 
     assert "embedded default speech LM is not installed" in caplog.text and "export_default_model" in caplog.text
     assert main(["tokenizer", "encode", str(flite_wav), str(tmp_path / "c.safetensors")]) == 1
     assert "embedded default audio tokenizer is not installed" in caplog.text
+
+
+def test_default_model_command_reports_the_installed_pair(use_defaults, capsys):
+    assert main(["default-model"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["speech_lm"]["installed"] and report["speech_lm"]["training_steps"] == 11
+    assert report["audio_tokenizer"]["dir"] == str(use_defaults[0]) and report["paired"] is True
+    assert "model.safetensors" in report["audio_tokenizer"]["files"] and not report["speech_lm"]["placeholder"]
+
+
+def test_default_model_command_without_assets(no_defaults, capsys):
+    assert main(["default-model"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert not report["speech_lm"]["installed"] and "export_default_model" in report["speech_lm"]["problem"]
