@@ -220,6 +220,9 @@ def export_default_model(
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     tok_src, lm_src = Path(tokenizer_src), Path(lm_src)
+    for what, src in (("tokenizer", tok_src), ("speech-LM", lm_src)):
+        if not src.is_dir():
+            raise FileNotFoundError(f"{what} checkpoint directory not found: {src}")
     tok_out = Path(tokenizer_out) if tokenizer_out else Path(tokenizer.defaults.DEFAULT_DIR)
     lm_out = Path(lm_out) if lm_out else Path(mimo_audio.defaults.DEFAULT_DIR)
     if mtp is None and (lm_src / MTP_FILE).is_file():
@@ -239,33 +242,36 @@ def export_default_model(
         tok_stage, lm_stage = stage_root / "tokenizer", stage_root / "lm"
         tok_tensors, tok_params = _stage_tokenizer(tok_src, tok_stage, DTYPES[dtype])
         lm_tensors, lm_params = _stage_lm(lm_src, lm_stage, DTYPES[dtype], mtp)
-        sizes = {"tokenizer": _dir_bytes(tok_stage), "lm": _dir_bytes(lm_stage)}
-        total = sum(sizes.values())
-        if total > budget_mb * MB:
-            hint = " Export with --dtype bf16 to halve it," if dtype == "fp32" else ""
-            raise ValueError(
-                f"the default model is {total / MB:.1f} MB (tokenizer {sizes['tokenizer'] / MB:.1f} MB + LM "
-                f"{sizes['lm'] / MB:.1f} MB), over the {budget_mb:g} MB budget of the package.{hint} or train a "
-                "smaller preset; nothing was installed"
-            )
-        _verify(tok_stage, lm_stage, tok_tensors, lm_tensors)
         what = "RANDOM placeholder weights (not a trained model)" if placeholder else "trained here"
+        tok_preset = (tok_run.get("recipe") or {}).get("preset", "small")
+        lm_preset = (lm_run.get("recipe") or {}).get("preset", "small")
         tok_prov = _write_provenance(tok_stage, {
             "name": "mimo-audio embedded default audio tokenizer", "component": "audio_tokenizer",
-            "description": f"MiMo-Audio tokenizer architecture (25 Hz, 8 RVQ codebooks, 24 kHz), small preset; {what}",
+            "description": f"MiMo-Audio tokenizer architecture (25 Hz RVQ codes, 24 kHz audio), {tok_preset} "
+                           f"preset; {what}",
             "placeholder": placeholder, "parameters": tok_params,
             "dtype": "fp32" if dtype == "fp32" else "bf16 (RVQ codebooks and the iSTFT window in fp32)",
             **_origin(tok_src, tok_run, placeholder), **({"note": note} if note else {}),
         })
         _write_provenance(lm_stage, {
             "name": "mimo-audio embedded default speech LM", "component": "speech_lm",
-            "description": f"MiMo-Audio patch speech LM architecture (Qwen2 backbone, 4-frame patches, byte-level "
-                           f"text vocabulary), small preset; {what}",
+            "description": f"MiMo-Audio patch speech LM architecture (Qwen2 backbone, 4-frame patches), {lm_preset} "
+                           f"preset; {what}",
             "placeholder": placeholder, "parameters": lm_params, "dtype": dtype, "mtp_heads": mtp is not None,
             **_origin(lm_src, lm_run, placeholder),
             "audio_tokenizer_sha256": tok_prov["files"][WEIGHTS]["sha256"], **({"note": note} if note else {}),
         })
         sizes = {"tokenizer": _dir_bytes(tok_stage), "lm": _dir_bytes(lm_stage)}
+        total = sum(sizes.values())
+        if total > budget_mb * MB:
+            fix = "export with --dtype bf16 to halve it, or train a smaller preset" if dtype == "fp32" else \
+                "train a smaller preset" + (" or leave out the MTP heads" if mtp is not None else "")
+            raise ValueError(
+                f"the default model is {total / MB:.1f} MB (tokenizer {sizes['tokenizer'] / MB:.1f} MB + LM "
+                f"{sizes['lm'] / MB:.1f} MB), over the {budget_mb:g} MB budget of the package: {fix}; nothing "
+                "was installed"
+            )
+        _verify(tok_stage, lm_stage, tok_tensors, lm_tensors)
         _publish_modes(tok_stage)
         _publish_modes(lm_stage)
         _swap_in(tok_stage, tok_out)
