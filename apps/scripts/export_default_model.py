@@ -38,6 +38,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TEXT_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                         "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
 MTP_FILE = "mtp.safetensors"
+# Settings of a recipe run worth keeping in provenance.json (those a run has; the rest is in the run folder).
+RECIPE_KEYS = ("preset", "steps", "batch_size", "lr", "warmup", "seed", "max_patches", "crop_seconds", "tokenizer",
+               "init_from", "freeze_codec", "train_vocoder", "vocoder_teacher", "mtp_heads")
 WEIGHTS = "model.safetensors"
 
 
@@ -71,9 +74,10 @@ def _dir_bytes(directory: Path) -> int:
 
 # ---------------------------------------------------------------- provenance
 def _run_info(model_dir: Path) -> dict[str, Any]:
-    """Training facts of a recipe run (``RUN/model`` -> ``RUN/summary.json`` or ``RUN/last/state.json``)."""
+    """Training facts of a recipe run: ``RUN/model`` -> ``RUN/summary.json`` or ``RUN/last/state.json``; a
+    checkpoint ``RUN/last/model`` -> ``RUN/last/state.json``."""
     run = model_dir.parent if model_dir.name == "model" else model_dir
-    for candidate in (run / "summary.json", run / "last" / "state.json"):
+    for candidate in (run / "summary.json", run / "last" / "state.json", run / "state.json"):
         if candidate.is_file():
             try:
                 state = json.loads(candidate.read_text())
@@ -81,8 +85,7 @@ def _run_info(model_dir: Path) -> dict[str, Any]:
                 continue
             info: dict[str, Any] = {"run": str(run), "from": candidate.name, "steps": state.get("step")}
             cfg = state.get("config") or {}
-            info["recipe"] = {k: cfg[k] for k in ("preset", "steps", "batch_size", "lr", "seed", "max_patches",
-                                                  "crop_seconds", "tokenizer") if k in cfg}
+            info["recipe"] = {k: cfg[k] for k in RECIPE_KEYS if k in cfg}
             for key in ("seconds_per_step", "eval"):
                 if key in state:
                     info[key] = state[key]
