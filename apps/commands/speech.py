@@ -33,7 +33,8 @@ def _common(p: argparse.ArgumentParser, needs_audio_tokenizer: bool = True) -> N
                    "when --lm-path is not given either"
                    + ("" if needs_audio_tokenizer else " (only needed for audio in or out)"))
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    g.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (auto keeps the checkpoint's)")
+    g.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="weights dtype (auto keeps the checkpoint's; float32 for the embedded default)")
     g.add_argument("--voices-dir", default=None, help="voice registry folder (default $MIMO_AUDIO_HOME/voices)")
     s = p.add_argument_group("generation")
     s.add_argument("--max-new-patches", type=int, default=None, help="length limit (6.25 patches = 1 s of audio)")
