@@ -150,14 +150,14 @@ def _stage_lm(src: Path, dst: Path, dtype: torch.dtype, mtp: Path | None) -> tup
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
     save_file(_cast(tensors, dtype), str(dst / WEIGHTS), metadata={"format": "pt"})
-    if mtp is not None:
+    if mtp is not None:  # copied as they are (small; their loader owns their dtype)
         try:
             with safe_open(str(mtp), framework="pt") as f:
-                heads = {k: f.get_tensor(k) for k in f.keys()}
-                meta = f.metadata() or {}
+                if not list(f.keys()):
+                    raise ValueError("it holds no tensors")
         except Exception as exc:  # SafetensorError for a corrupt file
             raise ValueError(f"could not read the MTP heads {mtp} as safetensors ({exc})") from exc
-        save_file(_cast(heads, dtype), str(dst / MTP_FILE), metadata={"format": "pt", **meta})
+        shutil.copy2(mtp, dst / MTP_FILE)
     return tensors, lm.num_parameters()
 
 
