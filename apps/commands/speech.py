@@ -180,6 +180,9 @@ def _voice(args: argparse.Namespace) -> int:
     from tokenizer import AudioTokenizer
     from tokenizer.audio import load_audio
 
+    if not args.tokenizer_path and os.environ.get(LM_ENV):  # as in _load: no implicit pairing with an explicit LM
+        raise ValueError(f"${LM_ENV} names a speech LM: pass its audio tokenizer with --tokenizer-path or set "
+                         f"${TOKENIZER_ENV}, so the voice is encoded with the tokenizer that LM reads")
     tok = AudioTokenizer.from_pretrained(args.tokenizer_path or None, device=args.device)
     wav, sr = load_audio(args.audio)
     if float(wav.abs().max()) < SILENCE_PEAK:

@@ -43,9 +43,13 @@ def test_asr_voice_and_tokenizer_without_model_paths(use_defaults, flite_wav, tm
     assert sf.info(str(out)).samplerate == 24000 and (tmp_path / "rt.safetensors").is_file()
 
 
-def test_explicit_lm_without_its_tokenizer_is_an_error(use_defaults, caplog):
+def test_explicit_lm_without_its_tokenizer_is_an_error(use_defaults, caplog, monkeypatch, flite_wav, tmp_path):
     assert main(["tts", "hi", "--lm-path", str(use_defaults[1])]) == 1
     assert "--tokenizer-path" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("MIMO_AUDIO_LM_PATH", str(use_defaults[1]))
+    assert main(["voice", "add", "x", str(flite_wav), "--voices-dir", str(tmp_path)]) == 1
+    assert "$MIMO_AUDIO_LM_PATH names a speech LM" in caplog.text
 
 
 def test_missing_assets_end_in_one_clear_line(no_defaults, flite_wav, tmp_path, caplog):
