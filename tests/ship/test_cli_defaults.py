@@ -67,6 +67,25 @@ def test_default_model_command_reports_the_installed_pair(use_defaults, capsys):
     assert "model.safetensors" in report["audio_tokenizer"]["files"] and not report["speech_lm"]["placeholder"]
 
 
+def test_default_model_verify_finds_a_changed_file(default_assets, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import mimo_audio.defaults
+    import tokenizer.defaults
+
+    tok_dir, lm_dir = tmp_path / "tok", tmp_path / "lm"
+    shutil.copytree(default_assets[0], tok_dir)
+    shutil.copytree(default_assets[1], lm_dir)
+    monkeypatch.setattr(tokenizer.defaults, "DEFAULT_DIR", tok_dir)
+    monkeypatch.setattr(mimo_audio.defaults, "DEFAULT_DIR", lm_dir)
+    assert main(["default-model", "--verify"]) == 0
+    assert json.loads(capsys.readouterr().out)["speech_lm"]["mismatches"] == []
+    with open(lm_dir / "config.json", "a") as f:
+        f.write(" ")
+    assert main(["default-model", "--verify"]) == 1
+    assert json.loads(capsys.readouterr().out)["speech_lm"]["mismatches"][0].startswith("config.json")
+
+
 def test_default_model_command_without_assets(no_defaults, capsys):
     assert main(["default-model"]) == 1
     report = json.loads(capsys.readouterr().out)
