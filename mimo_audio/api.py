@@ -157,14 +157,37 @@ class MimoAudio:
     @classmethod
     def from_pretrained(
         cls,
-        lm_path: str | Path,
+        lm_path: str | Path | None = None,
         tokenizer_path: str | Path | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         voices_dir: str | Path | None = None,
         tasks_dir: str | Path | None = None,
     ) -> MimoAudio:
-        """Load the LM directory (weights + text tokenizer) and, if given, the audio tokenizer directory."""
+        """Load the LM directory (weights + text tokenizer) and, if given, the audio tokenizer directory.
+
+        ``lm_path=None`` loads the embedded default model: the small LM shipped with the package and, unless
+        ``tokenizer_path`` names another one, the embedded audio tokenizer it was trained with. With an
+        explicit ``lm_path`` the audio tokenizer is loaded only from ``tokenizer_path`` (an official LM is
+        never paired with the small embedded tokenizer behind the caller's back). ``dtype=None`` keeps the
+        checkpoint's dtype, except for the embedded default, which runs in float32 however it is stored.
+        """
+        if lm_path is None:
+            from tokenizer import defaults as tok_defaults
+
+            from .defaults import check_pairing, default_model_dir
+
+            lm_path = default_model_dir()
+            logger.info("speech LM: %s", tok_defaults.describe(lm_path, "speech LM"))
+            if tokenizer_path is None:
+                tokenizer_path = tok_defaults.default_tokenizer_dir()
+                logger.info("audio tokenizer: %s", tok_defaults.describe(tokenizer_path, "audio tokenizer"))
+            elif Path(tokenizer_path).resolve() != Path(tok_defaults.DEFAULT_DIR).resolve():
+                logger.warning("pairing the embedded default speech LM with the audio tokenizer %s: the LM was "
+                               "trained on the codes of the embedded tokenizer", tokenizer_path)
+            check_pairing(lm_path, tokenizer_path)
+            if dtype is None:  # the default may be stored in bf16 to save space; on CPU fp32 runs ~2x faster
+                dtype = torch.float32
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         text_tokenizer = load_text_tokenizer(lm_path)

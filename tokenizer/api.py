@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from tokenizer import checkpoint
+from tokenizer import checkpoint, defaults
 from tokenizer.audio import AudioInput, prepare_waveform
 from tokenizer.config import TokenizerConfig
 from tokenizer.mel import LogMel
@@ -104,9 +104,16 @@ class AudioTokenizer:
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: torch.device | str | None = None,
+    def from_pretrained(cls, path: str | Path | None = None, device: torch.device | str | None = None,
                         dtype: torch.dtype | str | None = None) -> AudioTokenizer:
-        """Load a local directory in the official layout (config.json + model.safetensors or shards)."""
+        """Load a local directory in the official layout (config.json + model.safetensors or shards).
+
+        ``path=None`` loads the embedded default tokenizer shipped with the package
+        (:func:`tokenizer.default_tokenizer_dir`).
+        """
+        if path is None:
+            path = defaults.default_tokenizer_dir()
+            log.info("audio tokenizer: %s", defaults.describe(path, "audio tokenizer"))
         path = Path(path)
         files = checkpoint.weight_files(path)  # clear errors for a missing dir or missing weights first
         cfg = TokenizerConfig.from_json(path / checkpoint.CONFIG)

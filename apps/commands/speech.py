@@ -1,7 +1,8 @@
 """Speech-LM subcommands: ``tts``, ``asr``, ``chat``, ``vc`` (few-shot voice conversion), ``continue``,
 and ``voice`` (the voice registry).
 
-Each writes its audio as a 24 kHz wav (``-o``) and a JSON summary (``--json``, or stdout).
+Each writes its audio as a 24 kHz wav (``-o``) and a JSON summary (``--json``, or stdout). Without
+``--lm-path`` they run the embedded default model shipped with the package.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 def _common(p: argparse.ArgumentParser, needs_audio_tokenizer: bool = True) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--lm-path", default=os.environ.get(LM_ENV),
-                   help=f"speech-LM directory (config.json, safetensors, text tokenizer); default ${LM_ENV}")
+                   help=f"speech-LM directory (config.json, safetensors, text tokenizer); default ${LM_ENV}, "
+                   "else the embedded default model shipped with the package")
     g.add_argument("--tokenizer-path", default=os.environ.get(TOKENIZER_ENV),
-                   help=f"audio tokenizer directory; default ${TOKENIZER_ENV}"
+                   help=f"audio tokenizer directory; default ${TOKENIZER_ENV}, else the embedded default tokenizer "
+                   "when --lm-path is not given either"
                    + ("" if needs_audio_tokenizer else " (only needed for audio in or out)"))
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    g.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (auto keeps the checkpoint's)")
+    g.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="weights dtype (auto keeps the checkpoint's; float32 for the embedded default)")
     g.add_argument("--voices-dir", default=None, help="voice registry folder (default $MIMO_AUDIO_HOME/voices)")
     s = p.add_argument_group("generation")
     s.add_argument("--max-new-patches", type=int, default=None, help="length limit (6.25 patches = 1 s of audio)")
@@ -47,13 +51,14 @@ def _load(args: argparse.Namespace, need_tokenizer: bool):
 
     from mimo_audio import MimoAudio
 
-    if not args.lm_path:
-        raise ValueError(f"no speech LM given: pass --lm-path or set ${LM_ENV}")
-    if need_tokenizer and not args.tokenizer_path:
-        raise ValueError(f"this command needs the audio tokenizer: pass --tokenizer-path or set ${TOKENIZER_ENV}")
+    # No LM given: the embedded default model (LM + its audio tokenizer). An explicit LM is never paired
+    # with the embedded tokenizer implicitly: its tokenizer must be named too.
+    if args.lm_path and need_tokenizer and not args.tokenizer_path:
+        raise ValueError(f"this command needs the audio tokenizer of {args.lm_path}: pass --tokenizer-path or set "
+                         f"${TOKENIZER_ENV} (the embedded tokenizer is used only with the embedded LM)")
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     return MimoAudio.from_pretrained(
-        args.lm_path, args.tokenizer_path if args.tokenizer_path else None, device=args.device, dtype=dtype,
+        args.lm_path or None, args.tokenizer_path or None, device=args.device, dtype=dtype,
         voices_dir=args.voices_dir,
     )
 
@@ -171,14 +176,14 @@ def _voice(args: argparse.Namespace) -> int:
         return 0
     if not args.audio:
         raise ValueError("voice add needs NAME and AUDIO")
-    from tokenizer import AudioTokenizer
-
-    if not args.tokenizer_path:
-        raise ValueError(f"voice add needs the audio tokenizer: pass --tokenizer-path or set ${TOKENIZER_ENV}")
     from mimo_audio.api import SILENCE_PEAK
+    from tokenizer import AudioTokenizer
     from tokenizer.audio import load_audio
 
-    tok = AudioTokenizer.from_pretrained(args.tokenizer_path, device=args.device)
+    if not args.tokenizer_path and os.environ.get(LM_ENV):  # as in _load: no implicit pairing with an explicit LM
+        raise ValueError(f"${LM_ENV} names a speech LM: pass its audio tokenizer with --tokenizer-path or set "
+                         f"${TOKENIZER_ENV}, so the voice is encoded with the tokenizer that LM reads")
+    tok = AudioTokenizer.from_pretrained(args.tokenizer_path or None, device=args.device)
     wav, sr = load_audio(args.audio)
     if float(wav.abs().max()) < SILENCE_PEAK:
         raise ValueError(f"{args.audio} is silent")
@@ -233,7 +238,9 @@ def register(subparsers) -> None:
     p.add_argument("name", nargs="?", help="voice name (letters, digits, _ - .)")
     p.add_argument("audio", nargs="?", help="audio file (for add)")
     p.add_argument("--description", default="", help="free text stored with the voice")
-    p.add_argument("--tokenizer-path", default=os.environ.get(TOKENIZER_ENV), help="audio tokenizer directory")
+    p.add_argument("--tokenizer-path", default=os.environ.get(TOKENIZER_ENV),
+                   help=f"audio tokenizer directory (for add); default ${TOKENIZER_ENV}, else the embedded default "
+                   "tokenizer: encode voices with the tokenizer of the LM that will use them")
     p.add_argument("--device", default=None, help="device for encoding")
     p.add_argument("--voices-dir", default=None, help="registry folder (default $MIMO_AUDIO_HOME/voices)")
     p.set_defaults(func=_voice)

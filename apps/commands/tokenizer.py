@@ -1,4 +1,7 @@
-"""``mimo-audio tokenizer encode|decode|roundtrip``: audio <-> MiMo-Audio codes from the command line."""
+"""``mimo-audio tokenizer encode|decode|roundtrip``: audio <-> MiMo-Audio codes from the command line.
+
+Without ``--model`` (or ``--preset``) the embedded default tokenizer shipped with the package is used.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ CODES_KEY = "codes"
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", metavar="DIR", help="tokenizer checkpoint directory (config.json + model.safetensors)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", metavar="DIR", help="tokenizer checkpoint directory (config.json + model.safetensors); "
+                     "default: the embedded default tokenizer shipped with the package")
     src.add_argument("--preset", choices=["tiny", "official"],
                      help="random weights of this size instead of a checkpoint (output is noise; for testing)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights with --preset (default 0)")
@@ -26,7 +30,7 @@ def _load(args: argparse.Namespace):
     from tokenizer import AudioTokenizer, TokenizerConfig
 
     t0 = time.perf_counter()
-    if args.model:
+    if not args.preset:  # --model DIR, or None: the embedded default
         tok = AudioTokenizer.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     else:
         log.warning("using RANDOM %s weights (--preset): the codes and audio are noise, not speech", args.preset)
