@@ -1,8 +1,7 @@
 // Low-bit GEMV / small-M GEMM kernels for efficient.quant (loaded with ctypes, no Python/PyTorch headers).
 //
 // Kernels (each with an AVX-512, an AVX2 and a scalar path, chosen at run time; all paths compute the same
-// integer sums, and the float epilogue uses explicit fmaf in the same order, so paths agree bit for bit
-// except the AVX2 TL kernel which reuses the scalar one):
+// integer sums, and the float epilogue uses explicit fmaf in the same order, so paths agree bit for bit):
 //   lk_lut_*   T-MAC style bit-serial LUT for uniform b-bit (1..4) weights with per-group scale + min.
 //              Activations in groups of 4 -> 16-entry +-1 tables (built here, mirror-symmetric, int8-quantized
 //              with one scale per weight group). AVX-512: vpermb looks up 4 tables at once, vpdpbusd sums.
@@ -784,6 +783,66 @@ A512 void tl_rows_avx512(void *vctx, int64_t rb0, int64_t rb1) {
     }
 }
 
+// AVX2 has no 16-bit permute over 32 entries, so it uses the table's mirror symmetry (TL2's sign trick):
+// with c = idx - 13, value(idx) = sign(c) * V[|c|], V[m] = value(13 + m), m in 0..13. V is stored as two
+// 16-byte pshufb tables (int16 entries 0-7 and 8-15, little-endian byte pairs); 64 bytes per triple.
+void tl_tables_avx2(const int8_t *q, int64_t Kt, int16_t *tab) {
+    for (int64_t t = 0; t < Kt / 3; t++) {
+        int16_t *e = tab + t * 32;
+        const int8_t *a = q + 3 * t;
+        for (int m = 0; m < 16; m++) {
+            int i = 13 + m;
+            e[m] = m < 14 ? (int16_t)((i / 9 - 1) * a[0] + ((i / 3) % 3 - 1) * a[1] + (i % 3 - 1) * a[2]) : 0;
+        }
+        for (int m = 16; m < 32; m++) e[m] = 0;
+    }
+}
+
+A256 void tl_rows_avx2(void *vctx, int64_t rb0, int64_t rb1) {
+    TlArgs *a = (TlArgs *)vctx;
+    const int64_t nc = a->Kt / 9;
+    const __m256i five = _mm256_set1_epi16(31), thirteen = _mm256_set1_epi16(13), seven = _mm256_set1_epi16(7);
+    const __m256i pair = _mm256_set1_epi16(0x0202), hibyte = _mm256_set1_epi16(0x0100);
+    for (int64_t rb = rb0; rb < rb1; rb++) {
+        for (int64_t m = 0; m < a->M; m++) {
+            const int16_t *T = a->tab + m * (a->Kt / 3) * 32;
+            int32_t acc[32];
+            for (int half = 0; half < 2; half++) {
+                const uint16_t *p = a->w + rb * nc * 32 + half * 16;
+                __m256i lo = _mm256_setzero_si256(), hi = lo;
+                int64_t c = 0;
+                while (c < nc) {
+                    int64_t cend = c + 16 < nc ? c + 16 : nc;  // int16 bound as in the AVX-512 loop
+                    __m256i s16 = _mm256_setzero_si256();
+                    for (; c < cend; c++, p += 32) {
+                        __m256i v = _mm256_loadu_si256((const __m256i *)p);
+                        for (int j = 0; j < 3; j++) {
+                            const int8_t *t = (const int8_t *)(T + (3 * c + j) * 32);
+                            __m256i idx = _mm256_and_si256(_mm256_srli_epi16(v, 5 * j), five);
+                            __m256i d = _mm256_sub_epi16(idx, thirteen);
+                            __m256i sg = _mm256_srai_epi16(d, 15), mg = _mm256_abs_epi16(d);
+                            __m256i bi = _mm256_add_epi16(_mm256_mullo_epi16(_mm256_and_si256(mg, seven), pair), hibyte);
+                            __m256i ra = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)t)), bi);
+                            __m256i rh = _mm256_shuffle_epi8(
+                                _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(t + 16))), bi);
+                            __m256i r = _mm256_blendv_epi8(ra, rh, _mm256_cmpgt_epi16(mg, seven));
+                            s16 = _mm256_add_epi16(s16, _mm256_sub_epi16(_mm256_xor_si256(r, sg), sg));
+                        }
+                    }
+                    lo = _mm256_add_epi32(lo, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(s16)));
+                    hi = _mm256_add_epi32(hi, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s16, 1)));
+                }
+                _mm256_storeu_si256((__m256i *)(acc + half * 16), lo);
+                _mm256_storeu_si256((__m256i *)(acc + half * 16 + 8), hi);
+            }
+            for (int r = 0; r < 32 && rb * 32 + r < a->N; r++) {
+                int64_t n = rb * 32 + r;
+                a->y[m * a->N + n] = (float)acc[r] * (a->wscale[n] * a->ascale[m]);
+            }
+        }
+    }
+}
+
 // =========================================================================================================
 // 3. AFPQ: 4-bit codes (bit 3 = sign, bits 0-2 = magnitude index into the format's table, in half units of
 // the scale for e2m1). Per row, per group of g: g/2 bytes, byte j of each 32-byte piece: lo nibble =
@@ -965,12 +1024,14 @@ int lk_tl_gemm(const uint16_t *w, const float *wscale, const float *x, float *y,
         quant_act_row_path(x + m * K, K, Kt, q, asc + m, &sum, path);
         if (path == 2)
             tl_tables_avx512(q, Kt, tab + m * (Kt / 3) * 32);
+        else if (path == 1)
+            tl_tables_avx2(q, Kt, tab + m * (Kt / 3) * 32);
         else
             tl_tables(q, Kt, tab + m * (Kt / 3) * 32);
     }
     TlArgs a{w, wscale, tab, asc, y, N, Kt, M};
     int64_t nrb = (N + 31) / 32;
-    task_fn fn = path == 2 ? tl_rows_avx512 : tl_rows_scalar;  // AVX2 has no 16-bit permute: scalar
+    task_fn fn = path == 2 ? tl_rows_avx512 : path == 1 ? tl_rows_avx2 : tl_rows_scalar;
     parallel_for(nthreads, nrb, pick_chunk(nrb, nthreads), fn, &a);
     pthread_mutex_unlock(&g_call_mu);
     return 0;
