@@ -86,12 +86,14 @@ def random_packed(name: str, N: int, K: int) -> dict[str, torch.Tensor]:
 
 def our_call(name: str, pk: dict, x: torch.Tensor, y: torch.Tensor, N: int, K: int, threads: int):
     """A zero-overhead closure around the native kernel (pointers resolved once)."""
+    name, _, tables = name.partition(":")  # "w2g128:float" = float (exact) LUT tables
+    tmode = native.TABLES.index(tables or "int8")
     lib, sch = native.library(), parse_scheme(name)
     M, path = x.shape[0], native.PATHS.index(native.kernel_path())
     xp, yp = x.data_ptr(), y.data_ptr()
     if sch.kind == "uniform":
         w = pk["qweight"].data_ptr()
-        return lambda: lib.lk_lut_gemm(w, xp, yp, M, N, K, sch.group_size, sch.bits, path, threads)
+        return lambda: lib.lk_lut_gemm(w, xp, yp, M, N, K, sch.group_size, sch.bits, path, threads, tmode)
     if sch.kernel == "i2s":
         w, s = pk["qweight"].data_ptr(), pk["wscale"].data_ptr()
         return lambda: lib.lk_i2s_gemm(w, s, xp, yp, M, N, K, path, threads)
@@ -121,7 +123,7 @@ class Pool:
 
 
 def pool_ours(name: str, N: int, K: int, M: int) -> Pool:
-    pk0 = random_packed(name, N, K)
+    pk0 = random_packed(name.partition(":")[0], N, K)
     nbytes = sum(t.numel() * t.element_size() for t in pk0.values())
     copies = [pk0] + [{k: v.clone() for k, v in pk0.items()} for _ in range(max(1, POOL_BYTES // nbytes) - 1)]
     x, y = torch.randn(M, K), torch.empty(M, N)

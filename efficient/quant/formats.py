@@ -351,9 +351,14 @@ def gemm(
     K: int,
     path: str | None = None,
     threads: int | None = None,
+    tables: str | None = None,
 ) -> torch.Tensor:
-    """x: float32 [M, K] contiguous (zero-padded to the scheme's K multiple here). Returns float32 [M, N]."""
+    """x: float32 [M, K] contiguous (zero-padded to the scheme's K multiple here). Returns float32 [M, N].
+
+    ``tables`` (uniform formats): ``int8`` (fast) or ``float`` (exact); default from ``MIMO_QUANT_TABLES``.
+    """
     path = path or native.kernel_path()
+    mode = native.table_mode(tables)
     kp = padded_k(scheme, K)
     x = x.float().contiguous()
     if x.shape[1] != K:
@@ -361,7 +366,7 @@ def gemm(
     if scheme.kind != "ternary" and kp != K:
         x = torch.nn.functional.pad(x, (0, kp - K))
     if path == "torch":
-        return _gemm_torch(scheme, packed, x, N, K)
+        return _gemm_torch(scheme, packed, x, N, K, mode)
     lib = native.library()
     pid = native.PATHS.index(path)
     nt = threads or native.num_threads()
@@ -369,7 +374,7 @@ def gemm(
     y = torch.empty(M, N, dtype=torch.float32)
     if scheme.kind == "uniform":
         rc = lib.lk_lut_gemm(packed["qweight"].data_ptr(), x.data_ptr(), y.data_ptr(), M, N, kp,
-                             scheme.group_size, scheme.bits, pid, nt)
+                             scheme.group_size, scheme.bits, pid, nt, native.TABLES.index(mode))
     elif scheme.kernel == "i2s":
         rc = lib.lk_i2s_gemm(packed["qweight"].data_ptr(), packed["wscale"].data_ptr(), x.data_ptr(),
                              y.data_ptr(), M, N, K, pid, nt)
@@ -416,8 +421,12 @@ def _quant_act(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]
     return q.view(M, K), (mx / 127.0).squeeze(-1)
 
 
-def _gemm_torch(scheme: Scheme, packed: dict[str, torch.Tensor], x: torch.Tensor, N: int, K: int) -> torch.Tensor:
+def _gemm_torch(scheme: Scheme, packed: dict[str, torch.Tensor], x: torch.Tensor, N: int, K: int,
+                tables: str = "int8") -> torch.Tensor:
     M, kp = x.shape[0], padded_k(scheme, K)
+    if scheme.kind == "uniform" and tables == "float":  # exact tables: the float product (in float64)
+        w = dequantize(scheme, packed, N, K)
+        return (x[:, :K].double() @ w.double().T).float()
     if scheme.kind == "uniform":
         b, g = scheme.bits, scheme.group_size
         codes, s, mn = unpack_uniform(packed["qweight"], N, kp, b, g)

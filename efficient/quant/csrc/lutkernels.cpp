@@ -436,6 +436,207 @@ A256 void lut_rows_avx2(void *vctx, int64_t rb0, int64_t rb1) {
     }
 }
 
+// ---- Float tables (the exact option): entry idx of act group t = ((+-x0 +- x1) +- x2) +- x3 in fp32 (the
+// int8 path's value before rounding), 16 floats per act group at t*16. Per row and bit plane, the 8 lookups
+// of a 32-column chunk are summed as ((u0 + u1) + (u2 + u3)), u_s = T[8c+s][lo] + T[8c+4+s][hi]; bit planes
+// are combined in float (x 2^i, exact) at the end of each weight group. All paths use this order.
+void lut_ftables(const float *x, int64_t K, float *tab, float *sumx, int64_t g) {
+    for (int64_t t = 0; t < K / 4; t++) {
+        const float *q = x + 4 * t;
+        float *e = tab + t * 16;
+        for (int idx = 0; idx < 8; idx++) {
+            float v = (((idx & 1) ? q[0] : -q[0]) + ((idx & 2) ? q[1] : -q[1])) + ((idx & 4) ? q[2] : -q[2]);
+            v = v - q[3];
+            e[idx] = v;
+            e[15 - idx] = -v;
+        }
+    }
+    for (int64_t G = 0; G < K / g; G++) {
+        float sx = 0.f;
+        for (int64_t k = G * g; k < (G + 1) * g; k++) sx += x[k];
+        sumx[G] = sx;
+    }
+}
+
+struct LutFArgs {
+    const uint8_t *w;
+    const float *tab;   // [M][K/4][16]
+    const float *sumx;  // [M][nG]
+    float *y;
+    int64_t N, K, M, g, bits;
+};
+
+void lutf_rows_scalar(void *vctx, int64_t rb0, int64_t rb1) {
+    LutFArgs *a = (LutFArgs *)vctx;
+    const int64_t nG = a->K / a->g, cpg = a->g / 32, B = a->bits;
+    const int64_t blk = lut_block_bytes(a->K, a->g, B);
+    const float half_range = 0.5f * (float)((1 << B) - 1);
+    for (int64_t rb = rb0; rb < rb1; rb++) {
+        for (int64_t m = 0; m < a->M; m++) {
+            const uint8_t *p = a->w + rb * blk;
+            const float *T = a->tab + m * (a->K / 4) * 16;
+            float y[16] = {0};
+            for (int64_t G = 0; G < nG; G++) {
+                float acc[4][16] = {{0}};
+                for (int64_t cc = 0; cc < cpg; cc++) {
+                    const float *tc = T + (G * cpg + cc) * 8 * 16;
+                    for (int64_t i = 0; i < B; i++) {
+                        for (int r = 0; r < 16; r++) {
+                            float u[4];
+                            for (int s = 0; s < 4; s++) {
+                                uint8_t v = p[4 * r + s];
+                                u[s] = tc[s * 16 + (v & 15)] + tc[(4 + s) * 16 + (v >> 4)];
+                            }
+                            acc[i][r] += (u[0] + u[1]) + (u[2] + u[3]);
+                        }
+                        p += 64;
+                    }
+                }
+                const uint16_t *sc = (const uint16_t *)p, *mn = sc + 16;
+                p += 64;
+                float sx = a->sumx[m * nG + G];
+                for (int r = 0; r < 16; r++) {
+                    float comb = acc[0][r];
+                    for (int64_t i = 1; i < B; i++) comb = comb + acc[i][r] * (float)(1 << i);
+                    float s = h2f(sc[r]);
+                    float c = fmaf(s, half_range, h2f(mn[r]));
+                    y[r] = fmaf(comb, s * 0.5f, y[r]);
+                    y[r] = fmaf(c, sx, y[r]);
+                }
+            }
+            int64_t n0 = rb * 16;
+            for (int r = 0; r < 16 && n0 + r < a->N; r++) a->y[m * a->N + n0 + r] = y[r];
+        }
+    }
+}
+
+// AVX-512: the 16 rows of a block are the 16 lanes; one vpermps looks up one act group's table for all of
+// them (it reads only the low 4 bits of each lane, so the row's dword needs just a shift).
+template <int B>
+A512 void lutf_rows_avx512_t(LutFArgs *a, int64_t rb0, int64_t rb1) {
+    const int64_t nG = a->K / a->g, cpg = a->g / 32;
+    const int64_t blk = lut_block_bytes(a->K, a->g, B);
+    const __m512 half_range = _mm512_set1_ps(0.5f * (float)((1 << B) - 1)), halfv = _mm512_set1_ps(0.5f);
+    for (int64_t rb = rb0; rb < rb1; rb++) {
+        for (int64_t m = 0; m < a->M; m++) {
+            const uint8_t *p = a->w + rb * blk;
+            const float *T = a->tab + m * (a->K / 4) * 16;
+            const float *sxp = a->sumx + m * nG;
+            __m512 y = _mm512_setzero_ps();
+            for (int64_t G = 0; G < nG; G++) {
+                __m512 acc[B];
+                for (int i = 0; i < B; i++) acc[i] = _mm512_setzero_ps();
+                for (int64_t cc = 0; cc < cpg; cc++) {
+                    const float *tc = T + (G * cpg + cc) * 8 * 16;
+                    __m512 tb[8];
+                    for (int k = 0; k < 8; k++) tb[k] = _mm512_loadu_ps(tc + 16 * k);
+                    for (int i = 0; i < B; i++) {
+                        __m512i v = _mm512_loadu_si512(p + i * 64);
+                        __m512 u[4];
+                        for (int s = 0; s < 4; s++)
+                            u[s] = _mm512_add_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 8 * s), tb[s]),
+                                                 _mm512_permutexvar_ps(_mm512_srli_epi32(v, 8 * s + 4), tb[4 + s]));
+                        acc[i] = _mm512_add_ps(acc[i], _mm512_add_ps(_mm512_add_ps(u[0], u[1]), _mm512_add_ps(u[2], u[3])));
+                    }
+                    p += B * 64;
+                }
+                __m512 comb = acc[0];
+                for (int i = 1; i < B; i++) comb = _mm512_add_ps(comb, _mm512_mul_ps(acc[i], _mm512_set1_ps((float)(1 << i))));
+                __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+                __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 32)));
+                p += 64;
+                __m512 c = _mm512_fmadd_ps(s, half_range, mn);
+                y = _mm512_fmadd_ps(comb, _mm512_mul_ps(s, halfv), y);
+                y = _mm512_fmadd_ps(c, _mm512_set1_ps(sxp[G]), y);
+            }
+            int64_t n0 = rb * 16, left = a->N - n0;
+            __mmask16 km = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            _mm512_mask_storeu_ps(a->y + m * a->N + n0, km, y);
+        }
+    }
+}
+
+A512 void lutf_rows_avx512(void *vctx, int64_t rb0, int64_t rb1) {
+    LutFArgs *a = (LutFArgs *)vctx;
+    switch (a->bits) {
+        case 1: lutf_rows_avx512_t<1>(a, rb0, rb1); break;
+        case 2: lutf_rows_avx512_t<2>(a, rb0, rb1); break;
+        case 3: lutf_rows_avx512_t<3>(a, rb0, rb1); break;
+        default: lutf_rows_avx512_t<4>(a, rb0, rb1); break;
+    }
+}
+
+// AVX2: 8 rows per vector; vpermps covers 8 entries, so entries 0-7 and 8-15 are looked up separately and
+// blended on bit 3 of the index (moved to the sign bit).
+A256 inline __m256 lutf_look8(__m256i v, int lo_shift, __m256 t0, __m256 t1) {
+    __m256i idx = _mm256_srli_epi32(v, lo_shift);
+    __m256 sel = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(t0, idx), _mm256_permutevar8x32_ps(t1, idx), sel);
+}
+
+template <int B>
+A256 void lutf_rows_avx2_t(LutFArgs *a, int64_t rb0, int64_t rb1) {
+    const int64_t nG = a->K / a->g, cpg = a->g / 32;
+    const int64_t blk = lut_block_bytes(a->K, a->g, B);
+    const __m256 half_range = _mm256_set1_ps(0.5f * (float)((1 << B) - 1)), halfv = _mm256_set1_ps(0.5f);
+    for (int64_t rb = rb0; rb < rb1; rb++) {
+        for (int64_t m = 0; m < a->M; m++) {
+            const uint8_t *p = a->w + rb * blk;
+            const float *T = a->tab + m * (a->K / 4) * 16;
+            const float *sxp = a->sumx + m * nG;
+            __m256 y[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+            for (int64_t G = 0; G < nG; G++) {
+                __m256 acc[B][2];
+                for (int i = 0; i < B; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+                for (int64_t cc = 0; cc < cpg; cc++) {
+                    const float *tc = T + (G * cpg + cc) * 8 * 16;
+                    for (int i = 0; i < B; i++) {
+                        for (int h = 0; h < 2; h++) {
+                            __m256i v = _mm256_loadu_si256((const __m256i *)(p + i * 64 + h * 32));
+                            __m256 u[4];
+                            for (int s = 0; s < 4; s++) {
+                                const float *ta = tc + 16 * s, *tb = tc + 16 * (4 + s);
+                                u[s] = _mm256_add_ps(
+                                    lutf_look8(v, 8 * s, _mm256_loadu_ps(ta), _mm256_loadu_ps(ta + 8)),
+                                    lutf_look8(v, 8 * s + 4, _mm256_loadu_ps(tb), _mm256_loadu_ps(tb + 8)));
+                            }
+                            acc[i][h] = _mm256_add_ps(acc[i][h], _mm256_add_ps(_mm256_add_ps(u[0], u[1]),
+                                                                               _mm256_add_ps(u[2], u[3])));
+                        }
+                    }
+                    p += B * 64;
+                }
+                for (int h = 0; h < 2; h++) {
+                    __m256 comb = acc[0][h];
+                    for (int i = 1; i < B; i++)
+                        comb = _mm256_add_ps(comb, _mm256_mul_ps(acc[i][h], _mm256_set1_ps((float)(1 << i))));
+                    __m256 s = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + h * 16)));
+                    __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 32 + h * 16)));
+                    __m256 c = _mm256_fmadd_ps(s, half_range, mn);
+                    y[h] = _mm256_fmadd_ps(comb, _mm256_mul_ps(s, halfv), y[h]);
+                    y[h] = _mm256_fmadd_ps(c, _mm256_set1_ps(sxp[G]), y[h]);
+                }
+                p += 64;
+            }
+            float tmp[16];
+            _mm256_storeu_ps(tmp, y[0]);
+            _mm256_storeu_ps(tmp + 8, y[1]);
+            int64_t n0 = rb * 16;
+            for (int r = 0; r < 16 && n0 + r < a->N; r++) a->y[m * a->N + n0 + r] = tmp[r];
+        }
+    }
+}
+
+A256 void lutf_rows_avx2(void *vctx, int64_t rb0, int64_t rb1) {
+    LutFArgs *a = (LutFArgs *)vctx;
+    switch (a->bits) {
+        case 1: lutf_rows_avx2_t<1>(a, rb0, rb1); break;
+        case 2: lutf_rows_avx2_t<2>(a, rb0, rb1); break;
+        case 3: lutf_rows_avx2_t<3>(a, rb0, rb1); break;
+        default: lutf_rows_avx2_t<4>(a, rb0, rb1); break;
+    }
+}
+
 // Per-thread scratch for tables (grown on demand, never freed: one per process).
 struct Scratch {
     void *p = nullptr;
@@ -476,11 +677,26 @@ void lk_lut_tables(const float *x, int64_t M, int64_t K, int64_t g, int8_t *tab,
     }
 }
 
-// y[M][N] = x[M][K] @ W^T.
+// y[M][N] = x[M][K] @ W^T. tables: 0 = int8 (fast, error bound in the docs), 1 = float32 (exact up to fp32
+// rounding, slower).
 int lk_lut_gemm(const uint8_t *w, const float *x, float *y, int64_t M, int64_t N, int64_t K, int64_t g,
-                int64_t bits, int path, int nthreads) {
+                int64_t bits, int path, int nthreads, int tables) {
     if (K % g || g % 32 || bits < 1 || bits > 4) return -1;
     int64_t nG = K / g, tsz = K / 32 * 128;
+    if (tables == 1) {
+        size_t fb = ((size_t)M * (K / 4) * 16 + 16) * sizeof(float);
+        pthread_mutex_lock(&g_call_mu);
+        char *s = (char *)g_scratch.get(fb + sizeof(float) * M * nG + 128);
+        float *tab = (float *)s, *sx = (float *)(s + fb);
+        for (int64_t m = 0; m < M; m++) lut_ftables(x + m * K, K, tab + m * (K / 4) * 16, sx + m * nG, g);
+        LutFArgs a{w, tab, sx, y, N, K, M, g, bits};
+        int64_t nrb = (N + 15) / 16;
+        task_fn fn = path == 2 ? lutf_rows_avx512 : path == 1 ? lutf_rows_avx2 : lutf_rows_scalar;
+        parallel_for(nthreads, nrb, pick_chunk(nrb, nthreads), fn, &a);
+        pthread_mutex_unlock(&g_call_mu);
+        return 0;
+    }
+    if (tables != 0) return -1;
     size_t bytes = (size_t)M * tsz + 2 * sizeof(float) * M * nG + 128;
     pthread_mutex_lock(&g_call_mu);  // one call at a time: the table scratch is shared
     char *s = (char *)g_scratch.get(bytes);

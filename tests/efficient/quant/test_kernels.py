@@ -75,6 +75,49 @@ def test_kernel_matches_float_reference_on_every_path(name, M):
                 assert torch.equal(y, base), f"{name}: {key} is not bit-identical to scalar"
 
 
+@pytest.mark.parametrize("name", ["w1g32", "w2g64", "w3g128", "w4g32"])
+def test_float_tables_are_exact_on_every_path(name):
+    """Float (fp32) LUT tables: only fp32 rounding separates the result from x.W_deq^T (int8 tables are the
+    fast option with the bound above); all native paths sum in the same order, so they agree bit for bit."""
+    N, K, M = 37, 320, 3
+    sch, pk, wdq = _packed(name, N, K)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(2))
+    ref = x.double() @ wdq.double().T
+    scale = x.double().abs() @ wdq.double().abs().T + x.double().abs().sum(-1, keepdim=True) * wdq.abs().max()
+    outs = {"torch": formats.gemm(sch, pk, x, N, K, path="torch", tables="float")}
+    for p in NATIVE:
+        for threads in (1, 2):
+            outs[f"{p}/{threads}"] = formats.gemm(sch, pk, x, N, K, path=p, threads=threads, tables="float")
+    int8_err = (formats.gemm(sch, pk, x, N, K, tables="int8").double() - ref).abs().max()
+    for key, y in outs.items():
+        err = (y.double() - ref).abs()
+        assert (err <= 1e-5 * scale).all(), f"{name} {key}: error {err.max():.3g}"
+        assert err.max() < int8_err / 20, f"{name} {key}: float tables not more exact than int8"
+        if NATIVE and key != "torch":
+            assert torch.equal(y, outs["scalar/1"]), f"{name}: {key} is not bit-identical to scalar"
+
+
+def test_table_mode_is_selectable(monkeypatch):
+    from torch import nn
+
+    from efficient.quant import QuantLinear
+
+    q = QuantLinear.from_linear(nn.Linear(128, 16), "w2g64")
+    x = torch.randn(2, 128)
+    ref = x.double() @ q.dequantize().double().T + q.bias.double()
+    monkeypatch.setenv(native.ENV_TABLES, "float")
+    y_float = q(x)
+    monkeypatch.setenv(native.ENV_TABLES, "int8")
+    y_int8 = q(x)
+    assert (y_float.double() - ref).abs().max() < (y_int8.double() - ref).abs().max()
+    q.tables = "float"  # per-layer choice overrides the environment
+    assert torch.equal(q(x), y_float)
+    monkeypatch.setenv(native.ENV_TABLES, "int4")
+    q.tables = None
+    with pytest.raises(ValueError, match="LUT tables"):
+        q(x)
+
+
 def test_ternary_kernels_are_lossless_and_agree():
     """I2_S and TL compute the same integers: identical outputs; equal to the int8-activation reference."""
     N, K = 64, 384
