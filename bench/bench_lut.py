@@ -103,7 +103,8 @@ def our_call(name: str, pk: dict, x: torch.Tensor, y: torch.Tensor, N: int, K: i
     w, s = pk["qweight"].data_ptr(), pk["scales"].data_ptr()
     mag = formats.afpq_mag_table(sch.bits)
     unit = formats.AFPQ_FORMATS[sch.bits]["unit"]
-    return lambda: lib.lk_fp_gemm(w, s, mag.data_ptr(), unit, xp, yp, M, N, K, sch.group_size, path, threads)
+    return lambda: lib.lk_fp_gemm(w, s, mag.data_ptr(), unit, xp, yp, M, N, K, sch.group_size, path, threads,
+                                  sch.bits)
 
 
 class Pool:

@@ -66,7 +66,7 @@ def library() -> ctypes.CDLL | None:
     lib.lk_i2s_gemm.restype = I32
     lib.lk_tl_gemm.argtypes = [P, P, P, P, I64, I64, I64, I32, I32]
     lib.lk_tl_gemm.restype = I32
-    lib.lk_fp_gemm.argtypes = [P, P, P, F32, P, P, I64, I64, I64, I64, I32, I32]
+    lib.lk_fp_gemm.argtypes = [P, P, P, F32, P, P, I64, I64, I64, I64, I32, I32, I32]
     lib.lk_fp_gemm.restype = I32
     lib.lk_read_bw.argtypes = [P, I64, I32]
     lib.lk_read_bw.restype = I64

@@ -8,8 +8,8 @@
 //   lk_i2s_*   BitNet I2_S ternary (2-bit codes w+1) x int8 activations (per-token absmax), lossless.
 //   lk_tl_*    Ternary LUT (TL-style): 3 weights -> 5-bit index into a 27-entry int16 table of exact int8
 //              activation sums (vpermw), lossless (same integers as I2_S).
-//   lk_fp_*    AFPQ: 4-bit sign+magnitude FP codes (e2m1 / fp3) through a 16-entry magnitude codebook,
-//              two scales per group (positive / negative), int8 activations per group.
+//   lk_fp_*    AFPQ: sign+magnitude FP codes (4-bit e2m1 in nibbles, 3-bit fp3 in bit planes) through a
+//              16-entry magnitude codebook, two scales per group (positive / negative), int8 activations per group.
 // Threads: a small persistent pool; rows are split into chunks claimed from an atomic counter.
 #include <immintrin.h>
 #include <math.h>
@@ -1190,6 +1190,122 @@ A256 void fp_rows_avx2(void *vctx, int64_t r0, int64_t r1) {
     }
 }
 
+// ---- fp3 (sign + 2-bit magnitude index) packed at 3 bits: per row, per 64 columns, 3 bit planes of 8 bytes
+// (plane 0/1: magnitude index bits, plane 2: sign; bit j of a plane = column 64b + j). Row stride 3K/8 bytes.
+void fp3_rows_scalar(void *vctx, int64_t r0, int64_t r1) {
+    FpArgs *a = (FpArgs *)vctx;
+    const int64_t nG = a->K / a->g, rs = a->K / 64 * 24;
+    for (int64_t n = r0; n < r1; n++) {
+        const uint8_t *p = a->w + n * rs;
+        for (int64_t m = 0; m < a->M; m++) {
+            const int8_t *x = a->act + m * a->K;
+            float y = 0.f;
+            for (int64_t G = 0; G < nG; G++) {
+                int32_t tot = 0, neg = 0;
+                for (int64_t k = G * a->g; k < (G + 1) * a->g; k += 64) {
+                    uint64_t b0, b1, b2;
+                    memcpy(&b0, p + k / 64 * 24, 8);
+                    memcpy(&b1, p + k / 64 * 24 + 8, 8);
+                    memcpy(&b2, p + k / 64 * 24 + 16, 8);
+                    for (int j = 0; j < 64; j++) {
+                        int32_t v = a->mag[((b0 >> j) & 1) | (((b1 >> j) & 1) << 1)] * x[k + j];
+                        tot += v;
+                        if ((b2 >> j) & 1) neg += v;
+                    }
+                }
+                float sp = h2f(a->sc[(n * nG + G) * 2]), sn = h2f(a->sc[(n * nG + G) * 2 + 1]);
+                float d = fmaf((float)(tot - neg), sp, -(float)neg * sn);
+                y = fmaf(d, a->ascale[m * nG + G] * a->unit, y);
+            }
+            a->y[m * a->N + n] = y;
+        }
+    }
+}
+
+// AVX-512: the bit planes are loaded straight into mask registers; code = plane0 + 2 plane1, pshufb gives the
+// magnitude, the sign mask selects the negative part.
+A512 void fp3_rows_avx512(void *vctx, int64_t r0, int64_t r1) {
+    FpArgs *a = (FpArgs *)vctx;
+    const int64_t nG = a->K / a->g, rs = a->K / 64 * 24;
+    const __m512i one = _mm512_set1_epi8(1), two = _mm512_set1_epi8(2);
+    const __m512i tab = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)a->mag));
+    for (int64_t n = r0; n < r1; n++) {
+        const uint8_t *p = a->w + n * rs;
+        for (int64_t m = 0; m < a->M; m++) {
+            const int8_t *x = a->act + m * a->K;
+            __m512 yv = _mm512_setzero_ps();
+            for (int64_t G = 0; G < nG; G++) {
+                __m512i tot = _mm512_setzero_si512(), neg = tot;
+                for (int64_t k = G * a->g; k < (G + 1) * a->g; k += 64) {
+                    const uint8_t *q = p + k / 64 * 24;
+                    _mm_prefetch((const char *)(q + 2 * rs), _MM_HINT_T0);  // two rows ahead
+                    uint64_t u0, u1, u2;
+                    memcpy(&u0, q, 8);
+                    memcpy(&u1, q + 8, 8);
+                    memcpy(&u2, q + 16, 8);
+                    __m512i c = _mm512_maskz_mov_epi8(_cvtu64_mask64(u0), one);
+                    c = _mm512_mask_add_epi8(c, _cvtu64_mask64(u1), c, two);
+                    __m512i mg = _mm512_shuffle_epi8(tab, c), xx = _mm512_loadu_si512(x + k);
+                    tot = _mm512_dpbusd_epi32(tot, mg, xx);
+                    neg = _mm512_dpbusd_epi32(neg, _mm512_maskz_mov_epi8(_cvtu64_mask64(u2), mg), xx);
+                }
+                float sp = _cvtsh_ss(a->sc[(n * nG + G) * 2]), sn = _cvtsh_ss(a->sc[(n * nG + G) * 2 + 1]);
+                float f = a->ascale[m * nG + G] * a->unit;
+                yv = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(tot, neg)), _mm512_set1_ps(sp * f), yv);
+                yv = _mm512_fmadd_ps(_mm512_cvtepi32_ps(neg), _mm512_set1_ps(-(sn * f)), yv);
+            }
+            a->y[m * a->N + n] = _mm512_reduce_add_ps(yv);
+        }
+    }
+}
+
+// AVX2: 32 bits of a plane -> 32 bytes of 0x00 / 0xFF (broadcast, byte shuffle, bit test).
+A256 inline __m256i fp3_bits(const uint8_t *q) {
+    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                                          3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    uint32_t u;
+    memcpy(&u, q, 4);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)u), shuf);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+}
+
+A256 void fp3_rows_avx2(void *vctx, int64_t r0, int64_t r1) {
+    FpArgs *a = (FpArgs *)vctx;
+    const int64_t nG = a->K / a->g, rs = a->K / 64 * 24;
+    const __m256i one = _mm256_set1_epi8(1), two = _mm256_set1_epi8(2), ones16 = _mm256_set1_epi16(1);
+    const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)a->mag));
+    for (int64_t n = r0; n < r1; n++) {
+        const uint8_t *p = a->w + n * rs;
+        for (int64_t m = 0; m < a->M; m++) {
+            const int8_t *x = a->act + m * a->K;
+            __m256 yv = _mm256_setzero_ps();
+            for (int64_t G = 0; G < nG; G++) {
+                __m256i tot = _mm256_setzero_si256(), neg = tot;
+                for (int64_t k = G * a->g; k < (G + 1) * a->g; k += 64) {
+                    const uint8_t *q = p + k / 64 * 24;
+                    for (int h = 0; h < 2; h++) {
+                        __m256i c = _mm256_or_si256(_mm256_and_si256(fp3_bits(q + 4 * h), one),
+                                                    _mm256_and_si256(fp3_bits(q + 8 + 4 * h), two));
+                        __m256i mg = _mm256_shuffle_epi8(tab, c);
+                        __m256i ng = _mm256_and_si256(mg, fp3_bits(q + 16 + 4 * h));
+                        __m256i xx = _mm256_loadu_si256((const __m256i *)(x + k + 32 * h));
+                        tot = _mm256_add_epi32(tot, _mm256_madd_epi16(_mm256_maddubs_epi16(mg, xx), ones16));
+                        neg = _mm256_add_epi32(neg, _mm256_madd_epi16(_mm256_maddubs_epi16(ng, xx), ones16));
+                    }
+                }
+                float sp = _cvtsh_ss(a->sc[(n * nG + G) * 2]), sn = _cvtsh_ss(a->sc[(n * nG + G) * 2 + 1]);
+                float f = a->ascale[m * nG + G] * a->unit;
+                yv = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(tot, neg)), _mm256_set1_ps(sp * f), yv);
+                yv = _mm256_fmadd_ps(_mm256_cvtepi32_ps(neg), _mm256_set1_ps(-(sn * f)), yv);
+            }
+            float yl[8];
+            _mm256_storeu_ps(yl, yv);
+            a->y[m * a->N + n] = ((yl[0] + yl[1]) + (yl[2] + yl[3])) + ((yl[4] + yl[5]) + (yl[6] + yl[7]));
+        }
+    }
+}
+
 void quant_act_groups(const float *x, int64_t K, int64_t g, int8_t *q, float *scale) {
     for (int64_t G = 0; G < K / g; G++) {
         float mx = 0.f;
@@ -1253,8 +1369,10 @@ int lk_tl_gemm(const uint16_t *w, const float *wscale, const float *x, float *y,
     return 0;
 }
 
+// bits 4: nibble codes (e2m1 or fp3 in 4-bit containers); bits 3: fp3 bit planes.
 int lk_fp_gemm(const uint8_t *w, const uint16_t *sc, const uint8_t *mag16, float unit, const float *x, float *y,
-               int64_t M, int64_t N, int64_t K, int64_t g, int path, int nthreads) {
+               int64_t M, int64_t N, int64_t K, int64_t g, int path, int nthreads, int bits) {
+    if (bits != 3 && bits != 4) return -1;
     if (K % g || g % 64) return -1;
     int64_t nG = K / g;
     pthread_mutex_lock(&g_call_mu);
@@ -1284,6 +1402,7 @@ int lk_fp_gemm(const uint8_t *w, const uint16_t *sc, const uint8_t *mag16, float
     }
     FpArgs a{w, sc, act, actp, asc, mag16, unit, y, N, K, M, g};
     task_fn fn = path == 2 ? fp_rows_avx512 : path == 1 ? fp_rows_avx2 : fp_rows_scalar;
+    if (bits == 3) fn = path == 2 ? fp3_rows_avx512 : path == 1 ? fp3_rows_avx2 : fp3_rows_scalar;
     parallel_for(nthreads, N, pick_chunk(N, nthreads), fn, &a);
     pthread_mutex_unlock(&g_call_mu);
     return 0;

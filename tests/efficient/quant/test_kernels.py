@@ -173,6 +173,15 @@ def test_pack_roundtrip_and_layout_sizes():
                               atol=1e-6)
 
 
+def test_afpq3_is_stored_at_3_bits():
+    sch, pk, wdq = _packed("afpq3g128", 16, 512)
+    assert pk["qweight"].numel() == 16 * 512 * 3 // 8 and sch.bits_per_weight == 3.25
+    codes = formats.rtn_quantize(sch, torch.randn(16, 512)).codes
+    assert torch.equal(formats.unpack_afpq(formats.pack(sch, formats.QuantResult(codes, (torch.ones(16, 4),) * 2,
+                                                                              torch.empty(0)), 16, 512)["qweight"],
+                                           3), codes)
+
+
 def test_k_padding_keeps_real_weights_codes():
     sch = formats.parse_scheme("w4g128")
     w = torch.randn(8, 200)
