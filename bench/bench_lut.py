@@ -9,8 +9,9 @@
    quantization to Q8 included, as in ours). Effective GB/s = weight bytes / time, and its share of (1).
 3. SmolLM2-135M-Instruct: perplexity on the offline test text and decode tokens/s, float vs our schemes
    (RTN and GPTQ) and llama.cpp (llama-cpp-python, the same GGUF requantized to Q4_0 / Q4_K / Q2_K).
-4. A 7B-shaped Qwen2 (random weights, a few of its 28 layers instantiated, per-token time scaled to 28):
-   decode tokens/s at 2 and 4 bits vs llama.cpp Q2_K / TQ2_0 / Q4_0 on the same shape.
+4. The speech LM's backbone shape (Qwen2, hidden 3584, MLP 18944, 28/4 heads, 36 layers, random weights):
+   decode tokens/s at 2 and 4 bits, ours through transformers + QuantLinear vs llama.cpp (llama-cpp-python on a
+   GGUF of the same shape written with the gguf package) at Q2_K / TQ2_0 / Q4_0.
 
 The machine is shared with other engineers: medians of interleaved repeats, and every number is noisy;
 compare rows of one run, not runs. The "1 thr CPU-time" column is the calling thread's CPU time for the
@@ -65,7 +66,26 @@ def read_bandwidth(threads: int) -> float:
 
 # ----------------------------------------------------------------------------------------------- our kernels
 def random_packed(name: str, N: int, K: int) -> dict[str, torch.Tensor]:
-    """Valid packed weights with random codes (kernel speed does not depend on the values)."""
+    """Valid packed weights with random codes (kernel speed does not depend on the values). Large N: 256 random
+    rows are packed and their row blocks repeated (a real copy), which is much faster than packing all rows."""
+    sch = parse_scheme(name)
+    n0 = min(N, 256)
+    small = _random_packed_rows(name, n0, K)
+    if n0 == N:
+        return small
+    reps = -(-N // n0)
+    out = {}
+    for k, v in small.items():
+        if k == "qweight" and sch.kind == "uniform":  # flat bytes of 16-row blocks
+            out[k] = v.view(n0 // 16, -1).repeat(reps, 1)[: (N + 15) // 16].reshape(-1).contiguous()
+        elif k == "tl":  # [row blocks of 32, ...]
+            out[k] = v.repeat(reps, 1, 1)[: (N + 31) // 32].contiguous()
+        else:
+            out[k] = v.repeat(reps, *[1] * (v.dim() - 1))[:N].contiguous()
+    return out
+
+
+def _random_packed_rows(name: str, N: int, K: int) -> dict[str, torch.Tensor]:
     sch = parse_scheme(name)
     kp = formats.padded_k(sch, K)
     g = torch.Generator().manual_seed(0)
@@ -390,72 +410,184 @@ def e2e_smollm2(threads: int, max_tokens: int) -> None:
         del llm
 
 
-def e2e_7b(threads: int, layers: int, ggml: Ggml | None, hidden: int = 3584, inter: int = 18944,
-           vocab: int = 151936) -> None:
-    """Decode a 7B-shaped Qwen2 (hidden 3584, MLP 18944, 28 heads / 4 KV heads) with `layers` of its 28 layers."""
+SHAPE_7B = {"hidden": 3584, "inter": 18944, "heads": 28, "kv_heads": 4, "layers": 36, "vocab": 151936}
+
+
+def _materialize(model: torch.nn.Module) -> None:
+    """Real tensors for the parameters / buffers still on the meta device (norms 1, biases 0, embedding rows
+    of the few token ids used ~N(0, 0.02); the rest of the embedding stays untouched zero pages)."""
+    for mod in model.modules():
+        for store in (mod._parameters, mod._buffers):  # noqa: SLF001 - filling meta tensors in place
+            for name, t in list(store.items()):
+                if t is None or t.device.type != "meta":
+                    continue
+                is_norm = "norm" in type(mod).__name__.lower()
+                real = (torch.ones if is_norm else torch.zeros)(t.shape, dtype=t.dtype)
+                if isinstance(mod, torch.nn.Embedding):
+                    real[:1024].normal_(0, 0.02)
+                store[name] = torch.nn.Parameter(real, requires_grad=False) if isinstance(t, torch.nn.Parameter) \
+                    else real
+
+
+def ours_7b(scheme: str, threads: int, layers: int, distinct: int, new_tokens: int) -> float:
+    """Median seconds per decoded token of a Qwen2 model of SHAPE_7B through transformers + QuantLinear.
+    Weights: random packed codes; `distinct` independent copies of a layer's weights rotate over the layers
+    (each copy is > 100 MiB, far above the L3, so every layer streams its weights from DRAM)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from efficient.quant.linear import QuantLinear
 
+    sh = SHAPE_7B
+    cfg = Qwen2Config(vocab_size=sh["vocab"], hidden_size=sh["hidden"], intermediate_size=sh["inter"],
+                      num_hidden_layers=layers, num_attention_heads=sh["heads"], num_key_value_heads=sh["kv_heads"],
+                      tie_word_embeddings=False, max_position_embeddings=4096)
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(cfg)
+    sets: list[dict] = []
+    head = None
+    for name, mod in list(model.named_modules()):
+        if not isinstance(mod, torch.nn.Linear):
+            continue
+        shape = (mod.out_features, mod.in_features)
+        if name == "lm_head":
+            pk = head = random_packed(scheme, *shape)
+        else:
+            layer = int(name.split(".")[2])
+            while len(sets) <= layer % distinct:
+                sets.append({})
+            cache = sets[layer % distinct]
+            key = (name.rsplit(".", 1)[-1], shape)
+            if key not in cache:
+                cache[key] = random_packed(scheme, *shape)
+            pk = cache[key]
+        with torch.device("meta"):
+            q = QuantLinear(mod.in_features, mod.out_features, scheme, bias=mod.bias is not None)
+        for k, v in pk.items():
+            setattr(q, k, v)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, q)
+    del head
+    _materialize(model)
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=cfg)
+    model.eval()
     torch.set_num_threads(threads)
     os.environ[native.ENV_THREADS] = str(threads)
-    cfg = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                      num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False)
-    print(f"\n### 7B-shaped Qwen2 decode ({threads} threads, {layers} of 28 layers instantiated with random "
-          "weights; tok/s scaled to 28 layers; lm_head in the same format; embedding lookup excluded)")
-    print("| format | ms/token (28 layers + head) | tok/s |")
-    print("|---|---|---|")
-    for scheme in ("w2g128", "ternary", "w4g128", "w4g32"):
-        with torch.device("meta"):
-            model = Qwen2ForCausalLM(cfg)
-        # materialise: quantized linears with random packed codes, small float tensors elsewhere
-        for name, mod in list(model.named_modules()):
-            if isinstance(mod, torch.nn.Linear):
-                q = QuantLinear(mod.in_features, mod.out_features, scheme, bias=mod.bias is not None)
-                for k, v in random_packed(scheme, mod.out_features, mod.in_features).items():
-                    if hasattr(q, k) and getattr(q, k).shape == v.shape:
-                        getattr(q, k).copy_(v)
-                parent, _, child = name.rpartition(".")
-                setattr(model.get_submodule(parent) if parent else model, child, q)
-        model = model.to_empty(device="cpu")
-        for name, p in model.named_parameters():
-            p.data.normal_(0, 0.02) if "embed" in name else p.data.fill_(1.0)
-        model.model.rotary_emb.__init__(cfg)  # non-persistent inv_freq buffer lost by to_empty
-        model.eval()
-        ids = torch.randint(0, 1000, (1, 8))
-        with torch.no_grad():
-            out = model(input_ids=ids, use_cache=True)
+    ids = torch.randint(0, 1000, (1, 8))
+    times = []
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+        past, nxt = out.past_key_values, ids[:, -1:]
+        for _ in range(new_tokens):
+            t0 = time.perf_counter()
+            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+            times.append(time.perf_counter() - t0)
             past = out.past_key_values
-            nxt = ids[:, -1:]
-            times_layers, times_head = [], []
-            for _ in range(6):
-                t0 = time.perf_counter()
-                h = model.model(input_ids=nxt, past_key_values=past, use_cache=True)
-                t1 = time.perf_counter()
-                model.lm_head(h.last_hidden_state)
-                t2 = time.perf_counter()
-                past = h.past_key_values
-                times_layers.append(t1 - t0)
-                times_head.append(t2 - t1)
-        per_tok = statistics.median(times_layers[1:]) * 28 / layers + statistics.median(times_head[1:])
-        print(f"| ours {scheme} | {per_tok * 1e3:.1f} | {1 / per_tok:.2f} |")
-        sys.stdout.flush()
-        del model
+    del model, sets
+    gc.collect()
+    return statistics.median(times[1:])
+
+
+def write_gguf_7b(ggml: Ggml, type_name: str, layers: int, path: str) -> None:
+    """A qwen2 GGUF of SHAPE_7B with random weights quantized to `type_name` (output too; token embedding Q4_0).
+    One block of random rows is quantized per shape and tiled; every layer gets its own copy in the file."""
+    import gguf
+    import numpy as np
+
+    sh = SHAPE_7B
+    H, F, V = sh["hidden"], sh["inter"], sh["vocab"]
+    kv = H // sh["heads"] * sh["kv_heads"]
+    b = ggml.base
+
+    def qbytes(tname: str, N: int, K: int) -> np.ndarray:
+        t = GGML_TYPES[tname]
+        rows = min(N, 256)
+        wf = torch.randn(rows, K) * 0.02
+        row_bytes = b.ggml_row_size(t, K)
+        q = torch.empty(rows * row_bytes, dtype=torch.uint8)
+        b.ggml_quantize_chunk(t, wf.data_ptr(), q.data_ptr(), 0, rows, K, None)
+        block = q.numpy().reshape(rows, row_bytes)
+        return np.ascontiguousarray(np.tile(block, (-(-N // rows), 1))[:N])
+
+    qt = getattr(gguf.GGMLQuantizationType, type_name)
+    w = gguf.GGUFWriter(path, "qwen2")
+    w.add_context_length(4096)
+    w.add_embedding_length(H)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(F)
+    w.add_head_count(sh["heads"])
+    w.add_head_count_kv(sh["kv_heads"])
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1e6)
+    w.add_tokenizer_model("no_vocab")
+    w.add_vocab_size(V)
+    ones_h = np.ones(H, dtype=np.float32)
+    w.add_tensor("token_embd.weight", qbytes("Q4_0", V, H), raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+    w.add_tensor("output_norm.weight", ones_h)
+    w.add_tensor("output.weight", qbytes(type_name, V, H), raw_dtype=qt)
+    mats = {"attn_q": qbytes(type_name, H, H), "attn_k": qbytes(type_name, kv, H), "attn_v": qbytes(type_name, kv, H),
+            "attn_output": qbytes(type_name, H, H), "ffn_gate": qbytes(type_name, F, H),
+            "ffn_up": qbytes(type_name, F, H), "ffn_down": qbytes(type_name, H, F)}
+    for i in range(layers):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", ones_h)
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", ones_h)
+        for nm, n in (("attn_q", H), ("attn_k", kv), ("attn_v", kv)):
+            w.add_tensor(f"blk.{i}.{nm}.bias", np.zeros(n, dtype=np.float32))
+        for nm, data in mats.items():
+            w.add_tensor(f"blk.{i}.{nm}.weight", data, raw_dtype=qt)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def llama_cpp_7b(ggml: Ggml, type_name: str, threads: int, layers: int, new_tokens: int) -> float:
+    import llama_cpp
+
+    path = f"/tmp/bench-lut-7b-{type_name}-{layers}.gguf"
+    try:
+        write_gguf_7b(ggml, type_name, layers, path)
+        llm = llama_cpp.Llama(model_path=path, n_ctx=128, n_batch=8, n_threads=threads, verbose=False)
+        llm.eval(list(range(8)))
+        times = []
+        for i in range(new_tokens):
+            t0 = time.perf_counter()
+            llm.eval([100 + i])
+            times.append(time.perf_counter() - t0)
+        del llm
         gc.collect()
-    if ggml is None:
-        return
-    # llama.cpp: the same per-token matrix work through ggml (weights of one layer set, rotated over `layers`
-    # copies so they stay cold), i.e. the GEMV part of a decode step; attention over a short context is small.
-    kv = hidden // 7  # 4 of 28 heads
-    shapes = [(hidden, hidden), (kv, hidden), (kv, hidden), (hidden, hidden), (inter, hidden), (inter, hidden),
-              (hidden, inter)]
-    for tn in ("Q2_K", "TQ2_0", "Q4_0", "Q4_K"):
-        total = 0.0
-        for N, K in shapes:
-            total += ggml.bench(tn, N, K, 1, [threads])[threads][0]
-        head = ggml.bench(tn, vocab, hidden, 1, [threads])[threads][0]
-        per_tok = total * 28 + head
-        print(f"| llama.cpp {tn} (GEMVs only) | {per_tok * 1e3:.1f} | {1 / per_tok:.2f} |")
+        return statistics.median(times[1:])
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12) -> None:
+    """Decode speed of the speech LM's backbone shape (Qwen2, SHAPE_7B) at 2 and 4 bits, ours vs llama.cpp."""
+    sh = SHAPE_7B
+    scale = sh["layers"] / layers
+    print(f"\n### 7B-shaped Qwen2 decode (hidden {sh['hidden']}, MLP {sh['inter']}, {sh['heads']} heads / "
+          f"{sh['kv_heads']} KV, vocab {sh['vocab']}; random weights; {threads} threads; {layers} layers built"
+          + ("" if layers == sh["layers"] else f", ms/token scaled x{scale:.2f} to {sh['layers']} layers")
+          + "; lm_head in the layers' format; median of decode steps after an 8-token prompt)")
+    print("| model | bits/weight (linears) | ms/token | tok/s |")
+    print("|---|---|---|---|")
+    rows = [("ours", s) for s in ("w2g128", "ternary", "w4g128")]
+    if ggml is not None:
+        rows[1:1] = [("llama.cpp", "TQ2_0"), ("llama.cpp", "Q2_K")]
+        rows.append(("llama.cpp", "Q4_0"))
+    for who, name in rows:
+        try:
+            if who == "ours":
+                sec = ours_7b(name, threads, layers, 4, new_tokens)
+                bpw = parse_scheme(name).bits_per_weight
+            else:
+                sec = llama_cpp_7b(ggml, name, threads, layers, new_tokens)
+                bpw = GGML_BPW[name]
+        except Exception as exc:  # noqa: BLE001 - report and go on with the other rows
+            print(f"| {who} {name} | failed: {exc.__class__.__name__}: {exc} | | |")
+            continue
+        sec *= scale
+        print(f"| {who} {name} | {bpw:.3g} | {sec * 1e3:.0f} | {1 / sec:.2f} |")
         sys.stdout.flush()
 
 
@@ -470,7 +602,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7, help="round-robin repeats per GEMV table")
     ap.add_argument("--pool-mib", type=int, default=128,
                     help="distinct weight bytes rotated per kernel (cold); 0 = one copy (hot, cache-resident)")
-    ap.add_argument("--layers-7b", type=int, default=3)
+    ap.add_argument("--layers-7b", type=int, default=36,
+                    help="layers of the 7B-shaped model actually built (time scaled to 36 when fewer)")
     args = ap.parse_args()
     global POOL_BYTES
     POOL_BYTES = max(1, args.pool_mib << 20)
