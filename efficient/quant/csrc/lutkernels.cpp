@@ -931,37 +931,49 @@ void tl_rows_scalar(void *vctx, int64_t rb0, int64_t rb1) {
     }
 }
 
+// AVX-512: vpermw looks up 32 rows at once. Eight row blocks per pass share each triple's three table loads
+// (the tables, 64 bytes per triple, come from L2); measured cold 4096x4096, 1 thread: 430 -> 300 us CPU time.
+const int TL_RB = 8;
 A512 void tl_rows_avx512(void *vctx, int64_t rb0, int64_t rb1) {
     TlArgs *a = (TlArgs *)vctx;
     const int64_t nc = a->Kt / 9;
-    for (int64_t rb = rb0; rb < rb1; rb++) {
+    for (int64_t rb = rb0; rb < rb1; rb += TL_RB) {
+        const int nr = rb + TL_RB <= rb1 ? TL_RB : (int)(rb1 - rb);
         for (int64_t m = 0; m < a->M; m++) {
             const int16_t *T = a->tab + m * (a->Kt / 3) * 32;
-            const uint16_t *p = a->w + rb * nc * 32;
-            __m512i lo = _mm512_setzero_si512(), hi = lo;
+            const uint16_t *p[TL_RB];
+            for (int r = 0; r < TL_RB; r++) p[r] = a->w + (rb + (r < nr ? r : 0)) * nc * 32;
+            __m512i lo[TL_RB], hi[TL_RB];
+            for (int r = 0; r < TL_RB; r++) lo[r] = hi[r] = _mm512_setzero_si512();
             int64_t c = 0;
             while (c < nc) {
                 // int16 partial sums: |entry| <= 381, 3 entries per chunk, 16 chunks -> < 2^15.
                 int64_t cend = c + 16 < nc ? c + 16 : nc;
-                __m512i s16 = _mm512_setzero_si512();
-                for (; c < cend; c++, p += 32) {
-                    __m512i v = _mm512_loadu_si512(p);
+                __m512i s16[TL_RB];
+                for (int r = 0; r < TL_RB; r++) s16[r] = _mm512_setzero_si512();
+                for (; c < cend; c++) {
                     const int16_t *t = T + 3 * c * 32;
-                    s16 = _mm512_add_epi16(s16, _mm512_permutexvar_epi16(v, _mm512_loadu_si512(t)));
-                    s16 = _mm512_add_epi16(
-                        s16, _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 5), _mm512_loadu_si512(t + 32)));
-                    s16 = _mm512_add_epi16(
-                        s16, _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 10), _mm512_loadu_si512(t + 64)));
+                    __m512i t0 = _mm512_loadu_si512(t), t1 = _mm512_loadu_si512(t + 32), t2 = _mm512_loadu_si512(t + 64);
+                    for (int r = 0; r < TL_RB; r++) {
+                        __m512i v = _mm512_loadu_si512(p[r] + c * 32);
+                        s16[r] = _mm512_add_epi16(s16[r], _mm512_permutexvar_epi16(v, t0));
+                        s16[r] = _mm512_add_epi16(s16[r], _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 5), t1));
+                        s16[r] = _mm512_add_epi16(s16[r], _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 10), t2));
+                    }
                 }
-                lo = _mm512_add_epi32(lo, _mm512_cvtepi16_epi32(_mm512_castsi512_si256(s16)));
-                hi = _mm512_add_epi32(hi, _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(s16, 1)));
+                for (int r = 0; r < TL_RB; r++) {
+                    lo[r] = _mm512_add_epi32(lo[r], _mm512_cvtepi16_epi32(_mm512_castsi512_si256(s16[r])));
+                    hi[r] = _mm512_add_epi32(hi[r], _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(s16[r], 1)));
+                }
             }
-            int32_t acc[32];
-            _mm512_storeu_si512(acc, lo);
-            _mm512_storeu_si512(acc + 16, hi);
-            for (int r = 0; r < 32 && rb * 32 + r < a->N; r++) {
-                int64_t n = rb * 32 + r;
-                a->y[m * a->N + n] = (float)acc[r] * (a->wscale[n] * a->ascale[m]);
+            for (int r = 0; r < nr; r++) {
+                int32_t acc[32];
+                _mm512_storeu_si512(acc, lo[r]);
+                _mm512_storeu_si512(acc + 16, hi[r]);
+                for (int q = 0; q < 32 && (rb + r) * 32 + q < a->N; q++) {
+                    int64_t n = (rb + r) * 32 + q;
+                    a->y[m * a->N + n] = (float)acc[q] * (a->wscale[n] * a->ascale[m]);
+                }
             }
         }
     }
@@ -1329,7 +1341,9 @@ int lk_tl_gemm(const uint16_t *w, const float *wscale, const float *x, float *y,
     TlArgs a{w, wscale, tab, asc, y, N, Kt, M};
     int64_t nrb = (N + 31) / 32;
     task_fn fn = path == 2 ? tl_rows_avx512 : path == 1 ? tl_rows_avx2 : tl_rows_scalar;
-    parallel_for(nthreads, nrb, pick_chunk(nrb, nthreads), fn, &a);
+    int64_t chunk = pick_chunk(nrb, nthreads);
+    if (path == 2) chunk = (chunk + TL_RB - 1) / TL_RB * TL_RB;  // whole passes of TL_RB row blocks
+    parallel_for(nthreads, nrb, chunk, fn, &a);
     pthread_mutex_unlock(&g_call_mu);
     return 0;
 }
