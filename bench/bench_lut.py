@@ -40,11 +40,14 @@ from efficient.quant import formats, native  # noqa: E402
 from efficient.quant.formats import QuantResult, parse_scheme  # noqa: E402
 
 POOL_BYTES = 128 << 20  # distinct weight bytes rotated per measurement ("cold": >> 32 MiB L3)
-OUR_SCHEMES = ["w1g128", "w2g128", "w3g128", "w4g128", "w4g32", "ternary", "ternary-tl", "afpq4g128", "afpq3g128"]
-GGML_TYPES = {"Q4_0": 2, "Q4_K": 12, "Q2_K": 10, "TQ2_0": 35, "TQ1_0": 34}
-GGML_BPW = {"Q4_0": 4.5, "Q4_K": 4.5, "Q2_K": 2.625, "TQ2_0": 2.0625, "TQ1_0": 1.6875}
+OUR_SCHEMES = ["w1g128", "w2g128", "w3g128", "w4g128", "w4g32", "ternary", "ternary-tl", "afpq4g128", "afpq3g128",
+               "w2g128:float", "w4g128:float"]
+GGML_TYPES = {"Q4_0": 2, "Q4_K": 12, "Q3_K": 11, "Q2_K": 10, "TQ2_0": 35, "TQ1_0": 34}
+GGML_BPW = {"Q4_0": 4.5, "Q4_K": 4.5, "Q3_K": 3.4375, "Q2_K": 2.625, "TQ2_0": 2.0625, "TQ1_0": 1.6875}
+GGML_SELECTED = list(GGML_TYPES)
+WITH_TORCH = True
 EQUAL_BITS = {"w4g128": "Q4_K", "w4g32": "Q4_0", "w2g128": "Q2_K", "ternary": "TQ2_0", "ternary-tl": "TQ2_0",
-              "afpq4g128": "Q4_K", "w3g128": "Q2_K"}
+              "afpq4g128": "Q4_K", "afpq3g128": "Q3_K", "w3g128": "Q3_K"}
 
 
 def median_time(fn, repeats: int = 5) -> float:
@@ -298,12 +301,13 @@ def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | Non
         for M in ms if si == 0 else ms[:1]:  # small-M GEMM on the first shape only (time on a shared VM)
             pools = [pool_ours(name, N, K, M) for name in OUR_SCHEMES]
             if ggml is not None:
-                for tn in GGML_TYPES:
+                for tn in GGML_SELECTED:
                     try:
                         pools.append(ggml.pool(tn, N, K, M))
                     except Exception as exc:  # noqa: BLE001 - a type this ggml build lacks
                         print(f"  ggml {tn} failed: {exc}")
-            pools += [pool_torch(torch.float32, N, K, M), pool_torch(torch.bfloat16, N, K, M)]
+            if WITH_TORCH:
+                pools += [pool_torch(torch.float32, N, K, M), pool_torch(torch.bfloat16, N, K, M)]
             rows = list(interleaved(pools, threads_list, rounds).items())
             del pools
             if ggml is not None:
@@ -592,6 +596,7 @@ def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12) -
 
 
 def main() -> None:
+    global POOL_BYTES, OUR_SCHEMES, GGML_SELECTED, WITH_TORCH
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="GEMV 4096x4096 M=1 only")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -604,9 +609,15 @@ def main() -> None:
                     help="distinct weight bytes rotated per kernel (cold); 0 = one copy (hot, cache-resident)")
     ap.add_argument("--layers-7b", type=int, default=36,
                     help="layers of the 7B-shaped model actually built (time scaled to 36 when fewer)")
+    ap.add_argument("--schemes", nargs="+", default=None,
+                    help="our GEMV rows (default: all formats; add ':float' for float LUT tables)")
+    ap.add_argument("--ggml", nargs="*", default=None, help="llama.cpp GEMV rows (default: all)")
+    ap.add_argument("--no-torch", action="store_true", help="skip the torch fp32 / bf16 GEMV rows")
     args = ap.parse_args()
-    global POOL_BYTES
     POOL_BYTES = max(1, args.pool_mib << 20)
+    OUR_SCHEMES = args.schemes or OUR_SCHEMES
+    GGML_SELECTED = GGML_SELECTED if args.ggml is None else args.ggml
+    WITH_TORCH = not args.no_torch
     if native.library() is None:
         sys.exit("native kernels not built: pip install -e . (or python setup.py build_ext --inplace)")
     print(f"kernel path: {native.kernel_path()}; torch {torch.__version__}; load average "

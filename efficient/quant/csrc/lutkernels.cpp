@@ -1215,20 +1215,29 @@ A512 void fp3_rows_avx512(void *vctx, int64_t r0, int64_t r1) {
             const int8_t *x = a->act + m * a->K;
             __m512 yv = _mm512_setzero_ps();
             for (int64_t G = 0; G < nG; G++) {
-                __m512i tot = _mm512_setzero_si512(), neg = tot;
-                for (int64_t k = G * a->g; k < (G + 1) * a->g; k += 64) {
+                __m512i tot = _mm512_setzero_si512(), neg = tot, tot2 = tot, neg2 = tot;
+                int64_t k = G * a->g;
+                const int64_t kend = (G + 1) * a->g;
+                for (; k < kend; k += 128) {  // two blocks per step, separate accumulators (g = 64: one)
                     const uint8_t *q = p + k / 64 * 24;
                     _mm_prefetch((const char *)(q + 2 * rs), _MM_HINT_T0);  // two rows ahead
-                    uint64_t u0, u1, u2;
-                    memcpy(&u0, q, 8);
-                    memcpy(&u1, q + 8, 8);
-                    memcpy(&u2, q + 16, 8);
-                    __m512i c = _mm512_maskz_mov_epi8(_cvtu64_mask64(u0), one);
-                    c = _mm512_mask_add_epi8(c, _cvtu64_mask64(u1), c, two);
+                    __m512i c = _mm512_maskz_mov_epi8(_load_mask64((__mmask64 *)q), one);
+                    c = _mm512_mask_add_epi8(c, _load_mask64((__mmask64 *)(q + 8)), c, two);
                     __m512i mg = _mm512_shuffle_epi8(tab, c), xx = _mm512_loadu_si512(x + k);
                     tot = _mm512_dpbusd_epi32(tot, mg, xx);
-                    neg = _mm512_dpbusd_epi32(neg, _mm512_maskz_mov_epi8(_cvtu64_mask64(u2), mg), xx);
+                    neg = _mm512_dpbusd_epi32(neg, _mm512_maskz_mov_epi8(_load_mask64((__mmask64 *)(q + 16)), mg), xx);
+                    if (k + 64 < kend) {
+                        q += 24;
+                        __m512i c2 = _mm512_maskz_mov_epi8(_load_mask64((__mmask64 *)q), one);
+                        c2 = _mm512_mask_add_epi8(c2, _load_mask64((__mmask64 *)(q + 8)), c2, two);
+                        __m512i mg2 = _mm512_shuffle_epi8(tab, c2), xx2 = _mm512_loadu_si512(x + k + 64);
+                        tot2 = _mm512_dpbusd_epi32(tot2, mg2, xx2);
+                        neg2 = _mm512_dpbusd_epi32(
+                            neg2, _mm512_maskz_mov_epi8(_load_mask64((__mmask64 *)(q + 16)), mg2), xx2);
+                    }
                 }
+                tot = _mm512_add_epi32(tot, tot2);
+                neg = _mm512_add_epi32(neg, neg2);
                 float sp = _cvtsh_ss(a->sc[(n * nG + G) * 2]), sn = _cvtsh_ss(a->sc[(n * nG + G) * 2 + 1]);
                 float f = a->ascale[m * nG + G] * a->unit;
                 yv = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(tot, neg)), _mm512_set1_ps(sp * f), yv);
