@@ -341,7 +341,12 @@ def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | Non
 
 
 # ----------------------------------------------------------------------------------------------- end to end
-def e2e_smollm2(threads: int, max_tokens: int) -> None:
+E2E_CONFIGS = ["w4g32:rtn", "w4g128:rtn", "afpq4g128:rtn", "w3g128:rtn", "afpq3g128:rtn", "w3g128:gptq", "w2g64:rtn",
+               "w2g64:gptq"]
+LLAMA_CPP_QUANTS = ["Q4_1", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K"]
+
+
+def e2e_smollm2(threads: int, max_tokens: int, decode_repeats: int = 3) -> None:
     import copy
 
     from efficient.quant import quantize
@@ -358,17 +363,17 @@ def e2e_smollm2(threads: int, max_tokens: int) -> None:
     print("| model | bits/weight (linear layers) | PPL | decode tok/s |")
     print("|---|---|---|---|")
     ppl0 = perplexity(model, tok, text, max_tokens=max_tokens)
-    print(f"| float32 (dequantized Q4_1 GGUF) | 32 | {ppl0:.3f} | {decode_tokens_per_s(model):.1f} |")
+    tok_s = decode_tokens_per_s(model, repeats=decode_repeats)
+    print(f"| float32 (dequantized Q4_1 GGUF) | 32 | {ppl0:.3f} | {tok_s:.1f} |")
     sys.stdout.flush()
-    configs = [("w4g32", "rtn"), ("w4g128", "rtn"), ("afpq4g128", "rtn"), ("w3g128", "rtn"), ("afpq3g128", "rtn"),
-               ("w3g128", "gptq"), ("w2g64", "rtn"), ("w2g64", "gptq")]
-    for scheme, method in configs:
+    for scheme, _, method in (c.partition(":") for c in E2E_CONFIGS):
+        method = method or "rtn"
         m = copy.deepcopy(model)
         quantize(m, scheme, method=method, tokenizer=tok)
         ppl = perplexity(m, tok, text, max_tokens=max_tokens)
         bpw = parse_scheme(scheme).bits_per_weight
         print(f"| ours {scheme} {method} | {bpw:.3g} | {ppl:.3f} ({100 * (ppl / ppl0 - 1):+.1f}%) | "
-              f"{decode_tokens_per_s(m):.1f} |")
+              f"{decode_tokens_per_s(m, repeats=decode_repeats):.1f} |")
         sys.stdout.flush()
         del m
         gc.collect()
@@ -379,7 +384,9 @@ def e2e_smollm2(threads: int, max_tokens: int) -> None:
         return
     src = str(smollm2_gguf_path())
     ids = tok(text, return_tensors="pt").input_ids[0][:max_tokens].tolist()
-    for qname, ftype in [("Q4_1 (original GGUF)", None), ("Q4_0", 2), ("Q4_K_M", 15), ("Q2_K", 10)]:
+    ftypes = {"Q4_1": None, "Q4_0": 2, "Q4_K_M": 15, "Q3_K_M": 12, "Q2_K": 10}
+    for qname in LLAMA_CPP_QUANTS:
+        ftype = ftypes[qname]
         path = src
         if ftype is not None:
             path = f"/tmp/smollm2-{qname}.gguf"
@@ -400,7 +407,7 @@ def e2e_smollm2(threads: int, max_tokens: int) -> None:
             nll += torch.nn.functional.cross_entropy(logits, torch.tensor(chunk[1:]), reduction="sum").item()
             cnt += len(chunk) - 1
         rates = []
-        for _ in range(3):
+        for _ in range(decode_repeats):
             llm.reset()
             llm.eval(ids[:16])
             t0 = time.perf_counter()
@@ -409,7 +416,8 @@ def e2e_smollm2(threads: int, max_tokens: int) -> None:
                 llm.eval([nxt])
                 nxt = int(llm.scores[llm.n_tokens - 1].argmax())
             rates.append(32 / (time.perf_counter() - t0))
-        print(f"| llama.cpp {qname} | - | {math.exp(nll / cnt):.3f} | {statistics.median(rates):.1f} |")
+        label = f"{qname} (original GGUF)" if ftype is None else f"{qname} (requantized from Q4_1)"
+        print(f"| llama.cpp {label} | - | {math.exp(nll / cnt):.3f} | {statistics.median(rates):.1f} |")
         sys.stdout.flush()
         del llm
 
@@ -596,7 +604,7 @@ def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12) -
 
 
 def main() -> None:
-    global POOL_BYTES, OUR_SCHEMES, GGML_SELECTED, WITH_TORCH
+    global POOL_BYTES, OUR_SCHEMES, GGML_SELECTED, WITH_TORCH, E2E_CONFIGS, LLAMA_CPP_QUANTS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="GEMV 4096x4096 M=1 only")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -607,6 +615,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7, help="round-robin repeats per GEMV table")
     ap.add_argument("--pool-mib", type=int, default=128,
                     help="distinct weight bytes rotated per kernel (cold); 0 = one copy (hot, cache-resident)")
+    ap.add_argument("--e2e-configs", nargs="+", default=None,
+                    help="SmolLM2 rows as scheme:method (default: " + " ".join(E2E_CONFIGS) + ")")
+    ap.add_argument("--llama-cpp-quants", nargs="*", default=None,
+                    help="llama.cpp SmolLM2 rows (default: " + " ".join(LLAMA_CPP_QUANTS) + ")")
+    ap.add_argument("--decode-repeats", type=int, default=3, help="decode tok/s: median of this many runs")
     ap.add_argument("--layers-7b", type=int, default=36,
                     help="layers of the 7B-shaped model actually built (time scaled to 36 when fewer)")
     ap.add_argument("--schemes", nargs="+", default=None,
@@ -618,6 +631,8 @@ def main() -> None:
     OUR_SCHEMES = args.schemes or OUR_SCHEMES
     GGML_SELECTED = GGML_SELECTED if args.ggml is None else args.ggml
     WITH_TORCH = not args.no_torch
+    E2E_CONFIGS = args.e2e_configs or E2E_CONFIGS
+    LLAMA_CPP_QUANTS = LLAMA_CPP_QUANTS if args.llama_cpp_quants is None else args.llama_cpp_quants
     if native.library() is None:
         sys.exit("native kernels not built: pip install -e . (or python setup.py build_ext --inplace)")
     print(f"kernel path: {native.kernel_path()}; torch {torch.__version__}; load average "
@@ -633,7 +648,7 @@ def main() -> None:
     if args.quick:
         return
     if not args.skip_e2e:
-        e2e_smollm2(max(args.threads), args.ppl_tokens)
+        e2e_smollm2(max(args.threads), args.ppl_tokens, args.decode_repeats)
     if not args.skip_7b:
         e2e_7b(max(args.threads), args.layers_7b, ggml)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
