@@ -359,7 +359,8 @@ def e2e_smollm2(threads: int, max_tokens: int, decode_repeats: int = 3) -> None:
     model, tok = load_smollm2()
     text = offline_english_text("test")
     print(f"\n### SmolLM2-135M-Instruct end to end ({threads} threads; PPL on the first {max_tokens} tokens of the "
-          "offline test text, windows of 512; decode = batch-1 greedy, 32 new tokens after 16, median of 3)")
+          "offline test text, windows of 512; decode = batch-1 greedy, 32 new tokens after 16, "
+          f"median of {decode_repeats})")
     print("| model | bits/weight (linear layers) | PPL | decode tok/s |")
     print("|---|---|---|---|")
     ppl0 = perplexity(model, tok, text, max_tokens=max_tokens)
