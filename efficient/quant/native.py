@@ -22,6 +22,7 @@ import torch
 log = logging.getLogger(__name__)
 
 PATHS = ("scalar", "avx2", "avx512")  # index = native path id
+ABI_VERSION = 2  # must equal lk_abi_version() of the built library
 ENV_PATH = "MIMO_QUANT_KERNEL"
 ENV_THREADS = "MIMO_QUANT_THREADS"
 ENV_TABLES = "MIMO_QUANT_TABLES"
@@ -56,6 +57,11 @@ def library() -> ctypes.CDLL | None:
         log.warning("could not load %s (%s)", path, exc)
         return None
     P, I64, I32, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+    version = lib.lk_abi_version() if hasattr(lib, "lk_abi_version") else 1
+    if version != ABI_VERSION:
+        log.warning("%s is a stale build (kernel ABI %d, expected %d): rebuild it with `pip install -e .` or "
+                    "`python setup.py build_ext --inplace`; using the PyTorch fallback", path, version, ABI_VERSION)
+        return None
     lib.lk_cpu_path.restype = I32
     lib.lk_lut_packed_bytes.argtypes = [I64, I64, I64, I64]
     lib.lk_lut_packed_bytes.restype = I64

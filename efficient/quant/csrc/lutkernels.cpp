@@ -26,6 +26,10 @@
 
 extern "C" {
 
+// Bumped whenever an exported signature or a packed layout changes; the Python loader refuses a stale build.
+// 2: lk_lut_gemm takes the table mode, lk_fp_gemm the bit width (fp3 bit planes).
+int lk_abi_version(void) { return 2; }
+
 // ---------------------------------------------------------------------------------------------------------
 // CPU features and path selection. path: 0 scalar, 1 avx2, 2 avx512.
 int lk_cpu_path(void) {

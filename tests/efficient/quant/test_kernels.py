@@ -214,6 +214,25 @@ def test_env_var_forces_path(monkeypatch):
         assert native.kernel_path() == "scalar"
 
 
+def test_stale_library_is_refused(monkeypatch, caplog, tmp_path):
+    """A library built from older sources (other signatures / layouts) must not be called."""
+    import shutil
+    import subprocess
+
+    if native.library() is None or shutil.which("g++") is None:
+        pytest.skip("native library or compiler not available")
+    src = tmp_path / "old.cpp"
+    src.write_text('extern "C" int lk_abi_version(void) { return 1; }\n')
+    so = tmp_path / "_lutkernels_old.so"
+    subprocess.run(["g++", "-shared", "-fPIC", str(src), "-o", str(so)], check=True)
+    monkeypatch.setenv("MIMO_QUANT_LIB", str(so))
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_lib_tried", False)
+    with caplog.at_level("WARNING"):
+        assert native.library() is None
+    assert any("stale build" in r.message for r in caplog.records)
+
+
 def test_missing_library_falls_back_to_torch_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(native, "_lib", None)
     monkeypatch.setattr(native, "_lib_tried", True)
