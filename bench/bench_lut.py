@@ -442,10 +442,10 @@ def _materialize(model: torch.nn.Module) -> None:
                     else real
 
 
-def ours_7b(scheme: str, threads: int, layers: int, distinct: int, new_tokens: int) -> float:
-    """Median seconds per decoded token of a Qwen2 model of SHAPE_7B through transformers + QuantLinear.
-    Weights: random packed codes; `distinct` independent copies of a layer's weights rotate over the layers
-    (each copy is > 100 MiB, far above the L3, so every layer streams its weights from DRAM)."""
+def ours_7b(scheme: str, threads: int, layers: int, distinct: int):
+    """A Qwen2 model of SHAPE_7B through transformers + QuantLinear; returns a closure that runs one decode
+    step. Weights: random packed codes; `distinct` independent copies of a layer's weights rotate over the
+    layers (each copy is > 100 MiB, far above the L3, so every layer streams its weights from DRAM)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from efficient.quant.linear import QuantLinear
@@ -457,13 +457,12 @@ def ours_7b(scheme: str, threads: int, layers: int, distinct: int, new_tokens: i
     with torch.device("meta"):
         model = Qwen2ForCausalLM(cfg)
     sets: list[dict] = []
-    head = None
     for name, mod in list(model.named_modules()):
         if not isinstance(mod, torch.nn.Linear):
             continue
         shape = (mod.out_features, mod.in_features)
         if name == "lm_head":
-            pk = head = random_packed(scheme, *shape)
+            pk = random_packed(scheme, *shape)
         else:
             layer = int(name.split(".")[2])
             while len(sets) <= layer % distinct:
@@ -479,25 +478,22 @@ def ours_7b(scheme: str, threads: int, layers: int, distinct: int, new_tokens: i
             setattr(q, k, v)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, q)
-    del head
     _materialize(model)
     model.model.rotary_emb = type(model.model.rotary_emb)(config=cfg)
     model.eval()
-    torch.set_num_threads(threads)
-    os.environ[native.ENV_THREADS] = str(threads)
-    ids = torch.randint(0, 1000, (1, 8))
-    times = []
+    state = {}
     with torch.no_grad():
-        out = model(input_ids=ids, use_cache=True)
-        past, nxt = out.past_key_values, ids[:, -1:]
-        for _ in range(new_tokens):
-            t0 = time.perf_counter()
-            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-            times.append(time.perf_counter() - t0)
-            past = out.past_key_values
-    del model, sets
-    gc.collect()
-    return statistics.median(times[1:])
+        out = model(input_ids=torch.randint(0, 1000, (1, 8)), use_cache=True)
+    state["past"], state["next"] = out.past_key_values, torch.tensor([[7]])
+
+    def step() -> None:
+        torch.set_num_threads(threads)
+        os.environ[native.ENV_THREADS] = str(threads)
+        with torch.no_grad():
+            o = model(input_ids=state["next"], past_key_values=state["past"], use_cache=True)
+        state["past"] = o.past_key_values
+
+    return step
 
 
 def write_gguf_7b(ggml: Ggml, type_name: str, layers: int, path: str) -> None:
@@ -553,55 +549,67 @@ def write_gguf_7b(ggml: Ggml, type_name: str, layers: int, path: str) -> None:
     w.close()
 
 
-def llama_cpp_7b(ggml: Ggml, type_name: str, threads: int, layers: int, new_tokens: int) -> float:
+def llama_cpp_7b(ggml: Ggml, type_name: str, threads: int, layers: int):
+    """llama-cpp-python on a GGUF of SHAPE_7B; returns a closure that runs one decode step."""
     import llama_cpp
 
-    path = f"/tmp/bench-lut-7b-{type_name}-{layers}.gguf"
+    path = f"/tmp/bench-lut-7b-{type_name}-{layers}-{os.getpid()}.gguf"
     try:
         write_gguf_7b(ggml, type_name, layers, path)
-        llm = llama_cpp.Llama(model_path=path, n_ctx=128, n_batch=8, n_threads=threads, verbose=False)
-        llm.eval(list(range(8)))
-        times = []
-        for i in range(new_tokens):
-            t0 = time.perf_counter()
-            llm.eval([100 + i])
-            times.append(time.perf_counter() - t0)
-        del llm
-        gc.collect()
-        return statistics.median(times[1:])
+        llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_batch=8, n_threads=threads, verbose=False)
     finally:
         if os.path.exists(path):
-            os.remove(path)
+            os.remove(path)  # the mapping stays valid; nothing is left in /tmp
+    llm.eval(list(range(8)))
+    counter = [100]
+
+    def step() -> None:
+        counter[0] += 1
+        llm.eval([counter[0]])
+
+    return step
 
 
 def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12) -> None:
-    """Decode speed of the speech LM's backbone shape (Qwen2, SHAPE_7B) at 2 and 4 bits, ours vs llama.cpp."""
+    """Decode speed of the speech LM's backbone shape (Qwen2, SHAPE_7B) at 2 and 4 bits, ours vs llama.cpp.
+    All models are loaded at once and their decode steps interleaved round-robin, so that every model sees the
+    same machine load (the VM is shared); medians over the steps."""
     sh = SHAPE_7B
     scale = sh["layers"] / layers
     print(f"\n### 7B-shaped Qwen2 decode (hidden {sh['hidden']}, MLP {sh['inter']}, {sh['heads']} heads / "
           f"{sh['kv_heads']} KV, vocab {sh['vocab']}; random weights; {threads} threads; {layers} layers built"
-          + ("" if layers == sh["layers"] else f", ms/token scaled x{scale:.2f} to {sh['layers']} layers")
-          + "; lm_head in the layers' format; median of decode steps after an 8-token prompt)")
-    print("| model | bits/weight (linears) | ms/token | tok/s |")
-    print("|---|---|---|---|")
+          + ("" if layers == sh["layers"] else f", ms/token x{scale:.2f} to {sh['layers']} layers (head included)")
+          + f"; lm_head in the layers' format; steps interleaved round-robin, median of {new_tokens - 1})")
     rows = [("ours", s) for s in ("w2g128", "ternary", "w4g128")]
     if ggml is not None:
-        rows[1:1] = [("llama.cpp", "TQ2_0"), ("llama.cpp", "Q2_K")]
-        rows.append(("llama.cpp", "Q4_0"))
+        rows += [("llama.cpp", t) for t in ("Q2_K", "TQ2_0", "Q4_0")]
+    steps, bpw = {}, {}
     for who, name in rows:
         try:
             if who == "ours":
-                sec = ours_7b(name, threads, layers, 4, new_tokens)
-                bpw = parse_scheme(name).bits_per_weight
+                steps[(who, name)] = ours_7b(name, threads, layers, 4)
+                bpw[(who, name)] = parse_scheme(name).bits_per_weight
             else:
-                sec = llama_cpp_7b(ggml, name, threads, layers, new_tokens)
-                bpw = GGML_BPW[name]
+                steps[(who, name)] = llama_cpp_7b(ggml, name, threads, layers)
+                bpw[(who, name)] = GGML_BPW[name]
         except Exception as exc:  # noqa: BLE001 - report and go on with the other rows
-            print(f"| {who} {name} | failed: {exc.__class__.__name__}: {exc} | | |")
-            continue
-        sec *= scale
-        print(f"| {who} {name} | {bpw:.3g} | {sec * 1e3:.0f} | {1 / sec:.2f} |")
-        sys.stdout.flush()
+            print(f"({who} {name} failed: {exc.__class__.__name__}: {exc})")
+    times: dict = {k: [] for k in steps}
+    for r in range(new_tokens):
+        for k, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            if r:  # the first step warms up
+                times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) * scale for k, v in times.items()}
+    print("| model | bits/weight (linears) | ms/token | tok/s | vs llama.cpp (their time / ours) |")
+    print("|---|---|---|---|---|")
+    ref = {"w2g128": "Q2_K", "ternary": "TQ2_0", "w4g128": "Q4_0"}
+    for (who, name), sec in med.items():
+        other = med.get(("llama.cpp", ref.get(name, "")))
+        vs = f"{other / sec:.2f}x vs {ref[name]}" if who == "ours" and other else ""
+        print(f"| {who} {name} | {bpw[(who, name)]:.3g} | {sec * 1e3:.0f} | {1 / sec:.2f} | {vs} |")
+    sys.stdout.flush()
 
 
 def main() -> None:
@@ -616,7 +624,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7, help="round-robin repeats per GEMV table")
     ap.add_argument("--pool-mib", type=int, default=128,
                     help="distinct weight bytes rotated per kernel (cold); 0 = one copy (hot, cache-resident)")
-    ap.add_argument("--e2e-configs", nargs="+", default=None,
+    ap.add_argument("--e2e-configs", nargs="*", default=None,
                     help="SmolLM2 rows as scheme:method (default: " + " ".join(E2E_CONFIGS) + ")")
     ap.add_argument("--llama-cpp-quants", nargs="*", default=None,
                     help="llama.cpp SmolLM2 rows (default: " + " ".join(LLAMA_CPP_QUANTS) + ")")
@@ -632,7 +640,7 @@ def main() -> None:
     OUR_SCHEMES = args.schemes or OUR_SCHEMES
     GGML_SELECTED = GGML_SELECTED if args.ggml is None else args.ggml
     WITH_TORCH = not args.no_torch
-    E2E_CONFIGS = args.e2e_configs or E2E_CONFIGS
+    E2E_CONFIGS = E2E_CONFIGS if args.e2e_configs is None else args.e2e_configs
     LLAMA_CPP_QUANTS = LLAMA_CPP_QUANTS if args.llama_cpp_quants is None else args.llama_cpp_quants
     if native.library() is None:
         sys.exit("native kernels not built: pip install -e . (or python setup.py build_ext --inplace)")
