@@ -9,8 +9,9 @@
    quantization to Q8 included, as in ours). Effective GB/s = weight bytes / time, and its share of (1).
 3. SmolLM2-135M-Instruct: perplexity on the offline test text and decode tokens/s, float vs our schemes
    (RTN and GPTQ) and llama.cpp (llama-cpp-python, the same GGUF requantized to Q4_0 / Q4_K / Q2_K).
-4. A 7B-shaped Qwen2 (random weights, a few of its 28 layers instantiated, per-token time scaled to 28):
-   decode tokens/s at 2 and 4 bits vs llama.cpp Q2_K / TQ2_0 / Q4_0 on the same shape.
+4. The speech LM's backbone shape (Qwen2, hidden 3584, MLP 18944, 28/4 heads, 36 layers, random weights):
+   decode tokens/s at 2 and 4 bits, ours through transformers + QuantLinear vs llama.cpp (llama-cpp-python on a
+   GGUF of the same shape written with the gguf package) at Q2_K / TQ2_0 / Q4_0.
 
 The machine is shared with other engineers: medians of interleaved repeats, and every number is noisy;
 compare rows of one run, not runs. The "1 thr CPU-time" column is the calling thread's CPU time for the
@@ -39,11 +40,14 @@ from efficient.quant import formats, native  # noqa: E402
 from efficient.quant.formats import QuantResult, parse_scheme  # noqa: E402
 
 POOL_BYTES = 128 << 20  # distinct weight bytes rotated per measurement ("cold": >> 32 MiB L3)
-OUR_SCHEMES = ["w1g128", "w2g128", "w3g128", "w4g128", "w4g32", "ternary", "ternary-tl", "afpq4g128", "afpq3g128"]
-GGML_TYPES = {"Q4_0": 2, "Q4_K": 12, "Q2_K": 10, "TQ2_0": 35, "TQ1_0": 34}
-GGML_BPW = {"Q4_0": 4.5, "Q4_K": 4.5, "Q2_K": 2.625, "TQ2_0": 2.0625, "TQ1_0": 1.6875}
+OUR_SCHEMES = ["w1g128", "w2g128", "w3g128", "w4g128", "w4g32", "ternary", "ternary-tl", "afpq4g128", "afpq3g128",
+               "w2g128:float", "w4g128:float"]
+GGML_TYPES = {"Q4_0": 2, "Q4_K": 12, "Q3_K": 11, "Q2_K": 10, "TQ2_0": 35, "TQ1_0": 34}
+GGML_BPW = {"Q4_0": 4.5, "Q4_K": 4.5, "Q3_K": 3.4375, "Q2_K": 2.625, "TQ2_0": 2.0625, "TQ1_0": 1.6875}
+GGML_SELECTED = list(GGML_TYPES)
+WITH_TORCH = True
 EQUAL_BITS = {"w4g128": "Q4_K", "w4g32": "Q4_0", "w2g128": "Q2_K", "ternary": "TQ2_0", "ternary-tl": "TQ2_0",
-              "afpq4g128": "Q4_K", "w3g128": "Q2_K"}
+              "afpq4g128": "Q4_K", "afpq3g128": "Q3_K", "w3g128": "Q3_K"}
 
 
 def median_time(fn, repeats: int = 5) -> float:
@@ -65,7 +69,26 @@ def read_bandwidth(threads: int) -> float:
 
 # ----------------------------------------------------------------------------------------------- our kernels
 def random_packed(name: str, N: int, K: int) -> dict[str, torch.Tensor]:
-    """Valid packed weights with random codes (kernel speed does not depend on the values)."""
+    """Valid packed weights with random codes (kernel speed does not depend on the values). Large N: 256 random
+    rows are packed and their row blocks repeated (a real copy), which is much faster than packing all rows."""
+    sch = parse_scheme(name)
+    n0 = min(N, 256)
+    small = _random_packed_rows(name, n0, K)
+    if n0 == N:
+        return small
+    reps = -(-N // n0)
+    out = {}
+    for k, v in small.items():
+        if k == "qweight" and sch.kind == "uniform":  # flat bytes of 16-row blocks
+            out[k] = v.view(n0 // 16, -1).repeat(reps, 1)[: (N + 15) // 16].reshape(-1).contiguous()
+        elif k == "tl":  # [row blocks of 32, ...]
+            out[k] = v.repeat(reps, 1, 1)[: (N + 31) // 32].contiguous()
+        else:
+            out[k] = v.repeat(reps, *[1] * (v.dim() - 1))[:N].contiguous()
+    return out
+
+
+def _random_packed_rows(name: str, N: int, K: int) -> dict[str, torch.Tensor]:
     sch = parse_scheme(name)
     kp = formats.padded_k(sch, K)
     g = torch.Generator().manual_seed(0)
@@ -86,12 +109,14 @@ def random_packed(name: str, N: int, K: int) -> dict[str, torch.Tensor]:
 
 def our_call(name: str, pk: dict, x: torch.Tensor, y: torch.Tensor, N: int, K: int, threads: int):
     """A zero-overhead closure around the native kernel (pointers resolved once)."""
+    name, _, tables = name.partition(":")  # "w2g128:float" = float (exact) LUT tables
+    tmode = native.TABLES.index(tables or "int8")
     lib, sch = native.library(), parse_scheme(name)
     M, path = x.shape[0], native.PATHS.index(native.kernel_path())
     xp, yp = x.data_ptr(), y.data_ptr()
     if sch.kind == "uniform":
         w = pk["qweight"].data_ptr()
-        return lambda: lib.lk_lut_gemm(w, xp, yp, M, N, K, sch.group_size, sch.bits, path, threads)
+        return lambda: lib.lk_lut_gemm(w, xp, yp, M, N, K, sch.group_size, sch.bits, path, threads, tmode)
     if sch.kernel == "i2s":
         w, s = pk["qweight"].data_ptr(), pk["wscale"].data_ptr()
         return lambda: lib.lk_i2s_gemm(w, s, xp, yp, M, N, K, path, threads)
@@ -101,7 +126,8 @@ def our_call(name: str, pk: dict, x: torch.Tensor, y: torch.Tensor, N: int, K: i
     w, s = pk["qweight"].data_ptr(), pk["scales"].data_ptr()
     mag = formats.afpq_mag_table(sch.bits)
     unit = formats.AFPQ_FORMATS[sch.bits]["unit"]
-    return lambda: lib.lk_fp_gemm(w, s, mag.data_ptr(), unit, xp, yp, M, N, K, sch.group_size, path, threads)
+    return lambda: lib.lk_fp_gemm(w, s, mag.data_ptr(), unit, xp, yp, M, N, K, sch.group_size, path, threads,
+                                  sch.bits)
 
 
 class Pool:
@@ -121,7 +147,7 @@ class Pool:
 
 
 def pool_ours(name: str, N: int, K: int, M: int) -> Pool:
-    pk0 = random_packed(name, N, K)
+    pk0 = random_packed(name.partition(":")[0], N, K)
     nbytes = sum(t.numel() * t.element_size() for t in pk0.values())
     copies = [pk0] + [{k: v.clone() for k, v in pk0.items()} for _ in range(max(1, POOL_BYTES // nbytes) - 1)]
     x, y = torch.randn(M, K), torch.empty(M, N)
@@ -275,12 +301,13 @@ def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | Non
         for M in ms if si == 0 else ms[:1]:  # small-M GEMM on the first shape only (time on a shared VM)
             pools = [pool_ours(name, N, K, M) for name in OUR_SCHEMES]
             if ggml is not None:
-                for tn in GGML_TYPES:
+                for tn in GGML_SELECTED:
                     try:
                         pools.append(ggml.pool(tn, N, K, M))
                     except Exception as exc:  # noqa: BLE001 - a type this ggml build lacks
                         print(f"  ggml {tn} failed: {exc}")
-            pools += [pool_torch(torch.float32, N, K, M), pool_torch(torch.bfloat16, N, K, M)]
+            if WITH_TORCH:
+                pools += [pool_torch(torch.float32, N, K, M), pool_torch(torch.bfloat16, N, K, M)]
             rows = list(interleaved(pools, threads_list, rounds).items())
             del pools
             if ggml is not None:
@@ -314,7 +341,12 @@ def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | Non
 
 
 # ----------------------------------------------------------------------------------------------- end to end
-def e2e_smollm2(threads: int, max_tokens: int) -> None:
+E2E_CONFIGS = ["w4g32:rtn", "w4g128:rtn", "afpq4g128:rtn", "w3g128:rtn", "afpq3g128:rtn", "w3g128:gptq", "w2g64:rtn",
+               "w2g64:gptq"]
+LLAMA_CPP_QUANTS = ["Q4_1", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K"]
+
+
+def e2e_smollm2(threads: int, max_tokens: int, decode_repeats: int = 3) -> None:
     import copy
 
     from efficient.quant import quantize
@@ -327,21 +359,22 @@ def e2e_smollm2(threads: int, max_tokens: int) -> None:
     model, tok = load_smollm2()
     text = offline_english_text("test")
     print(f"\n### SmolLM2-135M-Instruct end to end ({threads} threads; PPL on the first {max_tokens} tokens of the "
-          "offline test text, windows of 512; decode = batch-1 greedy, 32 new tokens after 16, median of 3)")
+          "offline test text, windows of 512; decode = batch-1 greedy, 32 new tokens after 16, "
+          f"median of {decode_repeats})")
     print("| model | bits/weight (linear layers) | PPL | decode tok/s |")
     print("|---|---|---|---|")
     ppl0 = perplexity(model, tok, text, max_tokens=max_tokens)
-    print(f"| float32 (dequantized Q4_1 GGUF) | 32 | {ppl0:.3f} | {decode_tokens_per_s(model):.1f} |")
+    tok_s = decode_tokens_per_s(model, repeats=decode_repeats)
+    print(f"| float32 (dequantized Q4_1 GGUF) | 32 | {ppl0:.3f} | {tok_s:.1f} |")
     sys.stdout.flush()
-    configs = [("w4g32", "rtn"), ("w4g128", "rtn"), ("afpq4g128", "rtn"), ("w3g128", "rtn"), ("afpq3g128", "rtn"),
-               ("w3g128", "gptq"), ("w2g64", "rtn"), ("w2g64", "gptq")]
-    for scheme, method in configs:
+    for scheme, _, method in (c.partition(":") for c in E2E_CONFIGS):
+        method = method or "rtn"
         m = copy.deepcopy(model)
         quantize(m, scheme, method=method, tokenizer=tok)
         ppl = perplexity(m, tok, text, max_tokens=max_tokens)
         bpw = parse_scheme(scheme).bits_per_weight
         print(f"| ours {scheme} {method} | {bpw:.3g} | {ppl:.3f} ({100 * (ppl / ppl0 - 1):+.1f}%) | "
-              f"{decode_tokens_per_s(m):.1f} |")
+              f"{decode_tokens_per_s(m, repeats=decode_repeats):.1f} |")
         sys.stdout.flush()
         del m
         gc.collect()
@@ -352,7 +385,9 @@ def e2e_smollm2(threads: int, max_tokens: int) -> None:
         return
     src = str(smollm2_gguf_path())
     ids = tok(text, return_tensors="pt").input_ids[0][:max_tokens].tolist()
-    for qname, ftype in [("Q4_1 (original GGUF)", None), ("Q4_0", 2), ("Q4_K_M", 15), ("Q2_K", 10)]:
+    ftypes = {"Q4_1": None, "Q4_0": 2, "Q4_K_M": 15, "Q3_K_M": 12, "Q2_K": 10}
+    for qname in LLAMA_CPP_QUANTS:
+        ftype = ftypes[qname]
         path = src
         if ftype is not None:
             path = f"/tmp/smollm2-{qname}.gguf"
@@ -373,7 +408,7 @@ def e2e_smollm2(threads: int, max_tokens: int) -> None:
             nll += torch.nn.functional.cross_entropy(logits, torch.tensor(chunk[1:]), reduction="sum").item()
             cnt += len(chunk) - 1
         rates = []
-        for _ in range(3):
+        for _ in range(decode_repeats):
             llm.reset()
             llm.eval(ids[:16])
             t0 = time.perf_counter()
@@ -382,81 +417,206 @@ def e2e_smollm2(threads: int, max_tokens: int) -> None:
                 llm.eval([nxt])
                 nxt = int(llm.scores[llm.n_tokens - 1].argmax())
             rates.append(32 / (time.perf_counter() - t0))
-        print(f"| llama.cpp {qname} | - | {math.exp(nll / cnt):.3f} | {statistics.median(rates):.1f} |")
+        label = f"{qname} (original GGUF)" if ftype is None else f"{qname} (requantized from Q4_1)"
+        # K-quants need rows that are multiples of 256 (SmolLM2's 576 is not): llama.cpp then falls back to
+        # other types for most tensors, so the file size is the honest "bits" figure here.
+        size = f"file {os.path.getsize(path) / 2**20:.1f} MiB"
+        print(f"| llama.cpp {label} | {size} | {math.exp(nll / cnt):.3f} | {statistics.median(rates):.1f} |")
         sys.stdout.flush()
         del llm
 
 
-def e2e_7b(threads: int, layers: int, ggml: Ggml | None, hidden: int = 3584, inter: int = 18944,
-           vocab: int = 151936) -> None:
-    """Decode a 7B-shaped Qwen2 (hidden 3584, MLP 18944, 28 heads / 4 KV heads) with `layers` of its 28 layers."""
+SHAPE_7B = {"hidden": 3584, "inter": 18944, "heads": 28, "kv_heads": 4, "layers": 36, "vocab": 151936}
+
+
+def _materialize(model: torch.nn.Module) -> None:
+    """Real tensors for the parameters / buffers still on the meta device (norms 1, biases 0, embedding rows
+    of the few token ids used ~N(0, 0.02); the rest of the embedding stays untouched zero pages)."""
+    for mod in model.modules():
+        for store in (mod._parameters, mod._buffers):  # noqa: SLF001 - filling meta tensors in place
+            for name, t in list(store.items()):
+                if t is None or t.device.type != "meta":
+                    continue
+                is_norm = "norm" in type(mod).__name__.lower()
+                real = (torch.ones if is_norm else torch.zeros)(t.shape, dtype=t.dtype)
+                if isinstance(mod, torch.nn.Embedding):
+                    real[:1024].normal_(0, 0.02)
+                store[name] = torch.nn.Parameter(real, requires_grad=False) if isinstance(t, torch.nn.Parameter) \
+                    else real
+
+
+def ours_7b(scheme: str, threads: int, layers: int, distinct: int):
+    """A Qwen2 model of SHAPE_7B through transformers + QuantLinear; returns a closure that runs one decode
+    step. Weights: random packed codes; `distinct` independent copies of a layer's weights rotate over the
+    layers (each copy is > 100 MiB, far above the L3, so every layer streams its weights from DRAM)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from efficient.quant.linear import QuantLinear
 
-    torch.set_num_threads(threads)
-    os.environ[native.ENV_THREADS] = str(threads)
-    cfg = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                      num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False)
-    print(f"\n### 7B-shaped Qwen2 decode ({threads} threads, {layers} of 28 layers instantiated with random "
-          "weights; tok/s scaled to 28 layers; lm_head in the same format; embedding lookup excluded)")
-    print("| format | ms/token (28 layers + head) | tok/s |")
-    print("|---|---|---|")
-    for scheme in ("w2g128", "ternary", "w4g128", "w4g32"):
+    sh = SHAPE_7B
+    cfg = Qwen2Config(vocab_size=sh["vocab"], hidden_size=sh["hidden"], intermediate_size=sh["inter"],
+                      num_hidden_layers=layers, num_attention_heads=sh["heads"], num_key_value_heads=sh["kv_heads"],
+                      tie_word_embeddings=False, max_position_embeddings=4096)
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(cfg)
+    sets: list[dict] = []
+    for name, mod in list(model.named_modules()):
+        if not isinstance(mod, torch.nn.Linear):
+            continue
+        shape = (mod.out_features, mod.in_features)
+        if name == "lm_head":
+            pk = random_packed(scheme, *shape)
+        else:
+            layer = int(name.split(".")[2])
+            while len(sets) <= layer % distinct:
+                sets.append({})
+            cache = sets[layer % distinct]
+            key = (name.rsplit(".", 1)[-1], shape)
+            if key not in cache:
+                cache[key] = random_packed(scheme, *shape)
+            pk = cache[key]
         with torch.device("meta"):
-            model = Qwen2ForCausalLM(cfg)
-        # materialise: quantized linears with random packed codes, small float tensors elsewhere
-        for name, mod in list(model.named_modules()):
-            if isinstance(mod, torch.nn.Linear):
-                q = QuantLinear(mod.in_features, mod.out_features, scheme, bias=mod.bias is not None)
-                for k, v in random_packed(scheme, mod.out_features, mod.in_features).items():
-                    if hasattr(q, k) and getattr(q, k).shape == v.shape:
-                        getattr(q, k).copy_(v)
-                parent, _, child = name.rpartition(".")
-                setattr(model.get_submodule(parent) if parent else model, child, q)
-        model = model.to_empty(device="cpu")
-        for name, p in model.named_parameters():
-            p.data.normal_(0, 0.02) if "embed" in name else p.data.fill_(1.0)
-        model.model.rotary_emb.__init__(cfg)  # non-persistent inv_freq buffer lost by to_empty
-        model.eval()
-        ids = torch.randint(0, 1000, (1, 8))
+            q = QuantLinear(mod.in_features, mod.out_features, scheme, bias=mod.bias is not None)
+        for k, v in pk.items():
+            setattr(q, k, v)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, q)
+    _materialize(model)
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=cfg)
+    model.eval()
+    state = {}
+    with torch.no_grad():
+        out = model(input_ids=torch.randint(0, 1000, (1, 8)), use_cache=True)
+    state["past"], state["next"] = out.past_key_values, torch.tensor([[7]])
+
+    def step() -> None:
+        torch.set_num_threads(threads)
+        os.environ[native.ENV_THREADS] = str(threads)
         with torch.no_grad():
-            out = model(input_ids=ids, use_cache=True)
-            past = out.past_key_values
-            nxt = ids[:, -1:]
-            times_layers, times_head = [], []
-            for _ in range(6):
-                t0 = time.perf_counter()
-                h = model.model(input_ids=nxt, past_key_values=past, use_cache=True)
-                t1 = time.perf_counter()
-                model.lm_head(h.last_hidden_state)
-                t2 = time.perf_counter()
-                past = h.past_key_values
-                times_layers.append(t1 - t0)
-                times_head.append(t2 - t1)
-        per_tok = statistics.median(times_layers[1:]) * 28 / layers + statistics.median(times_head[1:])
-        print(f"| ours {scheme} | {per_tok * 1e3:.1f} | {1 / per_tok:.2f} |")
-        sys.stdout.flush()
-        del model
-        gc.collect()
-    if ggml is None:
-        return
-    # llama.cpp: the same per-token matrix work through ggml (weights of one layer set, rotated over `layers`
-    # copies so they stay cold), i.e. the GEMV part of a decode step; attention over a short context is small.
-    kv = hidden // 7  # 4 of 28 heads
-    shapes = [(hidden, hidden), (kv, hidden), (kv, hidden), (hidden, hidden), (inter, hidden), (inter, hidden),
-              (hidden, inter)]
-    for tn in ("Q2_K", "TQ2_0", "Q4_0", "Q4_K"):
-        total = 0.0
-        for N, K in shapes:
-            total += ggml.bench(tn, N, K, 1, [threads])[threads][0]
-        head = ggml.bench(tn, vocab, hidden, 1, [threads])[threads][0]
-        per_tok = total * 28 + head
-        print(f"| llama.cpp {tn} (GEMVs only) | {per_tok * 1e3:.1f} | {1 / per_tok:.2f} |")
-        sys.stdout.flush()
+            o = model(input_ids=state["next"], past_key_values=state["past"], use_cache=True)
+        state["past"] = o.past_key_values
+
+    return step
+
+
+def write_gguf_7b(ggml: Ggml, type_name: str, layers: int, path: str) -> None:
+    """A qwen2 GGUF of SHAPE_7B with random weights quantized to `type_name` (output too; token embedding Q4_0).
+    One block of random rows is quantized per shape and tiled; every layer gets its own copy in the file."""
+    import gguf
+    import numpy as np
+
+    sh = SHAPE_7B
+    H, F, V = sh["hidden"], sh["inter"], sh["vocab"]
+    kv = H // sh["heads"] * sh["kv_heads"]
+    b = ggml.base
+
+    def qbytes(tname: str, N: int, K: int) -> np.ndarray:
+        t = GGML_TYPES[tname]
+        rows = min(N, 256)
+        wf = torch.randn(rows, K) * 0.02
+        row_bytes = b.ggml_row_size(t, K)
+        q = torch.empty(rows * row_bytes, dtype=torch.uint8)
+        b.ggml_quantize_chunk(t, wf.data_ptr(), q.data_ptr(), 0, rows, K, None)
+        block = q.numpy().reshape(rows, row_bytes)
+        return np.ascontiguousarray(np.tile(block, (-(-N // rows), 1))[:N])
+
+    qt = getattr(gguf.GGMLQuantizationType, type_name)
+    w = gguf.GGUFWriter(path, "qwen2")
+    w.add_context_length(4096)
+    w.add_embedding_length(H)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(F)
+    w.add_head_count(sh["heads"])
+    w.add_head_count_kv(sh["kv_heads"])
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1e6)
+    w.add_tokenizer_model("no_vocab")
+    w.add_vocab_size(V)
+    ones_h = np.ones(H, dtype=np.float32)
+    w.add_tensor("token_embd.weight", qbytes("Q4_0", V, H), raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+    w.add_tensor("output_norm.weight", ones_h)
+    w.add_tensor("output.weight", qbytes(type_name, V, H), raw_dtype=qt)
+    mats = {"attn_q": qbytes(type_name, H, H), "attn_k": qbytes(type_name, kv, H), "attn_v": qbytes(type_name, kv, H),
+            "attn_output": qbytes(type_name, H, H), "ffn_gate": qbytes(type_name, F, H),
+            "ffn_up": qbytes(type_name, F, H), "ffn_down": qbytes(type_name, H, F)}
+    for i in range(layers):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", ones_h)
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", ones_h)
+        for nm, n in (("attn_q", H), ("attn_k", kv), ("attn_v", kv)):
+            w.add_tensor(f"blk.{i}.{nm}.bias", np.zeros(n, dtype=np.float32))
+        for nm, data in mats.items():
+            w.add_tensor(f"blk.{i}.{nm}.weight", data, raw_dtype=qt)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def llama_cpp_7b(ggml: Ggml, type_name: str, threads: int, layers: int):
+    """llama-cpp-python on a GGUF of SHAPE_7B; returns a closure that runs one decode step."""
+    import llama_cpp
+
+    path = f"/tmp/bench-lut-7b-{type_name}-{layers}-{os.getpid()}.gguf"
+    try:
+        write_gguf_7b(ggml, type_name, layers, path)
+        llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_batch=8, n_threads=threads, verbose=False)
+    finally:
+        if os.path.exists(path):
+            os.remove(path)  # the mapping stays valid; nothing is left in /tmp
+    llm.eval(list(range(8)))
+    counter = [100]
+
+    def step() -> None:
+        counter[0] += 1
+        llm.eval([counter[0]])
+
+    return step
+
+
+def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12) -> None:
+    """Decode speed of the speech LM's backbone shape (Qwen2, SHAPE_7B) at 2 and 4 bits, ours vs llama.cpp.
+    All models are loaded at once and their decode steps interleaved round-robin, so that every model sees the
+    same machine load (the VM is shared); medians over the steps."""
+    sh = SHAPE_7B
+    scale = sh["layers"] / layers
+    print(f"\n### 7B-shaped Qwen2 decode (hidden {sh['hidden']}, MLP {sh['inter']}, {sh['heads']} heads / "
+          f"{sh['kv_heads']} KV, vocab {sh['vocab']}; random weights; {threads} threads; {layers} layers built"
+          + ("" if layers == sh["layers"] else f", ms/token x{scale:.2f} to {sh['layers']} layers (head included)")
+          + f"; lm_head in the layers' format; steps interleaved round-robin, median of {new_tokens - 1})")
+    rows = [("ours", s) for s in ("w2g128", "ternary", "w4g128")]
+    if ggml is not None:
+        rows += [("llama.cpp", t) for t in ("Q2_K", "TQ2_0", "Q4_0")]
+    steps, bpw = {}, {}
+    for who, name in rows:
+        try:
+            if who == "ours":
+                steps[(who, name)] = ours_7b(name, threads, layers, 4)
+                bpw[(who, name)] = parse_scheme(name).bits_per_weight
+            else:
+                steps[(who, name)] = llama_cpp_7b(ggml, name, threads, layers)
+                bpw[(who, name)] = GGML_BPW[name]
+        except Exception as exc:  # noqa: BLE001 - report and go on with the other rows
+            print(f"({who} {name} failed: {exc.__class__.__name__}: {exc})")
+    times: dict = {k: [] for k in steps}
+    for r in range(new_tokens):
+        for k, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            if r:  # the first step warms up
+                times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) * scale for k, v in times.items()}
+    print("| model | bits/weight (linears) | ms/token | tok/s | vs llama.cpp (their time / ours) |")
+    print("|---|---|---|---|---|")
+    ref = {"w2g128": "Q2_K", "ternary": "TQ2_0", "w4g128": "Q4_0"}
+    for (who, name), sec in med.items():
+        other = med.get(("llama.cpp", ref.get(name, "")))
+        vs = f"{other / sec:.2f}x vs {ref[name]}" if who == "ours" and other else ""
+        print(f"| {who} {name} | {bpw[(who, name)]:.3g} | {sec * 1e3:.0f} | {1 / sec:.2f} | {vs} |")
+    sys.stdout.flush()
 
 
 def main() -> None:
+    global POOL_BYTES, OUR_SCHEMES, GGML_SELECTED, WITH_TORCH, E2E_CONFIGS, LLAMA_CPP_QUANTS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="GEMV 4096x4096 M=1 only")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -467,10 +627,24 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7, help="round-robin repeats per GEMV table")
     ap.add_argument("--pool-mib", type=int, default=128,
                     help="distinct weight bytes rotated per kernel (cold); 0 = one copy (hot, cache-resident)")
-    ap.add_argument("--layers-7b", type=int, default=3)
+    ap.add_argument("--e2e-configs", nargs="*", default=None,
+                    help="SmolLM2 rows as scheme:method (default: " + " ".join(E2E_CONFIGS) + ")")
+    ap.add_argument("--llama-cpp-quants", nargs="*", default=None,
+                    help="llama.cpp SmolLM2 rows (default: " + " ".join(LLAMA_CPP_QUANTS) + ")")
+    ap.add_argument("--decode-repeats", type=int, default=3, help="decode tok/s: median of this many runs")
+    ap.add_argument("--layers-7b", type=int, default=36,
+                    help="layers of the 7B-shaped model actually built (time scaled to 36 when fewer)")
+    ap.add_argument("--schemes", nargs="+", default=None,
+                    help="our GEMV rows (default: all formats; add ':float' for float LUT tables)")
+    ap.add_argument("--ggml", nargs="*", default=None, help="llama.cpp GEMV rows (default: all)")
+    ap.add_argument("--no-torch", action="store_true", help="skip the torch fp32 / bf16 GEMV rows")
     args = ap.parse_args()
-    global POOL_BYTES
     POOL_BYTES = max(1, args.pool_mib << 20)
+    OUR_SCHEMES = args.schemes or OUR_SCHEMES
+    GGML_SELECTED = GGML_SELECTED if args.ggml is None else args.ggml
+    WITH_TORCH = not args.no_torch
+    E2E_CONFIGS = E2E_CONFIGS if args.e2e_configs is None else args.e2e_configs
+    LLAMA_CPP_QUANTS = LLAMA_CPP_QUANTS if args.llama_cpp_quants is None else args.llama_cpp_quants
     if native.library() is None:
         sys.exit("native kernels not built: pip install -e . (or python setup.py build_ext --inplace)")
     print(f"kernel path: {native.kernel_path()}; torch {torch.__version__}; load average "
@@ -486,7 +660,7 @@ def main() -> None:
     if args.quick:
         return
     if not args.skip_e2e:
-        e2e_smollm2(max(args.threads), args.ppl_tokens)
+        e2e_smollm2(max(args.threads), args.ppl_tokens, args.decode_repeats)
     if not args.skip_7b:
         e2e_7b(max(args.threads), args.layers_7b, ggml)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")

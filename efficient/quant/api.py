@@ -25,7 +25,7 @@ from efficient.quant.linear import QuantLinear
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "mimo-audio-quant"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: afpq3 stored at 3 bits (bit planes); version 1 stored it in 4-bit containers
 CONFIG_FILE = "quant_config.json"
 WEIGHTS_FILE = "model.safetensors"
 DEFAULT_EXCLUDE = ("lm_head", "*.lm_head")
@@ -216,9 +216,15 @@ def read_quant_config(path: str | Path) -> dict:
         raise ValueError(f"{p} is not valid JSON: {exc}") from exc
     if cfg.get("format") != FORMAT_NAME:
         raise ValueError(f"{p}: format {cfg.get('format')!r} is not {FORMAT_NAME!r}")
-    if cfg.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{p}: quantized format version {cfg.get('format_version')!r} is not supported "
-                         f"(this build reads version {FORMAT_VERSION})")
+    version = cfg.get("format_version")
+    if version not in (1, FORMAT_VERSION):
+        raise ValueError(f"{p}: quantized format version {version!r} is not supported "
+                         f"(this build reads versions 1 and {FORMAT_VERSION})")
+    if version == 1:  # identical layouts except afpq3
+        old = sorted(n for n, spec in cfg.get("layers", {}).items() if spec.get("scheme", "").startswith("afpq3"))
+        if old:
+            raise ValueError(f"{p}: format version 1 stored afpq3 layers ({old[0]}, ...) in 4-bit containers; "
+                             "this build packs them at 3 bits: quantize the model again")
     return cfg
 
 

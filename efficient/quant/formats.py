@@ -11,8 +11,10 @@ on-disk blocks):
   per-row fp32 scale; stored as I2_S (blocks of 128 in 32 bytes, code = w + 1, byte j: w[j] in bits 7-6,
   w[j+32] 5-4, w[j+64] 3-2, w[j+96] 1-0). The TL layout is derived from it when the layer is loaded.
 * ``afpq`` (``afpq4g{group}`` e2m1, ``afpq3g{group}`` sign + {0,1,2,4}; group 64/128): a sign bit plus a
-  magnitude code, separate scales for the positive and the negative weights of each group (AFPQ). Stored as
-  nibbles (byte j of each 32-byte piece: code 64p+j low, 64p+32+j high) + fp16 [N, groups, 2] scales.
+  magnitude code, separate scales for the positive and the negative weights of each group (AFPQ). e2m1 is
+  stored as nibbles (byte j of each 32-byte piece: code 64p+j low, 64p+32+j high), fp3 at 3 bits per weight
+  as bit planes (per 64 columns: 8 bytes of magnitude bit 0, 8 of bit 1, 8 of sign; bit j = column j);
+  both with fp16 [N, groups, 2] scales.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class Scheme:
         if self.kind == "uniform":
             return self.bits + 32 / self.group_size
         if self.kind == "afpq":
-            return 4 + 32 / self.group_size  # codes kept in nibbles (fp3 too)
+            return self.bits + 32 / self.group_size  # e2m1 in nibbles, fp3 in 3 bit planes
         return 2.0
 
     def k_multiple(self) -> int:
@@ -219,10 +221,30 @@ def pack(scheme: Scheme, res: QuantResult, N: int, K: int) -> dict[str, torch.Te
         return {"qweight": _pack_i2s(res.codes.to(torch.int8)), "wscale": res.params[0].float().contiguous()}
     g = scheme.group_size
     scales = torch.stack([res.params[0], res.params[1]], dim=-1).half().contiguous()  # [N, nG, 2]
+    assert scales.shape == (N, kp // g, 2)
+    if scheme.bits == 3:
+        return {"qweight": _pack_fp3(res.codes), "scales": scales}
     c = res.codes.view(N, kp // 64, 2, 32)
     qweight = (c[:, :, 0] | (c[:, :, 1] << 4)).reshape(N, kp // 2).contiguous()
-    assert scales.shape == (N, kp // g, 2)
     return {"qweight": qweight, "scales": scales}
+
+
+_BITS8 = torch.tensor([1 << j for j in range(8)], dtype=torch.uint8)
+
+
+def _pack_fp3(codes: torch.Tensor) -> torch.Tensor:
+    """4-bit AFPQ codes (index | 8 * sign, index 0-3) -> 3 bit planes per 64 columns: [N, kp * 3 / 8] uint8."""
+    N, kp = codes.shape
+    c3 = (codes & 3) | ((codes >> 3) << 2)
+    planes = [((c3 >> p) & 1).view(N, kp // 64, 8, 8) for p in range(3)]
+    b = torch.stack([(pl * _BITS8).sum(-1, dtype=torch.uint8) for pl in planes], dim=2)  # [N, kp/64, 3, 8]
+    return b.reshape(N, kp // 64 * 24).contiguous()
+
+
+def _unpack_fp3(qweight: torch.Tensor) -> torch.Tensor:
+    N, nb = qweight.shape[0], qweight.shape[1] // 24
+    b = ((qweight.view(N, nb, 3, 8, 1) & _BITS8) > 0).to(torch.uint8).view(N, nb, 3, 64)
+    return (b[:, :, 0] | (b[:, :, 1] << 1) | (b[:, :, 2] << 3)).view(N, nb * 64)
 
 
 def expected_shapes(scheme: Scheme, N: int, K: int) -> dict[str, tuple[int, ...]]:
@@ -231,7 +253,7 @@ def expected_shapes(scheme: Scheme, N: int, K: int) -> dict[str, tuple[int, ...]
         return {"qweight": (uniform_packed_bytes(N, kp, scheme.group_size, scheme.bits),)}
     if scheme.kind == "ternary":
         return {"qweight": (N, kp // 4), "wscale": (N,)}
-    return {"qweight": (N, kp // 2), "scales": (N, kp // scheme.group_size, 2)}
+    return {"qweight": (N, kp * scheme.bits // 8), "scales": (N, kp // scheme.group_size, 2)}
 
 
 def uniform_packed_bytes(N: int, kp: int, g: int, bits: int) -> int:
@@ -306,7 +328,10 @@ def tl_layout(ternary: torch.Tensor, K: int) -> torch.Tensor:
     return words.view(npad // 32, 32, kt // 9).transpose(1, 2).contiguous()
 
 
-def unpack_afpq(qweight: torch.Tensor) -> torch.Tensor:
+def unpack_afpq(qweight: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """-> 4-bit codes [N, kp] (magnitude index | 8 * sign) from either packing."""
+    if bits == 3:
+        return _unpack_fp3(qweight)
     N, half = qweight.shape
     v = qweight.view(N, half // 32, 1, 32)
     return torch.cat([v & 15, v >> 4], dim=2).view(N, half * 2)
@@ -322,7 +347,7 @@ def dequantize(scheme: Scheme, packed: dict[str, torch.Tensor], N: int, K: int) 
         return w.view(N, kp)[:, :K].contiguous()
     if scheme.kind == "ternary":
         return (unpack_i2s(packed["qweight"]).float() * packed["wscale"].unsqueeze(1))[:, :K].contiguous()
-    codes = unpack_afpq(packed["qweight"]).long()
+    codes = unpack_afpq(packed["qweight"], scheme.bits).long()
     fmt = AFPQ_FORMATS[scheme.bits]
     mags = torch.tensor(fmt["mags"] + (0,) * (8 - len(fmt["mags"])), dtype=torch.float32) * fmt["unit"]
     g = scheme.group_size
@@ -351,9 +376,14 @@ def gemm(
     K: int,
     path: str | None = None,
     threads: int | None = None,
+    tables: str | None = None,
 ) -> torch.Tensor:
-    """x: float32 [M, K] contiguous (zero-padded to the scheme's K multiple here). Returns float32 [M, N]."""
+    """x: float32 [M, K] contiguous (zero-padded to the scheme's K multiple here). Returns float32 [M, N].
+
+    ``tables`` (uniform formats): ``int8`` (fast) or ``float`` (exact); default from ``MIMO_QUANT_TABLES``.
+    """
     path = path or native.kernel_path()
+    mode = native.table_mode(tables)
     kp = padded_k(scheme, K)
     x = x.float().contiguous()
     if x.shape[1] != K:
@@ -361,7 +391,7 @@ def gemm(
     if scheme.kind != "ternary" and kp != K:
         x = torch.nn.functional.pad(x, (0, kp - K))
     if path == "torch":
-        return _gemm_torch(scheme, packed, x, N, K)
+        return _gemm_torch(scheme, packed, x, N, K, mode)
     lib = native.library()
     pid = native.PATHS.index(path)
     nt = threads or native.num_threads()
@@ -369,7 +399,7 @@ def gemm(
     y = torch.empty(M, N, dtype=torch.float32)
     if scheme.kind == "uniform":
         rc = lib.lk_lut_gemm(packed["qweight"].data_ptr(), x.data_ptr(), y.data_ptr(), M, N, kp,
-                             scheme.group_size, scheme.bits, pid, nt)
+                             scheme.group_size, scheme.bits, pid, nt, native.TABLES.index(mode))
     elif scheme.kernel == "i2s":
         rc = lib.lk_i2s_gemm(packed["qweight"].data_ptr(), packed["wscale"].data_ptr(), x.data_ptr(),
                              y.data_ptr(), M, N, K, pid, nt)
@@ -383,7 +413,7 @@ def gemm(
         mag = afpq_mag_table(scheme.bits)
         unit = AFPQ_FORMATS[scheme.bits]["unit"]
         rc = lib.lk_fp_gemm(packed["qweight"].data_ptr(), packed["scales"].data_ptr(), mag.data_ptr(), unit,
-                            x.data_ptr(), y.data_ptr(), M, N, kp, scheme.group_size, pid, nt)
+                            x.data_ptr(), y.data_ptr(), M, N, kp, scheme.group_size, pid, nt, scheme.bits)
     if rc != 0:
         raise RuntimeError(f"native kernel rejected the shapes (scheme {scheme.name}, N={N}, K={K})")
     return y
@@ -416,8 +446,12 @@ def _quant_act(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]
     return q.view(M, K), (mx / 127.0).squeeze(-1)
 
 
-def _gemm_torch(scheme: Scheme, packed: dict[str, torch.Tensor], x: torch.Tensor, N: int, K: int) -> torch.Tensor:
+def _gemm_torch(scheme: Scheme, packed: dict[str, torch.Tensor], x: torch.Tensor, N: int, K: int,
+                tables: str = "int8") -> torch.Tensor:
     M, kp = x.shape[0], padded_k(scheme, K)
+    if scheme.kind == "uniform" and tables == "float":  # exact tables: the float product (in float64)
+        w = dequantize(scheme, packed, N, K)
+        return (x[:, :K].double() @ w.double().T).float()
     if scheme.kind == "uniform":
         b, g = scheme.bits, scheme.group_size
         codes, s, mn = unpack_uniform(packed["qweight"], N, kp, b, g)
@@ -444,7 +478,7 @@ def _gemm_torch(scheme: Scheme, packed: dict[str, torch.Tensor], x: torch.Tensor
         return dot * (packed["wscale"].unsqueeze(0) * (mx / 127.0))
     g = scheme.group_size
     a, asc = _quant_act(x, g)  # [M, kp], [M, nG]
-    codes = unpack_afpq(packed["qweight"]).long()
+    codes = unpack_afpq(packed["qweight"], scheme.bits).long()
     mag = afpq_mag_table(scheme.bits).double()[codes]  # [N, kp]
     negm = mag * ((codes & 8) > 0)
     ag = a.double().view(M, 1, kp // g, g)

@@ -13,8 +13,10 @@ class QuantLinear(nn.Module):
     """y = x @ W^T + b with W stored in a low-bit format (see :mod:`efficient.quant.formats`).
 
     Accepts any leading batch shape and dtype; computes in float32 through the native kernels (or the
-    PyTorch fallback) and returns the input's dtype. Packed tensors are buffers, so ``state_dict`` /
-    ``load_state_dict`` carry them (strict shape checks apply as for any module).
+    PyTorch fallback) and returns the input's dtype. ``tables`` selects the LUT precision of the uniform
+    formats: ``"int8"`` (fast), ``"float"`` (exact) or ``None`` (``MIMO_QUANT_TABLES``, default int8).
+    Packed tensors are buffers, so ``state_dict`` / ``load_state_dict`` carry them
+    (strict shape checks apply as for any module).
     """
 
     def __init__(
@@ -23,8 +25,10 @@ class QuantLinear(nn.Module):
         out_features: int,
         scheme: str | Scheme,
         bias: bool = True,
+        tables: str | None = None,
     ) -> None:
         super().__init__()
+        self.tables = tables  # LUT precision of the uniform formats: "int8", "float" or None (env default)
         self.in_features = in_features
         self.out_features = out_features
         self.scheme = scheme if isinstance(scheme, Scheme) else parse_scheme(scheme)
@@ -70,7 +74,8 @@ class QuantLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         if x2.device.type != "cpu":
             raise RuntimeError("QuantLinear runs on CPU only")
-        y = formats.gemm(self.scheme, self.packed(), x2.float(), self.out_features, self.in_features)
+        y = formats.gemm(self.scheme, self.packed(), x2.float(), self.out_features, self.in_features,
+                         tables=self.tables)
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)

@@ -3,7 +3,8 @@
 The library is a plain shared object driven through :mod:`ctypes` with raw tensor data pointers. The path
 is chosen at run time from the CPU (AVX-512 VNNI/VBMI, else AVX2, else scalar) and can be forced with the
 environment variable ``MIMO_QUANT_KERNEL`` = ``avx512`` | ``avx2`` | ``scalar`` | ``torch`` (``auto`` default).
-``MIMO_QUANT_THREADS`` sets the thread count (default: ``torch.get_num_threads()``).
+``MIMO_QUANT_THREADS`` sets the thread count (default: ``torch.get_num_threads()``), ``MIMO_QUANT_TABLES`` the
+LUT table precision of the uniform formats (``int8``, the fast default, or ``float``, exact).
 If the library is missing, every kernel runs as PyTorch code that gives the same results (slower), and a
 one-line warning is logged once.
 """
@@ -21,8 +22,11 @@ import torch
 log = logging.getLogger(__name__)
 
 PATHS = ("scalar", "avx2", "avx512")  # index = native path id
+ABI_VERSION = 2  # must equal lk_abi_version() of the built library
 ENV_PATH = "MIMO_QUANT_KERNEL"
 ENV_THREADS = "MIMO_QUANT_THREADS"
+ENV_TABLES = "MIMO_QUANT_TABLES"
+TABLES = ("int8", "float")  # index = native table mode
 
 _lib: ctypes.CDLL | None = None
 _lib_tried = False
@@ -53,17 +57,22 @@ def library() -> ctypes.CDLL | None:
         log.warning("could not load %s (%s)", path, exc)
         return None
     P, I64, I32, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+    version = lib.lk_abi_version() if hasattr(lib, "lk_abi_version") else 1
+    if version != ABI_VERSION:
+        log.warning("%s is a stale build (kernel ABI %d, expected %d): rebuild it with `pip install -e .` or "
+                    "`python setup.py build_ext --inplace`; using the PyTorch fallback", path, version, ABI_VERSION)
+        return None
     lib.lk_cpu_path.restype = I32
     lib.lk_lut_packed_bytes.argtypes = [I64, I64, I64, I64]
     lib.lk_lut_packed_bytes.restype = I64
     lib.lk_lut_tables.argtypes = [P, I64, I64, I64, P, P, P, I32]
-    lib.lk_lut_gemm.argtypes = [P, P, P, I64, I64, I64, I64, I64, I32, I32]
+    lib.lk_lut_gemm.argtypes = [P, P, P, I64, I64, I64, I64, I64, I32, I32, I32]
     lib.lk_lut_gemm.restype = I32
     lib.lk_i2s_gemm.argtypes = [P, P, P, P, I64, I64, I64, I32, I32]
     lib.lk_i2s_gemm.restype = I32
     lib.lk_tl_gemm.argtypes = [P, P, P, P, I64, I64, I64, I32, I32]
     lib.lk_tl_gemm.restype = I32
-    lib.lk_fp_gemm.argtypes = [P, P, P, F32, P, P, I64, I64, I64, I64, I32, I32]
+    lib.lk_fp_gemm.argtypes = [P, P, P, F32, P, P, I64, I64, I64, I64, I32, I32, I32]
     lib.lk_fp_gemm.restype = I32
     lib.lk_read_bw.argtypes = [P, I64, I32]
     lib.lk_read_bw.restype = I64
@@ -97,6 +106,15 @@ def kernel_path() -> str:
         return best
     if PATHS.index(want) > PATHS.index(best):
         raise RuntimeError(f"{ENV_PATH}={want}: this CPU only supports up to {best}")
+    return want
+
+
+def table_mode(tables: str | None = None) -> str:
+    """LUT table precision for the uniform formats: ``int8`` (fast, default) or ``float`` (exact up to fp32
+    rounding, slower). ``tables`` overrides the ``MIMO_QUANT_TABLES`` environment variable."""
+    want = (tables or os.environ.get(ENV_TABLES, "int8")).strip().lower() or "int8"
+    if want not in TABLES:
+        raise ValueError(f"LUT tables {want!r}: expected 'int8' (fast) or 'float' (exact)")
     return want
 
 

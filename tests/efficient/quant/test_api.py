@@ -79,7 +79,7 @@ def test_quantize_causal_lm_and_roundtrip(tmp_path, scheme):
         assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.98
     save_quantized(model, tmp_path, reports)
     cfg = read_quant_config(tmp_path)
-    assert cfg["format_version"] == 1 and len(cfg["layers"]) == 14
+    assert cfg["format_version"] == 2 and len(cfg["layers"]) == 14
     loaded = load_quantized_causal_lm(tmp_path)
     with torch.no_grad():
         again = loaded(input_ids=ids).logits
@@ -134,7 +134,15 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     (tmp_path / CONFIG_FILE).write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="version 99"):
         load_quantized(tiny_llama(), tmp_path)
-    cfg["format_version"] = 1
+    cfg["format_version"] = 1  # version 1 differs only for afpq3: still readable here
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(cfg))
+    load_quantized(tiny_llama(), tmp_path)
+    v1_afpq3 = json.loads(json.dumps(cfg))
+    v1_afpq3["layers"]["model.layers.0.mlp.up_proj"]["scheme"] = "afpq3g64"
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(v1_afpq3))
+    with pytest.raises(ValueError, match="4-bit containers"):
+        load_quantized(tiny_llama(), tmp_path)
+    cfg["format_version"] = 2
     (tmp_path / CONFIG_FILE).write_text(json.dumps(cfg))
     # truncated weights
     data = (tmp_path / WEIGHTS_FILE).read_bytes()

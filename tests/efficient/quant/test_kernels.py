@@ -75,9 +75,53 @@ def test_kernel_matches_float_reference_on_every_path(name, M):
                 assert torch.equal(y, base), f"{name}: {key} is not bit-identical to scalar"
 
 
+@pytest.mark.parametrize("name", ["w1g32", "w2g64", "w3g128", "w4g32"])
+def test_float_tables_are_exact_on_every_path(name):
+    """Float (fp32) LUT tables: only fp32 rounding separates the result from x.W_deq^T (int8 tables are the
+    fast option with the bound above); all native paths sum in the same order, so they agree bit for bit."""
+    N, K, M = 37, 320, 3
+    sch, pk, wdq = _packed(name, N, K)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(2))
+    ref = x.double() @ wdq.double().T
+    scale = x.double().abs() @ wdq.double().abs().T + x.double().abs().sum(-1, keepdim=True) * wdq.abs().max()
+    outs = {"torch": formats.gemm(sch, pk, x, N, K, path="torch", tables="float")}
+    for p in NATIVE:
+        for threads in (1, 2):
+            outs[f"{p}/{threads}"] = formats.gemm(sch, pk, x, N, K, path=p, threads=threads, tables="float")
+    int8_err = (formats.gemm(sch, pk, x, N, K, tables="int8").double() - ref).abs().max()
+    for key, y in outs.items():
+        err = (y.double() - ref).abs()
+        assert (err <= 1e-5 * scale).all(), f"{name} {key}: error {err.max():.3g}"
+        assert err.max() < int8_err / 20, f"{name} {key}: float tables not more exact than int8"
+        if NATIVE and key != "torch":
+            assert torch.equal(y, outs["scalar/1"]), f"{name}: {key} is not bit-identical to scalar"
+
+
+def test_table_mode_is_selectable(monkeypatch):
+    from torch import nn
+
+    from efficient.quant import QuantLinear
+
+    q = QuantLinear.from_linear(nn.Linear(128, 16), "w2g64")
+    x = torch.randn(2, 128)
+    ref = x.double() @ q.dequantize().double().T + q.bias.double()
+    monkeypatch.setenv(native.ENV_TABLES, "float")
+    y_float = q(x)
+    monkeypatch.setenv(native.ENV_TABLES, "int8")
+    y_int8 = q(x)
+    assert (y_float.double() - ref).abs().max() < (y_int8.double() - ref).abs().max()
+    q.tables = "float"  # per-layer choice overrides the environment
+    assert torch.equal(q(x), y_float)
+    monkeypatch.setenv(native.ENV_TABLES, "int4")
+    q.tables = None
+    with pytest.raises(ValueError, match="LUT tables"):
+        q(x)
+
+
 def test_ternary_kernels_are_lossless_and_agree():
-    """I2_S and TL compute the same integers: identical outputs; equal to the int8-activation reference."""
-    N, K = 64, 384
+    """I2_S and TL compute the same integers: identical outputs; equal to the int8-activation reference.
+    N = 300 spans more than one 8-row-block pass of the AVX-512 TL loop (and a partial one)."""
+    N, K = 300, 384
     w = torch.randint(-1, 2, (N, K)).float() * 0.02
     x = torch.randn(3, K)
     outs = []
@@ -87,7 +131,8 @@ def test_ternary_kernels_are_lossless_and_agree():
         if sch.kernel == "tl":
             pk["tl"] = formats.tl_layout(formats.unpack_i2s(pk["qweight"]), K)
         for p in NATIVE or ["torch"]:
-            outs.append(formats.gemm(sch, pk, x, N, K, path=p))
+            for threads in (1, 2):
+                outs.append(formats.gemm(sch, pk, x, N, K, path=p, threads=threads))
     mx = x.abs().amax(-1, keepdim=True)
     a = torch.round(x * (127.0 / mx)).clamp(-127, 127)
     wt = torch.sign(w).double()
@@ -130,6 +175,15 @@ def test_pack_roundtrip_and_layout_sizes():
                               atol=1e-6)
 
 
+def test_afpq3_is_stored_at_3_bits():
+    sch, pk, wdq = _packed("afpq3g128", 16, 512)
+    assert pk["qweight"].numel() == 16 * 512 * 3 // 8 and sch.bits_per_weight == 3.25
+    codes = formats.rtn_quantize(sch, torch.randn(16, 512)).codes
+    assert torch.equal(formats.unpack_afpq(formats.pack(sch, formats.QuantResult(codes, (torch.ones(16, 4),) * 2,
+                                                                              torch.empty(0)), 16, 512)["qweight"],
+                                           3), codes)
+
+
 def test_k_padding_keeps_real_weights_codes():
     sch = formats.parse_scheme("w4g128")
     w = torch.randn(8, 200)
@@ -158,6 +212,25 @@ def test_env_var_forces_path(monkeypatch):
     if native.library() is not None:
         monkeypatch.setenv(native.ENV_PATH, "scalar")
         assert native.kernel_path() == "scalar"
+
+
+def test_stale_library_is_refused(monkeypatch, caplog, tmp_path):
+    """A library built from older sources (other signatures / layouts) must not be called."""
+    import shutil
+    import subprocess
+
+    if native.library() is None or shutil.which("g++") is None:
+        pytest.skip("native library or compiler not available")
+    src = tmp_path / "old.cpp"
+    src.write_text('extern "C" int lk_abi_version(void) { return 1; }\n')
+    so = tmp_path / "_lutkernels_old.so"
+    subprocess.run(["g++", "-shared", "-fPIC", str(src), "-o", str(so)], check=True)
+    monkeypatch.setenv("MIMO_QUANT_LIB", str(so))
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_lib_tried", False)
+    with caplog.at_level("WARNING"):
+        assert native.library() is None
+    assert any("stale build" in r.message for r in caplog.records)
 
 
 def test_missing_library_falls_back_to_torch_with_one_warning(monkeypatch, caplog):
