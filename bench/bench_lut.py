@@ -426,7 +426,9 @@ def e2e_smollm2(threads: int, max_tokens: int, decode_repeats: int = 3) -> None:
         del llm
 
 
-SHAPE_7B = {"hidden": 3584, "inter": 18944, "heads": 28, "kv_heads": 4, "layers": 36, "vocab": 151936}
+# The speech LM's backbone (MiMo-Audio-7B = MiMo-7B: mimo_audio.config.SpeechLMConfig defaults). The first
+# recorded run (docs/quantization.md) used the Qwen2-7B shape 3584/18944/28/4 by mistake; say which when quoting.
+SHAPE_7B = {"hidden": 4096, "inter": 11008, "heads": 32, "kv_heads": 8, "layers": 36, "vocab": 151680}
 
 
 def _materialize(model: torch.nn.Module) -> None:
