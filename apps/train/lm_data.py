@@ -7,7 +7,8 @@ learned. Tasks (weights in :data:`TASK_WEIGHTS`):
 - ``asr``: instruct-model ASR prompt (speech + instruction) -> transcript + ``<|im_end|>``;
 - ``continuation``: base-model ``<Spe>:`` + first part of an utterance -> the rest as a stream;
 - ``fewshot``: one in-context pair (voice, speed, denoise or whisper, from the corpus' parallel groups) +
-  a query -> the query's counterpart as a stream;
+  a query -> the query's counterpart as a stream, converted the way the example is (same output voice,
+  same speed direction), so the prompt determines the answer;
 - ``text``: the transcript alone, every token learned (keeps the text ability).
 """
 
@@ -60,12 +61,34 @@ class LMExamples:
         self.codes, self.renderer, self.max_patches = codes, renderer, max_patches
         self.plain = [r for r in self.rows if r["style"] == "plain"] or self.rows
         self.pairs = {t: p for t in PAIR_TASKS if (p := parallel_pairs(self.rows, t))}
+        self._by_direction: dict[str, dict[str, list]] = {}
+        for t, pairs in self.pairs.items():
+            groups = self._by_direction.setdefault(t, {})
+            for pair in pairs:
+                groups.setdefault(self._direction(t, pair), []).append(pair)
         weights = dict(weights or TASK_WEIGHTS)
         if not self.pairs:
             weights.pop("fewshot", None)
         self.tasks = sorted(weights)
         w = np.array([weights[t] for t in self.tasks], dtype=np.float64)
         self.probs = w / w.sum()
+
+    @staticmethod
+    def _direction(task: str, pair: tuple[dict, dict]) -> str:
+        """What the example teaches: the output voice (voice), slow or fast (speed); denoise/whisper: one kind."""
+        out = pair[1]
+        return out["speaker_id"] if task == "voice" else out["style"]
+
+    def fewshot_pairs(self, gen: np.random.Generator) -> tuple[tuple[dict, dict], tuple[dict, dict]]:
+        """(example pair, query pair) of one few-shot task. The query is converted the way the example is:
+        same output voice for voice conversion (so the target voice can only come from the example), same
+        direction for speed; another sentence when there is one."""
+        pick = lambda seq: seq[int(gen.integers(0, len(seq)))]  # noqa: E731
+        task = pick(sorted(self.pairs))
+        ex = pick(self.pairs[task])
+        same = self._by_direction[task][self._direction(task, ex)]
+        others = [p for p in same if p[1]["text_id"] != ex[1]["text_id"]]
+        return ex, pick(others or same)
 
     def _render(self, prompt: list, answer: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt patches are context; so is the ``<|sostm|>`` that opens a stream answer (the official
@@ -81,8 +104,7 @@ class LMExamples:
     def example(self, task: str, gen: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         pick = lambda seq: seq[int(gen.integers(0, len(seq)))]  # noqa: E731
         if task == "fewshot":
-            pairs = self.pairs[pick(sorted(self.pairs))]
-            (ex_in, ex_out), (q_in, q_out) = pick(pairs), pick(pairs)
+            (ex_in, ex_out), (q_in, q_out) = self.fewshot_pairs(gen)
             c = self.codes
             prompt = formats.in_context_s2s([formats.SpeechPair(c[ex_in["id"]], c[ex_out["id"]], ex_out["text"])],
                                             c[q_in["id"]])
