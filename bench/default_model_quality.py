@@ -85,6 +85,13 @@ class Scorers:
         if key is not None and (kind, key) in self._cache:
             return self._cache[(kind, key)]
         self.calls[kind] += 1
+        if key is None:  # generated audio: a bad output (NaN, nothing left after trimming) scores as a failure
+            try:
+                return fn()
+            except ValueError as exc:
+                log.warning("%s could not score a generated clip: %s", kind, exc)
+                self.calls[f"{kind} failed"] += 1
+                return None
         value = fn()
         if key is not None:
             self._cache[(kind, key)] = value
@@ -94,23 +101,21 @@ class Scorers:
         """Pocketsphinx transcript; ``""`` for missing audio. ``key`` caches results of corpus files."""
         if audio is None:
             return ""
-        return self._cached("pocketsphinx", key, lambda: self._asr.transcribe(audio, sample_rate))
+        return self._cached("pocketsphinx", key, lambda: self._asr.transcribe(audio, sample_rate)) or ""
 
     def dnsmos(self, audio, sample_rate: int | None = None, key: str | None = None) -> dict | None:
         if audio is None:
             return None
         score = self._cached("dnsmos", key, lambda: self._mos.score(audio, sample_rate))
+        if score is None:
+            return None
         return {"ovrl": score.ovrl, "sig": score.sig, "bak": score.bak, "p808": score.p808}
 
     def embed(self, audio, sample_rate: int | None = None, key: str | None = None) -> np.ndarray | None:
         """Resemblyzer embedding, or None when the audio holds too little speech for one."""
         if audio is None:
             return None
-        try:
-            return self._cached("resemblyzer", key, lambda: self._spk.embed(audio, sample_rate))
-        except ValueError as exc:
-            log.info("no speaker embedding: %s", exc)
-            return None
+        return self._cached("resemblyzer", key, lambda: self._spk.embed(audio, sample_rate))
 
 
 def wer_summary(refs: Sequence[str], hyps: Sequence[str]) -> dict:
