@@ -335,8 +335,10 @@ def section_tts(ctx: Context) -> dict:
     picked = [order[i] for i in ctx.rng("tts").permutation(len(order))[: ctx.items]]
     texts = [sentences[t] for t in picked]
     sc = ctx.scorers
-    # Reference: pocketsphinx on the corpus' own readings of these sentences by the trained voices.
-    ref_rows = [r for r in rows if r["text_id"] in set(picked) and r["voice_seen_in_train"]]
+    # Reference: pocketsphinx on the corpus' own readings of these sentences by the trained voices (as many
+    # readings as items, spread over the voices).
+    ref_rows = spread([r for r in rows if r["text_id"] in set(picked) and r["voice_seen_in_train"]], ctx.items,
+                      ctx.rng("tts"))
     ref_hyps = [sc.transcribe(ctx.corpus / r["path"], key=str(ctx.corpus / r["path"]))
                 for r in _bar(ref_rows, "tts: reference audio", ctx.progress)]
     reference = {"corpus_trained_voices": wer_summary([r["text"] for r in ref_rows], ref_hyps) if ref_rows else None}
@@ -575,9 +577,11 @@ def format_report(results: dict) -> str:
     lines = ["| section | measure | model | value | goal | met |", "|---|---|---|---|---|---|"]
     for g in results["goals"]:
         met = {True: "yes", False: "NO", None: "-"}[g["met"]]
-        pct = "WER" in g["measure"] or "share" in g["measure"]
-        lines.append(f"| {g['section']} | {g['measure']} | {g['model']} | {_fmt(g['value'], pct)} | {g['goal']} "
-                     f"| {met} |")
+        if "points" in g["measure"] and g["value"] is not None:
+            value = f"{g['value']:+.1f}"
+        else:
+            value = _fmt(g["value"], "WER" in g["measure"] or "share" in g["measure"])
+        lines.append(f"| {g['section']} | {g['measure']} | {g['model']} | {value} | {g['goal']} | {met} |")
     sec = results["sections"]
     if "resynth" in sec and "models" in sec["resynth"]:
         r = sec["resynth"]
