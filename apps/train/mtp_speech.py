@@ -127,21 +127,22 @@ def head_losses(drafter, hidden: torch.Tensor, logits: torch.Tensor, text: torch
     return losses, agree
 
 
-def _save_state(path: Path, drafter, opt, step: int) -> None:
-    names = {p: f"heads.{n}" for n, p in drafter.heads.named_parameters()}
-    tensors = {f"heads.{k}": v.detach().contiguous() for k, v in drafter.heads.state_dict().items()}
+def save_state(path: Path, module: torch.nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
+    """Trainable weights, AdamW moments and the step, in one safetensors file (no pickle)."""
+    names = {p: f"w.{n}" for n, p in module.named_parameters()}
+    tensors = {f"w.{k}": v.detach().contiguous() for k, v in module.state_dict().items()}
     tensors.update({f"opt.{k}": v for k, v in optimizer_tensors(opt, names).items()})
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={"step": str(step)})
     tmp.replace(path)
 
 
-def _load_state(path: Path, drafter, opt) -> int:
+def load_state(path: Path, module: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
     with safe_open(str(path), framework="pt") as fh:
         step = int(fh.metadata()["step"])
         t = {k: fh.get_tensor(k) for k in fh.keys()}
-    drafter.heads.load_state_dict({k[len("heads."):]: v for k, v in t.items() if k.startswith("heads.")})
-    names = {p: f"heads.{n}" for n, p in drafter.heads.named_parameters()}
+    module.load_state_dict({k[len("w."):]: v for k, v in t.items() if k.startswith("w.")})
+    names = {p: f"w.{n}" for n, p in module.named_parameters()}
     load_optimizer_tensors(opt, names, {k[len("opt."):]: v for k, v in t.items() if k.startswith("opt.")})
     return step
 
@@ -178,7 +179,7 @@ def train_mtp(tc: MTPTrainConfig) -> dict:
     drafter.init_from_target(lm.model.layers[-1], hidden_rms=rms)
     opt = torch.optim.AdamW(drafter.heads.parameters(), lr=tc.lr, weight_decay=0.0, betas=(0.9, 0.98))
     state_path = out / STATE_FILENAME
-    step = _load_state(state_path, drafter, opt) if state_path.is_file() else 0
+    step = load_state(state_path, drafter.heads, opt) if state_path.is_file() else 0
     if step:
         log.info("resuming MTP training from %s at step %d", state_path, step)
     end = min(tc.steps, tc.stop_at or tc.steps)
@@ -213,7 +214,7 @@ def train_mtp(tc: MTPTrainConfig) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}", agree="/".join(f"{a:.2f}" for a in agree))
             if step % tc.save_every == 0 or step == end:
-                _save_state(state_path, drafter, opt, step)
+                save_state(state_path, drafter.heads, opt, step)
     finally:
         bar.close()
         capture.handle.remove()

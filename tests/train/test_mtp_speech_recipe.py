@@ -55,3 +55,30 @@ def test_bad_arguments(tiny_lm_dir, mini_corpus, tmp_path):
         train_mtp(_cfg(tiny_lm_dir, mini_corpus, tmp_path, heads=0))
     with pytest.raises(FileNotFoundError, match="codes"):
         train_mtp(_cfg(tiny_lm_dir, mini_corpus, tmp_path, codes=str(tmp_path / "nowhere")))
+
+
+def test_patch_head_recipe_measures_and_learns(tiny_lm_dir, mini_corpus, tmp_path):
+    from apps.train.mtp_patch import PatchTrainConfig, train_patch_head
+    from mimo_audio.patch_draft import PatchDraftHead, draft_positions
+
+    tc = PatchTrainConfig(lm=str(tiny_lm_dir), corpus=str(mini_corpus), out=str(tmp_path), steps=8, batch_size=2,
+                          max_patches=160, lr=1e-2, window=16, eval_items=2, progress=False)
+    state = train_patch_head(tc)
+    for when in ("before", "after"):
+        res = state[when]
+        assert set(res) == {"head", "stale", "repeat"}
+        for r in res.values():
+            assert r["patches"] > 0 and all(0.0 <= r[k] <= 1.0 for k in ("ch0_code", "ch0_patch", "patch"))
+        assert res["head"]["ch0_entropy"] > 0 and 0.0 <= res["head"]["p_accept_sampled"] <= 1.0
+    losses = [h["loss"] for h in state["history"]]
+    assert sum(losses[-3:]) < sum(losses[:3]), losses
+    m = MimoAudio.from_pretrained(tiny_lm_dir, device="cpu")
+    assert PatchDraftHead.load(m.lm, tmp_path).cfg.sliding_window == 16
+    with pytest.raises(FileNotFoundError, match="mtp-patch"):
+        PatchDraftHead.load(m.lm, tmp_path / "nowhere")
+    # row i drafts patch i+2: only learned speech patches count
+    empty = m.lm.empty_token_id
+    ids = torch.zeros(9, 4 * 6, dtype=torch.long)
+    ids[0, ::4] = torch.tensor([1, 2, empty, empty, 3, empty])
+    learn = torch.tensor([False, False, True, True, True, True])
+    assert draft_positions(ids, learn, empty).tolist() == [0, 1, 3]
