@@ -104,3 +104,17 @@ def test_missing_heads_and_speech_outputs_give_clear_errors(tiny_dir, mimo_mtp):
 
         generate(mimo_mtp.lm, [mimo_mtp.render(m_asr(mimo_mtp, random_codes(8)))],
                  mimo_mtp.generation_config("asr", "text", speculative=2, **G))
+
+
+def test_cli_chat_speculative(mtp_dir, tiny_dir, tmp_path):
+    import json
+
+    from apps.cli import main
+
+    common = ["--text", "Hello", "--preset", "greedy", "--max-new-patches", "12", "--device", "cpu"]
+    assert main(["chat", "--lm-path", str(mtp_dir), *common, "--json", str(tmp_path / "a.json")]) == 0
+    assert main(["chat", "--lm-path", str(mtp_dir), *common, "--speculative", "2",
+                 "--json", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert a["text"] == b["text"] and len(b["speculative"][0]["accept_per_position"]) == 2
+    assert main(["chat", "--lm-path", str(tiny_dir), *common, "--speculative", "2"]) == 1  # no heads: clean error
