@@ -52,7 +52,7 @@ class MTPTrainConfig:
     tokenizer: str | None = None  # the audio tokenizer the LM was trained with; None = random (smoke tests)
     tokenizer_preset: str = "tiny"
     out: str | None = None  # default: the LM directory
-    codes: str | None = None  # directory holding codes-{train,test}.safetensors (default: out)
+    codes: str | None = None  # directory with cached codes-{train,test}.safetensors, only read (default: out)
     heads: int = 3
     steps: int = 300
     batch_size: int = 8
@@ -75,16 +75,22 @@ def _lr(tc: MTPTrainConfig, step: int) -> float:
 
 
 def load_codes(tc: MTPTrainConfig, lm: SpeechLM, split: str) -> dict[str, torch.Tensor]:
+    from apps.train.data import corpus_rows
     from apps.train.speech_lm import LMTrainConfig, load_audio_tokenizer
 
-    cache_dir = Path(tc.codes or tc.out or tc.lm)
-    cache = cache_dir / f"codes-{split}.safetensors"
-    if not cache.is_file() and tc.codes:
-        raise FileNotFoundError(f"{cache}: no cached codes for split {split!r} in --codes {tc.codes}")
+    # cached codes are read from --codes when there, else encoded once and cached in the output directory
+    cache = Path(tc.codes or "") / f"codes-{split}.safetensors"
+    if not tc.codes or not cache.is_file() or _count(cache) != len(corpus_rows(tc.corpus, split)):
+        cache = Path(tc.out or tc.lm) / f"codes-{split}.safetensors"
     ltc = LMTrainConfig(corpus=tc.corpus, out="", tokenizer=tc.tokenizer, tokenizer_preset=tc.tokenizer_preset,
                         seed=tc.seed)
     return encode_corpus(load_audio_tokenizer(ltc, lm.device), tc.corpus, split, cache, lm.config.audio_channels,
                          tc.progress)
+
+
+def _count(path: Path) -> int:
+    with safe_open(str(path), framework="pt") as fh:
+        return len(list(fh.keys()))
 
 
 class _Capture:
@@ -280,7 +286,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="random tokenizer of this size when --tokenizer is not given (smoke tests only)")
     p.add_argument("--out", default=None, help="where mtp.safetensors goes (default: the LM directory)")
     p.add_argument("--codes", default=None,
-                   help="directory with cached codes-train/test.safetensors (e.g. a copy of the LM run's)")
+                   help="directory with cached codes-train/test.safetensors of the LM run (only read; "
+                        "missing splits are encoded into --out)")
     for name in _INT:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--lr", type=float, default=d.lr)
