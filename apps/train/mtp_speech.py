@@ -230,8 +230,8 @@ def train_mtp(tc: MTPTrainConfig) -> dict:
     if tc.eval_items and step >= tc.steps:
         test = LMExamples(tc.corpus, "test", load_codes(tc, lm, "test"), renderer, tc.max_patches, dict(TEXT_TASKS))
         spec = SpeculativeText(target, drafter)
-        state["eval"] = {f"K={k}": acceptance_on_asr(spec, test, renderer, special, tc.eval_items, k,
-                                                     tc.eval_new_patches) for k in range(1, tc.heads + 1)}
+        state["eval"] = acceptance_on_asr(spec, test, renderer, special, tc.eval_items,
+                                          list(range(1, tc.heads + 1)), tc.eval_new_patches)
         log.info("held-out ASR acceptance: %s", state["eval"])
     target.close()
     (out / "mtp.train.json").write_text(json.dumps({**state, "config": asdict(tc)}))
@@ -247,30 +247,35 @@ def asr_prompts(data: LMExamples, renderer: PromptRenderer, items: int) -> list[
 
 @torch.no_grad()
 def acceptance_on_asr(spec: SpeculativeText, data: LMExamples, renderer: PromptRenderer, special: SpecialTokens,
-                      items: int, max_draft: int, max_new: int = 96) -> dict:
-    """Greedy speculative ASR on held-out prompts: acceptance per position, acceptance length, equality."""
+                      items: int, draft_lengths: list[int], max_new: int = 96) -> dict:
+    """Greedy speculative ASR on held-out prompts, per draft length K: acceptance per position, acceptance
+    length, tokens per backbone forward, equality with plain greedy (run once per prompt)."""
     from mimo_audio.generation import GenerationConfig
 
     cfg = GenerationConfig(max_new_patches=max_new, stop_tokens=(special.eos, special.im_end),
                            suppress_tokens=(special.empty, special.sostm))
-    proposed, accepted = [0] * max_draft, [0] * max_draft
-    rounds = tokens = fwd = new = 0
-    equal = True
-    for prompt, _ in asr_prompts(data, renderer, items):
-        out, st = spec.generate(prompt, cfg, max_draft=max_draft, adaptive=False)
-        ref, _ = spec.generate_plain(prompt, cfg)
-        equal &= out.text_ids == ref.text_ids
-        proposed = [a + b for a, b in zip(proposed, st.proposed)]
-        accepted = [a + b for a, b in zip(accepted, st.accepted)]
-        rounds, tokens = rounds + st.draft_rounds, tokens + st.draft_round_tokens
-        fwd, new = fwd + st.target_forwards, new + st.new_tokens
-    return {
-        "prompts": items,
-        "accept_per_position": [round(a / p, 3) if p else None for a, p in zip(accepted, proposed)],
-        "accept_length": round(tokens / rounds, 3) if rounds else None,
-        "tokens_per_forward": round(new / fwd, 3) if fwd else None,
-        "greedy_equal": bool(equal),
-    }
+    prompts = asr_prompts(data, renderer, items)
+    refs = [spec.generate_plain(p, cfg)[0].text_ids for p, _ in prompts]
+    out = {}
+    for k in draft_lengths:
+        proposed, accepted = [0] * k, [0] * k
+        rounds = tokens = fwd = new = 0
+        equal = True
+        for (prompt, _), ref in zip(prompts, refs):
+            res, st = spec.generate(prompt, cfg, max_draft=k, adaptive=False)
+            equal &= res.text_ids == ref
+            proposed = [a + b for a, b in zip(proposed, st.proposed)]
+            accepted = [a + b for a, b in zip(accepted, st.accepted)]
+            rounds, tokens = rounds + st.draft_rounds, tokens + st.draft_round_tokens
+            fwd, new = fwd + st.target_forwards, new + st.new_tokens
+        out[f"K={k}"] = {
+            "prompts": len(prompts),
+            "accept_per_position": [round(a / p, 3) if p else None for a, p in zip(accepted, proposed)],
+            "accept_length": round(tokens / rounds, 3) if rounds else None,
+            "tokens_per_forward": round(new / fwd, 3) if fwd else None,
+            "greedy_equal": bool(equal),
+        }
+    return out
 
 
 _INT = ("heads", "steps", "batch_size", "max_patches", "warmup", "window", "seed", "save_every", "eval_items",
