@@ -110,13 +110,15 @@ def divergence_gap(spec: SpeculativeText, prompt: torch.Tensor, ref: list[int], 
     return float(top[0] - top[1])
 
 
-def run_model(name: str, lm: SpeechLM, mtp_path: Path, prompts: list[torch.Tensor], args) -> list[dict]:
+def run_model(name: str, lm: SpeechLM, mtp_path: Path, prompts: list[torch.Tensor], args,
+              suppress: tuple[int, ...]) -> list[dict]:
     composed = compose_backbone(copy.deepcopy(lm), quant=args.quant, attention=args.attention,
                                 **json.loads(args.attention_options))
     lut_only = compose_backbone(copy.deepcopy(lm), quant=args.quant, attention=None)
     variants = {"fp32": SpeculativeText.from_lm(lm, mtp_path), "lut": SpeculativeText.from_lm(lut_only, mtp_path),
                 "lut+sparse": SpeculativeText.from_lm(composed, mtp_path)}
-    cfg = GenerationConfig(max_new_patches=args.new, stop_tokens=())  # fixed length: every config decodes alike
+    # fixed length (no stop token: every config decodes alike), text output (no speech patches)
+    cfg = GenerationConfig(max_new_patches=args.new, stop_tokens=(), suppress_tokens=suppress)
     configs = [("plain", "fp32", 0)] + [(f"mtp K={k}", "fp32", k) for k in args.k]
     configs += [("lut", "lut", 0), ("lut+sparse", "lut+sparse", 0)]
     configs += [(f"lut+sparse+mtp K={k}", "lut+sparse", k) for k in args.k]
@@ -204,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         renderer = PromptRenderer(tok, SpecialTokens.from_tokenizer(tok), lm.config.speech_zeroemb_idx, 4)
         mtp = Path(args.mtp or args.lm)
         load_speech_mtp(lm, mtp)  # fails early and clearly without heads
+        special = SpecialTokens.from_tokenizer(tok)
         rows += run_model(f"trained {lm.num_parameters() / 1e6:.1f}M", lm, mtp,
-                          prompts_for(lm, renderer, args, args.tokenizer), args)
+                          prompts_for(lm, renderer, args, args.tokenizer), args, (special.empty, special.sostm))
         print_table(rows)
     if args.big:
         with tempfile.TemporaryDirectory() as tmp:
@@ -219,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             big_args = copy.copy(args)
             big_args.corpus = None
             rows += run_model(f"random {lm.num_parameters() / 1e6:.0f}M", lm, mtp,
-                              prompts_for(lm, renderer, big_args, None), args)
+                              prompts_for(lm, renderer, big_args, None), args, (special.empty, special.sostm))
     print(f"machine: {torch.get_num_threads()} torch thread(s); 2 shared cores, loaded by other jobs; medians over "
           f"{args.repeats} repeats x {args.prompts} prompts, {args.new} new text patches each")
     print_table(rows)
