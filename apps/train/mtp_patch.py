@@ -88,8 +88,8 @@ def train_patch_head(tc: PatchTrainConfig) -> dict:
                                progress=tc.progress)
     train = LMExamples(tc.corpus, "train", load_codes(codes_cfg, lm, "train"), renderer, tc.max_patches,
                        {"tts": 1.0})
-    test = LMExamples(tc.corpus, "test", load_codes(codes_cfg, lm, "test"), renderer, tc.max_patches,
-                      {"tts": 1.0}) if tc.eval_items else None
+    test = LMExamples(tc.corpus, "test", load_codes(codes_cfg, lm, "test", limit=4 * tc.eval_items), renderer,
+                      tc.max_patches, {"tts": 1.0}) if tc.eval_items else None
     audio_sampler = get_preset(formats.TASKS["tts"].preset).audio
     head = PatchDraftHead(lm, window=tc.window)
     cap = HiddenCapture(lm)

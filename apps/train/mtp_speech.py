@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from apps.train.lm_data import LMExamples, encode_corpus
 from apps.train.state import load_optimizer_tensors, optimizer_tensors, progress, seed_step
@@ -74,18 +74,32 @@ def _lr(tc: MTPTrainConfig, step: int) -> float:
     return tc.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, tc.steps)))))
 
 
-def load_codes(tc: MTPTrainConfig, lm: SpeechLM, split: str) -> dict[str, torch.Tensor]:
-    from apps.train.data import corpus_rows
+def load_codes(tc: MTPTrainConfig, lm: SpeechLM, split: str, limit: int = 0) -> dict[str, torch.Tensor]:
+    """Codes of a split's utterances. Read from ``--codes`` when a cache for the whole split is there, else
+    encoded and cached in the output directory; ``limit`` > 0 encodes only that many rows (spread over the
+    split), for held-out measurements on a big corpus."""
+    from apps.train.data import corpus_rows, read_wav
     from apps.train.speech_lm import LMTrainConfig, load_audio_tokenizer
 
-    # cached codes are read from --codes when there, else encoded once and cached in the output directory
+    rows = corpus_rows(tc.corpus, split)
     cache = Path(tc.codes or "") / f"codes-{split}.safetensors"
-    if not tc.codes or not cache.is_file() or _count(cache) != len(corpus_rows(tc.corpus, split)):
-        cache = Path(tc.out or tc.lm) / f"codes-{split}.safetensors"
+    if tc.codes and cache.is_file() and _count(cache) == len(rows):
+        return encode_corpus(None, tc.corpus, split, cache, lm.config.audio_channels, False)
     ltc = LMTrainConfig(corpus=tc.corpus, out="", tokenizer=tc.tokenizer, tokenizer_preset=tc.tokenizer_preset,
                         seed=tc.seed)
-    return encode_corpus(load_audio_tokenizer(ltc, lm.device), tc.corpus, split, cache, lm.config.audio_channels,
-                         tc.progress)
+    tok = load_audio_tokenizer(ltc, lm.device)
+    out = Path(tc.out or tc.lm)
+    if not limit or limit >= len(rows):
+        return encode_corpus(tok, tc.corpus, split, out / f"codes-{split}.safetensors", lm.config.audio_channels,
+                             tc.progress)
+    subset = out / f"codes-{split}-{limit}.safetensors"
+    if subset.is_file():
+        return load_file(str(subset))
+    picked = rows[:: max(1, len(rows) // limit)][:limit]
+    codes = {r["id"]: tok.encode(read_wav(tc.corpus, r, tok.sample_rate), tok.sample_rate,
+                                 n_q=lm.config.audio_channels, progress=False).cpu().contiguous() for r in picked}
+    save_file(codes, str(subset))
+    return codes
 
 
 def _count(path: Path) -> int:
@@ -228,7 +242,8 @@ def train_mtp(tc: MTPTrainConfig) -> dict:
     state = {"step": step, "heads": tc.heads, "mtp": str(path), "history": history,
              "seconds_per_step": round((time.perf_counter() - t0) / max(1, run_steps), 3)}
     if tc.eval_items and step >= tc.steps:
-        test = LMExamples(tc.corpus, "test", load_codes(tc, lm, "test"), renderer, tc.max_patches, dict(TEXT_TASKS))
+        test = LMExamples(tc.corpus, "test", load_codes(tc, lm, "test", limit=2 * tc.eval_items), renderer,
+                          tc.max_patches, dict(TEXT_TASKS))
         spec = SpeculativeText(target, drafter)
         state["eval"] = acceptance_on_asr(spec, test, renderer, special, tc.eval_items,
                                           list(range(1, tc.heads + 1)), tc.eval_new_patches)
