@@ -119,9 +119,12 @@ def run_model(name: str, lm: SpeechLM, mtp_path: Path, prompts: list[torch.Tenso
                 "lut+sparse": SpeculativeText.from_lm(composed, mtp_path)}
     # fixed length (no stop token: every config decodes alike), text output (no speech patches)
     cfg = GenerationConfig(max_new_patches=args.new, stop_tokens=(), suppress_tokens=suppress)
+    kmax = max(args.k)
     configs = [("plain", "fp32", 0)] + [(f"mtp K={k}", "fp32", k) for k in args.k]
+    configs += [(f"mtp K={kmax} adaptive", "fp32", kmax)]
     configs += [("lut", "lut", 0), ("lut+sparse", "lut+sparse", 0)]
     configs += [(f"lut+sparse+mtp K={k}", "lut+sparse", k) for k in args.k]
+    configs += [(f"lut+sparse+mtp K={kmax} adaptive", "lut+sparse", kmax)]
     rates: dict[str, list[float]] = {c[0]: [] for c in configs}
     stats_acc: dict[str, list] = {c[0]: [] for c in configs}
     equal: dict[str, bool] = {c[0]: True for c in configs}
@@ -135,7 +138,7 @@ def run_model(name: str, lm: SpeechLM, mtp_path: Path, prompts: list[torch.Tenso
                     out, st = spec.generate_plain(prompt, cfg)
                     plain_out[(variant, i)] = out.text_ids
                 else:
-                    out, st = spec.generate(prompt, cfg, max_draft=k, adaptive=False)
+                    out, st = spec.generate(prompt, cfg, max_draft=k, adaptive=label.endswith("adaptive"))
                     same = out.text_ids == plain_out[(variant, i)]
                     equal[label] &= same
                     if not same and rep == 0:
@@ -162,7 +165,7 @@ def run_model(name: str, lm: SpeechLM, mtp_path: Path, prompts: list[torch.Tenso
     cost_fp32 = verify_cost(lm, prompts[0], args.k)
     cost_comp = verify_cost(composed, prompts[0], args.k)
     for row in rows:
-        k = int(row["config"].split("K=")[1]) if "K=" in row["config"] else 0
+        k = int(row["config"].split("K=")[1].split()[0]) if "K=" in row["config"] else 0
         if k:
             c = (cost_comp if row["config"].startswith("lut") else cost_fp32)[k]
             row["verify_cost_x"] = round(c, 2)
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         mtp = Path(args.mtp or args.lm)
         load_speech_mtp(lm, mtp)  # fails early and clearly without heads
         special = SpecialTokens.from_tokenizer(tok)
-        rows += run_model(f"trained {lm.num_parameters() / 1e6:.1f}M", lm, mtp,
+        rows += run_model(f"--lm {lm.num_parameters() / 1e6:.1f}M", lm, mtp,
                           prompts_for(lm, renderer, args, args.tokenizer), args, (special.empty, special.sostm))
         print_table(rows)
     if args.big:
