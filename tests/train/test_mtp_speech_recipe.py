@@ -82,3 +82,16 @@ def test_patch_head_recipe_measures_and_learns(tiny_lm_dir, mini_corpus, tmp_pat
     ids[0, ::4] = torch.tensor([1, 2, empty, empty, 3, empty])
     learn = torch.tensor([False, False, True, True, True, True])
     assert draft_positions(ids, learn, empty).tolist() == [0, 1, 3]
+
+
+def test_held_out_codes_encode_only_a_subset(tiny_lm_dir, mini_corpus, tmp_path):
+    from apps.train.mtp_speech import load_codes
+    from mimo_audio.modeling import SpeechLM
+
+    lm = SpeechLM.from_pretrained(tiny_lm_dir)
+    codes = load_codes(_cfg(tiny_lm_dir, mini_corpus, tmp_path), lm, "test", limit=1)
+    assert len(codes) == 1 and (tmp_path / "codes-test-1.safetensors").is_file()
+    (key, c), = codes.items()
+    assert key.startswith("test/") and c.shape[0] == 8
+    again = load_codes(_cfg(tiny_lm_dir, mini_corpus, tmp_path), lm, "test", limit=1)  # from the cache
+    assert torch.equal(again[key], c)
