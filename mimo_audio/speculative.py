@@ -200,7 +200,7 @@ def _capped_length(lm: SpeechLM, prompt_patches: int, max_new: int) -> int:
     room = lm.max_patches - prompt_patches
     if room <= 0:
         raise ValueError(f"prompt of {prompt_patches} patches leaves no room in the context of {lm.max_patches}")
-    # the verify pass of the last round may run up to max_draft positions past the committed length
+    # the decoder never drafts past max_new - 1 new tokens, so verify passes stay inside the context
     return min(max_new, room)
 
 
