@@ -83,8 +83,14 @@ def load_codes(tc: MTPTrainConfig, lm: SpeechLM, split: str, limit: int = 0) -> 
 
     rows = corpus_rows(tc.corpus, split)
     cache = Path(tc.codes or "") / f"codes-{split}.safetensors"
-    if tc.codes and cache.is_file() and _count(cache) == len(rows):
-        return encode_corpus(None, tc.corpus, split, cache, lm.config.audio_channels, False)
+    if tc.codes and cache.is_file():
+        with safe_open(str(cache), framework="pt") as fh:
+            keys = list(fh.keys())
+        if keys and not keys[0].isdigit():  # keyed by row id: any subset of the split
+            ids = {r["id"] for r in rows}
+            return {k: v for k, v in load_file(str(cache)).items() if k in ids}
+        if len(keys) == len(rows):  # keyed by row index over the whole split (apps.train.lm_data)
+            return encode_corpus(None, tc.corpus, split, cache, lm.config.audio_channels, False)
     ltc = LMTrainConfig(corpus=tc.corpus, out="", tokenizer=tc.tokenizer, tokenizer_preset=tc.tokenizer_preset,
                         seed=tc.seed)
     tok = load_audio_tokenizer(ltc, lm.device)
@@ -100,11 +106,6 @@ def load_codes(tc: MTPTrainConfig, lm: SpeechLM, split: str, limit: int = 0) -> 
                                  n_q=lm.config.audio_channels, progress=False).cpu().contiguous() for r in picked}
     save_file(codes, str(subset))
     return codes
-
-
-def _count(path: Path) -> int:
-    with safe_open(str(path), framework="pt") as fh:
-        return len(list(fh.keys()))
 
 
 class _Capture:
