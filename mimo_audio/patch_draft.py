@@ -135,12 +135,13 @@ def patch_draft_agreement(
     Returns per method (``head`` if given, ``stale``, ``repeat``): ``ch0_code`` (share of channel-0 codes
     equal), ``ch0_patch`` (all 4 channel-0 codes equal), ``patch`` (all 32 codes equal: greedy acceptance),
     and for the head ``p_accept_sampled`` (mean acceptance probability under ``audio_sampler``),
-    ``log10_p_accept`` (its mean log10) and
+    ``log10_p_accept_median`` (the median log10 over drafts) and
     ``ch0_entropy`` (mean entropy in nats of the target's first channel-0 code, temperature 1).
     """
     greedy = Sampler.greedy()
     cap = HiddenCapture(lm)
     sums: dict[str, dict[str, float]] = {}
+    log10s: list[float] = []
     n_total = 0
     try:
         for ids, learn in examples:
@@ -166,7 +167,7 @@ def patch_draft_agreement(
                 sampler = audio_sampler or greedy
                 lp = _patch_logprob(lm, local[pos + 1], drafts["head"], sampler)
                 s["p_accept_sampled"] = s.get("p_accept_sampled", 0.0) + float(lp.exp().sum())
-                s["log10_p_accept"] = s.get("log10_p_accept", 0.0) + float(lp.sum() / math.log(10))
+                log10s.extend((lp / math.log(10)).tolist())
                 first = lm.patch_decoder_logits(local[pos + 1], target)[0][:, 0].float()
                 first[:, lm.config.speech_zeroemb_idx[0]] = float("-inf")
                 p = first.softmax(-1)
@@ -177,8 +178,11 @@ def patch_draft_agreement(
         cap.close()
     if not n_total:
         raise ValueError("no speech patches to draft in the examples")
-    return {name: {k: float(f"{v / n_total:.4g}") for k, v in s.items()} | {"patches": n_total}
-            for name, s in sums.items()}
+    out = {name: {k: float(f"{v / n_total:.4g}") for k, v in s.items()} | {"patches": n_total}
+           for name, s in sums.items()}
+    if log10s:  # median: drafts outside the sampler's top-k/top-p have probability 0 (log = -inf)
+        out["head"]["log10_p_accept_median"] = float(f"{sorted(log10s)[len(log10s) // 2]:.4g}")
+    return out
 
 
 def patch_head_loss(
