@@ -135,7 +135,9 @@ def patch_draft_agreement(
     Returns per method (``head`` if given, ``stale``, ``repeat``): ``ch0_code`` (share of channel-0 codes
     equal), ``ch0_patch`` (all 4 channel-0 codes equal), ``patch`` (all 32 codes equal: greedy acceptance),
     and for the head ``p_accept_sampled`` (mean acceptance probability under ``audio_sampler``),
-    ``log10_p_accept_median`` (the median log10 over drafts) and
+    ``log10_p_accept_median`` (the median log10 over drafts), ``p_accept_sampling_drafter`` (a drafter that
+    samples its patch from its own patch-decoder distribution q: ``E_{x~q} min(1, p(x)/q(x))``, one draw
+    per patch) and
     ``ch0_entropy`` (mean entropy in nats of the target's first channel-0 code, temperature 1).
     """
     greedy = Sampler.greedy()
@@ -168,6 +170,13 @@ def patch_draft_agreement(
                 lp = _patch_logprob(lm, local[pos + 1], drafts["head"], sampler)
                 s["p_accept_sampled"] = s.get("p_accept_sampled", 0.0) + float(lp.exp().sum())
                 log10s.extend((lp / math.log(10)).tolist())
+                if sampler.do_sample:  # a sampling drafter: E_{x~q} min(1, p(x)/q(x)), one draw per patch
+                    gen = torch.Generator().manual_seed(n_total)
+                    x = lm.decode_patch(head_local[pos], sampler, gen)
+                    lp_x = _patch_logprob(lm, local[pos + 1], x, sampler)
+                    lq_x = _patch_logprob(lm, head_local[pos], x, sampler)
+                    acc = (lp_x - lq_x).clamp(max=0.0).exp()
+                    s["p_accept_sampling_drafter"] = s.get("p_accept_sampling_drafter", 0.0) + float(acc.sum())
                 first = lm.patch_decoder_logits(local[pos + 1], target)[0][:, 0].float()
                 first[:, lm.config.speech_zeroemb_idx[0]] = float("-inf")
                 p = first.softmax(-1)

@@ -70,6 +70,7 @@ def test_patch_head_recipe_measures_and_learns(tiny_lm_dir, mini_corpus, tmp_pat
         for r in res.values():
             assert r["patches"] > 0 and all(0.0 <= r[k] <= 1.0 for k in ("ch0_code", "ch0_patch", "patch"))
         assert res["head"]["ch0_entropy"] > 0 and 0.0 <= res["head"]["p_accept_sampled"] <= 1.0
+        assert 0.0 <= res["head"]["p_accept_sampling_drafter"] <= 1.0
     losses = [h["loss"] for h in state["history"]]
     assert sum(losses[-3:]) < sum(losses[:3]), losses
     m = MimoAudio.from_pretrained(tiny_lm_dir, device="cpu")
