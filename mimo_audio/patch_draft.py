@@ -171,12 +171,13 @@ def patch_draft_agreement(
                 s["p_accept_sampled"] = s.get("p_accept_sampled", 0.0) + float(lp.exp().sum())
                 log10s.extend((lp / math.log(10)).tolist())
                 if sampler.do_sample:  # a sampling drafter: E_{x~q} min(1, p(x)/q(x)), one draw per patch
-                    gen = torch.Generator().manual_seed(n_total)
-                    x = lm.decode_patch(head_local[pos], sampler, gen)
-                    lp_x = _patch_logprob(lm, local[pos + 1], x, sampler)
-                    lq_x = _patch_logprob(lm, head_local[pos], x, sampler)
-                    acc = (lp_x - lq_x).clamp(max=0.0).exp()
-                    s["p_accept_sampling_drafter"] = s.get("p_accept_sampling_drafter", 0.0) + float(acc.sum())
+                    for name, q_local in (("head", head_local[pos]), ("stale", local[pos])):
+                        gen = torch.Generator().manual_seed(n_total)
+                        x = lm.decode_patch(q_local, sampler, gen)
+                        lp_x = _patch_logprob(lm, local[pos + 1], x, sampler)
+                        lq_x = _patch_logprob(lm, q_local, x, sampler)
+                        acc = float((lp_x - lq_x).clamp(max=0.0).exp().sum())
+                        sums[name]["p_accept_sampling_drafter"] = sums[name].get("p_accept_sampling_drafter", 0.0) + acc
                 first = lm.patch_decoder_logits(local[pos + 1], target)[0][:, 0].float()
                 first[:, lm.config.speech_zeroemb_idx[0]] = float("-inf")
                 p = first.softmax(-1)
