@@ -153,6 +153,9 @@ class MimoAudio:
         self.renderer = PromptRenderer(text_tokenizer, self.special, lm.config.speech_zeroemb_idx, lm.config.group_size)
         self.voices = voices or VoiceRegistry()
         self.tasks = tasks or TaskLibrary()
+        self.lm_path: Path | None = None  # set by from_pretrained: where mtp.safetensors is looked for
+        self._speculative = None  # mimo_audio.speculative.SpeculativeText, loaded on first use
+        self.last_spec_stats: list[Any] = []  # efficient.spec.SpecStats of the last speculative run, per prompt
 
     @classmethod
     def from_pretrained(
@@ -198,7 +201,19 @@ class MimoAudio:
             from tokenizer import AudioTokenizer
 
             audio_tokenizer = AudioTokenizer.from_pretrained(tokenizer_path, device=device, dtype=dtype)
-        return cls(lm, text_tokenizer, audio_tokenizer, VoiceRegistry(voices_dir), TaskLibrary(tasks_dir))
+        m = cls(lm, text_tokenizer, audio_tokenizer, VoiceRegistry(voices_dir), TaskLibrary(tasks_dir))
+        m.lm_path = Path(lm_path)
+        return m
+
+    def load_mtp(self, path: str | Path | None = None, max_draft: int = 3):
+        """Load MTP heads (``mtp.safetensors`` in ``path``, default: beside the LM) for ``speculative=K``."""
+        from .speculative import SpeculativeText
+
+        path = path if path is not None else self.lm_path
+        if path is None:
+            raise FileNotFoundError("no MTP heads: pass a path to load_mtp (the LM was not loaded from a directory)")
+        self._speculative = SpeculativeText.from_lm(self.lm, path, max_draft=max_draft)
+        return self._speculative
 
     # ------------------------------------------------------------------ audio in / out
     @property
@@ -273,8 +288,14 @@ class MimoAudio:
         text_sampler: Sampler | None = None,
         audio_sampler: Sampler | None = None,
         stop: Sequence[str] | None = None,
+        speculative: bool | int = False,
+        adaptive_draft: bool = False,
     ) -> GenerationConfig:
-        """The task's preset and stop tokens, with any of them overridden."""
+        """The task's preset and stop tokens, with any of them overridden.
+
+        ``speculative``: MTP drafting for text-only outputs (True = 3 draft tokens, or a number); needs
+        ``mtp.safetensors`` beside the LM (or :meth:`load_mtp`). Greedy output is unchanged by it.
+        """
         spec = formats.TASKS[task]
         p = get_preset(preset or spec.preset)
         suppress = (self.special.empty, self.special.sostm) if output == "text" else ()
@@ -286,6 +307,8 @@ class MimoAudio:
             audio_sampler=audio_sampler or p.audio,
             suppress_tokens=suppress,
             seed=seed,
+            speculative=speculative,
+            adaptive_draft=adaptive_draft,
         )
 
     def render(self, segments: Sequence[Segment]) -> torch.Tensor:
@@ -317,7 +340,7 @@ class MimoAudio:
     ) -> list[ChatResult]:
         """Render and generate a batch of prompts (segment lists) with one configuration."""
         ids = [self.render(p) for p in prompts]
-        outs = generate(self.lm, ids, config)
+        outs = self._speculative_run(ids, config) if config.speculative else generate(self.lm, ids, config)
         results = []
         for prompt, out in zip(ids, outs):
             parser = self._parser(prompt)
@@ -327,6 +350,21 @@ class MimoAudio:
             parser.finish()
             results.append(self._result(parser, out.stop_reason, out.num_patches, prompt, decode_audio))
         return results
+
+    def _speculative_run(self, prompts: list[torch.Tensor], config: GenerationConfig) -> list:
+        """Text-only generation with MTP drafting, one prompt at a time (stats in ``last_spec_stats``)."""
+        if self.special.empty not in config.suppress_tokens:
+            raise ValueError("speculative decoding covers text-only outputs (ASR, understanding, text replies); "
+                             "this task generates speech")
+        if self._speculative is None:
+            self.load_mtp()
+        outs, self.last_spec_stats = [], []
+        for p in prompts:
+            out, stats = self._speculative.generate(p, config, max_draft=config.speculative,
+                                                    adaptive=config.adaptive_draft)
+            outs.append(out)
+            self.last_spec_stats.append(stats)
+        return outs
 
     def stream(
         self, segments: Sequence[Segment], config: GenerationConfig, decode_audio: bool = True

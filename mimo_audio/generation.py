@@ -38,8 +38,18 @@ class GenerationConfig:
     audio_sampler: Sampler = field(default_factory=Sampler.greedy)
     suppress_tokens: tuple[int, ...] = ()  # never sampled on the text channel (e.g. <|empty|> for text output)
     seed: int | None = None
+    # MTP speculative decoding of text-only outputs: draft this many tokens per backbone forward (0 = off).
+    # Run by MimoAudio with the heads in mtp.safetensors beside the LM (see mimo_audio.speculative).
+    speculative: int = 0
+    adaptive_draft: bool = False  # let the decoder shorten or switch off drafting when it does not pay
 
     def __post_init__(self) -> None:
+        if self.speculative is True:
+            object.__setattr__(self, "speculative", 3)
+        if self.speculative is False or self.speculative is None:
+            object.__setattr__(self, "speculative", 0)
+        if int(self.speculative) < 0:
+            raise ValueError(f"speculative (draft tokens) must be >= 0, got {self.speculative}")
         if self.max_new_patches < 1:
             raise ValueError(f"max_new_patches must be >= 1, got {self.max_new_patches}")
         if not 0 <= self.min_new_patches <= self.max_new_patches:
@@ -162,6 +172,11 @@ def iter_patches(model: SpeechLM, prompts: Sequence[torch.Tensor], config: Gener
 
     prefill -> (sample_patch -> decode_one) per patch. Closing the iterator stops generation.
     """
+    if config.speculative:
+        raise ValueError(
+            "speculative decoding needs MTP heads: run it through MimoAudio (speculative=...) or "
+            "mimo_audio.speculative.SpeculativeText"
+        )
     device = model.device
     stop = torch.tensor(config.stop_tokens, dtype=torch.long, device=device)
     pad = config.stop_tokens[0] if config.stop_tokens else 0

@@ -186,7 +186,7 @@ class SpeechLM(nn.Module):
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
         if use_cache and past_key_values is None:
-            past_key_values = DynamicCache()
+            past_key_values = self.new_cache()
         out = self.model(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -202,6 +202,16 @@ class SpeechLM(nn.Module):
             local_hidden=self.hidden_states_downcast(h),
             past_key_values=past_key_values if use_cache else None,
         )
+
+    def new_cache(self):
+        """An empty KV cache for the backbone: a ``DynamicCache``, or, when the backbone's attention was
+        converted by ``efficient.attention.apply_attention``, the hybrid cache it needs (otherwise the
+        converted backbone would swap in its own cache and the caller's would stay empty)."""
+        if getattr(self.model, "_efficient_attention_config", None) is not None:
+            from efficient.attention import HybridAttentionCache
+
+            return HybridAttentionCache.for_model(self.model)
+        return DynamicCache()
 
     # ------------------------------------------------------------------ patch decoder
     def speech_embed_local(self, channel: int, codes: torch.Tensor) -> torch.Tensor:

@@ -68,7 +68,24 @@ def _gen(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("max_new_patches", "preset", "seed"):
         if getattr(args, key) is not None:
             out[key] = getattr(args, key)
+    if getattr(args, "speculative", 0):
+        out["speculative"] = args.speculative
     return out
+
+
+def _add_speculative(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--speculative", type=int, default=0, metavar="K",
+                   help="MTP speculative decoding of text output, K draft tokens per step (needs mtp.safetensors "
+                        "beside the LM: `mimo-audio train mtp`); greedy output is unchanged")
+
+
+def _spec_summary(m) -> dict[str, Any]:
+    stats = getattr(m, "last_spec_stats", None) or []
+    if not stats:
+        return {}
+    return {"speculative": [{"accept_per_position": [round(a, 3) for a in s.acceptance_per_position],
+                             "accept_length": round(s.acceptance_length, 3),
+                             "tokens_per_forward": round(s.tokens_per_forward, 3)} for s in stats]}
 
 
 def _emit(args: argparse.Namespace, result, elapsed: float, extra: dict[str, Any] | None = None) -> int:
@@ -116,6 +133,7 @@ def _asr(args: argparse.Namespace) -> int:
     texts = m.asr_batch(args.audio, language=args.language, **_gen(args))
     elapsed = time.perf_counter() - t0
     summary = {"transcripts": [{"audio": a, "text": t} for a, t in zip(args.audio, texts)], "elapsed_s": elapsed}
+    summary.update(_spec_summary(m))
     return _write_summary(args, summary)
 
 
@@ -131,7 +149,7 @@ def _chat(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     r = m.chat([{"role": "user", "content": content}], output=args.reply, thinking=args.thinking,
                voice=args.voice, system_prompt=args.system_prompt, **_gen(args))
-    return _emit(args, r, time.perf_counter() - t0)
+    return _emit(args, r, time.perf_counter() - t0, _spec_summary(m) if args.speculative else None)
 
 
 def _vc(args: argparse.Namespace) -> int:
@@ -208,6 +226,7 @@ def register(subparsers) -> None:
     p.add_argument("audio", nargs="+", help="audio files")
     p.add_argument("--language", choices=("en", "zh"), default="en", help="language of the instruction sentence")
     _common(p)
+    _add_speculative(p)
     p.set_defaults(func=_asr)
 
     p = subparsers.add_parser("chat", help="one chat turn (text and/or speech in; text and/or speech out)",
@@ -219,6 +238,7 @@ def register(subparsers) -> None:
     p.add_argument("--system-prompt", default=None, help="system prompt (put before the first user turn)")
     p.add_argument("--voice", default=None, help="voice for spoken replies (registered name or wav)")
     _common(p, needs_audio_tokenizer=False)
+    _add_speculative(p)
     p.set_defaults(func=_chat)
 
     p = subparsers.add_parser("vc", help="few-shot voice conversion / speech-to-speech from example pairs",

@@ -11,6 +11,10 @@ _RECIPES = {
                   "train an audio tokenizer for reconstruction (resumable)"),
     "lm": ("apps.train.speech_lm", "train_lm",
            "train a speech LM on TTS/ASR/continuation/few-shot/text examples (resumable)"),
+    "mtp": ("apps.train.mtp_speech", "train_mtp",
+            "fit MTP draft heads on a frozen speech LM for its text outputs (resumable); writes mtp.safetensors"),
+    "mtp-patch": ("apps.train.mtp_patch", "train_patch_head",
+                  "fit a speech-patch MTP head on a frozen speech LM and measure its draft acceptance (resumable)"),
 }
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -148,6 +148,14 @@ class AdaptiveDraftLength:
             self.t_draft_step = self._avg(self.t_draft_step, draft_seconds / k)
 
 
+def _stop_set(eos_token_id: int | Collection[int] | None) -> frozenset[int]:
+    if eos_token_id is None:
+        return frozenset()
+    if isinstance(eos_token_id, int):
+        return frozenset((eos_token_id,))
+    return frozenset(int(t) for t in eos_token_id)
+
+
 class _History:
     """The target's pre-norm hidden states for the last ``keep`` positions."""
 
@@ -232,9 +240,11 @@ class SpeculativeDecoder:
         max_new_tokens: int,
         sampling: SamplingParams | None = None,
         generator: torch.Generator | None = None,
-        eos_token_id: int | None = None,
+        eos_token_id: int | Collection[int] | None = None,
     ) -> tuple[list[int], SpecStats]:
+        """Decode up to ``max_new_tokens``; ``eos_token_id`` may be one id or several (any of them stops)."""
         params = sampling or SamplingParams()
+        stops = _stop_set(eos_token_id)
         prompt = [int(t) for t in (prompt_ids.flatten().tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
         if not prompt:
             raise ValueError("empty prompt")
@@ -251,7 +261,7 @@ class SpeculativeDecoder:
         toks, out = prompt + [tok], [tok]
         stats.time_prefill = time.perf_counter() - t_start
         caches = self.drafter.new_caches(max(K, 1))
-        while len(out) < max_new_tokens and tok != eos_token_id:
+        while len(out) < max_new_tokens and tok not in stops:
             k = min(ctl.choose(), max_new_tokens - len(out) - 1)
             n0 = cache.get_seq_length()
             t0 = time.perf_counter()
@@ -286,8 +296,9 @@ class SpeculativeDecoder:
                     stats.accepted[i] += int(i < a)
             else:
                 stats.plain_steps += 1
-        if eos_token_id is not None and eos_token_id in out:
-            out = out[: out.index(eos_token_id) + 1]
+        first_stop = next((i for i, t in enumerate(out) if t in stops), None)
+        if first_stop is not None:
+            out = out[: first_stop + 1]
         out = out[:max_new_tokens]
         stats.new_tokens = len(out)
         stats.time_total = time.perf_counter() - t_start
@@ -305,10 +316,11 @@ def generate_plain(
     max_new_tokens: int,
     sampling: SamplingParams | None = None,
     generator: torch.Generator | None = None,
-    eos_token_id: int | None = None,
+    eos_token_id: int | Collection[int] | None = None,
 ) -> tuple[list[int], SpecStats]:
     """Plain one-token-per-forward decoding through the same target step (the reference)."""
     params = sampling or SamplingParams()
+    stops = _stop_set(eos_token_id)
     prompt = [int(t) for t in (prompt_ids.flatten().tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
     stats = SpecStats(max_draft=0)
     t_start = time.perf_counter()
@@ -317,7 +329,7 @@ def generate_plain(
     tok = SpeculativeDecoder._pick(logits[-1], params, generator)
     out = [tok]
     stats.time_prefill = time.perf_counter() - t_start
-    while len(out) < max_new_tokens and tok != eos_token_id:
+    while len(out) < max_new_tokens and tok not in stops:
         logits, _ = target.forward(torch.tensor([[tok]]), cache)
         tok = SpeculativeDecoder._pick(logits[-1], params, generator)
         out.append(tok)
