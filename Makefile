@@ -13,7 +13,7 @@ SYSPKGS ?= flite espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-u
 .PHONY: help setup sysdeps demo test lint bench clean
 
 help:
-	@echo "make demo   - set up .venv and run the demo (tokenizer round trip on TTS speech)"
+	@echo "make demo   - set up .venv and run the demo on the embedded default model (tokenizer round trip, ASR, TTS)"
 	@echo "make test   - set up .venv and run the whole test suite"
 	@echo "make lint   - ruff"
 	@echo "make bench  - run the benchmarks in bench/ (slow)"
@@ -40,7 +40,11 @@ sysdeps:
 demo: setup sysdeps
 	@mkdir -p $(OUT)
 	flite -voice slt -t "The quick brown fox jumps over the lazy dog." -o $(OUT)/demo_in.wav
-	$(VENV)/bin/mimo-audio tokenizer roundtrip $(OUT)/demo_in.wav $(OUT)/demo_out.wav --preset tiny
+	$(VENV)/bin/mimo-audio default-model
+	$(VENV)/bin/mimo-audio tokenizer roundtrip $(OUT)/demo_in.wav $(OUT)/demo_resynth.wav
+	$(VENV)/bin/mimo-audio asr $(OUT)/demo_in.wav
+	$(VENV)/bin/mimo-audio tts "The quick brown fox jumps over the lazy dog." -o $(OUT)/demo_tts.wav
+	@echo "demo output: $(OUT)/demo_in.wav (flite), $(OUT)/demo_resynth.wav (tokenizer), $(OUT)/demo_tts.wav (TTS)"
 
 test: setup sysdeps
 	$(PY) -m pytest $(PYTEST_ARGS)
