@@ -373,7 +373,9 @@ def attend_decode(
             q.view(b, hkv, g, dk), k, v, 0.0, False, attn_mask=bias, scale=scale
         )
         if sink is not None:
-            out = out * torch.sigmoid(lse - sink.to(lse.dtype).view(1, hkv, g)).unsqueeze(-1)
+            share = torch.sigmoid(lse.sub_(sink.view(1, hkv, g) if sink.dtype == lse.dtype else sink.to(lse.dtype)
+                                           .view(1, hkv, g)))
+            out = out.mul_(share.unsqueeze_(-1))
         return AttentionOutput(out.view(b, hq, 1, v.shape[-1]))
     logits = torch.matmul(q.view(b, hkv, g, dk), k.transpose(-1, -2)).mul_(scale)  # [B, Hkv, G, S]
     if bias is not None:

@@ -33,8 +33,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE on ``[B, H, T, D]`` with transformers' ``cos``/``sin`` (``[B, T, D]``), rotate-half convention."""
-    cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
-    return x * cos + _rotate_half(x) * sin
+    if cos.dtype != x.dtype:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.addcmul(x * cos.unsqueeze(1), _rotate_half(x), sin.unsqueeze(1))
 
 
 class EfficientAttention(nn.Module):
@@ -210,7 +211,7 @@ class EfficientAttention(nn.Module):
             cache.set_selection(self.layer_idx, select_blocks(res.block_max, cfg.top_k, q_pos, cfg.block_size, skip))
             return res.out
         if self.kind == "W":
-            bias = layer.write_one(k, v, pos)
+            bias = cache.write_window(self.layer_idx, k, v, pos)
             return attend_decode(q, layer.keys, layer.values, scale=self.scaling, sink=self.sink, bias=bias).out
         src = cache.layers[self.kv_source]
         if src.seen != pos + 1:
@@ -236,7 +237,7 @@ class EfficientAttention(nn.Module):
             cache.gathered[self.selection_source] = gathered
         sparse = attend_decode(q, gathered.keys, gathered.values, scale=self.scaling, sink=self.sink_sparse,
                                bias=gathered.bias).out
-        bias = layer.write_one(k, v, pos)
+        bias = cache.write_window(self.layer_idx, k, v, pos)
         local = attend_decode(q, layer.keys, layer.values, scale=self.scaling, sink=self.sink_swa, bias=bias).out
         g_sparse = torch.sigmoid(self.gate_sparse(x)).view(-1, self.num_heads, 1, 1)
         g_swa = torch.sigmoid(self.gate_swa(x)).view(-1, self.num_heads, 1, 1)
