@@ -315,6 +315,8 @@ def main() -> None:
                     ",".join(QUALITY_CONFIGS) + ")")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="no quality row for the unmodified model (when another process measures it)")
     ap.add_argument("--qwen", action="store_true", help="also the Qwen2 backbone-shape table (slow)")
     ap.add_argument("--qwen-only", action="store_true", help="only the Qwen2 backbone-shape table")
     ap.add_argument("--qwen-layers", type=int, default=None)
@@ -351,7 +353,8 @@ def main() -> None:
                                                                  else SPEED_CONFIGS)
     quality_cfgs = args.quality_configs.split(",") if args.quality_configs else QUALITY_CONFIGS
     models = {BASE: model}
-    for layout in dict.fromkeys(speed_cfgs + quality_cfgs):
+    wanted = ([] if args.skip_speed else speed_cfgs) + ([] if args.skip_quality else quality_cfgs)
+    for layout in dict.fromkeys(wanted):
         t0 = time.perf_counter()
         conv = apply_attention(model, layout, inplace=False, calibration_ids=train[:, : args.calib_tokens])
         conv._bench_tok = tok
@@ -364,7 +367,8 @@ def main() -> None:
         _dump(args.json, results)
     if not args.skip_quality:
         prompts = {n: passkey_prompts(tok, test_text, n - 8, args.passkey_trials, seed=n) for n in lengths}
-        quality_rows({k: models[k] for k in [BASE] + quality_cfgs}, model, tok, train, test, prompts, args, results)
+        names = quality_cfgs if args.no_baseline else [BASE] + quality_cfgs
+        quality_rows({k: models[k] for k in names}, model, tok, train, test, prompts, args, results)
         print_quality(results, [BASE] + quality_cfgs, lengths, args)
     if args.qwen:
         del models
