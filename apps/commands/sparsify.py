@@ -108,8 +108,9 @@ def run(args: argparse.Namespace) -> int:
     hd = getattr(c, "head_dim", None) or c.hidden_size // heads
     from efficient.attention import AttentionConfig
 
-    full = kv_cache_bytes(AttentionConfig(layout="F" * len(cfg["layout"])), 8192, kv, hd)
-    mine = kv_cache_bytes(AttentionConfig(**cfg), 8192, kv, hd)
+    elem = next(conv.parameters()).element_size()
+    full = kv_cache_bytes(AttentionConfig(layout="F" * len(cfg["layout"])), 8192, kv, hd, dtype_bytes=elem)
+    mine = kv_cache_bytes(AttentionConfig(**cfg), 8192, kv, hd, dtype_bytes=elem)
     print(f"layout {cfg['layout']} ({cfg['layout'].count('F')} of {len(cfg['layout'])} layers full); "
           f"KV cache at 8k tokens {mine / 2**20:.1f} MiB vs {full / 2**20:.1f} MiB full ({full / mine:.2f}x smaller)")
     if args.heal_steps:
