@@ -248,6 +248,8 @@ def speed_table(models: dict, contexts: list[int], steps: int, repeats: int, res
 def quality_rows(models: dict, model, tok, train, test, prompts, args, results: dict) -> None:
     """Perplexity and passkey for every config, then the same after healing; each row as soon as it is done."""
     for name, m in models.items():
+        if args.healed_only:
+            break
         t0 = time.perf_counter()
         ppl = perplexity(m, test, args.ppl_len, 1)
         pk = {n: passkey_accuracy(m, p) for n, p in prompts.items()}
@@ -265,7 +267,7 @@ def quality_rows(models: dict, model, tok, train, test, prompts, args, results: 
         heal_s = time.perf_counter() - t0
         ppl = perplexity(h, test, args.ppl_len, 1)
         pk = {n: passkey_accuracy(h, p) for n, p in prompts.items()}
-        results[name]["healed"] = dict(ppl=ppl, passkey=pk, kl_first=losses[0], kl_last=losses[-1],
+        results.setdefault(name, {})["healed"] = dict(ppl=ppl, passkey=pk, kl_first=losses[0], kl_last=losses[-1],
                                        kl_last5=statistics.mean(losses[-5:]), kl_first5=statistics.mean(losses[:5]),
                                        seconds=heal_s)
         print(f"healed {name}: KL {losses[0]:.3f} -> {losses[-1]:.3f} (mean of first/last 5: "
@@ -315,6 +317,7 @@ def main() -> None:
                     ",".join(QUALITY_CONFIGS) + ")")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--healed-only", action="store_true", help="quality after healing only (to split runs)")
     ap.add_argument("--no-baseline", action="store_true",
                     help="no quality row for the unmodified model (when another process measures it)")
     ap.add_argument("--qwen", action="store_true", help="also the Qwen2 backbone-shape table (slow)")
