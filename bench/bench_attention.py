@@ -288,9 +288,10 @@ def print_quality(results: dict, names: list[str], lengths: list[int], args) -> 
     ref = results.get(BASE, {}).get("ppl", float("nan"))
     for name in names:
         r = results.get(name, {})
-        if "ppl" not in r:
+        if "ppl" not in r and "healed" not in r:
             continue
-        cells = [f"{r['ppl']:.2f}", f"{r['ppl'] - ref:+.2f}"] + [f"{r['passkey'][n]:.0%}" for n in lengths]
+        cells = ([f"{r['ppl']:.2f}", f"{r['ppl'] - ref:+.2f}"] + [f"{r['passkey'][n]:.0%}" for n in lengths]
+                 if "ppl" in r else ["(other run)"] * (2 + len(lengths)))
         h = r.get("healed")
         if h:
             cells += [f"{h['ppl']:.2f}", f"{h['ppl'] - ref:+.2f}"] + [f"{h['passkey'][n]:.0%}" for n in lengths]
