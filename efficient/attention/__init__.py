@@ -5,9 +5,11 @@
 - :class:`HybridAttentionCache` is the transformers ``Cache`` it runs with (``memory()``, ``crop()``).
 - :mod:`.kernels` is the one attention interface (window, sink, K/V dims, block-max scores, block reads).
 - :func:`heal` is a short fine-tune of the new parameters.
+- :func:`save_converted` / :func:`load_converted` write and read a converted model (safetensors + layout).
 """
 
 from .cache import CacheMemory, HybridAttentionCache, kv_cache_bytes
+from .checkpoint import load_converted, read_attention_config, save_converted
 from .convert import apply_attention, attention_config_of, build_model, find_base_model, new_parameters
 from .heal import heal
 from .layout import AttentionConfig, hybrid_swa_layout, hysparse_layout, resolve_layout
@@ -26,6 +28,9 @@ __all__ = [
     "hybrid_swa_layout",
     "hysparse_layout",
     "kv_cache_bytes",
+    "load_converted",
     "new_parameters",
+    "read_attention_config",
     "resolve_layout",
+    "save_converted",
 ]

@@ -146,6 +146,25 @@ class RingKVLayer(CacheLayerMixin):
         self.positions = self.positions.index_copy(0, slots, pos)
         self.seen = int(positions[-1]) + 1
 
+    def write_one(self, key_states: torch.Tensor, value_states: torch.Tensor, position: int) -> None:
+        """Decode: store one token in place (no autograd). The slot it overwrites held ``position - capacity``,
+        already outside the window."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if position != self.seen:
+            raise ValueError(f"window KV layer holds {self.seen} positions but got keys for {position}")
+        slot = position % self.capacity
+        self.keys.narrow(2, slot, 1).copy_(key_states)
+        self.values.narrow(2, slot, 1).copy_(value_states)
+        self.positions[slot] = position
+        self.seen = position + 1
+
+    def window_bias(self, position: int) -> torch.Tensor:
+        """``[1, 1, 1, capacity]``: 0 for the slots the query at ``position`` sees (its window), ``-inf`` elsewhere."""
+        p = self.positions
+        return torch.zeros(p.shape, dtype=self.keys.dtype, device=p.device).masked_fill_(
+            (p < 0) | (p <= position - self.window), float("-inf")).view(1, 1, 1, -1)
+
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, cache_kwargs: dict[str, Any] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,6 +260,26 @@ class HybridAttentionCache(Cache):
         self.config = config
         # layer index of an F/R layer -> block indices [B, Hkv, T, K] of the current forward
         self.selection: dict[int, torch.Tensor] = {}
+        # decode: the selected blocks gathered once per step, shared by the sparse layers reading them
+        self.gathered: dict[int, Any] = {}
+        self._window_bias: tuple[int, torch.Tensor] | None = None
+
+    def write_window(self, layer_idx: int, key_states: torch.Tensor, value_states: torch.Tensor, position: int):
+        """Decode: write one token into a layer's ring; returns its window bias (see ``RingKVLayer.window_bias``).
+
+        Every ring is written at the same positions in every forward and cropped together, so their slot
+        positions agree and one bias per step serves all of them.
+        """
+        layer = self.layers[layer_idx]
+        layer.write_one(key_states, value_states, position)
+        if self._window_bias is None or self._window_bias[0] != position:
+            self._window_bias = (position, layer.window_bias(position))
+        return self._window_bias[1]
+
+    def set_selection(self, layer_idx: int, blocks: torch.Tensor) -> None:
+        """Hand an F/R layer's block selection to the sparse layers after it (drops the stale gather)."""
+        self.selection[layer_idx] = blocks
+        self.gathered.pop(layer_idx, None)
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, max_cache_len: int | None = None) -> HybridAttentionCache:
@@ -272,11 +311,15 @@ class HybridAttentionCache(Cache):
         for layer in self.layers:
             layer.crop(max_length)
         self.selection.clear()
+        self.gathered.clear()
+        self._window_bias = None
 
     def reset(self) -> None:
         for layer in self.layers:
             layer.reset()
         self.selection.clear()
+        self.gathered.clear()
+        self._window_bias = None
 
     def memory(self) -> CacheMemory:
         """Bytes per token, window bytes, K/V bytes for the current length, and everything allocated."""
@@ -293,4 +336,5 @@ class HybridAttentionCache(Cache):
                 window += kv
                 allocated += layer.positions.nbytes
         allocated += sum(sel.nbytes for sel in self.selection.values())
+        allocated += sum(g.keys.nbytes + g.values.nbytes + g.bias.nbytes for g in self.gathered.values())
         return CacheMemory(tokens, per_token, window, per_token * tokens + window, allocated)

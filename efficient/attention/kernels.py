@@ -297,6 +297,107 @@ def attend_blocks(
     return AttentionOutput(torch.cat(outs, 2), torch.cat(lses, 2))
 
 
+@dataclass
+class GatheredBlocks:
+    """The selected blocks of a full layer's KV for one decode step, shared by every sparse layer reading them."""
+
+    keys: torch.Tensor  # [B, Hkv, K*block_size, Dk], whole contiguous blocks
+    values: torch.Tensor  # [B, Hkv, K*block_size, Dv]
+    bias: torch.Tensor  # [B, Hkv, 1, K*block_size]: 0 for a visible key, -inf otherwise
+
+
+def gather_blocks(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    blocks: torch.Tensor,
+    q_pos: int,
+    n_valid: int,
+    *,
+    block_size: int,
+    exclude_window: int | None = None,
+) -> GatheredBlocks:
+    """Copy the ``blocks`` (``[B, Hkv, 1, K]``) of one decode query out of ``k``/``v`` (block-multiple buffers).
+
+    One ``index_select`` per tensor over ``[B*Hkv*nb, block_size, D]`` rows: every block is a contiguous
+    ``block_size x D`` slab, so the gather is a handful of memcpys. Keys past ``n_valid``, after the query or
+    (with ``exclude_window``) inside its window get a ``-inf`` bias.
+    """
+    b, hkv, cap, dk = k.shape
+    if cap % block_size:
+        raise ValueError(f"KV buffer length {cap} is not a multiple of the block size {block_size}")
+    nb = cap // block_size
+    ids = blocks[:, :, 0]  # [B, Hkv, K]
+    n_sel = ids.shape[-1]
+    base = (torch.arange(b * hkv, device=k.device) * nb).view(b, hkv, 1)
+    flat = (ids + base).reshape(-1)
+    keys = k.reshape(b * hkv * nb, block_size, dk).index_select(0, flat).view(b, hkv, n_sel * block_size, dk)
+    values = v.reshape(b * hkv * nb, block_size, v.shape[-1]).index_select(0, flat)
+    values = values.view(b, hkv, n_sel * block_size, v.shape[-1])
+    kp = (ids[..., None] * block_size + torch.arange(block_size, device=k.device)).view(b, hkv, 1, -1)
+    last = min(q_pos, n_valid - 1)
+    if exclude_window is not None:
+        last = min(last, q_pos - exclude_window)
+    bias = torch.zeros(kp.shape, dtype=k.dtype, device=k.device).masked_fill_(kp > last, NEG_INF)
+    return GatheredBlocks(keys, values, bias)
+
+
+def attend_decode(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor | None,
+    *,
+    scale: float,
+    sink: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    n_valid: int | None = None,
+    block_size: int | None = None,
+) -> AttentionOutput:
+    """One decode query per head over every key of ``k`` (the decode fast path: no position masks, few ops).
+
+    ``bias`` (broadcast to ``[B, Hkv, 1, S]``) masks keys with ``-inf``; ``n_valid`` masks the tail
+    ``k[:, :, n_valid:]`` of a preallocated buffer. With ``block_size`` (``S`` a multiple of it) the block-max
+    probabilities come from the same logits and the row's final log-denominator: ``exp(max_block(a) - lse)``,
+    max over the group's heads, ``[B, Hkv, 1, nb]``. ``v=None`` computes only the scores. On CPU, without block
+    scores, the fused flash kernel runs and ``lse`` is not returned.
+    """
+    b, hq, t, dk = q.shape
+    if t != 1:
+        raise ValueError(f"attend_decode takes one query per head, got {t}")
+    hkv, s = k.shape[1], k.shape[2]
+    g = hq // hkv
+    if v is not None and not block_size and n_valid is None and q.device.type == "cpu" and dk == v.shape[-1]:
+        # PyTorch's fused CPU kernel, the G query heads of a KV group as G query rows of one head (GQA without
+        # repeating K/V); the sink rescales its output through the log-sum-exp: o * sigmoid(lse - sink). A row
+        # with no visible key comes back as zeros, which is what it should attend to.
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q.view(b, hkv, g, dk), k, v, 0.0, False, attn_mask=bias, scale=scale
+        )
+        if sink is not None:
+            share = torch.sigmoid(lse.sub_(sink.view(1, hkv, g) if sink.dtype == lse.dtype else sink.to(lse.dtype)
+                                           .view(1, hkv, g)))
+            out = out.mul_(share.unsqueeze_(-1))
+        return AttentionOutput(out.view(b, hq, 1, v.shape[-1]))
+    logits = torch.matmul(q.view(b, hkv, g, dk), k.transpose(-1, -2)).mul_(scale)  # [B, Hkv, G, S]
+    if bias is not None:
+        logits.add_(bias)
+    if n_valid is not None and n_valid < s:
+        logits[..., n_valid:] = NEG_INF
+    lse = torch.logsumexp(logits, -1, keepdim=True)
+    if sink is not None:
+        lse = torch.logaddexp(lse, sink.to(lse.dtype).view(1, hkv, g, 1))
+    else:
+        lse = lse.clamp_min(torch.finfo(lse.dtype).min)  # a row with no visible key attends to nothing
+    out = None
+    if v is not None:
+        out = torch.matmul(torch.exp(logits - lse), v).view(b, hq, 1, v.shape[-1])
+    block_max = None
+    if block_size:
+        nb = s // block_size
+        blk = logits.view(b, hkv, g, nb, block_size).amax(-1).sub_(lse).exp_()
+        block_max = blk.amax(2, keepdim=True)  # [B, Hkv, 1, nb]
+    return AttentionOutput(out, lse.view(b, hq, 1), block_max)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Eager references: dense, unchunked, the sink as an extra key column with a zero value.
 

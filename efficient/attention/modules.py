@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .cache import FullKVLayer, HybridAttentionCache, RingKVLayer
-from .kernels import attend, attend_blocks, attend_window, select_blocks
+from .kernels import attend, attend_blocks, attend_decode, attend_window, gather_blocks, select_blocks
 from .layout import AttentionConfig, kv_sources, selection_sources
 
 
@@ -33,8 +33,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE on ``[B, H, T, D]`` with transformers' ``cos``/``sin`` (``[B, T, D]``), rotate-half convention."""
-    cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
-    return x * cos + _rotate_half(x) * sin
+    if cos.dtype != x.dtype:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.addcmul(x * cos.unsqueeze(1), _rotate_half(x), sin.unsqueeze(1))
 
 
 class EfficientAttention(nn.Module):
@@ -139,6 +140,10 @@ class EfficientAttention(nn.Module):
         b, t, _ = hidden_states.shape
         q, k, v = self._project(hidden_states, position_embeddings)
         layer = cache.layers[self.layer_idx]
+        if t == 1 and not torch.is_grad_enabled():
+            pos = layer.get_seq_length() if cache_position is None else int(cache_position[0])
+            out = self._decode(hidden_states, q, k, v, pos, layer, cache)
+            return self.o_proj(out.view(b, 1, self.num_heads * self.v_head_dim)), None
         pos = cache_position
         if pos is None:
             pos = torch.arange(layer.get_seq_length(), layer.get_seq_length() + t, device=q.device)
@@ -153,7 +158,7 @@ class EfficientAttention(nn.Module):
             )
             if self.emits_selection:
                 skip = cfg.window if cfg.sparse_skip_window else None
-                cache.selection[self.layer_idx] = select_blocks(res.block_max, cfg.top_k, pos, cfg.block_size, skip)
+                cache.set_selection(self.layer_idx, select_blocks(res.block_max, cfg.top_k, pos, cfg.block_size, skip))
             out = res.out
         elif self.kind == "W":
             out = self._window(q, k, v, pos, layer, self.sink)
@@ -175,7 +180,7 @@ class EfficientAttention(nn.Module):
         if self.kind == "R":
             k_pos = torch.arange(n_valid, device=q.device)
             scores = attend(q, k_full[:, :, :n_valid], None, pos, k_pos, scale=self.scaling, block_size=cfg.block_size)
-            cache.selection[self.layer_idx] = select_blocks(scores.block_max, cfg.top_k, pos, cfg.block_size, skip)
+            cache.set_selection(self.layer_idx, select_blocks(scores.block_max, cfg.top_k, pos, cfg.block_size, skip))
         blocks = cache.selection.get(self.selection_source)
         if blocks is None or blocks.shape[2] != q.shape[2]:
             raise RuntimeError(f"layer {self.layer_idx}: no block selection from layer {self.selection_source} "
@@ -188,3 +193,52 @@ class EfficientAttention(nn.Module):
         g_sparse = torch.sigmoid(self.gate_sparse(x)).transpose(1, 2).unsqueeze(-1)  # [B, H, T, 1]
         g_swa = torch.sigmoid(self.gate_swa(x)).transpose(1, 2).unsqueeze(-1)
         return g_sparse * sparse + g_swa * local
+
+    def _decode(self, x, q, k, v, pos: int, layer, cache: HybridAttentionCache) -> torch.Tensor:
+        """One token without autograd: no position masks, in-place ring writes, one gather per selection."""
+        cfg = self.attn_config
+        if self.kind == "F":
+            layer.update(k, v, {"cache_position": torch.tensor([pos])})
+            n = layer.seen
+            sink = getattr(self, "sink", None)
+            if not self.emits_selection:
+                return attend_decode(q, layer.keys[:, :, :n], layer.values[:, :, :n], scale=self.scaling, sink=sink).out
+            n_blk = -(-n // cfg.block_size) * cfg.block_size  # whole blocks; the tail is masked
+            res = attend_decode(q, layer.keys[:, :, :n_blk], layer.values[:, :, :n_blk], scale=self.scaling,
+                                sink=sink, n_valid=n, block_size=cfg.block_size)
+            skip = cfg.window if cfg.sparse_skip_window else None
+            q_pos = torch.tensor([pos], device=q.device)
+            cache.set_selection(self.layer_idx, select_blocks(res.block_max, cfg.top_k, q_pos, cfg.block_size, skip))
+            return res.out
+        if self.kind == "W":
+            bias = cache.write_window(self.layer_idx, k, v, pos)
+            return attend_decode(q, layer.keys, layer.values, scale=self.scaling, sink=self.sink, bias=bias).out
+        src = cache.layers[self.kv_source]
+        if src.seen != pos + 1:
+            raise RuntimeError(
+                f"layer {self.layer_idx} borrows KV from layer {self.kv_source}, which holds {src.seen} positions, "
+                f"not the {pos + 1} this forward needs"
+            )
+        skip = cfg.window if cfg.sparse_skip_window else None
+        if self.kind == "R":
+            n_blk = -(-src.seen // cfg.block_size) * cfg.block_size
+            scores = attend_decode(q, src.keys[:, :, :n_blk], None, scale=self.scaling, n_valid=src.seen,
+                                   block_size=cfg.block_size).block_max
+            q_pos = torch.tensor([pos], device=q.device)
+            cache.set_selection(self.layer_idx, select_blocks(scores, cfg.top_k, q_pos, cfg.block_size, skip))
+        gathered = cache.gathered.get(self.selection_source)
+        if gathered is None:
+            blocks = cache.selection.get(self.selection_source)
+            if blocks is None or blocks.shape[2] != 1:
+                raise RuntimeError(f"layer {self.layer_idx}: no block selection from layer {self.selection_source} "
+                                   "for this forward (the full layer must run first in the same forward)")
+            gathered = gather_blocks(src.keys, src.values, blocks, pos, src.seen, block_size=cfg.block_size,
+                                     exclude_window=skip)
+            cache.gathered[self.selection_source] = gathered
+        sparse = attend_decode(q, gathered.keys, gathered.values, scale=self.scaling, sink=self.sink_sparse,
+                               bias=gathered.bias).out
+        bias = cache.write_window(self.layer_idx, k, v, pos)
+        local = attend_decode(q, layer.keys, layer.values, scale=self.scaling, sink=self.sink_swa, bias=bias).out
+        g_sparse = torch.sigmoid(self.gate_sparse(x)).view(-1, self.num_heads, 1, 1)
+        g_swa = torch.sigmoid(self.gate_swa(x)).view(-1, self.num_heads, 1, 1)
+        return local.mul_(g_swa).addcmul_(g_sparse, sparse)

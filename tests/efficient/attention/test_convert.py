@@ -91,6 +91,17 @@ def test_prefill_then_decode_equals_full_recompute(kind, layout):
     assert cache.get_seq_length() == n
 
 
+def test_decode_from_the_first_token_equals_the_whole_forward():
+    """The decode path alone (empty rings, partial first block, shared gathers) from position 0."""
+    model, ids = _model(), _ids(40)
+    conv = apply_attention(model, "FSRSWF", **ATTN)
+    with torch.no_grad():
+        whole = conv(ids).logits
+        inc, cache = _decode(conv, ids, 1)
+    torch.testing.assert_close(inc, whole, atol=1e-5, rtol=1e-4)
+    assert set(cache.gathered) == {0, 2}  # one gather per selection (F layer 0 and R layer 2), shared by the S layers
+
+
 def test_topk_covering_all_blocks_gives_dense_attention_over_full_layer_kv():
     """An S layer with every block selected, sparse gate 1 and window gate 0 is attention over the F layer's KV."""
     model, ids = _model(), _ids(40)

@@ -11,8 +11,11 @@ from efficient.attention.kernels import (
     attend,
     attend_blocks,
     attend_blocks_eager,
+    attend_decode,
     attend_eager,
     block_max_eager,
+    blocks_to_key_mask,
+    gather_blocks,
     select_blocks,
 )
 
@@ -117,6 +120,49 @@ def test_block_reads_match_eager(exclude_window, t):
     got = attend_blocks(q, k, v, q_pos, n_valid, blocks, block_size=16, sink=sink, exclude_window=exclude_window)
     ref = attend_blocks_eager(q, k, v, q_pos, n_valid, blocks, block_size=16, sink=sink, exclude_window=exclude_window)
     torch.testing.assert_close(got.out, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("with_sink", [False, True])
+def test_decode_fast_path_matches_eager(dtype, with_sink):
+    """attend_decode (fused CPU kernel, or logits path with block scores) against the eager reference."""
+    q, k, v = _qkv(t=1, s=128, dtype=dtype)
+    n = 100  # a preallocated buffer: keys 100..127 are not written yet
+    sink = torch.randn(6, dtype=dtype) if with_sink else None
+    ref, probs = attend_eager(q, k[:, :, :n], v[:, :, :n], torch.tensor([n - 1]), torch.arange(n), sink=sink)
+    scale = 16**-0.5
+    fast = attend_decode(q, k[:, :, :n], v[:, :, :n], scale=scale, sink=sink)
+    scored = attend_decode(q, k, v, scale=scale, sink=sink, n_valid=n, block_size=16)
+    tol = {} if dtype == torch.float64 else dict(atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fast.out, ref, **tol)
+    torch.testing.assert_close(scored.out, ref, **tol)
+    expected_bm = block_max_eager(torch.nn.functional.pad(probs, (0, 28)), 2, 16)
+    torch.testing.assert_close(scored.block_max, expected_bm, **tol)
+    # a bias that hides every key: the head attends to nothing (zeros), on both paths
+    hide = torch.full((1, 1, 1, n), float("-inf"), dtype=dtype)
+    assert attend_decode(q, k[:, :, :n], v[:, :, :n], scale=scale, sink=sink, bias=hide).out.abs().max() == 0
+    hide_all = torch.nn.functional.pad(hide, (0, 28), value=float("-inf"))
+    assert attend_decode(q, k, v, scale=scale, sink=sink, bias=hide_all, block_size=16).out.abs().max() == 0
+
+
+@pytest.mark.parametrize("exclude_window", [None, 10])
+def test_gathered_blocks_equal_the_eager_block_read(exclude_window):
+    q, k, v = _qkv(t=1, s=128, dv=24)
+    q_pos, n_valid = 99, 100
+    blocks = select_blocks(torch.rand(2, 2, 1, 8), 3, torch.tensor([q_pos]), 16)
+    sink = torch.randn(6, dtype=torch.float64)
+    g = gather_blocks(k, v, blocks, q_pos, n_valid, block_size=16, exclude_window=exclude_window)
+    for bi in range(2):  # every gathered slab is the block it names
+        for h in range(2):
+            for j, blk in enumerate(blocks[bi, h, 0].tolist()):
+                assert torch.equal(g.keys[bi, h, j * 16 : (j + 1) * 16], k[bi, h, blk * 16 : (blk + 1) * 16])
+    got = attend_decode(q, g.keys, g.values, scale=16**-0.5, sink=sink, bias=g.bias).out
+    ref = attend_blocks_eager(q, k, v, torch.tensor([q_pos]), n_valid, blocks, block_size=16, sink=sink,
+                              exclude_window=exclude_window)
+    torch.testing.assert_close(got, ref)
+    visible = (g.bias == 0).sum()
+    expected = blocks_to_key_mask(blocks, n_valid, 16).sum() if exclude_window is None else visible
+    assert visible == expected  # keys past n_valid (the tail of the last block) are hidden
 
 
 def test_select_blocks_prefers_visible_and_skips_window():
