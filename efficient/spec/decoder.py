@@ -148,6 +148,11 @@ class AdaptiveDraftLength:
             self.t_draft_step = self._avg(self.t_draft_step, draft_seconds / k)
 
 
+def _token_list(ids: list[int] | torch.Tensor) -> list[int]:
+    """A prompt as plain ints, from a list or a tensor of any shape."""
+    return [int(t) for t in (ids.flatten().tolist() if torch.is_tensor(ids) else ids)]
+
+
 def _stop_set(eos_token_id: int | Collection[int] | None) -> frozenset[int]:
     if eos_token_id is None:
         return frozenset()
@@ -245,7 +250,7 @@ class SpeculativeDecoder:
         """Decode up to ``max_new_tokens``; ``eos_token_id`` may be one id or several (any of them stops)."""
         params = sampling or SamplingParams()
         stops = _stop_set(eos_token_id)
-        prompt = [int(t) for t in (prompt_ids.flatten().tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
+        prompt = _token_list(prompt_ids)
         if not prompt:
             raise ValueError("empty prompt")
         K = self.max_draft
@@ -321,7 +326,7 @@ def generate_plain(
     """Plain one-token-per-forward decoding through the same target step (the reference)."""
     params = sampling or SamplingParams()
     stops = _stop_set(eos_token_id)
-    prompt = [int(t) for t in (prompt_ids.flatten().tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
+    prompt = _token_list(prompt_ids)
     stats = SpecStats(max_draft=0)
     t_start = time.perf_counter()
     cache = target.new_cache()
