@@ -67,6 +67,10 @@ class EngineStopped(EngineError):
     """The engine stopped before the request finished."""
 
 
+class PromptTooLong(ValueError):
+    """The prompt (text plus input audio) is longer than the engine accepts."""
+
+
 @dataclass
 class EngineConfig:
     max_batch: int = 8  # rows generated together
@@ -322,7 +326,7 @@ class Engine:
         prompt_patches = job.prompt.shape[1] // lm.config.group_size
         limit = min(self.config.max_prompt_patches or lm.max_patches, lm.max_patches - 1)
         if prompt_patches > limit:
-            raise ValueError(f"prompt of {prompt_patches} patches exceeds the limit of {limit} patches "
+            raise PromptTooLong(f"prompt of {prompt_patches} patches exceeds the limit of {limit} patches "
                              "(audio costs 6.25 patches per second)")
         if job.config.speculative and self.model.special.empty not in job.config.suppress_tokens:
             raise ValueError("speculative decoding covers text-only outputs; this task generates speech")
