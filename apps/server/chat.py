@@ -52,14 +52,19 @@ def resolve_voice(voice: Any, known: list[str]) -> str | None:
 
 
 def sampling(body: dict, max_patches_key: tuple[str, ...]) -> dict[str, Any]:
-    """OpenAI sampling fields -> MimoAudio generation overrides."""
+    """OpenAI sampling fields (plus the extensions ``max_new_patches`` / ``min_new_patches``) -> overrides."""
     gen: dict[str, Any] = {}
-    for key in max_patches_key:
+    for key in (*max_patches_key, "max_new_patches"):
         if body.get(key) is not None:
             n = body[key]
             if not isinstance(n, int) or n < 1:
                 raise ApiError(400, f"{key} must be a positive integer", param=key)
             gen["max_new_patches"] = n
+    if body.get("min_new_patches") is not None:
+        n = body["min_new_patches"]
+        if not isinstance(n, int) or n < 0:
+            raise ApiError(400, "min_new_patches must be a non-negative integer", param="min_new_patches")
+        gen["min_new_patches"] = min(n, gen.get("max_new_patches", n))
     temperature, top_p = body.get("temperature"), body.get("top_p")
     if temperature is not None or top_p is not None:
         try:
