@@ -155,3 +155,24 @@ def test_speculative_job_runs_alone(served, speech_codes):
         other = eng.submit(served.prepare_tts("Batched meanwhile.", max_new_patches=20, **G))
         assert _same(eng.submit(job).result(timeout=60), alone)
         other.result(timeout=60)
+
+
+@pytest.mark.parametrize("quant,attention,batch", [("w4g64", None, 4), (None, "hysparse-1:3", 1)])
+def test_composed_backbones(quant, attention, batch):
+    """--quant batches like the float model; --sparse (hybrid cache) is served one request at a time."""
+    from mimo_audio.compose import compose_backbone
+
+    if quant:
+        from efficient.quant import native
+
+        if native.library() is None:
+            pytest.skip("native LUT kernels not built (the torch fallback takes ~30 s here)")
+    m = MimoAudio.from_pretrained()
+    compose_backbone(m.lm, quant=quant, attention=attention)
+    jobs = [m.prepare_tts("Hello there.", max_new_patches=16, **G),
+            m.prepare_chat([{"role": "user", "content": "Hi"}], max_new_patches=12, **G)]
+    alone = [m.run_job(j) for j in jobs]
+    with Engine(m, EngineConfig(max_batch=4)) as eng:
+        assert eng.max_batch == batch
+        results = [h.result(timeout=60) for h in [eng.submit(j) for j in jobs]]
+    assert all(_same(a, b) for a, b in zip(alone, results))
