@@ -163,11 +163,15 @@ class RequestHandle:
         audio_parts: list[torch.Tensor] = []
         first_audio = True
 
-        def emit(delta) -> StreamEvent:
+        def emit(deltas: list) -> StreamEvent:
+            """One event for the patches that arrived together (a consumer that fell behind catches up in
+            one decoder call, not one per patch)."""
             nonlocal first_audio
-            ev = StreamEvent(text=delta.text, thinking=delta.thinking, codes=delta.codes)
-            if decoder is not None and delta.codes is not None:
-                ev.audio = decoder.push(delta.codes.to(m.lm.device)).float().cpu()
+            codes = [d.codes for d in deltas if d.codes is not None]
+            ev = StreamEvent(text="".join(d.text for d in deltas), thinking="".join(d.thinking for d in deltas),
+                             codes=torch.cat(codes, dim=1) if codes else None)
+            if decoder is not None and ev.codes is not None:
+                ev.audio = decoder.push(ev.codes.to(m.lm.device)).float().cpu()
                 audio_parts.append(ev.audio)
                 if first_audio and ev.audio.numel():
                     first_audio = False
@@ -176,29 +180,36 @@ class RequestHandle:
 
         try:
             while True:
-                item = req.events.get()
-                kind = item[0]
-                if kind == "patch":
-                    ev = emit(parser.push(item[1], item[2], is_stop=item[3]))
+                items = [req.events.get()]
+                while items[-1][0] == "patch":  # take whatever else is already there
+                    try:
+                        items.append(req.events.get_nowait())
+                    except queue.Empty:
+                        break
+                deltas = [parser.push(it[1], it[2], is_stop=it[3]) for it in items if it[0] == "patch"]
+                last = items[-1]
+                if last[0] == "error":
+                    raise last[1]
+                if last[0] == "patch":
+                    ev = emit(deltas)
                     if ev.text or ev.thinking or ev.codes is not None:
                         yield ev
-                elif kind == "error":
-                    raise item[1]
-                else:  # ("end", stop_reason, n)
-                    final = emit(parser.finish())
-                    result = m._result(parser, item[1], item[2], job.prompt, decode=False)
-                    if decoder is not None:
-                        tail = decoder.flush().float().cpu()
-                        final.audio = tail if final.audio is None else torch.cat([final.audio, tail])
-                        audio_parts.append(tail)
-                        result.audio = torch.cat(audio_parts) if audio_parts else torch.zeros(0)
-                        if first_audio and tail.numel():
-                            self._engine._note_ttfa(time.monotonic() - req.submitted)
-                    job.finish(result)
-                    self._result = result
-                    final.result = result
-                    yield final
-                    return
+                    continue
+                # ("end", stop_reason, n)
+                final = emit(deltas + [parser.finish()])
+                result = m._result(parser, last[1], last[2], job.prompt, decode=False)
+                if decoder is not None:
+                    tail = decoder.flush().float().cpu()
+                    final.audio = tail if final.audio is None else torch.cat([final.audio, tail])
+                    audio_parts.append(tail)
+                    result.audio = torch.cat(audio_parts) if audio_parts else torch.zeros(0)
+                    if first_audio and tail.numel():
+                        self._engine._note_ttfa(time.monotonic() - req.submitted)
+                job.finish(result)
+                self._result = result
+                final.result = result
+                yield final
+                return
         finally:
             if not req.done.is_set():  # the consumer went away (iterator closed): free the slot
                 self.cancel()
