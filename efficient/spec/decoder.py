@@ -286,9 +286,14 @@ class SpeculativeDecoder:
                 rollback(cache, n0 + a + 1)
             hist.append(h[: a + 1])
             new = drafts[:a] + [nxt]
+            # A stop token anywhere in the committed tokens ends decoding there: what follows it is dropped
+            # (checking only the round's last token decoded on to the length limit).
+            hit = next((i for i, t in enumerate(new) if t in stops), None)
+            if hit is not None:
+                new = new[: hit + 1]
             toks.extend(new)
             out.extend(new)
-            tok = nxt
+            tok = new[-1]
             ctl.update_forward(k + 1, t2 - t1)
             stats.time_draft += t1 - t0
             stats.time_verify += t2 - t1
@@ -301,9 +306,6 @@ class SpeculativeDecoder:
                     stats.accepted[i] += int(i < a)
             else:
                 stats.plain_steps += 1
-        first_stop = next((i for i, t in enumerate(out) if t in stops), None)
-        if first_stop is not None:
-            out = out[: first_stop + 1]
         out = out[:max_new_tokens]
         stats.new_tokens = len(out)
         stats.time_total = time.perf_counter() - t_start

@@ -72,6 +72,28 @@ def test_eos_stops_generation(llama_target):
     assert out == ref[: ref.index(eos) + 1]
 
 
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_stop_token_inside_a_round_ends_decoding(adaptive):
+    """A stop token accepted in the middle of a round ends decoding at once (tokens after it are dropped).
+
+    Perfect drafts with K=3 commit 4 tokens per round: the first token comes from the prefill, round 1
+    commits tokens 1-4, round 2 tokens 5-8, so a stop at index 6 is the 2nd token of round 2.
+    """
+    target = CausalLMTarget(helpers.tiny_llama(seed=0, tied=False))
+    prompt = PROMPTS[3]
+    ref, _ = generate_plain(target, prompt, 40)
+    stop_at = 6
+    eos = ref[stop_at]
+    assert eos not in ref[:stop_at]  # the model's continuation: 86 48 46 13 3 54 58 ...
+    drafter = helpers.drafter_for(target, heads=3)
+    dec = helpers.OracleDecoder(target, drafter, max_draft=3, adaptive=adaptive, corrupt=0.0)
+    out, stats = dec.generate(prompt, 200, eos_token_id=eos)
+    assert out == ref[: stop_at + 1]
+    assert stats.new_tokens == stop_at + 1
+    # prefill + a few rounds, not decoding on to the 200-token limit and cutting afterwards
+    assert stats.target_forwards <= 1 + stop_at, stats.target_forwards
+
+
 def test_sliding_window_target_rollback():
     """Mistral with a sliding window: transformers' DynamicCache gets sliding layers."""
     target = CausalLMTarget(helpers.tiny_mistral(window=64))
