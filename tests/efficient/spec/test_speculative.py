@@ -174,6 +174,28 @@ def test_adaptive_turns_drafting_off_when_it_does_not_pay():
     assert ctl2.choose() == 3
 
 
+def test_adaptive_probes_back_off_when_drafting_never_pays():
+    """Off for good: probes get rarer (each costs ~K plain steps), so adaptive stays close to plain."""
+    ctl = AdaptiveDraftLength(3, probe_every=16)
+    ctl.choose()
+    ctl.update_forward(1, 0.010)
+    ctl.choose()
+    ctl.update_forward(4, 0.040)
+    ctl.update_round(3, 0, 0.030)
+    picks = []
+    for _ in range(500):
+        k = ctl.choose()
+        picks.append(k)
+        if k:
+            ctl.update_forward(4, 0.040)
+            ctl.update_round(3, 0, 0.030)  # every probe: nothing accepted
+        else:
+            ctl.update_forward(1, 0.010)
+    probes = picks.count(3)
+    assert 2 <= probes <= 6, probes  # 16, 32, 64, 128, 256: a fixed interval of 16 would probe ~30 times
+    assert ctl.probes == probes
+
+
 def test_adaptive_decoder_is_still_exact(llama_target):
     drafter = helpers.drafter_for(llama_target, heads=2)
     ref, _ = generate_plain(llama_target, PROMPTS[2], 40)
