@@ -7,7 +7,10 @@ internal error (a bug), shown with its traceback only under ``--debug``. ``UserE
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 class UserError(ValueError):
@@ -23,6 +26,8 @@ def check_device(device: str | torch.device | None) -> torch.device:
 
     ``None`` picks CUDA when available, else the CPU.
     """
+    import torch
+
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
