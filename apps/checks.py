@@ -156,7 +156,7 @@ def check_causal_lm_dir(path: str | Path, command: str) -> Path:
 
     d = Path(path)
     if not d.exists():
-        fail(f"{command}: model folder not found: {d}")
+        fail(f"{command}: model folder not found: {d} (config.json missing)")
     if not d.is_dir():
         fail(f"{command}: --model must be a model folder (config.json + model.safetensors), got the file {d}")
     cfg_file = d / "config.json"

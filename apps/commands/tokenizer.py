@@ -27,11 +27,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace, outputs: list[tuple[Path, tuple[str, ...]]]) -> None:
-    """Before any work: the input exists, the outputs can be written, the device exists."""
+    """Before any work: the outputs can be written (and are not the input), the device exists."""
     from apps.checks import check_device, check_output_file
 
-    if not Path(args.input).is_file():
-        raise FileNotFoundError(f"input file not found: {args.input}")
     for path, suffixes in outputs:
         check_output_file(path, suffixes, inputs=[args.input], what="output")
     check_device(args.device)
