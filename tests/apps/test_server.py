@@ -228,6 +228,10 @@ def test_transcription_formats_and_stream(client, tmp_path):
     with open(path, "rb") as f:
         events = list(client.audio.transcriptions.create(model=MODEL_ID, file=f, stream=True))
     assert events[-1].type == "transcript.text.done" and events[-1].text == verbose.text
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(24000, dtype="float32"), 24000, format="WAV")
+    silent = client.audio.transcriptions.create(model=MODEL_ID, file=("silence.wav", buf.getvalue()))
+    assert silent.text == ""  # silence is an empty transcript, as MimoAudio.asr gives
 
 
 def test_faults_get_clear_answers_and_the_server_keeps_serving(client, served, engine, tmp_path):
