@@ -361,3 +361,15 @@ def test_two_servers_behind_nginx(tmp_path):
         servers[0].__exit__()
         for e in engines:
             e.stop()
+
+
+def test_serve_refuses_a_busy_port_before_loading(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        r = subprocess.run([sys.executable, "-m", "apps", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith(f"cannot listen on 127.0.0.1:{port}: Address already in use")
