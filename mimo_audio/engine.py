@@ -284,6 +284,7 @@ class Engine:
         self._lock = threading.Condition()
         self._pending: deque[_Request] = deque()
         self._batch: _Batch | None = None
+        self._admitting: list[_Request] = []  # popped from the queue, not yet in the batch (prefill)
         self._thread: threading.Thread | None = None
         self._running = False
         self._next_id = 0
@@ -316,8 +317,9 @@ class Engine:
             self._thread.join(timeout)
             self._thread = None
         with self._lock:
-            rows = list(self._pending) + (self._batch.rows if self._batch is not None else [])
+            rows = list(self._pending) + (self._batch.rows if self._batch is not None else []) + self._admitting
             self._pending.clear()
+            self._admitting = []
             self._batch = None
         for r in rows:
             r.end(("error", EngineStopped("the engine stopped")))
@@ -415,8 +417,9 @@ class Engine:
             except Exception as exc:  # never let one bad step kill the server: fail the rows in flight
                 logger.exception("engine step failed")
                 with self._lock:
-                    rows = self._batch.rows if self._batch is not None else []
+                    rows = (self._batch.rows if self._batch is not None else []) + self._admitting
                     self._batch = None
+                    self._admitting = []
                     for r in rows:
                         self._finish(r, ("error", EngineError(f"generation failed: {exc}")), "failed")
 
@@ -475,6 +478,7 @@ class Engine:
             return
         lm = self.model.lm
         if new:
+            self._admitting = new
             pad = new[0].config.stop_tokens[0] if new[0].config.stop_tokens else 0
             ids, mask = left_pad([r.job.prompt for r in new], pad_text_id=pad, empty_ids=lm.empty_ids)
             mask = mask.to(lm.device)
@@ -483,6 +487,7 @@ class Engine:
             t0 = time.perf_counter()
             with self._lock:
                 self._batch = fresh if self._batch is None else merge_batches(self._batch, fresh)
+                self._admitting = []
             if len(fresh.rows) != len(self._batch.rows):
                 self._merge_s += time.perf_counter() - t0
                 self._merges += 1
