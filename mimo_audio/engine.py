@@ -8,10 +8,11 @@ the rows that go on back through the model. Rows leave when they stop, hit their
 time out; their slot is free at the next step.
 
 KV cache. The batch keeps one left-padded ``DynamicCache`` ``[B, heads, P, dim]`` plus a patch mask
-``[B, P]`` (positions follow the mask, so padding never shifts a row). A join left-pads the running batch
-and the newcomers' prefill caches to a common length and concatenates them; a leave selects the remaining
-rows and drops the leading columns that became padding for all. Copies therefore happen only when the
-membership changes, never on a plain step; their cost is measured in :meth:`Engine.stats` (``merge_ms``).
+``[B, P]`` (positions follow the mask, so padding never shifts a row). When the membership changes, one
+rebuild (:func:`rebuild`) writes the rows that go on and the newcomers' prefill caches right-aligned into new
+tensors as long as the longest row (columns that became padding for all rows disappear). Rows that finish
+stay in the cache until the next rebuild, so a step where rows both leave and join copies once; a plain step
+copies nothing. The rebuild's cost is in :meth:`Engine.stats` (``merge_ms``).
 
 Per request, the consumer's thread (the one iterating the :class:`RequestHandle`) turns patches into text
 deltas (:class:`~mimo_audio.postprocess.OutputParser`) and audio chunks (the audio tokenizer's streaming
@@ -237,37 +238,54 @@ def _cache_from(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
     return cache
 
 
-def _pad_left(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    extra = length - t.shape[dim]
-    if extra == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = extra
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
+def rebuild(batch: _Batch | None, keep: list[int], fresh: _Batch | None) -> _Batch | None:
+    """The next batch: the kept rows of ``batch`` followed by the ``fresh`` (just prefilled) rows.
 
+    One copy per tensor: every row is written right-aligned into a new zero (= padding) tensor as long as
+    the longest row, so columns that became padding for all rows disappear and newcomers are left-padded.
+    """
+    parts: list[tuple[_Batch, torch.Tensor | None]] = []  # (batch, row index or None = all rows)
+    if batch is not None and keep:
+        same = len(keep) == len(batch.rows)
+        parts.append((batch, None if same else torch.tensor(keep, dtype=torch.long, device=batch.mask.device)))
+    if fresh is not None:
+        parts.append((fresh, None))
+    if not parts:
+        return None
+    if len(parts) == 1 and parts[0][1] is None:  # nothing to drop or add: keep the tensors (and cache type)
+        return parts[0][0]
 
-def merge_batches(a: _Batch, b: _Batch) -> _Batch:
-    """Join two batches: left-pad both to a common length, concatenate the rows."""
-    P = max(a.mask.shape[1], b.mask.shape[1])
-    kv = [
-        (torch.cat([_pad_left(ka, P, 2), _pad_left(kb, P, 2)]), torch.cat([_pad_left(va, P, 2), _pad_left(vb, P, 2)]))
-        for (ka, va), (kb, vb) in zip(_kv(a.cache), _kv(b.cache))
-    ]
+    def rows_of(t: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        return t if idx is None else t.index_select(0, idx)
+
+    masks = [rows_of(b.mask, idx) for b, idx in parts]
+    lengths = [int(m.sum(1).max()) for m in masks]  # the longest real row of each part
+    P = max(lengths)
+    B = sum(m.shape[0] for m in masks)
+
+    def stack(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
+        """Right-align the last ``length`` columns (along ``dim``) of each part into one new tensor."""
+        shape = list(tensors[0].shape)
+        shape[0], shape[dim] = B, P
+        out = tensors[0].new_zeros(shape)
+        row = 0
+        for t, n in zip(tensors, lengths):
+            src = t.narrow(dim, t.shape[dim] - n, n)
+            out[row : row + t.shape[0]].narrow(dim, P - n, n).copy_(src)
+            row += t.shape[0]
+        return out
+
+    layers = [list(zip(*(_kv(b.cache)[i] for b, _ in parts))) for i in range(len(_kv(parts[0][0].cache)))]
+    kv = []
+    for keys, values in layers:
+        keys = [rows_of(k, idx) for k, (_, idx) in zip(keys, parts)]
+        values = [rows_of(v, idx) for v, (_, idx) in zip(values, parts)]
+        kv.append((stack(keys, 2), stack(values, 2)))
+    rows = [r for b, idx in parts for r in (b.rows if idx is None else [b.rows[int(i)] for i in idx])]
     return _Batch(
-        a.rows + b.rows, _cache_from(kv), torch.cat([_pad_left(a.mask, P, 1), _pad_left(b.mask, P, 1)]),
-        torch.cat([a.text_logits, b.text_logits]), torch.cat([a.local_hidden, b.local_hidden]),
-    )
-
-
-def select_rows(batch: _Batch, keep: list[int]) -> _Batch:
-    """Keep some rows; drop leading columns that are padding in every remaining row."""
-    idx = torch.tensor(keep, dtype=torch.long, device=batch.mask.device)
-    mask = batch.mask.index_select(0, idx)
-    start = int((mask.sum(0) > 0).nonzero()[0]) if mask.numel() else 0
-    kv = [(k.index_select(0, idx)[:, :, start:], v.index_select(0, idx)[:, :, start:]) for k, v in _kv(batch.cache)]
-    return _Batch(
-        [batch.rows[i] for i in keep], _cache_from(kv), mask[:, start:].contiguous(),
-        batch.text_logits.index_select(0, idx), batch.local_hidden.index_select(0, idx),
+        rows, _cache_from(kv), stack(masks, 1),
+        torch.cat([rows_of(b.text_logits, idx) for b, idx in parts]),
+        torch.cat([rows_of(b.local_hidden, idx) for b, idx in parts]),
     )
 
 
@@ -384,7 +402,7 @@ class Engine:
             c = dict(self._counters)
             out: dict[str, Any] = {
                 "queue_depth": len(self._pending),
-                "active": len(self._batch.rows) if self._batch is not None else 0,
+                "active": sum(not r.done.is_set() for r in self._batch.rows) if self._batch is not None else 0,
                 "max_batch": self.max_batch,
                 "max_queue": self.config.max_queue,
                 "patches_per_s": sum(n for _, n in self._recent_patches) / window,
@@ -423,19 +441,17 @@ class Engine:
                     for r in rows:
                         self._finish(r, ("error", EngineError(f"generation failed: {exc}")), "failed")
 
-    def _drop_finished(self) -> None:
-        """Remove cancelled and timed-out rows (queued or running)."""
+    def _live_rows(self) -> list[int]:
+        """End cancelled and timed-out requests (queued or running); the batch rows still generating."""
         now = time.monotonic()
         with self._lock:
             for r in list(self._pending):
                 if r.deadline is not None and now > r.deadline:
                     self._pending.remove(r)
                     self._finish(r, ("error", RequestTimeout(f"request {r.id} timed out in the queue")), "timed_out")
-            if self._batch is None:
-                return
             keep = []
-            for i, r in enumerate(self._batch.rows):
-                if r.done.is_set():
+            for i, r in enumerate(self._batch.rows if self._batch is not None else []):
+                if r.done.is_set():  # finished last step (still in the cache until this rebuild)
                     continue
                 if r.cancelled:
                     self._finish(r, ("error", Cancelled(f"request {r.id} was cancelled")), "cancelled")
@@ -444,24 +460,16 @@ class Engine:
                                  "timed_out")
                 else:
                     keep.append(i)
-            self._set_rows(keep)
+            return keep
 
-    def _set_rows(self, keep: list[int]) -> None:
-        if self._batch is None or len(keep) == len(self._batch.rows):
-            return
-        t0 = time.perf_counter()
-        self._batch = select_rows(self._batch, keep) if keep else None
-        self._merge_s += time.perf_counter() - t0
-        self._merges += 1
-
-    def _admit(self) -> list[_Request]:
+    def _admit(self, live: int) -> list[_Request]:
         with self._lock:
-            room = self.max_batch - (len(self._batch.rows) if self._batch is not None else 0)
+            room = self.max_batch - live
             new = []
             while room > 0 and self._pending:
                 r = self._pending.popleft()
                 if r.job.config.speculative:
-                    if new or self._batch is not None:  # runs alone: wait for the batch to drain
+                    if new or live:  # runs alone: wait for the batch to drain
                         self._pending.appendleft(r)
                         break
                     return [r]
@@ -469,26 +477,38 @@ class Engine:
                 room -= 1
             return new
 
+    def _prefill(self, new: list[_Request]) -> _Batch:
+        lm = self.model.lm
+        pad = new[0].config.stop_tokens[0] if new[0].config.stop_tokens else 0
+        ids, mask = left_pad([r.job.prompt for r in new], pad_text_id=pad, empty_ids=lm.empty_ids)
+        mask = mask.to(lm.device)
+        out = lm(ids.to(lm.device), attention_mask=mask, use_cache=True, logits_to_keep=1)
+        return _Batch(new, out.past_key_values, mask, out.text_logits[:, -1], out.local_hidden[:, -1])
+
     @torch.no_grad()
     def _step(self) -> None:
-        self._drop_finished()
-        new = self._admit()
+        """Membership changes (one cache rebuild at most), then one patch for every row, then its forward.
+
+        Rows that finish in a step stay in the cache through that step's forward and leave at the next
+        rebuild, so a step where some rows leave and others join copies the cache once, not twice.
+        """
+        keep = self._live_rows()
+        new = self._admit(len(keep))
         if new and new[0].job.config.speculative:
+            self._drop_batch()
             self._run_speculative(new[0])
             return
-        lm = self.model.lm
+        fresh = None
         if new:
             self._admitting = new
-            pad = new[0].config.stop_tokens[0] if new[0].config.stop_tokens else 0
-            ids, mask = left_pad([r.job.prompt for r in new], pad_text_id=pad, empty_ids=lm.empty_ids)
-            mask = mask.to(lm.device)
-            out = lm(ids.to(lm.device), attention_mask=mask, use_cache=True, logits_to_keep=1)
-            fresh = _Batch(new, out.past_key_values, mask, out.text_logits[:, -1], out.local_hidden[:, -1])
+            fresh = self._prefill(new)
+        if fresh is not None or self._batch is None or len(keep) != len(self._batch.rows):
             t0 = time.perf_counter()
             with self._lock:
-                self._batch = fresh if self._batch is None else merge_batches(self._batch, fresh)
+                rows_before = len(self._batch.rows) if self._batch is not None else 0
+                self._batch = rebuild(self._batch, keep, fresh)
                 self._admitting = []
-            if len(fresh.rows) != len(self._batch.rows):
+            if rows_before and self._batch is not None:  # a real rebuild, not a first batch or an empty one
                 self._merge_s += time.perf_counter() - t0
                 self._merges += 1
         batch = self._batch
@@ -496,8 +516,8 @@ class Engine:
             return
         t0 = time.perf_counter()
         text, codes = self._sample(batch)
-        keep = []
         now = time.monotonic()
+        alive = 0
         for i, r in enumerate(batch.rows):
             tok = int(text[i])
             stopped = tok in r.config.stop_tokens
@@ -510,19 +530,29 @@ class Engine:
                 with self._lock:
                     self._finish(r, ("end", "stop_token" if stopped else "max_length", r.n), "completed")
             else:
-                keep.append(i)
+                alive += 1
         with self._lock:
             self._counters["patches"] += len(batch.rows)
             self._recent_patches.append((now, len(batch.rows)))
-            self._set_rows(keep)
-            batch = self._batch
-        if batch is not None:  # feed the sampled patches of the rows that go on
-            idx = torch.tensor(keep, dtype=torch.long)
-            self._forward(batch, text[idx], codes[idx])
+            while self._recent_patches and now - self._recent_patches[0][0] > 10.0:
+                self._recent_patches.popleft()
+        if not alive:
+            self._drop_batch()
+        elif batch.mask.shape[1] + 1 > self.model.lm.max_patches:  # no room for finished rows: drop them now
+            with self._lock:
+                self._batch = rebuild(batch, [i for i, r in enumerate(batch.rows) if not r.done.is_set()], None)
+            live = [i for i, r in enumerate(batch.rows) if not r.done.is_set()]
+            self._forward(self._batch, text[live], codes[live])
+        else:  # every row, finished ones included (their output is ignored; they leave at the next rebuild)
+            self._forward(batch, text, codes)
         with self._lock:
             self._counters["steps"] += 1
             self._counters["rows_stepped"] += len(text)
             self._step_s += time.perf_counter() - t0
+
+    def _drop_batch(self) -> None:
+        with self._lock:
+            self._batch = None
 
     def _sample(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One patch per row, each row with its own settings.
