@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mimo_audio.engine import Cancelled, Engine, EngineError, EngineStopped, PromptTooLong, QueueFull, RequestTimeout
 from mimo_audio.errors import SilentAudioError
+from mimo_audio.sampling import Sampler
 
 from . import chat as chatmod
 from .errors import ApiError
@@ -229,7 +230,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         gen: dict[str, Any] = {}
         if form.get("temperature") not in (None, "", "0", "0.0"):
             try:
-                gen["text_sampler"] = chatmod.Sampler(True, float(form["temperature"]), None, 0.95)
+                gen["text_sampler"] = Sampler(True, float(form["temperature"]), None, 0.95)
             except ValueError:
                 raise ApiError(400, "temperature must be a number", param="temperature") from None
         if cfg.speculative:
