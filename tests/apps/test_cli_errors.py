@@ -210,3 +210,10 @@ def test_help_states_the_default_lengths(capsys):
         with pytest.raises(SystemExit):
             main([*argv, "--help"])
         assert expect in " ".join(capsys.readouterr().out.split())
+
+
+def test_folder_outputs_are_checked(workdir, caplog):
+    (workdir / "file").write_text("x")
+    _one_line_error(caplog, main(["corpus", "build", "--out", str(workdir / "file")]), "is not a directory")
+    caplog.clear()
+    _one_line_error(caplog, main(["corpus", "build", "--out", "/proc/corpus"]), "not writable")
