@@ -9,6 +9,7 @@ and run them with the task's sampler preset and stop tokens. Multi-turn state li
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from . import formats
+from .errors import SilentAudioError, UserError, check_device
 from .fewshot import TaskLibrary
 from .formats import QAExample, RenderTurn, SpeechPair
 from .generation import GenerationConfig, generate, iter_patches
@@ -26,20 +28,23 @@ from .postprocess import OutputParser
 from .prompts import PromptRenderer, Segment
 from .sampling import Sampler, get_preset
 from .text_tokenizer import SpecialTokens, load_text_tokenizer
-from .voices import VoiceRegistry
+from .voices import VoiceRegistry, check_voice_fits
 
 logger = logging.getLogger(__name__)
 
 # A path, a float waveform (numpy/torch, at the audio tokenizer's rate), (waveform, rate), or int codes [8, T].
 AudioInput = Any
-SILENCE_PEAK = 1e-4  # a waveform whose peak is below this is rejected as silent
+SILENCE_PEAK = 1e-4  # a waveform whose peak is below this is silent: rejected, except by ASR (empty transcript)
+# Few-shot conversion output defaults to at most this multiple of the query's length, plus a margin
+VC_LENGTH_FACTOR = 2.0
+VC_MARGIN_PATCHES = 25  # 4 s
 
 OUTPUTS = ("text", "audio", "both")
 
 
 @dataclass
 class ChatResult:
-    text: str
+    text: str  # the answer; when thinking_unclosed, the unfinished thinking text instead
     thinking: str | None  # None unless the prompt opened a think block
     codes: torch.Tensor  # [8, frames] generated speech codes (frames at 25 Hz)
     audio: torch.Tensor | None  # [samples] waveform, when decoded
@@ -47,6 +52,9 @@ class ChatResult:
     stop_reason: str  # "stop_token" or "max_length"
     num_patches: int
     prompt_patches: int
+    # The model thought and never wrote </think> (it hit the length limit or stopped inside the block):
+    # there is no answer, so ``text`` holds the thinking text produced, and this flag marks it.
+    thinking_unclosed: bool = False
 
     @property
     def seconds(self) -> float:
@@ -191,8 +199,7 @@ class MimoAudio:
             check_pairing(lm_path, tokenizer_path)
             if dtype is None:  # the default may be stored in bf16 to save space; on CPU fp32 runs ~2x faster
                 dtype = torch.float32
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = check_device(device)
         text_tokenizer = load_text_tokenizer(lm_path)
         special = SpecialTokens.from_tokenizer(text_tokenizer)
         lm = SpeechLM.from_pretrained(lm_path, device=device, dtype=dtype, empty_token_id=special.empty)
@@ -248,7 +255,7 @@ class MimoAudio:
             raise ValueError("audio input is empty")
         peak = float(wav.abs().max())
         if not peak >= SILENCE_PEAK:
-            raise ValueError(f"audio input is silent or invalid (peak {peak:.1e}); nothing to encode")
+            raise SilentAudioError(f"audio input is silent or invalid (peak {peak:.1e}); nothing to encode")
         tok = self._need_tokenizer("encoding audio")
         if not isinstance(audio, (str, Path)):
             from tokenizer.audio import load_audio
@@ -266,15 +273,26 @@ class MimoAudio:
         if voice is None:
             return None
         if isinstance(voice, str) and not Path(voice).suffix:
-            return self.voices.load(voice)[0]
-        return self.encode_audio(voice)
+            codes = self.voices.load(voice)[0]
+        else:
+            codes = self.encode_audio(voice)
+        check_voice_fits(codes.shape[1], self.lm.max_patches, self.lm.config.group_size)
+        return codes
 
-    def register_voice(self, name: str, audio: AudioInput, description: str = "") -> Path:
-        """Encode ``audio`` once and store it as voice ``name``; ``voice="name"`` then reuses it."""
+    def register_voice(self, name: str, audio: AudioInput, description: str = "", overwrite: bool = False) -> Path:
+        """Encode ``audio`` once and store it as voice ``name``; ``voice="name"`` then reuses it.
+
+        An existing voice is replaced only with ``overwrite=True``; a prompt longer than half the LM's
+        context is refused (it would leave no room for the text and the speech).
+        """
+        if not overwrite:
+            self.voices.check_new(name)  # before the encoding work
         codes = self.encode_audio(audio)
         frame_rate = float(getattr(self.audio_tokenizer, "frame_rate", 25))
+        check_voice_fits(codes.shape[1], self.lm.max_patches, self.lm.config.group_size, frame_rate)
         src = str(audio) if isinstance(audio, (str, Path)) else "array"
-        return self.voices.save(name, codes, self.voices.make_info(name, codes, frame_rate, src, description))
+        info = self.voices.make_info(name, codes, frame_rate, src, description)
+        return self.voices.save(name, codes, info, overwrite=overwrite)
 
     # ------------------------------------------------------------------ generation core
     def generation_config(
@@ -299,8 +317,11 @@ class MimoAudio:
         spec = formats.TASKS[task]
         p = get_preset(preset or spec.preset)
         suppress = (self.special.empty, self.special.sostm) if output == "text" else ()
+        if max_new_patches is not None and max_new_patches < 1:  # 0 is not "the default": say so
+            raise UserError(f"max_new_patches must be >= 1, got {max_new_patches}")
         return GenerationConfig(
-            max_new_patches=max_new_patches or spec.max_new_patches,
+            max_new_patches=spec.max_new_patches if max_new_patches is None else max_new_patches,
+            length_is_default=max_new_patches is None,
             min_new_patches=min_new_patches,
             stop_tokens=tuple(self.special.by_string(s) for s in (stop or spec.stop)),
             text_sampler=text_sampler or p.text,
@@ -330,9 +351,14 @@ class MimoAudio:
             audio = self.decode_codes(parsed.codes)
         elif decode and not parsed.codes.shape[1]:
             logger.warning("the model generated no speech")
+        text = parsed.text
+        if parsed.thinking_unclosed:
+            logger.warning("the model never closed its thinking (</think>): the text is the unfinished thinking")
+            text = parsed.thinking or ""
         return ChatResult(
-            text=parsed.text, thinking=parsed.thinking, codes=parsed.codes, audio=audio, sample_rate=self.sample_rate,
+            text=text, thinking=parsed.thinking, codes=parsed.codes, audio=audio, sample_rate=self.sample_rate,
             stop_reason=stop_reason, num_patches=n, prompt_patches=prompt.shape[1] // self.lm.config.group_size,
+            thinking_unclosed=parsed.thinking_unclosed,
         )
 
     def run(
@@ -502,6 +528,11 @@ class MimoAudio:
     def tts_batch(
         self, texts: Sequence[str], instruct: str | None = None, voice: str | AudioInput | None = None, **gen
     ) -> list[ChatResult]:
+        if isinstance(texts, str) or texts is None:
+            raise UserError("tts_batch takes a list of texts (use tts for one text)")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise UserError(f"TTS text {i} must be a string, got {type(t).__name__}")
         voice_codes = self._voice_codes(voice)
         prompts = [formats.tts(t, instruct=instruct, voice=voice_codes) for t in texts]
         return self.run(prompts, self.generation_config("tts", "audio", **gen))
@@ -510,8 +541,22 @@ class MimoAudio:
         return self.asr_batch([audio], language=language, **gen)[0]
 
     def asr_batch(self, audios: Sequence[AudioInput], language: str = "en", **gen) -> list[str]:
-        prompts = [formats.asr(self.encode_audio(a), language=language) for a in audios]
-        return [r.text for r in self.run(prompts, self.generation_config("asr", "text", **gen), decode_audio=False)]
+        """Transcribe each clip; a silent clip (peak below ``SILENCE_PEAK``) gets "" without running the model."""
+        texts: list[str] = [""] * len(audios)
+        prompts, rows = [], []
+        for i, a in enumerate(audios):
+            try:
+                codes = self.encode_audio(a)
+            except SilentAudioError:
+                logger.info("audio input %d is silent: empty transcript", i)
+                continue
+            prompts.append(formats.asr(codes, language=language))
+            rows.append(i)
+        if prompts:
+            results = self.run(prompts, self.generation_config("asr", "text", **gen), decode_audio=False)
+            for i, r in zip(rows, results):
+                texts[i] = r.text
+        return texts
 
     def understand(
         self, audio: AudioInput, question: str, thinking: bool = False, think_hint: bool = False, **gen
@@ -531,6 +576,8 @@ class MimoAudio:
         """In-context speech-to-speech (base model): example pairs ``(input, output[, output_text])``.
 
         ``task`` names a few-shot library task; its instruction, preset and examples are the defaults.
+        Without ``max_new_patches`` the output is bounded by the query: at most ``VC_LENGTH_FACTOR`` times
+        its length plus ``VC_MARGIN_PATCHES`` (and the task's own limit, if it sets one).
         """
         if task is not None:
             spec = self.tasks.get(task)
@@ -545,8 +592,7 @@ class MimoAudio:
                         f"{self.tasks.user_dir} and list example pairs in it"
                     )
             gen.setdefault("preset", spec.preset)
-            if spec.max_new_patches:
-                gen.setdefault("max_new_patches", spec.max_new_patches)
+        task_limit = spec.max_new_patches if task is not None else None
         pairs = []
         for ex in examples or []:
             if isinstance(ex, SpeechPair):
@@ -554,8 +600,14 @@ class MimoAudio:
             else:
                 inp, out, *rest = ex
                 pairs.append(SpeechPair(self.encode_audio(inp), self.encode_audio(out), rest[0] if rest else ""))
-        segs = formats.in_context_s2s(pairs, self.encode_audio(query), instruction)
-        return self.run([segs], self.generation_config("in_context_learning_s2s", "audio", **gen))[0]
+        query_codes = self.encode_audio(query)
+        segs = formats.in_context_s2s(pairs, query_codes, instruction)
+        cfg = self.generation_config("in_context_learning_s2s", "audio", **gen)
+        if cfg.length_is_default:  # no length asked for: a multiple of the query, not minutes of babble
+            query_patches = query_codes.shape[1] / self.lm.config.group_size
+            bound = math.ceil(query_patches * VC_LENGTH_FACTOR) + VC_MARGIN_PATCHES
+            cfg = cfg.with_(max_new_patches=min(bound, task_limit or bound))
+        return self.run([segs], cfg)[0]
 
     def few_shot_qa(
         self, examples: Sequence[QAExample | tuple], audio: AudioInput, question: str, **gen
@@ -570,6 +622,6 @@ class MimoAudio:
         return self.run([segs], cfg, decode_audio=False)[0]
 
     def continue_speech(self, audio: AudioInput, **gen) -> ChatResult:
-        """Continue a speech prompt (base model)."""
+        """Continue a speech prompt (base model); default length: ``formats.TASKS["speech_continuation"]``."""
         segs = formats.speech_continuation(self.encode_audio(audio))
         return self.run([segs], self.generation_config("speech_continuation", "audio", **gen))[0]
