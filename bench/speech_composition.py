@@ -37,8 +37,8 @@ from mimo_audio.generation import GenerationConfig
 from mimo_audio.modeling import SpeechLM
 from mimo_audio.prompts import PromptRenderer
 from mimo_audio.speculative import SpeculativeText, SpeechLMTarget, load_speech_mtp
-from mimo_audio.testing import make_tiny_text_tokenizer
 from mimo_audio.text_tokenizer import SpecialTokens, load_text_tokenizer
+from mimo_audio.text_vocab import make_byte_text_tokenizer
 
 BIG = dict(vocab_size=320, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
            num_key_value_heads=4, head_dim=64, max_position_embeddings=2048, local_dim=128, local_layers=2,
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(rows)
     if args.big:
         with tempfile.TemporaryDirectory() as tmp:
-            tok = make_tiny_text_tokenizer(tmp)
+            tok = make_byte_text_tokenizer(tmp)
             special = SpecialTokens.from_tokenizer(tok)
             cfg = SpeechLMConfig(**{**BIG, "num_hidden_layers": args.big_layers})
             lm = SpeechLM(cfg, special.empty).init_weights(seed=0).eval()

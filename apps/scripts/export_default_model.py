@@ -294,14 +294,14 @@ def make_placeholder_checkpoints(directory: str | Path, preset: str = "small", s
     from apps.train.speech_lm import lm_config
     from apps.train.tokenizer import TRAIN_PRESETS
     from mimo_audio import SpecialTokens, SpeechLM
-    from mimo_audio.testing import make_tiny_text_tokenizer
+    from mimo_audio.text_vocab import make_byte_text_tokenizer
     from tokenizer import AudioTokenizer, TokenizerConfig
 
     directory = Path(directory)
     tok_dir, lm_dir = directory / "tok" / "model", directory / "lm" / "model"
     tok = AudioTokenizer.from_config(TokenizerConfig.from_dict(dict(TRAIN_PRESETS[preset])), seed=seed, device="cpu")
     tok.save_pretrained(tok_dir)
-    special = SpecialTokens.from_tokenizer(make_tiny_text_tokenizer(lm_dir))
+    special = SpecialTokens.from_tokenizer(make_byte_text_tokenizer(lm_dir))
     torch.manual_seed(seed)
     SpeechLM(lm_config(preset), special.empty).init_weights(seed=seed).save_pretrained(lm_dir)
     return tok_dir, lm_dir

@@ -35,8 +35,8 @@ from apps.train.state import (
 from mimo_audio.config import SpeechLMConfig
 from mimo_audio.modeling import SpeechLM
 from mimo_audio.prompts import PromptRenderer
-from mimo_audio.testing import make_tiny_text_tokenizer
 from mimo_audio.text_tokenizer import SpecialTokens, load_text_tokenizer
+from mimo_audio.text_vocab import make_byte_text_tokenizer
 from mimo_audio.training import speech_lm_loss
 
 log = logging.getLogger("mimo-audio.train")
@@ -118,7 +118,7 @@ def prepare(tc: LMTrainConfig, device: torch.device):
     model_dir = out / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     if not (model_dir / "tokenizer.json").is_file():
-        make_tiny_text_tokenizer(model_dir)
+        make_byte_text_tokenizer(model_dir)
     text_tok = load_text_tokenizer(model_dir)
     special = SpecialTokens.from_tokenizer(text_tok)
     config = lm_config(tc.preset)

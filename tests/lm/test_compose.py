@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.tiny_lm import make_tiny_checkpoint
 
 from efficient.attention import HybridAttentionCache
 from efficient.quant import QuantLinear
@@ -12,7 +13,6 @@ from mimo_audio import MimoAudio, formats
 from mimo_audio.compose import compose_backbone
 from mimo_audio.config import SpeechLMConfig
 from mimo_audio.speculative import SpeechLMTarget
-from mimo_audio.testing import make_tiny_checkpoint
 
 from .conftest import random_codes
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.tiny_lm import make_tiny_checkpoint
 from safetensors.torch import load_file
 
 from apps.train.mtp_speech import MTPTrainConfig, train_mtp
 from mimo_audio import MimoAudio
-from mimo_audio.testing import make_tiny_checkpoint
 
 
 def _cfg(lm, corpus, out, **kw) -> MTPTrainConfig:
