@@ -15,7 +15,7 @@ random-weight backbone (``--big``, random heads started from the last block: its
 meaningful, its costs are). Also printed: the cost of verifying K+1 tokens relative to one decode step,
 and the speedup the plain -> MTP step would give at the acceptance lengths measured on the trained LM.
 
-    PYTHONPATH=. python bench/speech_composition.py --lm runs/lm/model --tokenizer runs/tok/model --big
+    python -m bench.speech_composition --lm runs/lm/model --tokenizer runs/tok/model --big
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Recipe: fit a patch MTP head (speech-patch drafting) on a frozen speech LM and measure its acceptance.
 
 Data: TTS examples of the corpus (official instruct-TTS prompt -> stream of text chunks and speech
-patches). The head (:class:`mimo_audio.patch_draft.PatchDraftHead`) learns to stand in for the backbone's
+patches). The head (:class:`apps.train.patch_draft.PatchDraftHead`) learns to stand in for the backbone's
 next hidden state: KL of the text head, and KL of the patch decoder teacher-forced with the true codes
 of the patch it drafts (channel 0 weighted x2). Fixed seed, seeded batches, progress bar, resumable
 (``mtp_patch.train.safetensors``), result ``mtp_patch.safetensors``. Before and after training, the
 teacher-forced agreement on held-out TTS prompts (test split) is measured against two no-training
-baselines (see :func:`mimo_audio.patch_draft.patch_draft_agreement`).
+baselines (see :func:`apps.train.patch_draft.patch_draft_agreement`).
 
     PYTHONPATH=. python -m apps.train.mtp_patch --lm runs/lm/model --corpus corpus --tokenizer runs/tok/model
 """
@@ -25,10 +25,10 @@ import torch
 
 from apps.train.lm_data import LMExamples
 from apps.train.mtp_speech import MTPTrainConfig, load_codes, load_state, save_state
+from apps.train.patch_draft import HiddenCapture, PatchDraftHead, patch_draft_agreement, patch_head_loss
 from apps.train.state import progress, seed_step
 from mimo_audio import formats
 from mimo_audio.modeling import SpeechLM
-from mimo_audio.patch_draft import HiddenCapture, PatchDraftHead, patch_draft_agreement, patch_head_loss
 from mimo_audio.prompts import PromptRenderer, Stream, Text
 from mimo_audio.sampling import get_preset
 from mimo_audio.text_tokenizer import SpecialTokens, load_text_tokenizer

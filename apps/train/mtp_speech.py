@@ -2,7 +2,7 @@
 
 Data: the corpus' text-output examples of :mod:`apps.train.lm_data` (``asr``: speech + instruction ->
 transcript; ``text``: plain transcripts), rendered in the official prompt formats, codes from the audio
-tokenizer the LM was trained with. Objective: self-distillation, as in :mod:`efficient.spec.train`:
+tokenizer the LM was trained with. Objective: self-distillation, as in :mod:`apps.train.mtp_text`:
 head k at position i reads the backbone's (or head k-1's) pre-norm hidden state and the text embedding
 of the id at i+k, and learns the frozen LM's next-token distribution at i+k (full-vocabulary KL: the
 speech LM's text vocabulary is small), on the positions whose next patch is a learned answer token.

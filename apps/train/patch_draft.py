@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modeling import SpeechLM
-from .sampling import Sampler
+from mimo_audio.modeling import SpeechLM
+from mimo_audio.sampling import Sampler
 
 PATCH_MTP_FILENAME = "mtp_patch.safetensors"
 
