@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from apps.commands.options import dtype_option, torch_dtype
+
 logger = logging.getLogger("mimo-audio")
 
 LM_ENV = "MIMO_AUDIO_LM_PATH"
 TOKENIZER_ENV = "MIMO_AUDIO_TOKENIZER_PATH"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _common(p: argparse.ArgumentParser, needs_audio_tokenizer: bool = True) -> None:
@@ -33,8 +34,9 @@ def _common(p: argparse.ArgumentParser, needs_audio_tokenizer: bool = True) -> N
                    "when --lm-path is not given either"
                    + ("" if needs_audio_tokenizer else " (only needed for audio in or out)"))
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    g.add_argument("--dtype", choices=DTYPES, default="auto",
-                   help="weights dtype (auto keeps the checkpoint's; float32 for the embedded default)")
+    g.add_argument("--dtype", type=dtype_option(("auto", "fp32", "bf16", "fp16")), default="auto",
+                   help="weights dtype: auto, fp32, bf16 or fp16 (auto keeps the checkpoint's; fp32 for the embedded "
+                   "default)")
     g.add_argument("--voices-dir", default=None, help="voice registry folder (default $MIMO_AUDIO_HOME/voices)")
     s = p.add_argument_group("generation")
     s.add_argument("--max-new-patches", type=int, default=None, help="length limit (6.25 patches = 1 s of audio)")
@@ -47,8 +49,6 @@ def _common(p: argparse.ArgumentParser, needs_audio_tokenizer: bool = True) -> N
 
 
 def _load(args: argparse.Namespace, need_tokenizer: bool):
-    import torch
-
     from mimo_audio import MimoAudio
 
     # No LM given: the embedded default model (LM + its audio tokenizer). An explicit LM is never paired
@@ -56,7 +56,7 @@ def _load(args: argparse.Namespace, need_tokenizer: bool):
     if args.lm_path and need_tokenizer and not args.tokenizer_path:
         raise ValueError(f"this command needs the audio tokenizer of {args.lm_path}: pass --tokenizer-path or set "
                          f"${TOKENIZER_ENV} (the embedded tokenizer is used only with the embedded LM)")
-    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    dtype = torch_dtype(args.dtype)
     return MimoAudio.from_pretrained(
         args.lm_path or None, args.tokenizer_path or None, device=args.device, dtype=dtype,
         voices_dir=args.voices_dir,

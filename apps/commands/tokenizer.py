@@ -10,6 +10,8 @@ import logging
 import time
 from pathlib import Path
 
+from apps.commands.options import dtype_option
+
 log = logging.getLogger("mimo-audio.tokenizer")
 
 CODES_KEY = "codes"
@@ -23,7 +25,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                      help="random weights of this size instead of a checkpoint (output is noise; for testing)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights with --preset (default 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model dtype (default fp32)")
+    p.add_argument("--dtype", type=dtype_option(("fp32", "bf16")), default="fp32",
+                   help="model dtype: fp32 or bf16 (default fp32)")
 
 
 def _load(args: argparse.Namespace):

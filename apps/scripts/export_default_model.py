@@ -29,6 +29,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from apps.commands.options import dtype_option
+
 log = logging.getLogger("mimo-audio.export")
 
 BUDGET_MB = 60.0
@@ -314,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="trained speech LM (official layout + text tokenizer), e.g. runs/lm/model")
     p.add_argument("--mtp", metavar="FILE", default=None,
                    help="MTP heads (safetensors) to ship as mtp.safetensors (default: LM/mtp.safetensors if present)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+    p.add_argument("--dtype", type=dtype_option(tuple(DTYPES)), default="fp32",
                    help="weights dtype of the export (bf16 halves the size; RVQ codebooks stay fp32)")
     p.add_argument("--random", action="store_true",
                    help="export RANDOM placeholder weights of --preset instead (development only; output is noise)")
