@@ -38,7 +38,7 @@ EMPTY_TEXT_ID = 151667
 
 
 def build(layers: int, dtype: torch.dtype) -> SpeechLM:
-    cfg = SpeechLMConfig.preset("official")
+    cfg = SpeechLMConfig.named("official")
     cfg.num_hidden_layers = layers
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -142,7 +142,7 @@ def main() -> None:
     ap.add_argument("--text-rate", type=float, default=3.0, help="text patches per second of TTS audio")
     ap.add_argument("--no-fp32", dest="fp32", action="store_false", help="skip the bf16 vs fp32 comparison")
     args = ap.parse_args()
-    full = SpeechLMConfig.preset("official").num_hidden_layers
+    full = SpeechLMConfig.named("official").num_hidden_layers
     t0 = time.perf_counter()
     model = build(1, torch.bfloat16)
     size_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
@@ -154,7 +154,7 @@ def main() -> None:
 
 
 def report(model: SpeechLM, args: argparse.Namespace, threads: int) -> None:
-    full = SpeechLMConfig.preset("official").num_hidden_layers
+    full = SpeechLMConfig.named("official").num_hidden_layers
     P = args.prompt_patches
     rest_prefill, rest_step = rest_times(model, P, args.reps)
     layer_prefill, layer_step = layer_times(model, torch.bfloat16, P, args.reps)

@@ -106,10 +106,6 @@ def main() -> None:
             r["st"].append(st)
         print(f"  prompt {pi} done", flush=True)
 
-    def agg(sts, attr):
-        vals = [getattr(s, attr) for s in sts]
-        return statistics.median(vals)
-
     print("\n| config | accept/position | mean accept length | tok/forward | decode tok/s | speedup vs plain |"
           " draft s | verify s |")
     print("|---|---|---|---|---|---|---|---|")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -420,18 +419,4 @@ def _short_list(names: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def count_parameters_by_module(model: SpeechLM) -> dict[str, float]:
-    """Parameter count per top-level module, in millions (for reports and the benchmark)."""
-    out: dict[str, float] = {}
-    for name, p in model.named_parameters():
-        top = name.split(".")[0]
-        out[top] = out.get(top, 0.0) + p.numel() / 1e6
-    return {k: math.floor(v * 10) / 10 for k, v in out.items()}
-
-
-def speech_patch_mask(ids: torch.Tensor, empty_token_id: int, group_size: int = 4) -> torch.Tensor:
-    """``[B, 9, T]`` -> bool ``[B, T/G]``: which patches are speech patches."""
-    return ids[:, 0, ::group_size] == empty_token_id
-
-
-__all__ = ["SpeechLM", "SpeechLMOutput", "SpeechLMConfig", "count_parameters_by_module", "speech_patch_mask"]
+__all__ = ["SpeechLM", "SpeechLMOutput", "SpeechLMConfig"]

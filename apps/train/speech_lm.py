@@ -54,7 +54,7 @@ def lm_config(preset: str) -> SpeechLMConfig:
     if preset == "small":
         return SpeechLMConfig(**SMALL)
     if preset == "tiny":
-        return SpeechLMConfig.preset("tiny")
+        return SpeechLMConfig.named("tiny")
     raise ValueError(f"unknown LM training preset {preset!r}; choose 'small' or 'tiny'")
 
 

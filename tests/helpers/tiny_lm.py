@@ -30,7 +30,7 @@ def make_tiny_checkpoint(
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = make_byte_text_tokenizer(path)
     special = SpecialTokens.from_tokenizer(tokenizer)
-    config = config or SpeechLMConfig.preset("tiny")
+    config = config or SpeechLMConfig.named("tiny")
     if len(tokenizer) > config.vocab_size:
         raise ValueError(f"tiny tokenizer has {len(tokenizer)} tokens, more than vocab_size {config.vocab_size}")
     gen = torch.Generator().manual_seed(seed)

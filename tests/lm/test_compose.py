@@ -23,7 +23,7 @@ ATTN = dict(window=8, block_size=4, top_k=2)
 @pytest.fixture(scope="module")
 def deep_dir(tmp_path_factory):
     """A tiny 4-layer LM (room for a full / sparse / sparse / full layout) with two random MTP heads."""
-    cfg = SpeechLMConfig(**{**SpeechLMConfig.preset("tiny").__dict__, "num_hidden_layers": 4, "extra": {}})
+    cfg = SpeechLMConfig(**{**SpeechLMConfig.named("tiny").__dict__, "num_hidden_layers": 4, "extra": {}})
     d = make_tiny_checkpoint(tmp_path_factory.mktemp("deep_lm"), seed=2, config=cfg)
     m = MimoAudio.from_pretrained(d, device="cpu")
     target = SpeechLMTarget(m.lm)
