@@ -66,12 +66,14 @@ def prompts_for(lm: SpeechLM, renderer: PromptRenderer, args, tokenizer_dir: str
         tok = AudioTokenizer.from_pretrained(tokenizer_dir)
         rows = corpus_rows(args.corpus, "test")
         rows = rows[:: max(1, len(rows) // args.prompts)][: args.prompts]
-        codes = [tok.encode(read_wav(args.corpus, r, tok.sample_rate), tok.sample_rate, n_q=8, progress=False)
+        codes = [tok.encode(read_wav(args.corpus, r, tok.sample_rate), tok.sample_rate, n_q=lm.config.audio_channels,
+                            progress=False)
                  for r in rows]
     else:
         g = torch.Generator().manual_seed(0)
         top = torch.tensor(lm.config.speech_vocab_size)[:, None] - 1
-        codes = [(torch.rand(8, 60 + 8 * i, generator=g) * top).long() for i in range(args.prompts)]
+        channels = lm.config.audio_channels
+        codes = [(torch.rand(channels, 60 + 8 * i, generator=g) * top).long() for i in range(args.prompts)]
     return [renderer.render(formats.asr(c.long())) for c in codes]
 
 

@@ -226,11 +226,13 @@ class MimoAudio:
         return self.audio_tokenizer
 
     def encode_audio(self, audio: AudioInput) -> torch.Tensor:
-        """Any audio input -> codes ``[8, T]``. Integer tensors are taken as codes already."""
+        """Any audio input -> codes ``[channels, T]`` (the LM's ``audio_channels``). Integer tensors are taken as
+        codes already."""
         if isinstance(audio, torch.Tensor) and not audio.is_floating_point():
             codes = audio.long()
             if codes.dim() != 2 or codes.shape[1] == 0:
-                raise ValueError(f"audio codes must be a non-empty [8, frames] tensor, got {tuple(codes.shape)}")
+                raise ValueError(f"audio codes must be a non-empty [{self.lm.config.audio_channels}, frames] tensor, "
+                                 f"got {tuple(codes.shape)}")
             return codes
         sr = None
         if isinstance(audio, tuple):
@@ -254,7 +256,7 @@ class MimoAudio:
             from tokenizer.audio import load_audio
 
             wav, sr = load_audio(wav, sr)  # down-mixes and validates arrays the same way as files
-        return tok.encode(wav, sr).long()
+        return tok.encode(wav, sr, n_q=self.lm.config.audio_channels).long()
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         tok = self._need_tokenizer("decoding audio")
@@ -290,8 +292,14 @@ class MimoAudio:
         stop: Sequence[str] | None = None,
         speculative: bool | int = False,
         adaptive_draft: bool = False,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
     ) -> GenerationConfig:
         """The task's preset and stop tokens, with any of them overridden.
+
+        ``temperature`` / ``top_k`` / ``top_p`` replace those knobs of the text sampler (see
+        :meth:`Sampler.with_overrides`: 0 = greedy / off / off); the audio channels keep the preset's.
 
         ``speculative``: MTP drafting for text-only outputs (True = 3 draft tokens, or a number); needs
         ``mtp.safetensors`` beside the LM (or :meth:`load_mtp`). Greedy output is unchanged by it.
@@ -303,7 +311,7 @@ class MimoAudio:
             max_new_patches=max_new_patches or spec.max_new_patches,
             min_new_patches=min_new_patches,
             stop_tokens=tuple(self.special.by_string(s) for s in (stop or spec.stop)),
-            text_sampler=text_sampler or p.text,
+            text_sampler=(text_sampler or p.text).with_overrides(temperature, top_k, top_p),
             audio_sampler=audio_sampler or p.audio,
             suppress_tokens=suppress,
             seed=seed,

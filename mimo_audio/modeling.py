@@ -40,7 +40,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
 
 from .config import SpeechLMConfig
 from .delay_pattern import DelayPattern
-from .sampling import Sampler
+from .sampling import CodeChooser, Sampler, code_chooser
 
 logger = logging.getLogger(__name__)
 
@@ -223,15 +223,20 @@ class SpeechLM(nn.Module):
     def decode_patch(
         self,
         local_hidden: torch.Tensor,
-        sampler: Sampler,
+        choose: CodeChooser | Sampler,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """One patch from the patch decoder: ``local_hidden [B, local_dim]`` -> codes ``[B, 4, 8]``.
 
         Step ``t`` emits the (channel, frame) pairs of ``self.delay.schedule[t]``; the next step's input
-        is the sum of the embeddings of the codes just emitted. A channel's empty id is never sampled.
-        ``generator``: one for the batch, or one per row (see :class:`~mimo_audio.sampling.Sampler`).
+        is the sum of the embeddings of the codes just emitted. The model only computes logits:
+        ``choose(logits [B, vocab_c], c) -> ids [B]`` picks channel ``c``'s codes (generation builds it with
+        :func:`~mimo_audio.sampling.code_chooser`, which never picks a channel's empty id). A
+        :class:`~mimo_audio.sampling.Sampler` (with ``generator``: one, or one per row) is accepted too and
+        wrapped that way.
         """
+        if isinstance(choose, Sampler):
+            choose = code_chooser(choose, self.config.speech_zeroemb_idx, generator)
         cfg = self.config
         B = local_hidden.shape[0]
         out = torch.empty(B, cfg.group_size, cfg.audio_channels, dtype=torch.long, device=local_hidden.device)
@@ -244,8 +249,7 @@ class SpeechLM(nn.Module):
             h = h.last_hidden_state[:, -1]
             nxt = torch.zeros_like(x[:, 0])
             for c, f in emits:
-                logits = self.local_transformer_lm_heads[c](h)
-                tok = sampler(logits, removed=(cfg.speech_zeroemb_idx[c],), generator=generator)
+                tok = choose(self.local_transformer_lm_heads[c](h), c)
                 out[:, f, c] = tok
                 if t + 1 < len(steps):
                     nxt = nxt + self.speech_embed_local(c, tok).to(nxt.dtype)

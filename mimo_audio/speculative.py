@@ -143,12 +143,13 @@ def load_speech_mtp(lm_or_target: SpeechLM | SpeechLMTarget, path: str | Path):
 
 
 def sampling_params(config: GenerationConfig):
-    """The text sampler of ``config`` as ``efficient.spec.SamplingParams`` (same temperature/top-k/top-p)."""
+    """The text sampler of ``config`` as ``efficient.spec.SamplingParams``: the same knobs, filtered by the same
+    :func:`efficient.sampling.filter_logits`."""
     spec = _spec()
     s = config.text_sampler
     if not s.do_sample:
         return spec.SamplingParams()
-    return spec.SamplingParams(temperature=s.temperature, top_k=s.top_k or 0, top_p=s.top_p or 1.0)
+    return spec.SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
 
 
 @dataclass

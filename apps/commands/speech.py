@@ -42,6 +42,11 @@ def _common(p: argparse.ArgumentParser, needs_audio_tokenizer: bool = True) -> N
     s.add_argument("--max-new-patches", type=int, default=None, help="length limit (6.25 patches = 1 s of audio)")
     s.add_argument("--min-new-patches", type=int, default=0, help="stop tokens are blocked before this length")
     s.add_argument("--preset", default=None, help="sampler preset (default: the task's; 'greedy' = deterministic)")
+    s.add_argument("--temperature", type=float, default=None,
+                   help="text sampling temperature, overriding the preset's (0 = greedy)")
+    s.add_argument("--top-p", type=float, default=None, help="text nucleus sampling mass, overriding the preset's "
+                   "(1 = off; filters only while sampling)")
+    s.add_argument("--top-k", type=int, default=None, help="text top-k, overriding the preset's (0 = off)")
     s.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     o = p.add_argument_group("output")
     o.add_argument("-o", "--output", default=None, help="write the generated audio to this wav file")
@@ -65,7 +70,7 @@ def _load(args: argparse.Namespace, need_tokenizer: bool):
 
 def _gen(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"min_new_patches": args.min_new_patches}
-    for key in ("max_new_patches", "preset", "seed"):
+    for key in ("max_new_patches", "preset", "seed", "temperature", "top_k", "top_p"):
         if getattr(args, key) is not None:
             out[key] = getattr(args, key)
     if getattr(args, "speculative", 0):
