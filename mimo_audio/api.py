@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import formats
+from .audio_io import SILENCE_PEAK, AudioInput, encode_audio  # noqa: F401 (SILENCE_PEAK: re-exported)
 from .fewshot import TaskLibrary
 from .formats import QAExample, RenderTurn, SpeechPair
 from .generation import GenerationConfig, generate, iter_patches
@@ -30,9 +30,6 @@ from .voices import VoiceRegistry
 
 logger = logging.getLogger(__name__)
 
-# A path, a float waveform (numpy/torch, at the audio tokenizer's rate), (waveform, rate), or int codes [8, T].
-AudioInput = Any
-SILENCE_PEAK = 1e-4  # a waveform whose peak is below this is rejected as silent
 
 OUTPUTS = ("text", "audio", "both")
 
@@ -226,37 +223,9 @@ class MimoAudio:
         return self.audio_tokenizer
 
     def encode_audio(self, audio: AudioInput) -> torch.Tensor:
-        """Any audio input -> codes ``[channels, T]`` (the LM's ``audio_channels``). Integer tensors are taken as
-        codes already."""
-        if isinstance(audio, torch.Tensor) and not audio.is_floating_point():
-            codes = audio.long()
-            if codes.dim() != 2 or codes.shape[1] == 0:
-                raise ValueError(f"audio codes must be a non-empty [{self.lm.config.audio_channels}, frames] tensor, "
-                                 f"got {tuple(codes.shape)}")
-            return codes
-        sr = None
-        if isinstance(audio, tuple):
-            audio, sr = audio
-        if isinstance(audio, (str, Path)):
-            if not Path(audio).is_file():
-                raise FileNotFoundError(f"audio file not found: {audio}")
-            from tokenizer.audio import load_audio
-
-            wav, sr = load_audio(str(audio))
-        else:
-            wav = torch.as_tensor(np.asarray(audio) if not isinstance(audio, torch.Tensor) else audio).float()
-            sr = sr or self.sample_rate
-        if wav.numel() == 0:
-            raise ValueError("audio input is empty")
-        peak = float(wav.abs().max())
-        if not peak >= SILENCE_PEAK:
-            raise ValueError(f"audio input is silent or invalid (peak {peak:.1e}); nothing to encode")
-        tok = self._need_tokenizer("encoding audio")
-        if not isinstance(audio, (str, Path)):
-            from tokenizer.audio import load_audio
-
-            wav, sr = load_audio(wav, sr)  # down-mixes and validates arrays the same way as files
-        return tok.encode(wav, sr, n_q=self.lm.config.audio_channels).long()
+        """Any audio input -> codes ``[channels, T]`` (the LM's ``audio_channels``; see :mod:`.audio_io`).
+        Integer tensors are taken as codes already."""
+        return encode_audio(audio, self.audio_tokenizer, self.lm.config.audio_channels, self.sample_rate)
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         tok = self._need_tokenizer("decoding audio")
@@ -273,10 +242,9 @@ class MimoAudio:
 
     def register_voice(self, name: str, audio: AudioInput, description: str = "") -> Path:
         """Encode ``audio`` once and store it as voice ``name``; ``voice="name"`` then reuses it."""
-        codes = self.encode_audio(audio)
         frame_rate = float(getattr(self.audio_tokenizer, "frame_rate", 25))
         src = str(audio) if isinstance(audio, (str, Path)) else "array"
-        return self.voices.save(name, codes, self.voices.make_info(name, codes, frame_rate, src, description))
+        return self.voices.register(name, self.encode_audio(audio), frame_rate, src, description)
 
     # ------------------------------------------------------------------ generation core
     def generation_config(

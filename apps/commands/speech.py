@@ -199,20 +199,20 @@ def _voice(args: argparse.Namespace) -> int:
         return 0
     if not args.audio:
         raise ValueError("voice add needs NAME and AUDIO")
-    from mimo_audio.api import SILENCE_PEAK
+    from mimo_audio.audio_io import encode_audio
+    from mimo_audio.config import SpeechLMConfig
+    from mimo_audio.defaults import default_model_dir
     from tokenizer import AudioTokenizer
-    from tokenizer.audio import load_audio
 
     if not args.tokenizer_path and os.environ.get(LM_ENV):  # as in _load: no implicit pairing with an explicit LM
         raise ValueError(f"${LM_ENV} names a speech LM: pass its audio tokenizer with --tokenizer-path or set "
                          f"${TOKENIZER_ENV}, so the voice is encoded with the tokenizer that LM reads")
+    lm_dir = Path(os.environ.get(LM_ENV) or default_model_dir())
+    channels = SpeechLMConfig.from_json_file(lm_dir / "config.json").audio_channels  # the codebooks that LM reads
     tok = AudioTokenizer.from_pretrained(args.tokenizer_path or None, device=args.device)
-    wav, sr = load_audio(args.audio)
-    if float(wav.abs().max()) < SILENCE_PEAK:
-        raise ValueError(f"{args.audio} is silent")
-    codes = tok.encode(wav, sr).long()
-    info = registry.make_info(args.name, codes, float(tok.frame_rate), str(args.audio), args.description)
-    path = registry.save(args.name, codes, info)
+    codes = encode_audio(args.audio, tok, channels)  # the same validation and encoding as MimoAudio.register_voice
+    path = registry.register(args.name, codes, float(tok.frame_rate), str(args.audio), args.description)
+    _, info = registry.load(args.name)
     sys.stdout.write(json.dumps({"name": args.name, "path": str(path), "seconds": round(info.seconds, 2)}) + "\n")
     return 0
 
