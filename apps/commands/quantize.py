@@ -36,9 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from efficient.quant import formats
+    from efficient.quant import parse_scheme
 
-    formats.parse_scheme(args.scheme)  # fail fast with a clear message
+    parse_scheme(args.scheme)  # fail fast with a clear message
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: not a transformers model directory (config.json missing)")

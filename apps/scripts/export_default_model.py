@@ -319,8 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", type=dtype_option(tuple(DTYPES)), default="fp32",
                    help="weights dtype of the export (bf16 halves the size; RVQ codebooks stay fp32)")
     p.add_argument("--random", action="store_true",
-                   help="export RANDOM placeholder weights of --preset instead (development only; output is noise)")
-    p.add_argument("--preset", choices=("small", "tiny"), default="small", help="preset of the --random weights")
+                   help="export RANDOM placeholder weights of --size instead (development only; output is noise)")
+    p.add_argument("--size", "--preset", dest="preset", choices=("small", "tiny"), default="small",
+                   help="size of the --random weights (--preset is the old spelling)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --random weights")
     p.add_argument("--budget-mb", type=float, default=BUDGET_MB,
                    help=f"size limit of both together in MB of 10^6 bytes (default {BUDGET_MB:g})")

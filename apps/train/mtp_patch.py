@@ -157,8 +157,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm", required=True, help="trained speech LM directory (frozen)")
     p.add_argument("--corpus", required=True, help="corpus directory")
     p.add_argument("--tokenizer", default=None, help="the audio tokenizer the LM was trained with")
-    p.add_argument("--tokenizer-preset", default=d.tokenizer_preset, choices=["tiny", "small"],
-                   help="random tokenizer of this size when --tokenizer is not given (smoke tests only)")
+    p.add_argument("--tokenizer-size", "--tokenizer-preset", dest="tokenizer_preset", default=d.tokenizer_preset,
+                   choices=["tiny", "small"], help="random tokenizer of this size when --tokenizer is not given "
+                   "(smoke tests only; --tokenizer-preset is the old spelling)")
     p.add_argument("--out", default=None, help="where mtp_patch.safetensors goes (default: the LM directory)")
     p.add_argument("--codes", default=None, help="directory with cached codes-train/test.safetensors")
     for name in _INT:

@@ -232,9 +232,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", required=True, help="corpus directory (mimo-audio corpus build --out DIR)")
     p.add_argument("--out", required=True, help="run directory: last/ (resumable), model/ (official layout)")
     p.add_argument("--tokenizer", default=None, help="trained audio tokenizer directory (official layout)")
-    p.add_argument("--tokenizer-preset", default=d.tokenizer_preset, choices=["tiny", "small"],
-                   help="random tokenizer of this size when --tokenizer is not given (smoke tests only)")
-    p.add_argument("--preset", default=d.preset, choices=["small", "tiny"])
+    p.add_argument("--tokenizer-size", "--tokenizer-preset", dest="tokenizer_preset", default=d.tokenizer_preset,
+                   choices=["tiny", "small"], help="random tokenizer of this size when --tokenizer is not given "
+                   "(smoke tests only; --tokenizer-preset is the old spelling)")
+    p.add_argument("--size", "--preset", dest="preset", default=d.preset, choices=["small", "tiny"],
+                   help="model size (--preset is the old spelling)")
     for name in _INT:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in _FLOAT:
