@@ -68,6 +68,18 @@ def _margin(scores: torch.Tensor) -> float:
     return float(top[0] - top[1])
 
 
+def _greedy_recording(empty_ids: tuple[int, ...], margins: list[float]):
+    """A greedy code chooser (never the empty id) that records the margin of every choice."""
+
+    def choose(logits: torch.Tensor, c: int) -> torch.Tensor:
+        scores = logits.float().clone()
+        scores[:, empty_ids[c]] = float("-inf")
+        margins.append(_margin(scores[0]))
+        return scores.argmax(-1)
+
+    return choose
+
+
 @torch.no_grad()
 def greedy_with_margins(model: SpeechLM, prompt: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
     """Greedy patches (text, codes) and the margin of every choice, through the model's own primitives."""
@@ -83,14 +95,7 @@ def greedy_with_margins(model: SpeechLM, prompt: torch.Tensor, n: int) -> dict[s
         patch = model.empty_ids.view(1, 1, -1).expand(1, cfg.group_size, -1).clone()
         if int(text) == EMPTY:
             margins: list[float] = []
-
-            def choose(logits: torch.Tensor, c: int) -> torch.Tensor:
-                scores = logits.float().clone()
-                scores[:, cfg.speech_zeroemb_idx[c]] = float("-inf")
-                margins.append(_margin(scores[0]))
-                return scores.argmax(-1)
-
-            patch = model.decode_patch(state.local_hidden, choose)
+            patch = model.decode_patch(state.local_hidden, _greedy_recording(cfg.speech_zeroemb_idx, margins))
             order = [pair for emits in model.delay.schedule for pair in emits]
             for (c, f), m in zip(order, margins):
                 code_margin[i, f, c] = m
@@ -143,8 +148,9 @@ def main() -> None:
     assert run.text_ids == expected["greedy_text"].tolist() and torch.equal(run.codes, expected["greedy_codes"])
     save_file({k: v.contiguous() for k, v in expected.items()}, str(GOLDEN / "expected.safetensors"))
     speech = int((expected["greedy_text"] == EMPTY).sum())
+    text_margin, code_margin = float(expected["text_margin"].min()), float(expected["code_margin"].min())
     print(f"wrote {GOLDEN}: {NEW_PATCHES} greedy patches ({speech} speech), smallest text margin "
-          f"{float(expected['text_margin'].min()):.3g}, smallest code margin {float(expected['code_margin'].min()):.3g}")
+          f"{text_margin:.3g}, smallest code margin {code_margin:.3g}")
 
 
 if __name__ == "__main__":
