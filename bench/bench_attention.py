@@ -17,7 +17,7 @@ without TidalDecode-style re-selection) and hybrid SWA 5:1 with sinks, all conve
 
 One command fills every cell of both SmolLM2 tables; rows are printed (and written to ``--json``) as they finish.
 The machine is shared (2 cores, other jobs running): timings are noisy; read the ratios, not the absolutes.
-Run: ``PYTHONPATH=. python bench/bench_attention.py [--quick] [--json out.json]``.
+Run: ``python -m bench.bench_attention [--quick] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import random
 import statistics
 import time
@@ -33,22 +32,13 @@ import time
 import torch
 from transformers import DynamicCache
 
+from bench.common.perplexity import perplexity
 from efficient.attention import HybridAttentionCache, apply_attention, heal, kv_cache_bytes
 from efficient.attention.cache import FullKVLayer
 
 LAYOUTS = ["hysparse-1:3", "hysparse-sparsest", "hysparse-sparsest-reselect", "swa-5:1"]
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-# ---------------------------------------------------------------------------------------------------- caches
 def random_cache(model, n: int, dtype: torch.dtype, seed: int = 0):
     """A cache of ``n`` random positions: DynamicCache for the original model, HybridAttentionCache otherwise."""
     cfg = model.config
@@ -114,15 +104,9 @@ def decode_speed(models: dict, contexts: list[int], steps: int, repeats: int, dt
 
 
 # ----------------------------------------------------------------------------------------------- quality
-@torch.no_grad()
-def perplexity(model, ids: torch.Tensor, seq_len: int, segments: int) -> float:
-    nll, count = 0.0, 0
-    for s in range(segments):
-        x = ids[:, s * seq_len : (s + 1) * seq_len]
-        logits = model(input_ids=x, use_cache=False).logits[0, :-1].float()
-        nll += float(torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum"))
-        count += x.shape[1] - 1
-    return math.exp(nll / count)
+def held_out_perplexity(model, ids: torch.Tensor, seq_len: int) -> float:
+    """Perplexity on the first ``seq_len`` held-out tokens, as one window."""
+    return perplexity(model, [ids[:, :seq_len]])
 
 
 def passkey_prompts(tok, filler: str, length: int, trials: int, seed: int) -> list[tuple[torch.Tensor, str]]:
@@ -251,7 +235,7 @@ def quality_rows(models: dict, model, tok, train, test, prompts, args, results: 
         if args.healed_only:
             break
         t0 = time.perf_counter()
-        ppl = perplexity(m, test, args.ppl_len, 1)
+        ppl = held_out_perplexity(m, test, args.ppl_len)
         pk = {n: passkey_accuracy(m, p) for n, p in prompts.items()}
         results.setdefault(name, {}).update(ppl=ppl, passkey=pk)
         print(f"quality {name}: ppl {ppl:.2f}, passkey {pk} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -265,7 +249,7 @@ def quality_rows(models: dict, model, tok, train, test, prompts, args, results: 
         h._bench_tok = tok
         losses = heal(h, heal_ids, teacher=model, steps=args.heal_steps, seq_len=args.heal_seq_len, lr=args.heal_lr)
         heal_s = time.perf_counter() - t0
-        ppl = perplexity(h, test, args.ppl_len, 1)
+        ppl = held_out_perplexity(h, test, args.ppl_len)
         pk = {n: passkey_accuracy(h, p) for n, p in prompts.items()}
         results.setdefault(name, {})["healed"] = dict(ppl=ppl, passkey=pk, kl_first=losses[0], kl_last=losses[-1],
                                        kl_last5=statistics.mean(losses[-5:]), kl_first5=statistics.mean(losses[:5]),
@@ -345,8 +329,8 @@ def main() -> None:
     if args.qwen_only:
         print("\n".join(qwen_backbone(qwen_layers, qwen_contexts, steps=2, repeats=2)))
         return
-    from efficient.reference_models import load_smollm2
-    from efficient.textdata import offline_english_text
+    from bench.common.reference_models import load_smollm2
+    from eval.textdata import offline_english_text
 
     model, tok = load_smollm2()
     model._bench_tok = tok

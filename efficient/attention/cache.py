@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .introspect import attention_config_of
 from .layout import AttentionConfig
 
 
@@ -284,8 +285,6 @@ class HybridAttentionCache(Cache):
     @classmethod
     def for_model(cls, model: torch.nn.Module, max_cache_len: int | None = None) -> HybridAttentionCache:
         """An empty cache for a model converted with :func:`~efficient.attention.apply_attention`."""
-        from .convert import attention_config_of
-
         return cls(attention_config_of(model), max_cache_len)
 
     @property

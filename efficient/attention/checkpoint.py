@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .convert import apply_attention, attention_config_of
+from .convert import apply_attention
+from .introspect import attention_config_of
 from .layout import AttentionConfig
 
 FORMAT_NAME = "mimo-audio-efficient-attention"
