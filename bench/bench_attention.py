@@ -167,7 +167,10 @@ def passkey_accuracy(model, prompts, new_tokens: int = 8) -> float:
 @torch.no_grad()
 def qwen_backbone(layers: int, contexts: list[int], steps: int, repeats: int) -> list[str]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
-    from transformers.modeling_utils import no_init_weights
+    try:  # transformers 5.x
+        from transformers.initialization import no_init_weights
+    except ImportError:  # 4.x
+        from transformers.modeling_utils import no_init_weights
 
     cfg = Qwen2Config(vocab_size=1024, hidden_size=4096, intermediate_size=11008, num_hidden_layers=layers,
                       num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=65536,

@@ -312,7 +312,9 @@ class SpeechLM(nn.Module):
     def _materialize_buffers(self, device: torch.device) -> None:
         """Recreate the non-persistent buffers (RoPE tables, empty ids) after a meta-device build."""
         for stack in (self.model, self.local_transformer, self.input_local_transformer):
-            stack.rotary_emb = Qwen2RotaryEmbedding(stack.config, device=device)
+            # a device context rather than ``device=``: transformers 5 dropped that argument
+            with torch.device(device):
+                stack.rotary_emb = Qwen2RotaryEmbedding(stack.config)
         self.empty_ids = torch.tensor(self.config.speech_zeroemb_idx, dtype=torch.long, device=device)
 
     @torch.no_grad()
