@@ -50,7 +50,7 @@ def load_offloaded(
         raise FileNotFoundError(f"{directory}: not a transformers checkpoint (no config.json)")
     config = AutoConfig.from_pretrained(directory)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     store = DiskExpertStore.from_directory(directory, direct_io=direct_io)
     engine = offload_moe(model, store, budget_bytes, mode=mode, prefetch_threads=prefetch_threads)
     # non-expert weights

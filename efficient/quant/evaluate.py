@@ -8,6 +8,8 @@ import time
 import torch
 from torch import nn
 
+from .._hf import cache_kwargs, output_cache
+
 
 @torch.no_grad()
 def perplexity(model: nn.Module, tokenizer, text: str, seq_len: int = 512, max_tokens: int = 8192) -> float:
@@ -34,10 +36,10 @@ def decode_tokens_per_s(model: nn.Module, prompt_len: int = 16, new_tokens: int 
     rates = []
     for _ in range(repeats):
         out = model(input_ids=ids, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        past, nxt = output_cache(out), out.logits[:, -1:].argmax(-1)
         t0 = time.perf_counter()
         for _ in range(new_tokens):
-            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            out = model(input_ids=nxt, use_cache=True, **cache_kwargs(model, past))
+            past, nxt = output_cache(out), out.logits[:, -1:].argmax(-1)
         rates.append(new_tokens / (time.perf_counter() - t0))
     return sorted(rates)[len(rates) // 2]
