@@ -25,6 +25,7 @@ the two settings are identical.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+# transformers 5 renamed the stacks' ``past_key_values`` argument to ``cache`` (4.x: the old name).
+_CACHE_KW = "cache" if "cache" in inspect.signature(Qwen2Model.forward).parameters else "past_key_values"
 # Non-persistent buffers that some exports still contain; recomputed here, so ignored when present.
 _IGNORED_KEY_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -191,8 +194,8 @@ class SpeechLM(nn.Module):
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
+            **{_CACHE_KW: past_key_values},
         )
         h = out.last_hidden_state
         if logits_to_keep:
@@ -241,7 +244,7 @@ class SpeechLM(nn.Module):
         steps = self.delay.schedule
         for t, emits in enumerate(steps):
             pos = torch.full((B, 1), t, dtype=torch.long, device=x.device)
-            h = self.local_transformer(inputs_embeds=x, position_ids=pos, past_key_values=cache, use_cache=True)
+            h = self.local_transformer(inputs_embeds=x, position_ids=pos, use_cache=True, **{_CACHE_KW: cache})
             h = h.last_hidden_state[:, -1]
             nxt = torch.zeros_like(x[:, 0])
             for c, f in emits:
