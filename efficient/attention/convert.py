@@ -65,7 +65,7 @@ def attention_config_of(model: nn.Module) -> AttentionConfig:
     return cfg
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cache_kwarg(cls: type) -> str:
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
