@@ -33,8 +33,10 @@ import torch
 from transformers import DynamicCache
 
 from bench.common.perplexity import perplexity
+from efficient._hf import cache_kwargs
 from efficient.attention import HybridAttentionCache, apply_attention, heal, kv_cache_bytes
 from efficient.attention.cache import FullKVLayer
+from efficient.spec.target import rollback
 
 LAYOUTS = ["hysparse-1:3", "hysparse-sparsest", "hysparse-sparsest-reselect", "swa-5:1"]
 
@@ -91,11 +93,11 @@ def decode_speed(models: dict, contexts: list[int], steps: int, repeats: int, dt
                 t0, c0 = time.perf_counter(), time.process_time()
                 tok = token
                 for i in range(steps):
-                    out = m(tok, past_key_values=cache, cache_position=torch.tensor([n + i]), logits_to_keep=1)
+                    out = m(tok, logits_to_keep=1, **cache_kwargs(m, cache, torch.tensor([n + i])))
                     tok = out.logits[:, -1:].argmax(-1)
                 times[name].append((time.perf_counter() - t0) / steps)
                 cpu_times[name].append((time.process_time() - c0) / steps)
-                cache.crop(n)
+                rollback(cache, n)
         for name in models:
             speed[name, n] = 1.0 / statistics.median(times[name])
             cpu[name, n] = 1.0 / statistics.median(cpu_times[name])
@@ -136,12 +138,12 @@ def passkey_accuracy(model, prompts, new_tokens: int = 8) -> float:
     for ids, key in prompts:
         cache = DynamicCache() if getattr(model.config, "efficient_attention", None) is None else \
             HybridAttentionCache.for_model(model)
-        out = model(input_ids=ids, past_key_values=cache, logits_to_keep=1)
+        out = model(input_ids=ids, logits_to_keep=1, **cache_kwargs(model, cache))
         tokens = []
         for _ in range(new_tokens):
             nxt = out.logits[:, -1:].argmax(-1)
             tokens.append(int(nxt))
-            out = model(input_ids=nxt, past_key_values=cache, logits_to_keep=1)
+            out = model(input_ids=nxt, logits_to_keep=1, **cache_kwargs(model, cache))
         text = model._bench_tok.decode(tokens)
         hits += key in text.replace(" ", "")
     return hits / len(prompts)
@@ -151,7 +153,10 @@ def passkey_accuracy(model, prompts, new_tokens: int = 8) -> float:
 @torch.no_grad()
 def qwen_backbone(layers: int, contexts: list[int], steps: int, repeats: int) -> list[str]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
-    from transformers.modeling_utils import no_init_weights
+    try:  # transformers 5.x
+        from transformers.initialization import no_init_weights
+    except ImportError:  # 4.x
+        from transformers.modeling_utils import no_init_weights
 
     cfg = Qwen2Config(vocab_size=1024, hidden_size=4096, intermediate_size=11008, num_hidden_layers=layers,
                       num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=65536,

@@ -31,6 +31,7 @@ import torch
 from transformers import DynamicCache
 
 from bench.common.timing import median_time
+from efficient._hf import cache_kwargs
 from mimo_audio import SpeechLM, SpeechLMConfig
 from mimo_audio.sampling import get_preset
 
@@ -100,8 +101,8 @@ def layer_times(model: SpeechLM, dtype: torch.dtype, context: int, reps: int) ->
     cos, sin = rotary(x, pos)
 
     def prefill(cache=None):
-        layer(x, attention_mask=None, position_ids=pos, past_key_values=cache, use_cache=cache is not None,
-              cache_position=pos[0], position_embeddings=(cos, sin))
+        layer(x, attention_mask=None, position_ids=pos, use_cache=cache is not None,
+              position_embeddings=(cos, sin), **cache_kwargs(layer, cache, pos[0]))
 
     t_prefill = median_time(prefill, reps, warmup=1)
     cache = DynamicCache()
@@ -111,8 +112,8 @@ def layer_times(model: SpeechLM, dtype: torch.dtype, context: int, reps: int) ->
     def step():
         p = torch.tensor([[n[0]]])
         c, s = rotary(x[:, :1], p)
-        layer(x[:, :1], attention_mask=None, position_ids=p, past_key_values=cache, use_cache=True,
-              cache_position=p[0], position_embeddings=(c, s))
+        layer(x[:, :1], attention_mask=None, position_ids=p, use_cache=True,
+              position_embeddings=(c, s), **cache_kwargs(layer, cache, p[0]))
         n[0] += 1
 
     return t_prefill, median_time(step, reps * 2, warmup=1)

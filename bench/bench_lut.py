@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from bench.common.timing import median_time
+from efficient._hf import cache_kwargs, output_cache
 from efficient.quant import formats, native
 from efficient.quant.formats import QuantResult, parse_scheme
 
@@ -479,14 +480,14 @@ def ours_7b(scheme: str, threads: int, layers: int, distinct: int):
     state = {}
     with torch.no_grad():
         out = model(input_ids=torch.randint(0, 1000, (1, 8)), use_cache=True)
-    state["past"], state["next"] = out.past_key_values, torch.tensor([[7]])
+    state["past"], state["next"] = output_cache(out), torch.tensor([[7]])
 
     def step() -> None:
         torch.set_num_threads(threads)
         os.environ[native.ENV_THREADS] = str(threads)
         with torch.no_grad():
-            o = model(input_ids=state["next"], past_key_values=state["past"], use_cache=True)
-        state["past"] = o.past_key_values
+            o = model(input_ids=state["next"], use_cache=True, **cache_kwargs(model, state["past"]))
+        state["past"] = output_cache(o)
 
     return step
 

@@ -64,6 +64,7 @@ def worker(args: argparse.Namespace) -> None:
         sys.setswitchinterval(args.switch_interval)
     from transformers import AutoModelForCausalLM, DynamicCache
 
+    from efficient._hf import cache_kwargs
     from efficient.moe import load_offloaded, make_pregates
 
     t0 = time.perf_counter()
@@ -86,14 +87,14 @@ def worker(args: argparse.Namespace) -> None:
     out = []
     with torch.no_grad():
         cache = DynamicCache()
-        logits = model(stream[None, :8], past_key_values=cache, use_cache=True).logits
+        logits = model(stream[None, :8], use_cache=True, **cache_kwargs(model, cache)).logits
         out.append(int(logits[0, -1].argmax()))
         if engine is not None:
             engine.cache.reset_stats()
             engine.prefetch_predictions = engine.prefetch_correct = 0
         t1 = time.perf_counter()
         for i in range(args.tokens - 1):
-            logits = model(stream[None, 8 + i : 9 + i], past_key_values=cache, use_cache=True).logits
+            logits = model(stream[None, 8 + i : 9 + i], use_cache=True, **cache_kwargs(model, cache)).logits
             out.append(int(logits[0, -1].argmax()))
         dt = time.perf_counter() - t1
     n = args.tokens - 1
@@ -212,10 +213,12 @@ def quality(args: argparse.Namespace) -> None:
     engine.set_mode("speculative")
     from transformers import DynamicCache
 
+    from efficient._hf import cache_kwargs
+
     engine.prefetch_predictions = engine.prefetch_correct = 0
     kv, seq_ids = DynamicCache(), test[0][:1, :48]
     for t in range(seq_ids.shape[1]):  # token by token, as in decoding
-        model(input_ids=seq_ids[:, t : t + 1], past_key_values=kv, use_cache=True)
+        model(input_ids=seq_ids[:, t : t + 1], use_cache=True, **cache_kwargs(model, kv))
     share = engine.prefetch_correct / engine.prefetch_predictions
     print(f"speculative prefetch on MoEfied SmolLM2 (real weights, 48 decode steps): share of each block's experts "
           f"already prefetched or cached when it routes = {share:.2f}")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from efficient.spec.target import rollback
 from mimo_audio import formats
 from mimo_audio.compose import compose_backbone
 from mimo_audio.config import SpeechLMConfig
@@ -91,7 +92,7 @@ def verify_cost(lm: SpeechLM, prompt: torch.Tensor, ks: list[int], repeats: int 
             t = time.perf_counter()
             target.forward(torch.full((1, k + 1), 65), cache)
             times[k].append(time.perf_counter() - t)
-            cache.crop(n0)
+            rollback(cache, n0)
     target.close()
     base = statistics.median(times[0])
     return {k: statistics.median(v) / base for k, v in times.items() if k}

@@ -25,6 +25,7 @@ the two settings are identical.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Sequence
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+# transformers 5 renamed the stacks' ``past_key_values`` argument to ``cache`` (4.x: the old name).
+_CACHE_KW = "cache" if "cache" in inspect.signature(Qwen2Model.forward).parameters else "past_key_values"
 # Non-persistent buffers that some exports still contain; recomputed here, so ignored when present.
 _IGNORED_KEY_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -191,8 +194,8 @@ class SpeechLM(nn.Module):
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
+            **{_CACHE_KW: past_key_values},
         )
         h = out.last_hidden_state
         if logits_to_keep:
@@ -246,7 +249,7 @@ class SpeechLM(nn.Module):
         steps = self.delay.schedule
         for t, emits in enumerate(steps):
             pos = torch.full((B, 1), t, dtype=torch.long, device=x.device)
-            h = self.local_transformer(inputs_embeds=x, position_ids=pos, past_key_values=cache, use_cache=True)
+            h = self.local_transformer(inputs_embeds=x, position_ids=pos, use_cache=True, **{_CACHE_KW: cache})
             h = h.last_hidden_state[:, -1]
             nxt = torch.zeros_like(x[:, 0])
             for c, f in emits:
@@ -322,7 +325,9 @@ class SpeechLM(nn.Module):
     def _materialize_buffers(self, device: torch.device) -> None:
         """Recreate the non-persistent buffers (RoPE tables, empty ids) after a meta-device build."""
         for stack in (self.model, self.local_transformer, self.input_local_transformer):
-            stack.rotary_emb = Qwen2RotaryEmbedding(stack.config, device=device)
+            # a device context rather than ``device=``: transformers 5 dropped that argument
+            with torch.device(device):
+                stack.rotary_emb = Qwen2RotaryEmbedding(stack.config)
         self.empty_ids = torch.tensor(self.config.speech_zeroemb_idx, dtype=torch.long, device=device)
 
     @torch.no_grad()

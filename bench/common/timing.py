@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from efficient._hf import cache_kwargs, output_cache
+
 
 def timed(fn: Callable[[], Any], repeats: int, warmup: int = 0) -> tuple[float, Any]:
     """Median seconds of ``repeats`` calls of ``fn`` (after ``warmup`` untimed calls) and its last result."""
@@ -39,10 +41,10 @@ def decode_tokens_per_s(model: nn.Module, prompt_len: int = 16, new_tokens: int 
     rates = []
     for _ in range(repeats):
         out = model(input_ids=ids, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        past, nxt = output_cache(out), out.logits[:, -1:].argmax(-1)
         t0 = time.perf_counter()
         for _ in range(new_tokens):
-            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            out = model(input_ids=nxt, use_cache=True, **cache_kwargs(model, past))
+            past, nxt = output_cache(out), out.logits[:, -1:].argmax(-1)
         rates.append(new_tokens / (time.perf_counter() - t0))
     return statistics.median(rates)

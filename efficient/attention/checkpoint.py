@@ -77,7 +77,10 @@ def load_converted(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.modeling_utils import no_init_weights
+    try:  # transformers 5.x
+        from transformers.initialization import no_init_weights
+    except ImportError:  # 4.x
+        from transformers.modeling_utils import no_init_weights
 
     path = Path(path)
     attn_cfg, _ = read_attention_config(path)

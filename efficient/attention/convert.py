@@ -18,6 +18,8 @@ supplies a :class:`HybridAttentionCache` when the caller passes none or an empty
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import logging
 from typing import Any
 
@@ -44,14 +46,23 @@ def _no_dense_attention(*args, **kwargs):
 AttentionInterface.register(ATTN_IMPLEMENTATION, _no_dense_attention)
 
 
+@functools.cache
+def _cache_kwarg(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
 def _cache_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
     if len(args) > 3:
         raise ValueError("pass past_key_values to a converted model by keyword")
-    pkv = kwargs.get("past_key_values")
+    # transformers 5 renamed the forward's ``past_key_values`` to ``cache``: accept either, pass the one it takes
+    key = _cache_kwarg(type(module))
+    pkv = kwargs.pop("cache", None)
+    pkv = kwargs.pop("past_key_values", None) if pkv is None else pkv
     fresh = pkv is None or (type(pkv) is DynamicCache and pkv.get_seq_length() == 0)
     if fresh:
-        kwargs["past_key_values"] = HybridAttentionCache(module._efficient_attention_config)
-    elif not isinstance(pkv, HybridAttentionCache):
+        pkv = HybridAttentionCache(module._efficient_attention_config)
+    kwargs[key] = pkv
+    if not isinstance(pkv, HybridAttentionCache):
         raise TypeError(
             f"a model converted by efficient.apply_attention needs a HybridAttentionCache, got {type(pkv).__name__} "
             "(make one with HybridAttentionCache.for_model(model))"
