@@ -39,6 +39,7 @@ import torch
 
 from .batch_cache import BatchState, rebuild
 from .generation import left_pad
+from .sampling import code_chooser
 from .tasks import Job
 
 if TYPE_CHECKING:
@@ -518,7 +519,8 @@ class Engine:
         for (sampler, seeded), rows in groups.items():
             gens = [batch.rows[i].generator for i in rows] if seeded else None
             hidden = batch.local_hidden[rows] if len(rows) < B else batch.local_hidden
-            codes[rows] = lm.decode_patch(hidden, sampler, gens).cpu()
+            choose = code_chooser(sampler, lm.config.speech_zeroemb_idx, gens)
+            codes[rows] = lm.decode_patch(hidden, choose).cpu()
         return text, codes
 
     def _forward(self, batch: BatchState, text: torch.Tensor, codes: torch.Tensor) -> None:

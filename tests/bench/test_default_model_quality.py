@@ -63,8 +63,9 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> tuple[Path, Path]:
     """A random tiny audio tokenizer and a tiny random LM (official layouts, matching code vocabularies)."""
+    from helpers.tiny_lm import make_tiny_checkpoint
+
     from apps.train.tokenizer import TRAIN_PRESETS
-    from mimo_audio.testing import make_tiny_checkpoint
     from tokenizer import AudioTokenizer
     from tokenizer.config import TokenizerConfig
 

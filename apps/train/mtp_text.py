@@ -1,6 +1,6 @@
 """Fit K MTP heads on a frozen base model, on CPU, from an offline text.
 
-    python -m efficient.spec.train --model DIR --heads 3 --steps 300 [--max-minutes 12] [--out DIR]
+    python -m apps.train.mtp_text --model DIR --heads 3 --steps 300 [--max-minutes 12] [--out DIR]
 
 Objective: self-distillation. Head k at position i sees the base model's (or head k-1's) hidden state
 at i and the text token t_{i+k}, and is trained to reproduce the *base model's* next-token
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .mtp import MTP_FILENAME, MTPConfig, MTPDrafter
-from .target import CausalLMTarget
+from efficient.spec.mtp import MTP_FILENAME, MTPConfig, MTPDrafter
+from efficient.spec.target import CausalLMTarget
 
 log = logging.getLogger(__name__)
 STATE_FILENAME = "mtp.train.safetensors"
@@ -104,7 +104,7 @@ def train(args: argparse.Namespace) -> Path:
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from efficient.textdata import offline_english_text
+    from eval.textdata import offline_english_text
 
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
@@ -177,7 +177,7 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m efficient.spec.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m apps.train.mtp_text", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="transformers model directory (frozen base)")
     p.add_argument("--heads", type=int, default=3, help="number of MTP heads K")
     p.add_argument("--steps", type=int, default=300)

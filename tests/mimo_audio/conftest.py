@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.tiny_lm import make_tiny_checkpoint
 
 from mimo_audio import MimoAudio, SpeechLM, load_text_tokenizer
 from mimo_audio.fewshot import TaskLibrary
-from mimo_audio.testing import make_tiny_checkpoint
 from mimo_audio.voices import VoiceRegistry
 
 

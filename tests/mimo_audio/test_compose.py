@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.tiny_lm import make_tiny_checkpoint
 
 from efficient.attention import HybridAttentionCache
 from efficient.quant import QuantLinear
@@ -12,7 +13,6 @@ from mimo_audio import MimoAudio, formats
 from mimo_audio.compose import compose_backbone
 from mimo_audio.config import SpeechLMConfig
 from mimo_audio.speculative import SpeechLMTarget
-from mimo_audio.testing import make_tiny_checkpoint
 
 from .conftest import random_codes
 
@@ -23,7 +23,7 @@ ATTN = dict(window=8, block_size=4, top_k=2)
 @pytest.fixture(scope="module")
 def deep_dir(tmp_path_factory):
     """A tiny 4-layer LM (room for a full / sparse / sparse / full layout) with two random MTP heads."""
-    cfg = SpeechLMConfig(**{**SpeechLMConfig.preset("tiny").__dict__, "num_hidden_layers": 4, "extra": {}})
+    cfg = SpeechLMConfig(**{**SpeechLMConfig.named("tiny").__dict__, "num_hidden_layers": 4, "extra": {}})
     d = make_tiny_checkpoint(tmp_path_factory.mktemp("deep_lm"), seed=2, config=cfg)
     m = MimoAudio.from_pretrained(d, device="cpu")
     target = SpeechLMTarget(m.lm)

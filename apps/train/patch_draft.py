@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modeling import SpeechLM
-from .sampling import Sampler
+from mimo_audio.modeling import SpeechLM
+from mimo_audio.sampling import Sampler
 
 PATCH_MTP_FILENAME = "mtp_patch.safetensors"
 
@@ -219,15 +219,3 @@ def patch_head_loss(
                           reduction="none").sum(-1).mean()
             loss = loss + (channel0_weight if c == 0 else 1.0) * kl / lm.config.audio_channels
     return loss
-
-
-def expected_patches_per_forward(accept: float, k: int) -> float:
-    """Patches committed per backbone forward with ``k`` drafted patches at i.i.d. acceptance ``accept``."""
-    if accept >= 1:
-        return k + 1.0
-    return (1 - accept ** (k + 1)) / (1 - accept)
-
-
-def mimo_fit_accept_length(entropy: float, k: int = 3) -> float:
-    """MiMo-V2-Flash's fit of acceptance length against next-token entropy (3 MTP layers)."""
-    return (k + 1) * (1 - 0.58 * math.pow(max(entropy, 0.0), 0.58))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.tiny_lm import make_tiny_checkpoint
 from safetensors.torch import load_file
 
 from apps.train.mtp_speech import MTPTrainConfig, train_mtp
 from mimo_audio import MimoAudio
-from mimo_audio.testing import make_tiny_checkpoint
 
 
 def _cfg(lm, corpus, out, **kw) -> MTPTrainConfig:
@@ -59,7 +59,7 @@ def test_bad_arguments(tiny_lm_dir, mini_corpus, tmp_path):
 
 def test_patch_head_recipe_measures_and_learns(tiny_lm_dir, mini_corpus, tmp_path):
     from apps.train.mtp_patch import PatchTrainConfig, train_patch_head
-    from mimo_audio.patch_draft import PatchDraftHead, draft_positions
+    from apps.train.patch_draft import PatchDraftHead, draft_positions
 
     tc = PatchTrainConfig(lm=str(tiny_lm_dir), corpus=str(mini_corpus), out=str(tmp_path), steps=8, batch_size=2,
                           max_patches=160, lr=1e-2, window=16, eval_items=2, progress=False)

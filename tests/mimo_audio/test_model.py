@@ -15,7 +15,7 @@ from .conftest import random_codes
 
 
 def test_config_json_roundtrip_keeps_official_format(tmp_path):
-    cfg = SpeechLMConfig.preset("tiny")
+    cfg = SpeechLMConfig.named("tiny")
     cfg.extra["torch_dtype"] = "bfloat16"
     cfg.to_json_file(tmp_path / "config.json")
     raw = json.loads((tmp_path / "config.json").read_text())
@@ -28,7 +28,7 @@ def test_config_json_roundtrip_keeps_official_format(tmp_path):
 
 
 def test_official_preset_matches_published_sizes():
-    cfg = SpeechLMConfig.preset("official")
+    cfg = SpeechLMConfig.named("official")
     assert cfg.patch_decoder_steps == 11
     assert cfg.local_config().head_dim == 16 and cfg.input_local_config().intermediate_size == 4096
     with torch.device("meta"):
@@ -47,8 +47,8 @@ def test_config_rejects_inconsistent_fields():
         SpeechLMConfig(delay_pattern="0-1-2")
     with pytest.raises(ValueError, match="empty id"):
         SpeechLMConfig(speech_zeroemb_idx="2000-1024-128-128-128-128-128-128")
-    with pytest.raises(ValueError, match="preset"):
-        SpeechLMConfig.preset("huge")
+    with pytest.raises(ValueError, match="size"):
+        SpeechLMConfig.named("huge")
 
 
 def test_delay_pattern_schedule_matches_spec():
@@ -211,7 +211,7 @@ def test_official_style_config_json_is_read_as_the_official_code_does(tmp_path):
         "input_full_attention": True,
     }
     cfg = SpeechLMConfig.from_dict(official)
-    assert cfg == SpeechLMConfig.preset("official")
+    assert cfg == SpeechLMConfig.named("official")
     assert cfg.extra["transformers_version"] == "4.49.0"
     assert SpeechLMConfig.from_dict(cfg.to_dict()) == cfg
     no_flag = dict(official)
@@ -264,7 +264,7 @@ def test_teacher_forced_patch_decoder_matches_greedy_decoding(tiny_lm):
 
 
 def test_init_weights_for_training_from_scratch():
-    cfg = SpeechLMConfig.preset("tiny")
+    cfg = SpeechLMConfig.named("tiny")
     a = SpeechLM(cfg, empty_token_id=261).init_weights(std=0.02, seed=3)
     b = SpeechLM(cfg, empty_token_id=261).init_weights(std=0.02, seed=3)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

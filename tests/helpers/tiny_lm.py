@@ -1,4 +1,4 @@
-"""Tiny random speech-LM checkpoints for tests (this package's and other areas').
+"""Tiny random speech-LM checkpoints for tests.
 
 ``make_tiny_checkpoint(dir)`` writes a complete LM directory in the official layout: ``config.json``,
 ``model.safetensors`` and a small byte-level BPE text tokenizer (256 byte symbols plus every MiMo-Audio
@@ -11,31 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .config import SpeechLMConfig
-from .modeling import SpeechLM
-from .text_tokenizer import SPECIAL_TOKEN_STRINGS, SpecialTokens
-
-EOS = "<|endoftext|>"
-EXTRA_SPECIALS = ("<|Human|>", "<|SpeechLM|>")
-
-
-def make_tiny_text_tokenizer(path: str | Path):
-    """A byte-level BPE tokenizer (no merges: one token per UTF-8 byte) with the MiMo-Audio specials."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = [EOS, *SPECIAL_TOKEN_STRINGS.values(), *EXTRA_SPECIALS]
-    tok.add_special_tokens(specials)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS, pad_token=EOS, clean_up_tokenization_spaces=False
-    )
-    fast.save_pretrained(str(path))
-    return fast
+from mimo_audio.config import SpeechLMConfig
+from mimo_audio.modeling import SpeechLM
+from mimo_audio.text_tokenizer import SpecialTokens
+from mimo_audio.text_vocab import make_byte_text_tokenizer
 
 
 def make_tiny_checkpoint(
@@ -49,9 +28,9 @@ def make_tiny_checkpoint(
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = make_tiny_text_tokenizer(path)
+    tokenizer = make_byte_text_tokenizer(path)
     special = SpecialTokens.from_tokenizer(tokenizer)
-    config = config or SpeechLMConfig.preset("tiny")
+    config = config or SpeechLMConfig.named("tiny")
     if len(tokenizer) > config.vocab_size:
         raise ValueError(f"tiny tokenizer has {len(tokenizer)} tokens, more than vocab_size {config.vocab_size}")
     gen = torch.Generator().manual_seed(seed)

@@ -48,7 +48,12 @@ def smollm2_dir() -> Path:
     gguf = smollm2_gguf_path()
     log.info("converting %s to a safetensors checkpoint in %s (once)", gguf.name, out)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF weights are dequantized to plain float tensors, but transformers 5 still marks the model as
+    # "quantized with gguf" and refuses to save it: drop the marks (4.x sets none).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
@@ -64,5 +69,5 @@ def load_smollm2(dtype: torch.dtype = torch.float32):
 
     path = smollm2_dir()
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     return model, tok

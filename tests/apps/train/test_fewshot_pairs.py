@@ -7,12 +7,12 @@ import torch
 
 from apps.train.lm_data import LMExamples
 from mimo_audio.prompts import PromptRenderer
-from mimo_audio.testing import make_tiny_text_tokenizer
 from mimo_audio.text_tokenizer import SpecialTokens
+from mimo_audio.text_vocab import make_byte_text_tokenizer
 
 
 def test_voice_conversion_query_has_the_example_output_voice(mini_corpus, tmp_path):
-    tok = make_tiny_text_tokenizer(tmp_path)
+    tok = make_byte_text_tokenizer(tmp_path)
     special = SpecialTokens.from_tokenizer(tok)
     from apps.corpus import load_manifest
 
