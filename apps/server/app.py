@@ -341,7 +341,8 @@ def _b64(data: bytes) -> str:
 def _fixed_mmap_threshold() -> None:
     """glibc raises its mmap threshold as large blocks are freed, after which tensors of varying sizes (the
     batch cache changes shape with its rows) come from the heap and fragment it: RSS creeps up under load.
-    A fixed threshold keeps large blocks mmapped, so freeing them returns the memory to the system."""
+    A fixed threshold keeps large blocks mmapped, so freeing them returns the memory to the system; two
+    arenas keep the request threads from each growing a heap of their own."""
     if sys.platform != "linux" or os.environ.get("MIMO_AUDIO_MALLOC", "fixed") != "fixed":
         return
     try:
@@ -350,6 +351,7 @@ def _fixed_mmap_threshold() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 512 * 1024)  # M_TRIM_THRESHOLD
+        libc.mallopt(-8, 2)  # M_ARENA_MAX: many request threads, few heaps (each arena keeps its own fragments)
     except (OSError, AttributeError):
         logger.debug("mallopt not available; default allocator settings")
 
