@@ -14,7 +14,7 @@ log = logging.getLogger("mimo-audio.train")
 
 
 def corpus_rows(corpus: str | Path, split: str) -> list[dict]:
-    from apps.corpus import load_manifest
+    from mimo_audio.corpus import load_manifest
 
     rows = [r for r in load_manifest(corpus) if r["split"] == split]
     if not rows:
