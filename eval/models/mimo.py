@@ -31,7 +31,7 @@ def weights_digest(directory: Path) -> str:
 
 
 def _describe(segments: list) -> str:
-    """The rendered prompt as text: text segments verbatim, speech as ``<speech:N frames>``."""
+    """The rendered prompt as text: text segments verbatim, each speech segment as ``<speech>``."""
     out = []
     for seg in segments:
         codes = getattr(seg, "codes", None)
@@ -39,7 +39,7 @@ def _describe(segments: list) -> str:
         if text:
             out.append(text)
         if codes is not None:
-            out.append(f"<speech:{int(codes.shape[-1])} frames>")
+            out.append("<speech>")
     return "".join(out)
 
 
