@@ -1,0 +1,82 @@
+"""Task and reader registries, readers on tiny real-format fixtures, MCQ extraction, NaN/empty outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from eval.data import get_reader, readers
+from eval.mcq import answer_index, extract_choice, strip_thinking
+from eval.tasks import get_task, load_tasks, parse_task
+
+
+def test_every_task_file_loads_and_names_a_known_reader():
+    tasks = load_tasks()
+    assert {"librispeech_asr", "seedtts_en_tts", "mmau_mcq_think", "offline_mtp"} <= set(tasks)
+    known = readers()
+    for t in tasks.values():
+        assert t.dataset in known, t.name
+
+
+def test_task_file_errors_name_the_line():
+    with pytest.raises(ValueError, match=r"x.yaml:3: unknown kind"):
+        parse_task("dataset: jsonl\nmetrics: [wer]\nkind: dance\n", "x.yaml")
+    with pytest.raises(ValueError, match=r"x.yaml:2"):
+        parse_task("dataset: jsonl\nkind: asr: bad\nmetrics: [wer]\n", "x.yaml")
+
+
+def test_librispeech_and_seedtts_readers(librispeech, seedtts):
+    s = list(get_reader("librispeech")(librispeech, "test-clean").samples())
+    assert len(s) == 6 and s[0].id == "1089-134686-0000" and s[0].reference.startswith("PLEASE")
+    assert Path(s[0].audio).is_file() and s[0].error is None
+    t = list(get_reader("seedtts")(seedtts, "en").samples())
+    assert [x.id for x in t] == ["u0", "u1", "u2"] and Path(t[0].prompt_audio).is_file()
+    (seedtts / "en" / "bad").mkdir(exist_ok=True)
+    bad = seedtts / "bad_root"
+    (bad / "en").mkdir(parents=True, exist_ok=True)
+    (bad / "en" / "meta.lst").write_text("u0|x|../../../outside.wav|hello\nu1|only two\n")
+    with pytest.raises(ValueError, match=r"meta.lst:2"):
+        list(get_reader("seedtts")(bad, "en").samples())
+
+
+def test_mcq_reader_and_extraction(mmau):
+    s = list(get_reader("mmau")(mmau).samples())
+    assert s[0].choices[0] == "a dog is barking" and s[0].meta["category"] == "speech"
+    assert answer_index(s[0].answer, s[0].choices) == 0 and answer_index("B", ["cat", "dog"]) == 1
+    assert extract_choice("<think>maybe (A)? no</think>The answer is (B).", ["x", "y"]) == 1
+    assert extract_choice("I think it is a dog is barking", s[0].choices) == 0
+    assert extract_choice("", s[0].choices) is None
+    assert strip_thinking("reasoning...</think> C") == "C"
+
+
+def test_esd_reader_pairs_parallel_readings(tmp_path):
+    for spk in ("0013", "0019"):
+        for utt in (1, 2, 3):
+            sf.write(tmp_path / f"ESD_{spk}_{utt:06d}.wav", np.zeros(1600, np.float32) + 0.1, 16000)
+    s = list(get_reader("esd")(tmp_path, None, {"mode": "voice"}).samples())
+    assert len(s) == 3 and "0013" in s[0].audio and "0019" in s[0].examples[0]["output"]
+    assert "0019" in s[0].speaker_ref and s[0].examples[0]["input"] != s[0].audio
+
+
+def test_nan_and_empty_outputs_are_scored_as_failures(tmp_path):
+    pytest.importorskip("pocketsphinx")
+    from eval.scoring import Scorers, score_task
+
+    task = get_task("jsonl_asr")
+    d = tmp_path / "t"
+    (d / "audio").mkdir(parents=True)
+    sf.write(d / "audio" / "n.wav", np.full(8000, np.nan, np.float32), 16000, subtype="FLOAT")
+    recs = [{"id": "empty", "reference": "hello world", "hypothesis": "", "fingerprint": "f", "gen_hash": "g"},
+            {"id": "err", "reference": "hello world", "error": "RuntimeError: boom", "error_kind": "model"}]
+    (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    rep = score_task(d, task, Scorers(), progress=False)
+    assert rep["metrics"]["wer"] == 1.0 and rep["errors"]["model"] == 1
+    tts = get_task("offline_tts")
+    (d / "samples.jsonl").write_text(json.dumps({"id": "nan", "reference": "hello world", "audio_rel": "audio/n.wav",
+                                                 "audio": str(d / "audio" / "n.wav")}) + "\n")
+    rep = score_task(d, tts, Scorers(), progress=False)
+    assert rep["metrics"]["wer"] == 1.0 and rep["metrics"]["dnsmos_ovrl"] is None
