@@ -13,9 +13,10 @@ log = logging.getLogger(__name__)
 
 # Metrics shown in the table, in this order, when a task has them (the primary metric always comes first).
 SHOWN = ("wer", "wer_mean_utt", "input_wer", "wer_delta_points", "sim", "sim_source", "target_closer_share",
-         "dnsmos_ovrl", "input_dnsmos_ovrl", "accuracy", "judge", "acceptance_length", "acceptance_rate",
-         "tokens_per_forward")
-PERCENT = ("wer", "wer_mean_utt", "input_wer", "accuracy", "target_closer_share", "acceptance_rate")
+         "ceiling_closer_share", "dnsmos_ovrl", "input_dnsmos_ovrl", "accuracy", "judge", "acceptance_length",
+         "acceptance_rate", "tokens_per_forward")
+PERCENT = ("wer", "wer_mean_utt", "input_wer", "accuracy", "target_closer_share", "ceiling_closer_share",
+           "acceptance_rate")
 
 
 def collect(out: Path) -> list[dict[str, Any]]:

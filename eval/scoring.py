@@ -39,8 +39,11 @@ class Scorers:
 
     def __init__(self, asr: str = "pocketsphinx", sim: str = "resemblyzer", judge_url: str | None = None,
                  judge_model: str = "gpt-4o-mini", judge_key: str | None = None) -> None:
+        import warnings
+
         from eval import heavy
 
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # webrtcvad, under resemblyzer
         self.asr_name, self.sim_name = asr, sim
         self._asr = heavy.make_asr(asr)
         self._sim = heavy.make_speaker(sim)
@@ -178,6 +181,12 @@ def m_sim(rec, task, task_dir, sc, errors) -> dict:
         res["sim_source"] = _sim(out, source)
         res["target_closer"] = bool(res["sim"] is not None and res["sim_source"] is not None
                                     and res["sim"] > res["sim_source"])
+        truth = (inp.get("meta") or {}).get("truth")
+        if truth:  # the real target reading, scored the same way: the ceiling of a perfect conversion
+            t = _try(lambda: sc.embed(truth), errors, "sim truth")
+            res["ceiling_sim"], ceiling_source = _sim(t, target), _sim(t, source)
+            res["ceiling_closer"] = bool(res["ceiling_sim"] is not None and ceiling_source is not None
+                                         and res["ceiling_sim"] > ceiling_source)
     return res
 
 
@@ -271,6 +280,10 @@ def aggregate(task: TaskSpec, rows: list[dict]) -> dict[str, Any]:
             m["sim_source"] = _mean([r.get("sim_source") for r in rows])
             closer = [bool(r.get("target_closer")) for r in rows if "sim_source" in r]
             m["target_closer_share"] = round(float(np.mean(closer)), 4) if closer else None
+        if any("ceiling_sim" in r for r in rows):
+            m["ceiling_sim"] = _mean([r.get("ceiling_sim") for r in rows])
+            m["ceiling_closer_share"] = round(float(np.mean([bool(r.get("ceiling_closer")) for r in rows
+                                                             if "ceiling_sim" in r])), 4)
     for prefix in ("dnsmos", "input_dnsmos"):
         if prefix in task.metrics:
             for k in ("ovrl", "sig", "bak", "p808"):
