@@ -42,7 +42,7 @@ def _model(args: argparse.Namespace):
 
     return make_adapter(args.model, args.endpoint, tokenizer_path=args.tokenizer, device=args.device,
                         quant=args.quant, sparse=args.sparse, speculative=args.speculative, api_key=args.api_key,
-                        voice=args.voice)
+                        voice=args.voice, random_init=args.random_init)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -160,6 +160,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--quant", default=None, help="LUT weight scheme for the backbone, e.g. w4g64")
     r.add_argument("--sparse", default=None, help="sparse attention layout, e.g. hysparse-1:3")
     r.add_argument("--speculative", type=int, default=0, help="MTP draft tokens for text outputs (0: off)")
+    r.add_argument("--random-init", action="store_true",
+                   help="the same architectures with seeded random weights (the floor a trained model must beat)")
     r.add_argument("--device", default=None)
     r.add_argument("--threads", type=int, default=None, help="torch threads")
     r.add_argument("--corpus", default=None, help="--suite offline: a built corpus instead of the flite set")

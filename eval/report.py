@@ -13,10 +13,11 @@ log = logging.getLogger(__name__)
 
 # Metrics shown in the table, in this order, when a task has them (the primary metric always comes first).
 SHOWN = ("wer", "wer_mean_utt", "input_wer", "wer_delta_points", "sim", "sim_source", "target_closer_share",
-         "ceiling_closer_share", "dnsmos_ovrl", "input_dnsmos_ovrl", "accuracy", "judge", "acceptance_length",
+         "ceiling_closer_share", "dnsmos_ovrl", "input_dnsmos_ovrl", "nearest_voice_sim", "sounds_like_panel_voice",
+         "no_speech", "stopped_share", "output_seconds_mean", "accuracy", "judge", "acceptance_length",
          "acceptance_rate", "tokens_per_forward")
 PERCENT = ("wer", "wer_mean_utt", "input_wer", "accuracy", "target_closer_share", "ceiling_closer_share",
-           "acceptance_rate")
+           "acceptance_rate", "stopped_share")
 
 
 def collect(out: Path) -> list[dict[str, Any]]:
@@ -61,6 +62,13 @@ def markdown(reports: list[dict]) -> str:
         ms = ", ".join(f"{k} {fmt(k, r['metrics'][k])}" for k in metric_names(r))
         lines.append(f"| {r['task']} | {r['model']} | {r['scored']}/{r['samples']} | {r['errors']['data']}/"
                      f"{r['errors']['model']} | {ms} |")
+    goals = [(r, g) for r in sorted(reports, key=lambda r: (r["task"], r["model"])) for g in r.get("goals") or []]
+    if goals:
+        lines += ["", "| task | model | measure | value | goal | met |", "|---|---|---|---|---|---|"]
+        for r, g in goals:
+            met = {True: "yes", False: "NO", None: "-"}[g["met"]]
+            lines.append(f"| {r['task']} | {r['model']} | {g['metric']} | {fmt(g['metric'], g['value'])} "
+                         f"| {g['goal']} | {met} |")
     norm = sorted({r.get("scorers", {}).get("normalizer", "?") for r in reports})
     asr = sorted({r.get("scorers", {}).get("asr", "?") for r in reports})
     sim = sorted({r.get("scorers", {}).get("sim", "?") for r in reports})

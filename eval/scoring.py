@@ -190,6 +190,19 @@ def m_sim(rec, task, task_dir, sc, errors) -> dict:
     return res
 
 
+def m_nearest_voice(rec, task, task_dir, sc, errors) -> dict:
+    """Which voice of a panel (``input.meta.panel``: voice -> audio) the output sounds most like."""
+    panel = ((rec.get("input") or {}).get("meta") or {}).get("panel") or {}
+    audio = _output_audio(rec, task_dir)
+    out = _try(lambda: sc.embed(audio), errors, "nearest voice") if audio and panel else None
+    if out is None:
+        return {"nearest_voice": None, "nearest_sim": None}
+    sims = {v: _sim(out, _try(lambda p=p: sc.embed(p), errors, "panel voice")) for v, p in panel.items()}
+    sims = {v: x for v, x in sims.items() if x is not None}
+    best = max(sims, key=sims.get) if sims else None
+    return {"nearest_voice": best, "nearest_sim": sims.get(best) if best else None}
+
+
 def m_dnsmos(rec, task, task_dir, sc, errors) -> dict:
     audio = _output_audio(rec, task_dir)
     if audio is None:
@@ -246,8 +259,9 @@ def m_acceptance(rec, task, task_dir, sc, errors) -> dict:
 
 METRICS: dict[str, Callable] = {
     "wer": m_wer, "input_wer": m_input_wer, "sim": m_sim, "dnsmos": m_dnsmos, "input_dnsmos": m_input_dnsmos,
-    "accuracy": m_accuracy, "judge": m_judge, "acceptance": m_acceptance,
+    "accuracy": m_accuracy, "judge": m_judge, "acceptance": m_acceptance, "nearest_voice": m_nearest_voice,
 }
+SAME_VOICE_SIM = 0.75  # Resemblyzer: the same voice scores above, different voices below (ecosystem spec 3.4)
 
 
 # ---------------------------------------------------------------- aggregation
@@ -297,6 +311,19 @@ def aggregate(task: TaskSpec, rows: list[dict]) -> dict[str, Any]:
             by[str(r.get("category", "all"))].append(r["correct"])
         if len(by) > 1:
             m["accuracy_by_category"] = {k: round(float(np.mean(v)), 4) for k, v in sorted(by.items())}
+    if "nearest_voice" in task.metrics:
+        got = [r["nearest_sim"] for r in rows if r.get("nearest_sim") is not None]
+        m["nearest_voice_sim"] = _mean(got)
+        m["sounds_like_panel_voice"] = sum(x >= SAME_VOICE_SIM for x in got)
+        counts: dict[str, int] = defaultdict(int)
+        for r in rows:
+            counts[str(r.get("nearest_voice"))] += 1
+        m["nearest_voices"] = dict(sorted(counts.items()))
+    if any("no_speech" in r for r in rows):  # speech outputs: how many came, how long, how many stopped
+        sp = [r for r in rows if "no_speech" in r]
+        m["no_speech"] = sum(r["no_speech"] for r in sp)
+        m["output_seconds_mean"] = _mean([r.get("audio_seconds") for r in sp])
+        m["stopped_share"] = round(float(np.mean([bool(r.get("stopped")) for r in sp])), 4)
     if "judge" in task.metrics:
         m["judge"] = _mean([r.get("judge") for r in rows])
     if "acceptance" in task.metrics:
@@ -347,6 +374,9 @@ def score_task(task_dir: Path, task: TaskSpec, scorers: Scorers, progress: bool 
             row.update(METRICS[name](rec, task, task_dir, scorers, errors))
         if "transcript" in rec:
             row["transcript"] = rec["transcript"]
+        if "audio" in rec and task.kind != "asr":
+            row.update(no_speech=_output_audio(rec, task_dir) is None, audio_seconds=rec.get("audio_seconds"),
+                       stopped=(rec.get("extra") or {}).get("stop") == "stop_token")
         row["ref_len"] = len(_units(rec.get("reference") or "", task.language))
         if errors:
             row["score_errors"] = errors
@@ -363,6 +393,7 @@ def score_task(task_dir: Path, task: TaskSpec, scorers: Scorers, progress: bool 
         "dataset": task.dataset, "split": task.split, "language": task.language, "samples": len(recs),
         "scored": len(rows), "errors": {"data": n_data, "model": n_model},
         "metrics": metrics, "primary": task.primary, "primary_value": metrics.get(task.primary),
+        "goals": task.check_goals(metrics),
         "higher_is_better": {task.primary: task.higher_is_better.get(task.primary, task.primary not in (
             "wer", "input_wer"))}, "official": task.official, "scorers": scorers.describe(),
         "timing": {"infer_s_mean": _mean(infer), "infer_s_total": round(sum(infer), 2)},

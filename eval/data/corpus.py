@@ -62,9 +62,15 @@ class OfflineCorpus(DatasetReader):
                 yield self._sample(r)
         elif select == "sentences":
             texts = {r["text_id"]: r["text"] for r in rows}
+            panel = {}  # each trained voice's first reading: "which trained voice does the output sound like"
+            for r in sorted(rows, key=lambda r: r["id"]):
+                if r.get("voice_seen_in_train") and r["speaker_id"] not in panel:
+                    path, err = self.audio_path(r["path"], self.root, f"row {r['id']}")
+                    if err is None:
+                        panel[r["speaker_id"]] = path
             order = sorted(texts)
             for i in rng.permutation(len(order))[: items or len(order)]:
-                yield Sample(id=order[i], text=texts[order[i]], reference=texts[order[i]])
+                yield Sample(id=order[i], text=texts[order[i]], reference=texts[order[i]], meta={"panel": panel})
         elif select == "vc":
             yield from self._vc(rows, items, rng)
         else:

@@ -17,7 +17,8 @@ def make_adapter(model: str | None = None, endpoint: str | None = None, **option
         return OpenAIAdapter(endpoint, model=model or "mimo-audio", **keep)
     from eval.models.mimo import MimoAdapter
 
-    keep = {k: options[k] for k in ("tokenizer_path", "device", "quant", "sparse", "speculative") if options.get(k)}
+    names = ("tokenizer_path", "device", "quant", "sparse", "speculative", "random_init")
+    keep = {k: options[k] for k in names if options.get(k)}
     return MimoAdapter(lm_path=model, **keep)
 
 

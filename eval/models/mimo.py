@@ -54,11 +54,14 @@ class MimoAdapter(ModelAdapter):
 
     def __init__(self, lm_path: str | None = None, tokenizer_path: str | None = None, device: str | None = None,
                  quant: str | None = None, sparse: str | None = None, speculative: int = 0,
-                 model: Any = None) -> None:
+                 random_init: bool = False, seed: int = 0, model: Any = None) -> None:
         from mimo_audio import MimoAudio
 
         self.quant, self.sparse, self.speculative = quant, sparse, int(speculative or 0)
+        self.random_init = random_init
         self.m = model if model is not None else MimoAudio.from_pretrained(lm_path, tokenizer_path, device=device)
+        if random_init:  # the same architectures with seeded random weights: the floor a trained model must beat
+            self._randomize(seed)
         if quant or sparse:
             from mimo_audio.compose import compose_backbone
 
@@ -67,6 +70,8 @@ class MimoAdapter(ModelAdapter):
         self._digest = weights_digest(self.lm_dir) if self.lm_dir else "in-memory"
         self._label = "embedded-default" if lm_path is None and model is None else (
             self.lm_dir.name if self.lm_dir else "mimo")
+        if random_init:
+            self._label += "+random-init"
         if quant:
             self._label += f"+{quant}"
         if sparse:
@@ -74,12 +79,22 @@ class MimoAdapter(ModelAdapter):
         if self.speculative:
             self._label += f"+mtp{self.speculative}"
 
+    def _randomize(self, seed: int) -> None:
+        self.m.lm.init_weights(seed=seed)
+        tok = self.m.audio_tokenizer
+        if tok is not None:
+            from tokenizer import AudioTokenizer
+
+            fresh = AudioTokenizer.from_config(tok.config, seed=seed, device=next(tok.model.parameters()).device)
+            tok.model.load_state_dict(fresh.model.state_dict())
+            tok.model.eval()
+
     def label(self) -> str:
         return self._label
 
     def fingerprint(self) -> dict[str, Any]:
         return {"adapter": "mimo", "lm": str(self.lm_dir), "weights": self._digest, "quant": self.quant,
-                "sparse": self.sparse, "speculative": self.speculative}
+                "sparse": self.sparse, "speculative": self.speculative, "random_init": self.random_init}
 
     # ------------------------------------------------------------------ helpers
     def _gen(self, gen: dict[str, Any], text_output: bool) -> dict[str, Any]:

@@ -16,6 +16,7 @@ A task file::
     primary: wer
     higher_is_better: {wer: false}
     official: "MiMo-Audio-7B-Instruct 3.76"   # the figure the technical report gives (shown in reports)
+    goals: {wer: "<= 0.25"}              # optional: checked in report.json and the summary
 
 Unknown keys, a wrong type or an unknown kind/metric are errors that name the file and the line.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,8 @@ KINDS = {
 }
 USER_DIR_ENV = "MIMO_EVAL_TASKS"  # extra task folders (os.pathsep separated); they override built-ins
 _FIELDS = {"name", "description", "dataset", "split", "options", "kind", "language", "generation", "thinking",
-           "voice_prompt", "output", "metrics", "primary", "higher_is_better", "official", "needs", "suite"}
+           "voice_prompt", "output", "metrics", "primary", "higher_is_better", "official", "needs", "suite", "goals"}
+_GOAL = re.compile(r"^\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,21 @@ class TaskSpec:
     official: str = ""
     needs: str = ""  # extra note on the data (shown by `eval list`)
     suite: str = ""  # "offline": data comes from the offline suite's builder
+    goals: dict[str, str] = field(default_factory=dict)  # metric -> "<= 0.25" / ">= 0.8"
     source: str = ""
+
+    def check_goals(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each goal with the measured value and whether it is met (None when the value is missing)."""
+        import operator
+
+        ops = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
+        out = []
+        for metric, goal in self.goals.items():
+            op, bound = _GOAL.match(goal).groups()
+            value = metrics.get(metric)
+            met = None if not isinstance(value, (int, float)) else bool(ops[op](value, float(bound)))
+            out.append({"metric": metric, "goal": goal.strip(), "value": value, "met": met})
+        return out
 
     def with_split(self, split: str | None) -> TaskSpec:
         from dataclasses import replace
@@ -133,6 +150,9 @@ def parse_task(text: str, source: str) -> TaskSpec:
                      ("official", str), ("dataset", str), ("output", str), ("needs", str), ("suite", str)):
         if key in data and data[key] is not None and not isinstance(data[key], typ):
             raise fail(key, f"field {key!r} must be a {typ.__name__}")
+    goals = data.get("goals") or {}
+    if not isinstance(goals, dict) or not all(isinstance(v, str) and _GOAL.match(v) for v in goals.values()):
+        raise fail("goals", "goals must map metric names to strings such as '<= 0.25' or '>= 0.8'")
     name = data.get("name") or Path(source).stem
     return TaskSpec(name=name, dataset=data["dataset"], kind=data["kind"], metrics=tuple(metrics),
                     description=data.get("description", ""), split=data.get("split"),
@@ -141,7 +161,7 @@ def parse_task(text: str, source: str) -> TaskSpec:
                     voice_prompt=data.get("voice_prompt", False), output=data.get("output", "text"),
                     primary=data.get("primary") or metrics[0], higher_is_better=data.get("higher_is_better") or {},
                     official=data.get("official", ""), needs=data.get("needs", ""), suite=data.get("suite", ""),
-                    source=source)
+                    goals=goals, source=source)
 
 
 def task_dirs() -> list[Path]:
