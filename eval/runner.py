@@ -21,8 +21,10 @@ from eval.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
-# Generation caps (patches at 6.25/s) that still stop a model that never emits its end token.
+# Generation caps (patches at 6.25/s) that still stop a model that never emits its end token: about twice
+# the expected length, from the input only (never the reference). The rule's version is part of the cache key.
 PATCHES_PER_SECOND = 6.25
+AUTO_CAP_RULE = "v2"
 
 
 def auto_cap(task: TaskSpec, sample: Sample) -> int | None:
@@ -31,7 +33,7 @@ def auto_cap(task: TaskSpec, sample: Sample) -> int | None:
         n = len(sample.text.encode("utf-8"))
         return n + 12 + math.ceil(2 * 0.07 * n * PATCHES_PER_SECOND)
     if task.kind in ("asr",) and sample.meta.get("duration_s"):
-        return 16 + math.ceil(8 * float(sample.meta["duration_s"]))
+        return 16 + math.ceil(30 * float(sample.meta["duration_s"]))  # ~2x the bytes of speech at 15 chars/s
     if task.kind in ("few_shot_s2s", "continuation") and sample.meta.get("duration_s"):
         return 24 + math.ceil(2 * float(sample.meta["duration_s"]) * PATCHES_PER_SECOND)
     return None

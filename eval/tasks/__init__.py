@@ -96,6 +96,10 @@ class TaskSpec:
         payload = {"kind": self.kind, "generation": self.generation, "language": self.language,
                    "thinking": self.thinking, "voice_prompt": self.voice_prompt, "output": self.output,
                    "options": self.options, "split": self.split, **(extra or {})}
+        if self.generation.get("auto_cap"):
+            from eval.runner import AUTO_CAP_RULE
+
+            payload["auto_cap_rule"] = AUTO_CAP_RULE
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, Any]:
