@@ -399,6 +399,8 @@ def score_task(task_dir: Path, task: TaskSpec, scorers: Scorers, progress: bool 
         "timing": {"infer_s_mean": _mean(infer), "infer_s_total": round(sum(infer), 2)},
         "scored_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
+    # the aggregates also at the top level (``report["wer"]``), next to the structured ``metrics``
+    report.update({k: v for k, v in metrics.items() if k not in report and not isinstance(v, (dict, list))})
     report = _clean(report)
     (task_dir / REPORT).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     from eval.report import plot_task
