@@ -80,3 +80,40 @@ def test_nan_and_empty_outputs_are_scored_as_failures(tmp_path):
                                                  "audio": str(d / "audio" / "n.wav")}) + "\n")
     rep = score_task(d, tts, Scorers(), progress=False)
     assert rep["metrics"]["wer"] == 1.0 and rep["metrics"]["dnsmos_ovrl"] is None
+
+
+def test_llm_judge_through_an_openai_compatible_endpoint(tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from eval.scoring import Scorers, score_task
+
+    asked = []
+
+    class Judge(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):  # noqa: N802
+            asked.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            body = json.dumps({"choices": [{"message": {"content": "Score: 8\nclose enough"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        d = tmp_path / "qa"
+        d.mkdir()
+        rec = {"id": "q", "reference": "Paris", "hypothesis": "<think>hmm</think>It is Paris.",
+               "input": {"question": "Capital of France?"}}
+        (d / "samples.jsonl").write_text(json.dumps(rec) + "\n")
+        rep = score_task(d, get_task("spoken_qa_s2t"), Scorers(judge_url=f"http://127.0.0.1:{httpd.server_address[1]}"),
+                         progress=False)
+    finally:
+        httpd.shutdown()
+    assert rep["judge"] == 0.8 and rep["scorers"]["judge"].startswith("gpt-4o-mini")
+    prompt = asked[0]["messages"][0]["content"]
+    assert "It is Paris." in prompt and "hmm" not in prompt  # thinking stripped before judging
