@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 # Generation caps (patches at 6.25/s) that still stop a model that never emits its end token: about twice
 # the expected length, from the input only (never the reference). The rule's version is part of the cache key.
 PATCHES_PER_SECOND = 6.25
-AUTO_CAP_RULE = "v2"
+AUTO_CAP_RULE = {"tts": "v1", "instruct_tts": "v1", "asr": "v2", "few_shot_s2s": "v3", "continuation": "v3"}
+CHARS_PER_SECOND = 16  # speech -> text length estimate for outputs that stream text before speech
 
 
 def auto_cap(task: TaskSpec, sample: Sample) -> int | None:
@@ -35,7 +36,9 @@ def auto_cap(task: TaskSpec, sample: Sample) -> int | None:
     if task.kind in ("asr",) and sample.meta.get("duration_s"):
         return 16 + math.ceil(30 * float(sample.meta["duration_s"]))  # ~2x the bytes of speech at 15 chars/s
     if task.kind in ("few_shot_s2s", "continuation") and sample.meta.get("duration_s"):
-        return 24 + math.ceil(2 * float(sample.meta["duration_s"]) * PATCHES_PER_SECOND)
+        # the speech-out formats stream the text first, then the speech
+        seconds = float(sample.meta["duration_s"])
+        return 12 + math.ceil(CHARS_PER_SECOND * seconds) + math.ceil(2 * seconds * PATCHES_PER_SECOND)
     return None
 
 

@@ -25,6 +25,15 @@ BLOCK = 350
 _NAME = re.compile(r"^(?:ESD_)?(\d{4})_(\d{6})\.wav$")
 
 
+def _seconds(path: Path) -> float | None:
+    import soundfile as sf
+
+    try:
+        return round(sf.info(str(path)).duration, 3)
+    except RuntimeError:  # unreadable: the model call records the error
+        return None
+
+
 class ESD(DatasetReader):
     name = "esd"
     description = "ESD-style parallel speech: few-shot voice or emotion conversion"
@@ -84,4 +93,4 @@ class ESD(DatasetReader):
             query, truth = pairs[u]
             yield Sample(id=f"{src}_{u:06d}", audio=str(query), reference=texts.get((src, u)), examples=examples,
                          speaker_ref=str(pairs[rest[0]][1]), source_ref=str(query),
-                         meta={"pair": label, "truth": str(truth)})
+                         meta={"pair": label, "truth": str(truth), "duration_s": _seconds(query)})

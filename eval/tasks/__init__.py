@@ -99,7 +99,7 @@ class TaskSpec:
         if self.generation.get("auto_cap"):
             from eval.runner import AUTO_CAP_RULE
 
-            payload["auto_cap_rule"] = AUTO_CAP_RULE
+            payload["auto_cap_rule"] = AUTO_CAP_RULE.get(self.kind)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, Any]:
