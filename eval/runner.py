@@ -161,7 +161,7 @@ def run_task(task: TaskSpec, model: ModelAdapter, data_root: Path, out: Path, li
     if rank == 0:
         import json
 
-        (task_dir / "task.json").write_text(json.dumps({"task": task.to_dict(), "model": fp, **key,
+        (task_dir / "task.json").write_text(json.dumps({"task": task.to_dict(), **key, "model_info": fp,
                                                         "data_root": str(data_root)}, indent=1, default=str))
     log.info("%s: %d samples, this rank %d, already done %d, to run %d", task.name, len(samples), len(mine),
              len(mine) - len(todo), len(todo))

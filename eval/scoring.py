@@ -389,7 +389,7 @@ def score_task(task_dir: Path, task: TaskSpec, scorers: Scorers, progress: bool 
     meta = json.loads((task_dir / "task.json").read_text()) if (task_dir / "task.json").is_file() else {}
     report = {
         "task": task.name, "model": recs[0].get("model"), "fingerprint": recs[0].get("fingerprint"),
-        "model_info": meta.get("model"), "gen_hash": recs[0].get("gen_hash"), "kind": task.kind,
+        "model_info": meta.get("model_info"), "gen_hash": recs[0].get("gen_hash"), "kind": task.kind,
         "dataset": task.dataset, "split": task.split, "language": task.language, "samples": len(recs),
         "scored": len(rows), "errors": {"data": n_data, "model": n_model},
         "metrics": metrics, "primary": task.primary, "primary_value": metrics.get(task.primary),
