@@ -73,6 +73,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         roots = {t.name: root for t in tasks}
     if not tasks:
         raise ValueError("no task to run")
+    from eval.runner import load_samples
+
+    for t in tasks:  # data errors (bad layout, malformed lines) surface before the model loads
+        load_samples(t, roots[t.name], args.limit)
     model = _model(args)
     dirs = run(tasks, model, roots, out, limit=args.limit, progress=not args.no_progress, score=not args.no_score,
                scorer_options=_scorer_options(args), retry_errors=args.retry_errors)
