@@ -117,3 +117,36 @@ def test_llm_judge_through_an_openai_compatible_endpoint(tmp_path):
     assert rep["judge"] == 0.8 and rep["scorers"]["judge"].startswith("gpt-4o-mini")
     prompt = asked[0]["messages"][0]["content"]
     assert "It is Paris." in prompt and "hmm" not in prompt  # thinking stripped before judging
+
+
+def test_esd_release_layout_emotion_pairs_and_transcripts(tmp_path):
+    spk = tmp_path / "0011"
+    lines = []
+    for emo, block in (("Neutral", 0), ("Sad", 3)):
+        (spk / emo).mkdir(parents=True)
+        for k in (1, 2, 3):
+            utt = k + 350 * block
+            sf.write(spk / emo / f"0011_{utt:06d}.wav", np.full(1600, 0.1, np.float32), 16000)
+            lines.append(f"0011_{utt:06d}\tsentence {k}\t{emo}")
+    (spk / "0011.txt").write_text("\n".join(lines) + "\n")
+    s = list(get_reader("esd")(tmp_path, None, {"mode": "emotion"}).samples())
+    assert len(s) == 3 and "Neutral" in s[0].audio and "/Sad/" in s[0].examples[0]["output"]
+    assert s[0].examples[0]["output_text"].startswith("sentence") and s[0].meta["duration_s"] == 0.1
+    (spk / "0011.txt").write_text("garbage line without tabs\n")
+    with pytest.raises(ValueError, match=r"0011.txt:1"):
+        list(get_reader("esd")(tmp_path, None, {"mode": "emotion"}).samples())
+
+
+def test_speechmmlu_and_instructtts_readers(tmp_path):
+    sf.write(tmp_path / "q.wav", np.full(1600, 0.1, np.float32), 16000)
+    items = [{"id": f"m{i}", "subject": "math", "question": f"{i} + 1 = ?", "choices": ["1", "2", "3", "4"],
+              "answer": "B", "question_audio": "q.wav"} for i in range(3)]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items))
+    s = list(get_reader("speechmmlu")(tmp_path, None, {"modality": "s2s", "shots": 2}).samples())
+    assert len(s) == 3 and s[0].audio.endswith("q.wav") and s[0].question.count("Answer: B") == 2
+    assert s[0].meta == {"category": "math", "modality": "s2s"}
+    (tmp_path / "en.jsonl").write_text(json.dumps({"id": 7, "text": "Hello.", "APS": "low pitch", "DSD": "calm",
+                                                   "RP": "a pirate"}) + "\n")
+    t = list(get_reader("instructtts")(tmp_path, "en").samples())
+    assert [x.id for x in t] == ["7#APS", "7#DSD", "7#RP"] and t[2].instruction == "a pirate"
+    assert [x.id for x in get_reader("instructtts")(tmp_path, "en", {"variant": "DSD"}).samples()] == ["7#DSD"]
