@@ -108,12 +108,13 @@ def plot_task(task_dir: Path, task, rows: list[dict]) -> Path | None:
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     xs, ys = zip(*pts)
     ax.scatter(xs, [100 * y for y in ys], s=12, alpha=0.5, label="utterance")
+    width = 5 if max(xs) - min(xs) >= 15 else 1  # narrow sets: one bucket per length
     buckets: dict[int, list[float]] = defaultdict(list)
     for x, y in pts:
-        buckets[(x // 5) * 5].append(y)
+        buckets[(x // width) * width].append(y)
     bx = sorted(buckets)
-    ax.plot([b + 2.5 for b in bx], [100 * sum(buckets[b]) / len(buckets[b]) for b in bx], "o-", color="C3",
-            label="mean per 5-word bucket")
+    ax.plot([b + (width - 1) / 2 for b in bx], [100 * sum(buckets[b]) / len(buckets[b]) for b in bx], "o-",
+            color="C3", label=f"mean per {width}-word bucket" if width > 1 else "mean per length")
     ax.set_xlabel("reference length (words)")
     ax.set_ylabel("WER (%)")
     ax.set_title(f"{task.name}: WER by utterance length")
