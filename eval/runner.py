@@ -17,14 +17,13 @@ from eval.data import Sample, get_reader
 from eval.distributed import Barrier, rank_world
 from eval.mcq import format_question
 from eval.models.base import ModelAdapter, Output
-from eval.tasks import TaskSpec
+from eval.tasks import AUTO_CAP_RULE, TaskSpec  # noqa: F401 (AUTO_CAP_RULE: re-exported)
 
 log = logging.getLogger(__name__)
 
 # Generation caps (patches at 6.25/s) that still stop a model that never emits its end token: about twice
 # the expected length, from the input only (never the reference). The rule's version is part of the cache key.
 PATCHES_PER_SECOND = 6.25
-AUTO_CAP_RULE = {"tts": "v1", "instruct_tts": "v1", "asr": "v2", "few_shot_s2s": "v3", "continuation": "v3"}
 CHARS_PER_SECOND = 16  # speech -> text length estimate for outputs that stream text before speech
 
 

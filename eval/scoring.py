@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from eval import records
-from eval.tasks import TaskSpec
+from eval.tasks import METRIC_NAMES, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +261,7 @@ METRICS: dict[str, Callable] = {
     "wer": m_wer, "input_wer": m_input_wer, "sim": m_sim, "dnsmos": m_dnsmos, "input_dnsmos": m_input_dnsmos,
     "accuracy": m_accuracy, "judge": m_judge, "acceptance": m_acceptance, "nearest_voice": m_nearest_voice,
 }
+assert set(METRICS) == set(METRIC_NAMES), "eval.tasks.METRIC_NAMES must list exactly the metrics implemented here"
 SAME_VOICE_SIM = 0.75  # Resemblyzer: the same voice scores above, different voices below (ecosystem spec 3.4)
 
 

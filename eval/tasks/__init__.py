@@ -51,6 +51,13 @@ _FIELDS = {"name", "description", "dataset", "split", "options", "kind", "langua
 _GOAL = re.compile(r"^\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?)\s*$")
 
 
+# The metrics a task may name (implemented in eval.scoring.METRICS, which checks it has exactly these) and the
+# version of each kind's automatic length-cap rule (part of the resume key: a new rule re-runs the samples).
+METRIC_NAMES = ("wer", "input_wer", "sim", "dnsmos", "input_dnsmos", "accuracy", "judge", "acceptance",
+                "nearest_voice")
+AUTO_CAP_RULE = {"tts": "v1", "instruct_tts": "v1", "asr": "v2", "few_shot_s2s": "v3", "continuation": "v3"}
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
@@ -97,8 +104,6 @@ class TaskSpec:
                    "thinking": self.thinking, "voice_prompt": self.voice_prompt, "output": self.output,
                    "options": self.options, "split": self.split, **(extra or {})}
         if self.generation.get("auto_cap"):
-            from eval.runner import AUTO_CAP_RULE
-
             payload["auto_cap_rule"] = AUTO_CAP_RULE.get(self.kind)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -121,8 +126,6 @@ def _line_of(text: str, key: str) -> int:
 
 def parse_task(text: str, source: str) -> TaskSpec:
     """Validate one task file's text; errors name ``source`` and the line."""
-    from eval.scoring import METRICS
-
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -146,9 +149,9 @@ def parse_task(text: str, source: str) -> TaskSpec:
     metrics = data["metrics"]
     if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
         raise fail("metrics", "metrics must be a non-empty list of names")
-    bad = [m for m in metrics if m not in METRICS]
+    bad = [m for m in metrics if m not in METRIC_NAMES]
     if bad:
-        raise fail("metrics", f"unknown metric {bad[0]!r}; known: {', '.join(sorted(METRICS))}")
+        raise fail("metrics", f"unknown metric {bad[0]!r}; known: {', '.join(sorted(METRIC_NAMES))}")
     for key, typ in (("options", dict), ("generation", dict), ("higher_is_better", dict), ("thinking", bool),
                      ("voice_prompt", bool), ("split", str), ("language", str), ("description", str),
                      ("official", str), ("dataset", str), ("output", str), ("needs", str), ("suite", str)):
