@@ -61,11 +61,11 @@ def random_heads(lm: SpeechLM, directory: Path, heads: int) -> Path:
 def prompts_for(lm: SpeechLM, renderer: PromptRenderer, args, tokenizer_dir: str | None) -> list[torch.Tensor]:
     """ASR prompts from held-out corpus utterances (a trained tokenizer), else random codes."""
     if args.corpus and tokenizer_dir:
-        from apps.train.data import corpus_rows, read_wav
+        from mimo_audio.corpus import read_wav, split_rows
         from tokenizer import AudioTokenizer
 
         tok = AudioTokenizer.from_pretrained(tokenizer_dir)
-        rows = corpus_rows(args.corpus, "test")
+        rows = split_rows(args.corpus, "test", style=None)
         rows = rows[:: max(1, len(rows) // args.prompts)][: args.prompts]
         codes = [tok.encode(read_wav(args.corpus, r, tok.sample_rate), tok.sample_rate, n_q=lm.config.audio_channels,
                             progress=False)

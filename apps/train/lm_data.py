@@ -67,7 +67,7 @@ class LMExamples:
 
     def __init__(self, corpus: str | Path, split: str, codes: dict[str, torch.Tensor], renderer: PromptRenderer,
                  max_patches: int = 256, weights: dict[str, float] | None = None):
-        from apps.corpus.manifest import PAIR_TASKS, parallel_pairs
+        from mimo_audio.corpus import PAIR_TASKS, parallel_pairs
 
         self.rows = [r for r in corpus_rows(corpus, split) if r["id"] in codes]
         self.codes, self.renderer, self.max_patches = codes, renderer, max_patches
