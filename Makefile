@@ -4,11 +4,11 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
-EXTRAS ?= dev,demo,eval,gguf
+EXTRAS ?= dev,demo,eval,gguf,serve
 OUT    ?= out
 PYTEST_ARGS ?=
-# TTS engines and voices (real speech), sox, and offline English text (fortunes, Python docs)
-SYSPKGS ?= flite espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox fortunes python3.11-doc
+# TTS engines and voices (real speech), sox, offline English text (fortunes, Python docs), nginx (serving test)
+SYSPKGS ?= flite espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox fortunes python3.11-doc nginx-light
 
 .PHONY: help setup sysdeps demo test lint bench clean
 

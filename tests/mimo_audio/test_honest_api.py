@@ -65,13 +65,13 @@ def test_unclosed_thinking_is_returned_marked(m):
 
 def test_few_shot_length_is_bounded_by_the_query(m, monkeypatch):
     seen = []
-    run = m.run
+    run_jobs = m.run_jobs
 
-    def spy(prompts, config, decode_audio=True):  # the real run; records the config it was given
-        seen.append(config)
-        return run(prompts, config, decode_audio=decode_audio)
+    def spy(jobs):  # the real run; records the config it was given
+        seen.append(jobs[0].config)
+        return run_jobs(jobs)
 
-    monkeypatch.setattr(m, "run", spy)
+    monkeypatch.setattr(m, "run_jobs", spy)
     query = codes(40, seed=3)  # 10 patches = 1.6 s
     pair = (codes(24, seed=1), codes(28, seed=2))
     r = m.few_shot([pair], query, preset="greedy")
