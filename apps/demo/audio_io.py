@@ -66,7 +66,8 @@ def _decode_any(path: Path) -> tuple[np.ndarray, int]:
                 samples = samples.reshape(-1, seg.channels).mean(axis=1)
             return samples, int(seg.frame_rate)
         except Exception:
-            raise InputError(f"could not read '{path.name}' as audio ({first}); upload a wav, flac, ogg or mp3 "
+            reason = str(first).rsplit("': ", 1)[-1].strip().rstrip(".")  # drop libsndfile's copy of the temp path
+            raise InputError(f"could not read '{path.name}' as audio ({reason}); upload a wav, flac, ogg or mp3 "
                              "file") from None
 
 

@@ -191,8 +191,10 @@ class Backend:
             gen.setdefault("speculative", self.settings.speculative)
         return gen
 
-    def stream(self, task: str, *args: Any, **kwargs: Any) -> Iterator:
-        """Run ``task`` with the arguments of its ``MimoAudio`` method; yields StreamEvents, the last has ``result``."""
+    def stream(self, kind: str, *args: Any, **kwargs: Any) -> Iterator:
+        """Run task ``kind`` with the arguments of its ``MimoAudio`` method; yields StreamEvents, the last with
+        ``result``. ``gen=`` holds the generation overrides (seed, max_new_patches, ...)."""
+        task = kind
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; known: {TASKS}")
         text_output = task in TEXT_TASKS or (task == "chat" and kwargs.get("output", "text") == "text")

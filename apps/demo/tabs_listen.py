@@ -8,7 +8,7 @@ from .audio_io import check_text, read_audio
 from .backend import Speed
 from .plots import codes_image, wave_image
 from .tabs_speech import _audio_in
-from .ui import NO_VOICE, AudioStreamer, Ctx, example, guarded, max_patches, result_audio, seed_arg, voice_arg
+from .ui import NO_VOICE, AudioStreamer, Ctx, Throttle, example, guarded, max_patches, result_audio, seed_arg, voice_arg
 
 
 def _heard(ctx: Ctx, path, what: str):
@@ -38,11 +38,15 @@ def asr_tab(ctx: Ctx) -> None:
     @guarded
     def run(audio, language):
         _clip, c, w, ci = _heard(ctx, audio, "the speech to transcribe")
-        speed_, out = Speed.start(), ""
+        speed_, out, throttle = Speed.start(), "", Throttle()
+        yield "", gr.skip(), w, ci
         for ev in ctx.backend.stream("asr", c, language=language):
             speed_.update(ev)
             out = ev.result.text if ev.result is not None else out + ev.text
-            yield out, ctx.speed_md(speed_), w, ci
+            if ev.result is not None:
+                yield out, ctx.speed_md(speed_), w, ci
+            elif throttle.due():
+                yield out, ctx.speed_md(speed_), gr.skip(), gr.skip()
         if not out.strip():
             gr.Warning("The model returned an empty transcript.")
 
@@ -76,18 +80,19 @@ def understanding_tab(ctx: Ctx) -> None:
     def run(audio, question, thinking, seed):
         question = check_text(question, "the question")
         _clip, c, w, ci = _heard(ctx, audio, "the audio to ask about")
-        speed_, th, ans = Speed.start(), "", ""
+        speed_, th, ans, throttle = Speed.start(), "", "", Throttle()
+        yield "", "", gr.skip(), w, ci
         for ev in ctx.backend.stream("understand", c, question, thinking=bool(thinking), gen={"seed": seed_arg(seed)}):
             speed_.update(ev)
             if ev.result is not None:
                 th, ans = ev.result.thinking or "", ev.result.text
             else:
                 th, ans = th + ev.thinking, ans + ev.text
-            yield th, ans, ctx.speed_md(speed_), w, ci
+                if throttle.due():
+                    yield th, ans, ctx.speed_md(speed_), gr.skip(), gr.skip()
         if thinking and not ans.strip():
-            yield th, "(no answer: the model did not close its thinking block before it stopped)", gr.skip(), w, ci
-        elif not thinking:
-            yield "(thinking off)", ans, gr.skip(), w, ci
+            ans = "(no answer: the model did not close its thinking block before it stopped)"
+        yield th if thinking else "(thinking off)", ans, ctx.speed_md(speed_), w, ci
 
     go.click(run, [audio, question, thinking, seed], [thought, answer, speed, wave, codes], api_name="understand")
 
@@ -142,6 +147,7 @@ def dialogue_tab(ctx: Ctx) -> None:
         output = "both" if reply == "speech" else "text"
         gen = {"seed": seed_arg(seed), "max_new_patches": max_patches(30) if output == "both" else None}
         speed_, streamer, said, thought, result = Speed.start(), AudioStreamer(ctx.sr), "", "", None
+        throttle = Throttle()
         live = {"role": "assistant", "content": ""}
         display.append(live)
         try:
@@ -155,7 +161,8 @@ def dialogue_tab(ctx: Ctx) -> None:
                 else:
                     said, thought = said + ev.text, thought + ev.thinking
                 live["content"] = said or (f"_thinking: {thought}_" if thought else "...")
-                yield display, chunk, gr.skip(), ctx.speed_md(speed_), st
+                if chunk is not None or throttle.due():
+                    yield display, chunk, gr.skip(), ctx.speed_md(speed_), st
         except BaseException:
             del conv.messages[n_conv:]  # the user turn got no reply: drop it so the next turn starts clean
             del display[n_display:]

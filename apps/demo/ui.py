@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -102,6 +103,21 @@ def guarded(fn):
         except Exception as exc:
             raise translate(exc) from None
     return call
+
+
+class Throttle:
+    """Limits UI updates while text streams: each update re-sends every output, so not one per patch."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval = interval
+        self.last = 0.0
+
+    def due(self) -> bool:
+        now = time.perf_counter()
+        if now - self.last >= self.interval:
+            self.last = now
+            return True
+        return False
 
 
 class AudioStreamer:
