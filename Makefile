@@ -4,7 +4,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
-EXTRAS ?= dev,demo,eval,gguf
+EXTRAS ?= dev,demo,eval,gguf,serve
 OUT    ?= out
 PYTEST_ARGS ?=
 # TTS engines and voices (real speech), sox, and offline English text (fortunes, Python docs)

@@ -17,14 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import formats
+from . import formats, tasks
 from .fewshot import TaskLibrary
 from .formats import QAExample, RenderTurn, SpeechPair
 from .generation import GenerationConfig, generate, iter_patches
 from .modeling import SpeechLM
 from .postprocess import OutputParser
 from .prompts import PromptRenderer, Segment
-from .sampling import Sampler, get_preset
+from .sampling import Sampler
+from .tasks import Job, TaskTable, build_config
 from .text_tokenizer import SpecialTokens, load_text_tokenizer
 from .voices import VoiceRegistry
 
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 AudioInput = Any
 SILENCE_PEAK = 1e-4  # a waveform whose peak is below this is rejected as silent
 
-OUTPUTS = ("text", "audio", "both")
+OUTPUTS = tasks.OUTPUTS
 
 
 @dataclass
@@ -153,6 +154,7 @@ class MimoAudio:
         self.renderer = PromptRenderer(text_tokenizer, self.special, lm.config.speech_zeroemb_idx, lm.config.group_size)
         self.voices = voices or VoiceRegistry()
         self.tasks = tasks or TaskLibrary()
+        self.task_table = TaskTable(self.tasks)
         self.lm_path: Path | None = None  # set by from_pretrained: where mtp.safetensors is looked for
         self._speculative = None  # mimo_audio.speculative.SpeculativeText, loaded on first use
         self.last_spec_stats: list[Any] = []  # efficient.spec.SpecStats of the last speculative run, per prompt
@@ -295,20 +297,12 @@ class MimoAudio:
 
         ``speculative``: MTP drafting for text-only outputs (True = 3 draft tokens, or a number); needs
         ``mtp.safetensors`` beside the LM (or :meth:`load_mtp`). Greedy output is unchanged by it.
+        ``task`` is any name of the task table (a prompt task or a few-shot library task).
         """
-        spec = formats.TASKS[task]
-        p = get_preset(preset or spec.preset)
-        suppress = (self.special.empty, self.special.sostm) if output == "text" else ()
-        return GenerationConfig(
-            max_new_patches=max_new_patches or spec.max_new_patches,
-            min_new_patches=min_new_patches,
-            stop_tokens=tuple(self.special.by_string(s) for s in (stop or spec.stop)),
-            text_sampler=text_sampler or p.text,
-            audio_sampler=audio_sampler or p.audio,
-            suppress_tokens=suppress,
-            seed=seed,
-            speculative=speculative,
-            adaptive_draft=adaptive_draft,
+        return build_config(
+            self.task_table.get(task).spec, self.special, output, preset=preset, max_new_patches=max_new_patches,
+            min_new_patches=min_new_patches, seed=seed, text_sampler=text_sampler, audio_sampler=audio_sampler,
+            stop=stop, speculative=speculative, adaptive_draft=adaptive_draft,
         )
 
     def render(self, segments: Sequence[Segment]) -> torch.Tensor:
@@ -339,7 +333,26 @@ class MimoAudio:
         self, prompts: Sequence[Sequence[Segment]], config: GenerationConfig, decode_audio: bool = True
     ) -> list[ChatResult]:
         """Render and generate a batch of prompts (segment lists) with one configuration."""
-        ids = [self.render(p) for p in prompts]
+        return self._generate_ids([self.render(p) for p in prompts], config, decode_audio)
+
+    def run_job(self, job: Job) -> ChatResult:
+        """Run one prepared :class:`~mimo_audio.tasks.Job` (a chat job's Conversation gets the reply)."""
+        return self.run_jobs([job])[0]
+
+    def run_jobs(self, jobs: Sequence[Job]) -> list[ChatResult]:
+        """Run prepared jobs; jobs with equal settings are generated together as one batch."""
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault((job.config, job.decode_audio), []).append(i)
+        results: list[ChatResult | None] = [None] * len(jobs)
+        for (config, decode), idx in groups.items():
+            for i, r in zip(idx, self._generate_ids([jobs[i].prompt for i in idx], config, decode)):
+                results[i] = r
+        for job, r in zip(jobs, results):
+            job.finish(r)
+        return results  # type: ignore[return-value]
+
+    def _generate_ids(self, ids: list[torch.Tensor], config: GenerationConfig, decode_audio: bool) -> list[ChatResult]:
         outs = self._speculative_run(ids, config) if config.speculative else generate(self.lm, ids, config)
         results = []
         for prompt, out in zip(ids, outs):
@@ -374,7 +387,11 @@ class MimoAudio:
         Audio goes through the tokenizer's streaming decoder. Stop early by leaving the loop (or calling
         ``close()`` on the iterator); the last event carries the complete :class:`ChatResult`.
         """
-        prompt = self.render(segments)
+        return self.stream_job(Job("custom", self.render(segments), config, decode_audio))
+
+    def stream_job(self, job: Job) -> Iterator[StreamEvent]:
+        """Streaming run of one prepared job (a Conversation is not updated: add the final result yourself)."""
+        prompt, config, decode_audio = job.prompt, job.config, job.decode_audio
         parser = self._parser(prompt)
         decoder = None
         if decode_audio and self.audio_tokenizer is not None:
@@ -462,11 +479,7 @@ class MimoAudio:
         With a :class:`Conversation`, the reply (text, and codes for speech) is appended to it.
         ``gen`` overrides the generation settings (``max_new_patches``, ``seed``, ``preset``, samplers...).
         """
-        segs, task = self._chat_prompt(messages, output, thinking, voice, system_prompt)
-        result = self.run([segs], self.generation_config(task, output, **gen), decode_audio=output != "text")[0]
-        if isinstance(messages, Conversation):
-            messages.add_assistant(result.text, result.codes if output != "text" and result.codes.numel() else None)
-        return result
+        return self.run_job(self.prepare_chat(messages, output, thinking, voice, system_prompt, **gen))
 
     def stream_chat(
         self,
@@ -478,8 +491,7 @@ class MimoAudio:
         **gen: Any,
     ) -> Iterator[StreamEvent]:
         """Streaming :meth:`chat` (a Conversation is not updated; add the final result yourself)."""
-        segs, task = self._chat_prompt(messages, output, thinking, voice, system_prompt)
-        return self.stream(segs, self.generation_config(task, output, **gen), decode_audio=output != "text")
+        return self.stream_job(self.prepare_chat(messages, output, thinking, voice, system_prompt, **gen))
 
     # ------------------------------------------------------------------ dialogue helpers (multi-turn)
     def spoken_dialogue(self, conversation: Conversation, voice: str | AudioInput | None = None, **gen) -> ChatResult:
@@ -494,31 +506,56 @@ class MimoAudio:
         """Text in, text out; the reply is appended to ``conversation``."""
         return self.chat(conversation, output="text", thinking=thinking, **gen)
 
-    # ------------------------------------------------------------------ task helpers
+    # ------------------------------------------------------------------ task preparation (see mimo_audio.tasks)
+    def prepare_tts(self, text: str, instruct: str | None = None, voice: str | AudioInput | None = None,
+                    **gen) -> Job:
+        return tasks.prepare_tts(self, text, instruct, voice, **gen)
+
+    def prepare_asr(self, audio: AudioInput, language: str = "en", **gen) -> Job:
+        return tasks.prepare_asr(self, audio, language, **gen)
+
+    def prepare_chat(self, messages: Sequence[dict | Message] | Conversation, output: str = "text",
+                     thinking: bool = False, voice: str | AudioInput | None = None,
+                     system_prompt: str | None = None, **gen) -> Job:
+        return tasks.prepare_chat(self, messages, output, thinking, voice, system_prompt, **gen)
+
+    def prepare_understand(self, audio: AudioInput, question: str, thinking: bool = False, think_hint: bool = False,
+                           **gen) -> Job:
+        return tasks.prepare_understand(self, audio, question, thinking, think_hint, **gen)
+
+    def prepare_few_shot(self, examples: Sequence[SpeechPair | tuple] | None, query: AudioInput,
+                         instruction: str | None = None, task: str | None = None, **gen) -> Job:
+        return tasks.prepare_few_shot(self, examples, query, instruction, task, **gen)
+
+    def prepare_few_shot_qa(self, examples: Sequence[QAExample | tuple], audio: AudioInput, question: str,
+                            **gen) -> Job:
+        return tasks.prepare_few_shot_qa(self, examples, audio, question, **gen)
+
+    def prepare_continue(self, audio: AudioInput, **gen) -> Job:
+        return tasks.prepare_continue(self, audio, **gen)
+
+    # ------------------------------------------------------------------ task helpers (prepare + run)
     def tts(self, text: str, instruct: str | None = None, voice: str | AudioInput | None = None, **gen) -> ChatResult:
         """Text to speech; ``instruct`` describes the style, ``voice`` is a registry name or audio to clone."""
-        return self.tts_batch([text], instruct=instruct, voice=voice, **gen)[0]
+        return self.run_job(self.prepare_tts(text, instruct, voice, **gen))
 
     def tts_batch(
         self, texts: Sequence[str], instruct: str | None = None, voice: str | AudioInput | None = None, **gen
     ) -> list[ChatResult]:
-        voice_codes = self._voice_codes(voice)
-        prompts = [formats.tts(t, instruct=instruct, voice=voice_codes) for t in texts]
-        return self.run(prompts, self.generation_config("tts", "audio", **gen))
+        voice_codes = self._voice_codes(voice)  # encoded once for the whole batch
+        return self.run_jobs([self.prepare_tts(t, instruct, voice_codes, **gen) for t in texts])
 
     def asr(self, audio: AudioInput, language: str = "en", **gen) -> str:
-        return self.asr_batch([audio], language=language, **gen)[0]
+        return self.run_job(self.prepare_asr(audio, language, **gen)).text
 
     def asr_batch(self, audios: Sequence[AudioInput], language: str = "en", **gen) -> list[str]:
-        prompts = [formats.asr(self.encode_audio(a), language=language) for a in audios]
-        return [r.text for r in self.run(prompts, self.generation_config("asr", "text", **gen), decode_audio=False)]
+        return [r.text for r in self.run_jobs([self.prepare_asr(a, language, **gen) for a in audios])]
 
     def understand(
         self, audio: AudioInput, question: str, thinking: bool = False, think_hint: bool = False, **gen
     ) -> ChatResult:
         """Answer ``question`` about ``audio``; ``think_hint`` adds the eval wrapper's thinking sentence."""
-        segs = formats.audio_understanding(self.encode_audio(audio), question, thinking, think_hint)
-        return self.run([segs], self.generation_config("audio_understanding", "text", **gen), decode_audio=False)[0]
+        return self.run_job(self.prepare_understand(audio, question, thinking, think_hint, **gen))
 
     def few_shot(
         self,
@@ -532,44 +569,14 @@ class MimoAudio:
 
         ``task`` names a few-shot library task; its instruction, preset and examples are the defaults.
         """
-        if task is not None:
-            spec = self.tasks.get(task)
-            if spec.modality != "speech_to_speech":
-                raise ValueError(f"few-shot task {task!r} is {spec.modality}, not speech_to_speech")
-            instruction = instruction if instruction is not None else (spec.instruction or None)
-            if examples is None:
-                examples = [(e["input"], e["output"], e.get("output_text", "")) for e in spec.examples]
-                if not examples:
-                    raise ValueError(
-                        f"few-shot task {task!r} ships no example pairs: pass examples, or copy {spec.source} to "
-                        f"{self.tasks.user_dir} and list example pairs in it"
-                    )
-            gen.setdefault("preset", spec.preset)
-            if spec.max_new_patches:
-                gen.setdefault("max_new_patches", spec.max_new_patches)
-        pairs = []
-        for ex in examples or []:
-            if isinstance(ex, SpeechPair):
-                pairs.append(ex)
-            else:
-                inp, out, *rest = ex
-                pairs.append(SpeechPair(self.encode_audio(inp), self.encode_audio(out), rest[0] if rest else ""))
-        segs = formats.in_context_s2s(pairs, self.encode_audio(query), instruction)
-        return self.run([segs], self.generation_config("in_context_learning_s2s", "audio", **gen))[0]
+        return self.run_job(self.prepare_few_shot(examples, query, instruction, task, **gen))
 
     def few_shot_qa(
         self, examples: Sequence[QAExample | tuple], audio: AudioInput, question: str, **gen
     ) -> ChatResult:
         """Few-shot audio question answering (base model); ``examples`` are ``(audio, question, answer)``."""
-        exs = [
-            e if isinstance(e, QAExample) else QAExample(self.encode_audio(e[0]), e[1], e[2]) for e in examples
-        ]
-        segs = formats.few_shot_qa(exs, self.encode_audio(audio), question)
-        cfg = self.generation_config("few_shot_qa", "text", **gen)
-        cfg = cfg.with_(suppress_tokens=(self.special.empty,))  # <|sosp|> must stay: it is a stop token here
-        return self.run([segs], cfg, decode_audio=False)[0]
+        return self.run_job(self.prepare_few_shot_qa(examples, audio, question, **gen))
 
     def continue_speech(self, audio: AudioInput, **gen) -> ChatResult:
         """Continue a speech prompt (base model)."""
-        segs = formats.speech_continuation(self.encode_audio(audio))
-        return self.run([segs], self.generation_config("speech_continuation", "audio", **gen))[0]
+        return self.run_job(self.prepare_continue(audio, **gen))

@@ -1,0 +1,557 @@
+"""The serving engine: one loaded model, many requests, continuous batching at patch granularity.
+
+``engine.submit(job)`` queues a prepared :class:`~mimo_audio.tasks.Job` (bounded queue: a full queue raises
+:class:`QueueFull` at once). A scheduler thread admits queued requests between patch steps, prefills them
+(arrivals of one step together) and merges them into the running batch; every step samples one patch per
+row, each row with its own sampler, stop tokens, length limit and random stream, then feeds the patches of
+the rows that go on back through the model. Rows leave when they stop, hit their limit, are cancelled or
+time out; their slot is free at the next step.
+
+KV cache. The batch keeps one left-padded ``DynamicCache`` ``[B, heads, P, dim]`` plus a patch mask
+``[B, P]`` (positions follow the mask, so padding never shifts a row). A join left-pads the running batch
+and the newcomers' prefill caches to a common length and concatenates them; a leave selects the remaining
+rows and drops the leading columns that became padding for all. Copies therefore happen only when the
+membership changes, never on a plain step; their cost is measured in :meth:`Engine.stats` (``merge_ms``).
+
+Per request, the consumer's thread (the one iterating the :class:`RequestHandle`) turns patches into text
+deltas (:class:`~mimo_audio.postprocess.OutputParser`) and audio chunks (the audio tokenizer's streaming
+decoder), so the scheduler thread only runs the LM. Greedy output of a request is the same alone or batched
+(rows are independent: left padding is masked and positions restart per row).
+
+Speculative (MTP) jobs run alone, between two batch steps. A backbone whose attention was converted by
+``efficient.attention`` (``--sparse``) uses a ring/hybrid cache that rows cannot be merged into; the engine
+then serves one request at a time (``max_batch`` is forced to 1, with a log line).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import DynamicCache
+
+from .generation import left_pad
+from .tasks import Job
+
+if TYPE_CHECKING:
+    from .api import ChatResult, MimoAudio, StreamEvent
+
+logger = logging.getLogger(__name__)
+
+
+class EngineError(RuntimeError):
+    """A request could not be served (the subclasses say why)."""
+
+
+class QueueFull(EngineError):
+    """The request queue is full: retry later."""
+
+
+class RequestTimeout(EngineError, TimeoutError):
+    """The request ran past its time limit."""
+
+
+class Cancelled(EngineError):
+    """The request was cancelled."""
+
+
+class EngineStopped(EngineError):
+    """The engine stopped before the request finished."""
+
+
+class PromptTooLong(ValueError):
+    """The prompt (text plus input audio) is longer than the engine accepts."""
+
+
+@dataclass
+class EngineConfig:
+    max_batch: int = 8  # rows generated together
+    max_queue: int = 64  # waiting requests beyond the batch; more are refused with QueueFull
+    request_timeout_s: float | None = 300.0  # from submission to the last patch (None: no limit)
+    max_new_patches: int | None = None  # cap on every request's max_new_patches (None: the job's own)
+    max_prompt_patches: int | None = None  # refuse longer prompts (None: the model's context)
+    max_audio_seconds: float = 300.0  # input audio limit, checked by the callers that decode uploads
+    max_upload_bytes: int = 25 * 2**20  # upload size limit, checked by the callers that receive uploads
+    stream_lookahead: int | None = None  # streaming audio decoder lookahead in code frames (None: exact)
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_queue < 0:
+            raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {self.max_batch}, {self.max_queue}")
+
+
+class _Request:
+    def __init__(self, rid: int, job: Job, max_new: int, deadline: float | None):
+        self.id = rid
+        self.job = job
+        self.config = job.config
+        self.max_new = max_new
+        self.deadline = deadline
+        self.submitted = time.monotonic()
+        self.first_patch: float | None = None
+        self.n = 0  # patches generated
+        seed = self.config.seed if self.config.seed is not None else random.randrange(2**62)
+        self.generator = torch.Generator().manual_seed(seed)  # this row's own random stream
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.done = threading.Event()
+        self.cancelled = False
+
+    def end(self, item: tuple) -> None:
+        if not self.done.is_set():
+            self.events.put(item)
+            self.done.set()
+
+
+class RequestHandle:
+    """A submitted request: iterate it for :class:`~mimo_audio.api.StreamEvent` s, or wait for :meth:`result`.
+
+    The last event carries ``.result`` (a :class:`~mimo_audio.api.ChatResult`). Leaving the loop early does
+    not stop generation; call :meth:`cancel` (or ``close()`` the iterator) for that.
+    """
+
+    def __init__(self, engine: Engine, req: _Request):
+        self._engine = engine
+        self._req = req
+        self._stream = self._consume()
+        self._result: ChatResult | None = None
+
+    @property
+    def id(self) -> int:
+        return self._req.id
+
+    @property
+    def done(self) -> bool:
+        return self._req.done.is_set()
+
+    def cancel(self) -> None:
+        """Stop generating; the slot is freed at the next step and the stream ends with :class:`Cancelled`."""
+        self._engine._cancel(self._req)
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        return self._stream
+
+    def result(self, timeout: float | None = None) -> ChatResult:
+        """Wait for the whole reply. Raises :class:`RequestTimeout`, :class:`Cancelled`, ... on failure."""
+        if self._result is not None:
+            return self._result
+        if not self._req.done.wait(timeout):
+            raise TimeoutError(f"request {self.id} did not finish within {timeout} s")
+        for _ in self._stream:
+            pass
+        if self._result is None:  # the stream was closed before its end
+            raise Cancelled(f"request {self.id} was cancelled")
+        return self._result
+
+    def _consume(self) -> Iterator[StreamEvent]:
+        from .api import StreamEvent
+
+        m = self._engine.model
+        req, job = self._req, self._req.job
+        parser = m._parser(job.prompt)
+        decoder = None
+        if job.decode_audio and m.audio_tokenizer is not None:
+            decoder = m.audio_tokenizer.stream_decoder(self._engine.config.stream_lookahead)
+        audio_parts: list[torch.Tensor] = []
+        first_audio = True
+
+        def emit(delta) -> StreamEvent:
+            nonlocal first_audio
+            ev = StreamEvent(text=delta.text, thinking=delta.thinking, codes=delta.codes)
+            if decoder is not None and delta.codes is not None:
+                ev.audio = decoder.push(delta.codes.to(m.lm.device)).float().cpu()
+                audio_parts.append(ev.audio)
+                if first_audio and ev.audio.numel():
+                    first_audio = False
+                    self._engine._note_ttfa(time.monotonic() - req.submitted)
+            return ev
+
+        try:
+            while True:
+                item = req.events.get()
+                kind = item[0]
+                if kind == "patch":
+                    ev = emit(parser.push(item[1], item[2], is_stop=item[3]))
+                    if ev.text or ev.thinking or ev.codes is not None:
+                        yield ev
+                elif kind == "error":
+                    raise item[1]
+                else:  # ("end", stop_reason, n)
+                    final = emit(parser.finish())
+                    result = m._result(parser, item[1], item[2], job.prompt, decode=False)
+                    if decoder is not None:
+                        tail = decoder.flush().float().cpu()
+                        final.audio = tail if final.audio is None else torch.cat([final.audio, tail])
+                        audio_parts.append(tail)
+                        result.audio = torch.cat(audio_parts) if audio_parts else torch.zeros(0)
+                        if first_audio and tail.numel():
+                            self._engine._note_ttfa(time.monotonic() - req.submitted)
+                    job.finish(result)
+                    self._result = result
+                    final.result = result
+                    yield final
+                    return
+        finally:
+            if not req.done.is_set():  # the consumer went away (iterator closed): free the slot
+                self.cancel()
+
+
+@dataclass
+class _Batch:
+    """The running rows and their left-padded model state (row i of every tensor is rows[i])."""
+
+    rows: list[_Request]
+    cache: Any  # DynamicCache, [B, heads, P, dim] per layer
+    mask: torch.Tensor  # [B, P] 1 = real patch
+    text_logits: torch.Tensor  # [B, vocab]
+    local_hidden: torch.Tensor  # [B, local_dim]
+
+
+def _kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _cache_from(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(kv):
+        cache.update(k, v, i)
+    return cache
+
+
+def _pad_left(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    extra = length - t.shape[dim]
+    if extra == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = extra
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def merge_batches(a: _Batch, b: _Batch) -> _Batch:
+    """Join two batches: left-pad both to a common length, concatenate the rows."""
+    P = max(a.mask.shape[1], b.mask.shape[1])
+    kv = [
+        (torch.cat([_pad_left(ka, P, 2), _pad_left(kb, P, 2)]), torch.cat([_pad_left(va, P, 2), _pad_left(vb, P, 2)]))
+        for (ka, va), (kb, vb) in zip(_kv(a.cache), _kv(b.cache))
+    ]
+    return _Batch(
+        a.rows + b.rows, _cache_from(kv), torch.cat([_pad_left(a.mask, P, 1), _pad_left(b.mask, P, 1)]),
+        torch.cat([a.text_logits, b.text_logits]), torch.cat([a.local_hidden, b.local_hidden]),
+    )
+
+
+def select_rows(batch: _Batch, keep: list[int]) -> _Batch:
+    """Keep some rows; drop leading columns that are padding in every remaining row."""
+    idx = torch.tensor(keep, dtype=torch.long, device=batch.mask.device)
+    mask = batch.mask.index_select(0, idx)
+    start = int((mask.sum(0) > 0).nonzero()[0]) if mask.numel() else 0
+    kv = [(k.index_select(0, idx)[:, :, start:], v.index_select(0, idx)[:, :, start:]) for k, v in _kv(batch.cache)]
+    return _Batch(
+        [batch.rows[i] for i in keep], _cache_from(kv), mask[:, start:].contiguous(),
+        batch.text_logits.index_select(0, idx), batch.local_hidden.index_select(0, idx),
+    )
+
+
+class Engine:
+    """Serve many requests with one :class:`~mimo_audio.api.MimoAudio` (see the module docstring)."""
+
+    def __init__(self, model: MimoAudio, config: EngineConfig | None = None):
+        self.model = model
+        self.config = config or EngineConfig()
+        self.max_batch = self.config.max_batch
+        if getattr(model.lm.model, "_efficient_attention_config", None) is not None and self.max_batch > 1:
+            logger.info("converted attention (hybrid KV cache): rows cannot share a batch; serving one at a time")
+            self.max_batch = 1
+        self._lock = threading.Condition()
+        self._pending: deque[_Request] = deque()
+        self._batch: _Batch | None = None
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._next_id = 0
+        self._started = time.monotonic()
+        self._counters = dict(submitted=0, completed=0, failed=0, cancelled=0, timed_out=0, rejected=0,
+                              patches=0, steps=0, rows_stepped=0)
+        self._step_s = 0.0
+        self._merge_s = 0.0
+        self._merges = 0
+        self._recent_patches: deque[tuple[float, int]] = deque()  # (time, patches) of recent steps
+        self._ttfa: deque[float] = deque(maxlen=256)
+        self._ttfp: deque[float] = deque(maxlen=256)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Engine:
+        with self._lock:
+            if self._running:
+                return self
+            self._running = True
+        self._thread = threading.Thread(target=self._loop, name="mimo-audio-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop the scheduler; requests still queued or running end with :class:`EngineStopped`."""
+        with self._lock:
+            self._running = False
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        with self._lock:
+            rows = list(self._pending) + (self._batch.rows if self._batch is not None else [])
+            self._pending.clear()
+            self._batch = None
+        for r in rows:
+            r.end(("error", EngineStopped("the engine stopped")))
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    # ------------------------------------------------------------------ requests
+    def submit(self, job: Job) -> RequestHandle:
+        """Queue a job; raises :class:`QueueFull` at once when the queue is full, ValueError for a bad job."""
+        lm = self.model.lm
+        prompt_patches = job.prompt.shape[1] // lm.config.group_size
+        limit = min(self.config.max_prompt_patches or lm.max_patches, lm.max_patches - 1)
+        if prompt_patches > limit:
+            raise PromptTooLong(f"prompt of {prompt_patches} patches exceeds the limit of {limit} patches "
+                             "(audio costs 6.25 patches per second)")
+        if job.config.speculative and self.model.special.empty not in job.config.suppress_tokens:
+            raise ValueError("speculative decoding covers text-only outputs; this task generates speech")
+        max_new = min(job.config.max_new_patches, lm.max_patches - prompt_patches)
+        if self.config.max_new_patches:
+            max_new = min(max_new, self.config.max_new_patches)
+        timeout = self.config.request_timeout_s
+        with self._lock:
+            if not self._running:
+                raise EngineStopped("the engine is not running (call start())")
+            if len(self._pending) >= self.config.max_queue:
+                self._counters["rejected"] += 1
+                raise QueueFull(f"the request queue is full ({self.config.max_queue} waiting); retry later")
+            self._next_id += 1
+            req = _Request(self._next_id, job, max_new, time.monotonic() + timeout if timeout else None)
+            self._pending.append(req)
+            self._counters["submitted"] += 1
+            self._lock.notify_all()
+        return RequestHandle(self, req)
+
+    def _cancel(self, req: _Request) -> None:
+        with self._lock:
+            req.cancelled = True
+            if req in self._pending:  # never started: end it now
+                self._pending.remove(req)
+                self._finish(req, ("error", Cancelled(f"request {req.id} was cancelled")), "cancelled")
+            self._lock.notify_all()
+
+    # ------------------------------------------------------------------ stats
+    def _note_ttfa(self, seconds: float) -> None:
+        self._ttfa.append(seconds)
+
+    def stats(self) -> dict[str, Any]:
+        """Queue depth, active rows, throughput and latency figures (for /metrics and the demo)."""
+        now = time.monotonic()
+        with self._lock:
+            while self._recent_patches and now - self._recent_patches[0][0] > 10.0:
+                self._recent_patches.popleft()
+            window = min(10.0, now - self._started) or 1e-9
+            c = dict(self._counters)
+            out: dict[str, Any] = {
+                "queue_depth": len(self._pending),
+                "active": len(self._batch.rows) if self._batch is not None else 0,
+                "max_batch": self.max_batch,
+                "max_queue": self.config.max_queue,
+                "patches_per_s": sum(n for _, n in self._recent_patches) / window,
+                "mean_step_ms": 1000 * self._step_s / c["steps"] if c["steps"] else 0.0,
+                "mean_batch": c["rows_stepped"] / c["steps"] if c["steps"] else 0.0,
+                "merge_ms": 1000 * self._merge_s / self._merges if self._merges else 0.0,
+                "uptime_s": now - self._started,
+            }
+        out.update(c)
+        for name, values in (("ttfa", list(self._ttfa)), ("first_patch", list(self._ttfp))):
+            values.sort()
+            out[f"{name}_s_p50"] = values[len(values) // 2] if values else None
+            out[f"{name}_s_max"] = values[-1] if values else None
+        return out
+
+    # ------------------------------------------------------------------ scheduler
+    def _finish(self, req: _Request, item: tuple, counter: str) -> None:
+        self._counters[counter] += 1
+        req.end(item)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while self._running and not self._pending and self._batch is None:
+                    self._lock.wait(0.5)
+                if not self._running:
+                    return
+            try:
+                self._step()
+            except Exception as exc:  # never let one bad step kill the server: fail the rows in flight
+                logger.exception("engine step failed")
+                with self._lock:
+                    rows = self._batch.rows if self._batch is not None else []
+                    self._batch = None
+                    for r in rows:
+                        self._finish(r, ("error", EngineError(f"generation failed: {exc}")), "failed")
+
+    def _drop_finished(self) -> None:
+        """Remove cancelled and timed-out rows (queued or running)."""
+        now = time.monotonic()
+        with self._lock:
+            for r in list(self._pending):
+                if r.deadline is not None and now > r.deadline:
+                    self._pending.remove(r)
+                    self._finish(r, ("error", RequestTimeout(f"request {r.id} timed out in the queue")), "timed_out")
+            if self._batch is None:
+                return
+            keep = []
+            for i, r in enumerate(self._batch.rows):
+                if r.done.is_set():
+                    continue
+                if r.cancelled:
+                    self._finish(r, ("error", Cancelled(f"request {r.id} was cancelled")), "cancelled")
+                elif r.deadline is not None and now > r.deadline:
+                    self._finish(r, ("error", RequestTimeout(f"request {r.id} timed out after {r.n} patches")),
+                                 "timed_out")
+                else:
+                    keep.append(i)
+            self._set_rows(keep)
+
+    def _set_rows(self, keep: list[int]) -> None:
+        if self._batch is None or len(keep) == len(self._batch.rows):
+            return
+        t0 = time.perf_counter()
+        self._batch = select_rows(self._batch, keep) if keep else None
+        self._merge_s += time.perf_counter() - t0
+        self._merges += 1
+
+    def _admit(self) -> list[_Request]:
+        with self._lock:
+            room = self.max_batch - (len(self._batch.rows) if self._batch is not None else 0)
+            new = []
+            while room > 0 and self._pending:
+                r = self._pending.popleft()
+                if r.job.config.speculative:
+                    if new or self._batch is not None:  # runs alone: wait for the batch to drain
+                        self._pending.appendleft(r)
+                        break
+                    return [r]
+                new.append(r)
+                room -= 1
+            return new
+
+    @torch.no_grad()
+    def _step(self) -> None:
+        self._drop_finished()
+        new = self._admit()
+        if new and new[0].job.config.speculative:
+            self._run_speculative(new[0])
+            return
+        lm = self.model.lm
+        if new:
+            pad = new[0].config.stop_tokens[0] if new[0].config.stop_tokens else 0
+            ids, mask = left_pad([r.job.prompt for r in new], pad_text_id=pad, empty_ids=lm.empty_ids)
+            mask = mask.to(lm.device)
+            out = lm(ids.to(lm.device), attention_mask=mask, use_cache=True, logits_to_keep=1)
+            fresh = _Batch(new, out.past_key_values, mask, out.text_logits[:, -1], out.local_hidden[:, -1])
+            t0 = time.perf_counter()
+            with self._lock:
+                self._batch = fresh if self._batch is None else merge_batches(self._batch, fresh)
+            if len(fresh.rows) != len(self._batch.rows):
+                self._merge_s += time.perf_counter() - t0
+                self._merges += 1
+        batch = self._batch
+        if batch is None:
+            return
+        t0 = time.perf_counter()
+        text, codes = self._sample(batch)
+        keep = []
+        now = time.monotonic()
+        for i, r in enumerate(batch.rows):
+            tok = int(text[i])
+            stopped = tok in r.config.stop_tokens
+            if r.first_patch is None:
+                r.first_patch = now
+                self._ttfp.append(now - r.submitted)
+            r.events.put(("patch", tok, codes[i].cpu(), stopped))
+            r.n += 1
+            if stopped or r.n >= r.max_new:
+                with self._lock:
+                    self._finish(r, ("end", "stop_token" if stopped else "max_length", r.n), "completed")
+            else:
+                keep.append(i)
+        with self._lock:
+            self._counters["patches"] += len(batch.rows)
+            self._recent_patches.append((now, len(batch.rows)))
+            self._set_rows(keep)
+            batch = self._batch
+        if batch is not None:  # feed the sampled patches of the rows that go on
+            idx = torch.tensor(keep, dtype=torch.long)
+            self._forward(batch, text[idx], codes[idx])
+        with self._lock:
+            self._counters["steps"] += 1
+            self._counters["rows_stepped"] += len(text)
+            self._step_s += time.perf_counter() - t0
+
+    def _sample(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One patch per row, each with its own settings and random stream (the order of draws of a row is
+        that of :func:`mimo_audio.generation.sample_patch`: text token, then its codes)."""
+        lm = self.model.lm
+        B = len(batch.rows)
+        G, C = lm.config.group_size, lm.config.audio_channels
+        text = torch.empty(B, dtype=torch.long)
+        for i, r in enumerate(batch.rows):
+            cfg = r.config
+            removed = list(cfg.suppress_tokens) + (list(cfg.stop_tokens) if r.n < cfg.min_new_patches else [])
+            text[i] = cfg.text_sampler(batch.text_logits[i : i + 1], removed=removed, generator=[r.generator])[0]
+        codes = lm.empty_ids.cpu().view(1, 1, C).expand(B, G, C).clone()
+        groups: dict[Any, list[int]] = {}
+        for i, r in enumerate(batch.rows):
+            if int(text[i]) == lm.empty_token_id:
+                groups.setdefault(r.config.audio_sampler, []).append(i)
+        for sampler, rows in groups.items():
+            idx = torch.tensor(rows, dtype=torch.long, device=batch.local_hidden.device)
+            gens = [batch.rows[i].generator for i in rows]
+            codes[rows] = lm.decode_patch(batch.local_hidden.index_select(0, idx), sampler, gens).cpu()
+        return text, codes
+
+    def _forward(self, batch: _Batch, text: torch.Tensor, codes: torch.Tensor) -> None:
+        lm = self.model.lm
+        B, G, _ = codes.shape
+        dev = lm.device
+        patch = torch.cat([text.view(B, 1, 1).expand(B, 1, G), codes.transpose(1, 2)], dim=1).to(dev)
+        mask = torch.cat([batch.mask, torch.ones(B, 1, dtype=batch.mask.dtype, device=batch.mask.device)], dim=1)
+        out = lm(patch, attention_mask=mask, past_key_values=batch.cache, use_cache=True, logits_to_keep=1)
+        with self._lock:
+            batch.mask, batch.text_logits, batch.local_hidden = mask, out.text_logits[:, -1], out.local_hidden[:, -1]
+
+    def _run_speculative(self, r: _Request) -> None:
+        cfg = r.config.with_(max_new_patches=r.max_new, min_new_patches=min(r.config.min_new_patches, r.max_new))
+        try:
+            out = self.model._speculative_run([r.job.prompt], cfg)[0]
+        except Exception as exc:  # e.g. no MTP heads beside the LM
+            with self._lock:
+                self._finish(r, ("error", EngineError(f"speculative decoding failed: {exc}")), "failed")
+            return
+        for i, (t, c) in enumerate(zip(out.text_ids, out.codes)):
+            last = i == out.num_patches - 1
+            r.events.put(("patch", t, c, last and out.stop_reason == "stop_token"))
+        now = time.monotonic()
+        with self._lock:
+            self._counters["patches"] += out.num_patches
+            self._recent_patches.append((now, out.num_patches))
+            self._ttfp.append(now - r.submitted)
+            self._finish(r, ("end", out.stop_reason, out.num_patches), "completed")

@@ -1,0 +1,211 @@
+"""The task table and task preparation: every task becomes a :class:`Job` before anything runs.
+
+A :class:`Job` is a rendered prompt (``[9, T]`` ids), its :class:`~mimo_audio.generation.GenerationConfig`,
+whether its speech is decoded to audio, and the task's name. ``MimoAudio.tts(...)`` is
+``run_job(prepare_tts(...))``; the serving engine (:mod:`mimo_audio.engine`) runs the same jobs batched.
+Keeping preparation (audio encoding, prompt building, settings) apart from running is what lets one loaded
+model serve many requests: preparation happens on the caller's thread, generation in one scheduler.
+
+:class:`TaskTable` joins the official prompt tasks (:data:`mimo_audio.formats.TASKS`: preset, stop tokens,
+length) and the few-shot library (:class:`~mimo_audio.fewshot.TaskLibrary`, whose tasks run on the
+``in_context_learning_s2s`` or ``few_shot_qa`` prompt with their own preset, length and examples).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import formats
+from .fewshot import FewShotTask, TaskLibrary
+from .formats import QAExample, SpeechPair, TaskSpec
+from .generation import GenerationConfig
+from .sampling import Sampler, get_preset
+from .text_tokenizer import SpecialTokens
+
+if TYPE_CHECKING:  # the facade; imported for hints only (api imports this module)
+    from .api import AudioInput, Conversation, MimoAudio
+
+OUTPUTS = ("text", "audio", "both")
+# The few-shot library's modalities run on these prompt tasks.
+FEW_SHOT_BASE = {"speech_to_speech": "in_context_learning_s2s", "speech_to_text": "few_shot_qa"}
+
+
+@dataclass
+class Job:
+    """One prepared request: everything generation needs, nothing left to encode or render."""
+
+    task: str  # a TaskTable name (e.g. "tts", "asr", "spoken_dialogue", a few-shot task)
+    prompt: torch.Tensor  # [9, T] rendered prompt ids
+    config: GenerationConfig
+    decode_audio: bool  # decode generated speech codes to a waveform
+    output: str = "text"  # "text", "audio" or "both"
+    conversation: Conversation | None = None  # chat from a Conversation: the reply is appended when run
+
+    @property
+    def prompt_patches(self) -> int:
+        return self.prompt.shape[1] // 4
+
+    def finish(self, result) -> None:
+        """Append a chat reply to the job's Conversation (if any)."""
+        if self.conversation is not None:
+            spoken = self.output != "text" and result.codes.numel()
+            self.conversation.add_assistant(result.text, result.codes if spoken else None)
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """A row of the task table."""
+
+    name: str
+    base: str  # the prompt task of formats.TASKS this one runs on
+    spec: TaskSpec  # preset, stop tokens and default length
+    few_shot: FewShotTask | None = None
+
+
+class TaskTable:
+    """Official prompt tasks plus the few-shot library, looked up by name."""
+
+    def __init__(self, library: TaskLibrary | None = None):
+        self.library = library or TaskLibrary()
+
+    def names(self) -> list[str]:
+        return sorted(set(formats.TASKS) | set(self.library.names()))
+
+    def get(self, name: str) -> TaskEntry:
+        if name in formats.TASKS:
+            return TaskEntry(name, name, formats.TASKS[name])
+        try:
+            fs = self.library.get(name)
+        except ValueError:
+            raise ValueError(f"unknown task {name!r}; known: {', '.join(self.names())}") from None
+        base = FEW_SHOT_BASE[fs.modality]
+        spec = formats.TASKS[base]
+        spec = TaskSpec(fs.preset, spec.stop, fs.max_new_patches or spec.max_new_patches)
+        return TaskEntry(name, base, spec, fs)
+
+
+def build_config(
+    spec: TaskSpec,
+    special: SpecialTokens,
+    output: str = "text",
+    preset: str | None = None,
+    max_new_patches: int | None = None,
+    min_new_patches: int = 0,
+    seed: int | None = None,
+    text_sampler: Sampler | None = None,
+    audio_sampler: Sampler | None = None,
+    stop: Sequence[str] | None = None,
+    speculative: bool | int = False,
+    adaptive_draft: bool = False,
+) -> GenerationConfig:
+    """A task's preset, stop tokens and length, with any of them overridden (``MimoAudio.generation_config``)."""
+    p = get_preset(preset or spec.preset)
+    suppress = (special.empty, special.sostm) if output == "text" else ()
+    return GenerationConfig(
+        max_new_patches=max_new_patches or spec.max_new_patches,
+        min_new_patches=min_new_patches,
+        stop_tokens=tuple(special.by_string(s) for s in (stop or spec.stop)),
+        text_sampler=text_sampler or p.text,
+        audio_sampler=audio_sampler or p.audio,
+        suppress_tokens=suppress,
+        seed=seed,
+        speculative=speculative,
+        adaptive_draft=adaptive_draft,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- preparation
+def _job(m: MimoAudio, task: str, segs, output: str, gen: dict[str, Any], **extra: Any) -> Job:
+    config = m.generation_config(task, output, **gen)
+    return Job(task, m.render(segs), config, decode_audio=output != "text", output=output, **extra)
+
+
+def prepare_tts(
+    m: MimoAudio, text: str, instruct: str | None = None, voice: str | AudioInput | None = None, **gen: Any
+) -> Job:
+    segs = formats.tts(text, instruct=instruct, voice=m._voice_codes(voice))
+    return _job(m, "tts", segs, "audio", gen)
+
+
+def prepare_asr(m: MimoAudio, audio: AudioInput, language: str = "en", **gen: Any) -> Job:
+    return _job(m, "asr", formats.asr(m.encode_audio(audio), language=language), "text", gen)
+
+
+def prepare_understand(
+    m: MimoAudio, audio: AudioInput, question: str, thinking: bool = False, think_hint: bool = False, **gen: Any
+) -> Job:
+    segs = formats.audio_understanding(m.encode_audio(audio), question, thinking, think_hint)
+    return _job(m, "audio_understanding", segs, "text", gen)
+
+
+def prepare_chat(
+    m: MimoAudio,
+    messages,
+    output: str = "text",
+    thinking: bool = False,
+    voice: str | AudioInput | None = None,
+    system_prompt: str | None = None,
+    **gen: Any,
+) -> Job:
+    from .api import Conversation
+
+    segs, task = m._chat_prompt(messages, output, thinking, voice, system_prompt)
+    conv = messages if isinstance(messages, Conversation) else None
+    return _job(m, task, segs, output, gen, conversation=conv)
+
+
+def prepare_few_shot(
+    m: MimoAudio,
+    examples: Sequence[SpeechPair | tuple] | None,
+    query: AudioInput,
+    instruction: str | None = None,
+    task: str | None = None,
+    **gen: Any,
+) -> Job:
+    """In-context speech-to-speech; ``task`` names a few-shot library task (instruction, preset, examples)."""
+    name = "in_context_learning_s2s"
+    if task is not None:
+        entry = m.task_table.get(task)
+        spec = entry.few_shot
+        if spec is None or spec.modality != "speech_to_speech":
+            kind = spec.modality if spec is not None else "a prompt task"
+            raise ValueError(f"few-shot task {task!r} is {kind}, not speech_to_speech")
+        instruction = instruction if instruction is not None else (spec.instruction or None)
+        if examples is None:
+            examples = [(e["input"], e["output"], e.get("output_text", "")) for e in spec.examples]
+            if not examples:
+                raise ValueError(
+                    f"few-shot task {task!r} ships no example pairs: pass examples, or copy {spec.source} to "
+                    f"{m.tasks.user_dir} and list example pairs in it"
+                )
+        gen.setdefault("preset", entry.spec.preset)
+        gen.setdefault("max_new_patches", entry.spec.max_new_patches)
+        name = task
+    pairs = []
+    for ex in examples or []:
+        if isinstance(ex, SpeechPair):
+            pairs.append(ex)
+        else:
+            inp, out, *rest = ex
+            pairs.append(SpeechPair(m.encode_audio(inp), m.encode_audio(out), rest[0] if rest else ""))
+    segs = formats.in_context_s2s(pairs, m.encode_audio(query), instruction)
+    job = _job(m, "in_context_learning_s2s", segs, "audio", gen)
+    job.task = name
+    return job
+
+
+def prepare_few_shot_qa(
+    m: MimoAudio, examples: Sequence[QAExample | tuple], audio: AudioInput, question: str, **gen: Any
+) -> Job:
+    exs = [e if isinstance(e, QAExample) else QAExample(m.encode_audio(e[0]), e[1], e[2]) for e in examples]
+    job = _job(m, "few_shot_qa", formats.few_shot_qa(exs, m.encode_audio(audio), question), "text", gen)
+    job.config = job.config.with_(suppress_tokens=(m.special.empty,))  # <|sosp|> must stay: it is a stop token
+    return job
+
+
+def prepare_continue(m: MimoAudio, audio: AudioInput, **gen: Any) -> Job:
+    return _job(m, "speech_continuation", formats.speech_continuation(m.encode_audio(audio)), "audio", gen)
