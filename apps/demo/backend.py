@@ -185,7 +185,7 @@ class Backend:
         return out
 
     # ------------------------------------------------------------------ generation
-    def _gen(self, task: str, gen: dict[str, Any], text_output: bool) -> dict[str, Any]:
+    def _gen(self, kind: str, gen: dict[str, Any], text_output: bool) -> dict[str, Any]:
         gen = {k: v for k, v in gen.items() if v is not None}
         if self.settings.speculative and text_output:
             gen.setdefault("speculative", self.settings.speculative)
@@ -193,19 +193,18 @@ class Backend:
 
     def stream(self, kind: str, *args: Any, **kwargs: Any) -> Iterator:
         """Run task ``kind`` with the arguments of its ``MimoAudio`` method; yields StreamEvents, the last with
-        ``result``. ``gen=`` holds the generation overrides (seed, max_new_patches, ...)."""
-        task = kind
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; known: {TASKS}")
-        text_output = task in TEXT_TASKS or (task == "chat" and kwargs.get("output", "text") == "text")
-        gen = self._gen(task, kwargs.pop("gen", {}) or {}, text_output)
-        if self.engine is not None:
-            return self._engine_stream(task, args, {**kwargs, **gen})
-        return self._direct_stream(task, args, kwargs, gen)
+        ``result``. ``gen=`` holds the generation overrides (seed, max_new_patches, ...). A chat on a
+        Conversation gets the reply appended, as ``MimoAudio.chat`` does."""
+        if kind not in TASKS:
+            raise ValueError(f"unknown task {kind!r}; known: {TASKS}")
+        text_output = kind in TEXT_TASKS or (kind == "chat" and kwargs.get("output", "text") == "text")
+        gen = self._gen(kind, kwargs.pop("gen", {}) or {}, text_output)
+        # Preparation (audio encoding, prompt rendering) happens here, on the caller's thread.
+        job = getattr(self.model, f"prepare_{kind}")(*args, **kwargs, **gen)
+        return self._engine_stream(job) if self.engine is not None else self._direct_stream(job)
 
-    def _engine_stream(self, task: str, args: tuple, kwargs: dict[str, Any]) -> Iterator:
+    def _engine_stream(self, job) -> Iterator:
         eng = _engine_module()
-        job = getattr(self.model, f"prepare_{task}")(*args, **kwargs)
         try:
             handle = self.engine.submit(job)
         except eng.QueueFull as exc:
@@ -215,38 +214,23 @@ class Backend:
             for ev in handle:
                 done = ev.result is not None
                 yield ev
+        except eng.EngineError as exc:  # timed out, stopped, cancelled: say so in the UI
+            raise BusyError(f"generation did not finish: {exc}") from None
         finally:
             if not done:  # the user left or the UI cancelled: free the engine slot
                 handle.cancel()
 
-    def _direct_stream(self, task: str, args: tuple, kwargs: dict[str, Any], gen: dict[str, Any]) -> Iterator:
-        from mimo_audio import formats
-
+    def _direct_stream(self, job) -> Iterator:
+        """Without the engine: one job at a time on the model (MTP drafting has no streaming loop)."""
         m = self.model
         with self._lock:
-            if task == "tts":
-                text, = args
-                segs = formats.tts(text, instruct=kwargs.get("instruct"), voice=m._voice_codes(kwargs.get("voice")))
-                yield from m.stream(segs, m.generation_config("tts", "audio", **gen))
-            elif task == "chat":
-                yield from m.stream_chat(*args, **kwargs, **gen)
-            elif task in TEXT_TASKS:
-                audio = args[0]
-                if task == "asr":
-                    segs = formats.asr(m.encode_audio(audio), language=kwargs.get("language", "en"))
-                    cfg = m.generation_config("asr", "text", **gen)
-                else:
-                    segs = formats.audio_understanding(m.encode_audio(audio), args[1], kwargs.get("thinking", False),
-                                                       False)
-                    cfg = m.generation_config("audio_understanding", "text", **gen)
-                if cfg.speculative:  # MTP drafting has no streaming loop: one event with the whole result
-                    yield _whole(m.run([segs], cfg, decode_audio=False)[0])
-                else:
-                    yield from m.stream(segs, cfg, decode_audio=False)
-            elif task == "few_shot":  # no streaming variant in the library: one event with the whole result
-                yield _whole(m.few_shot(*args, **kwargs, **gen))
-            else:
-                yield _whole(m.continue_speech(*args, **kwargs, **gen))
+            if job.config.speculative:
+                yield _whole(m.run_job(job))
+                return
+            for ev in m.stream_job(job):
+                if ev.result is not None:
+                    job.finish(ev.result)
+                yield ev
 
     # ------------------------------------------------------------------ audio tokenizer and voices
     def encode(self, wav: np.ndarray, sample_rate: int):

@@ -167,7 +167,6 @@ def dialogue_tab(ctx: Ctx) -> None:
             del conv.messages[n_conv:]  # the user turn got no reply: drop it so the next turn starts clean
             del display[n_display:]
             raise
-        conv.add_assistant(said, result.codes if output != "text" and result.codes.numel() else None)
         if thought:
             display.insert(len(display) - 1, {"role": "assistant", "content": thought,
                                               "metadata": {"title": "Thinking"}})

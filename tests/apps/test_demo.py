@@ -139,3 +139,6 @@ def test_model_panel_is_honest_about_the_embedded_model(demo_client):
     md, details = demo_client.predict(api_name="/model_info")
     assert "embedded default" in md and "not yet meaningful" in md and "provenance" in md.lower()
     assert details["settings"]["max_queue"] == 16
+    # generation runs on the shared serving engine, not on a copy of the generation loop
+    assert details["engine"] is True and "engine (max batch" in details["backend"]
+    assert details["engine_stats"]["completed"] >= 1
