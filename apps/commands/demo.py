@@ -64,7 +64,12 @@ def _demo(args: argparse.Namespace) -> int:
         raise ValueError("the demo needs Gradio: pip install 'mimo-audio[demo]'") from None
     from apps.demo.app import serve
     from apps.demo.backend import Backend
+    from apps.demo.ui import can_stream
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
+    if not can_stream():
+        logger.warning("ffmpeg is not installed: the demo shows complete audio files but cannot stream them "
+                       "(apt-get install ffmpeg)")
     if args.threads:
         import torch
 

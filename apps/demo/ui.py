@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -120,11 +121,17 @@ class Throttle:
         return False
 
 
+def can_stream() -> bool:
+    """Gradio encodes streamed audio with ffmpeg; without it the demo shows complete files only."""
+    return shutil.which("ffmpeg") is not None
+
+
 class AudioStreamer:
     """Gathers a task's streamed audio into chunks for a streaming ``gr.Audio`` and keeps the whole waveform."""
 
     def __init__(self, sample_rate: int):
         self.sr = sample_rate
+        self.enabled = can_stream()
         self.pending: list[np.ndarray] = []
         self.parts: list[np.ndarray] = []
 
@@ -133,8 +140,10 @@ class AudioStreamer:
         if audio is None or audio.numel() == 0:
             return None
         a = audio.float().cpu().numpy().reshape(-1)
-        self.pending.append(a)
         self.parts.append(a)
+        if not self.enabled:
+            return None
+        self.pending.append(a)
         if sum(p.size for p in self.pending) >= STREAM_MIN_SECONDS * self.sr:
             return self.flush()
         return None

@@ -135,7 +135,8 @@ def test_empty_text_gives_a_visible_error(demo_client):
         demo_client.predict(None, "", "speech", NO_VOICE, True, False, 0, api_name="/dialogue")
 
 
-def test_model_panel_is_honest_about_the_embedded_model(demo_client):
+def test_model_panel_is_honest_about_the_embedded_model(demo_client, speech):
+    demo_client.predict(handle_file(speech["slt"]), "en", api_name="/asr")
     md, details = demo_client.predict(api_name="/model_info")
     assert "embedded default" in md and "not yet meaningful" in md and "provenance" in md.lower()
     assert details["settings"]["max_queue"] == 16
