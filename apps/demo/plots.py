@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 WIDTH = 720
 BACKGROUND = (250, 250, 252)
@@ -31,8 +31,15 @@ MAGMA = _lut(_MAGMA)
 HUES = _lut(_HUES)
 
 
+def _font(size: int = 13):
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable built-in font
+    except TypeError:
+        return ImageFont.load_default()
+
+
 def _title(img: Image.Image, text: str) -> None:
-    ImageDraw.Draw(img).text((6, 3), text, fill=INK)
+    ImageDraw.Draw(img).text((6, 2), text, fill=INK, font=_font())
 
 
 def _envelope(wav: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -74,7 +81,7 @@ def _spectrogram(wav: np.ndarray, sample_rate: int, width: int, height: int) -> 
 def wave_image(wav: np.ndarray | None, sample_rate: int, title: str, width: int = WIDTH) -> Image.Image:
     """Waveform above spectrogram, with a title line giving the duration and peak level."""
     wav = np.zeros(0, np.float32) if wav is None else np.asarray(wav, dtype=np.float32).reshape(-1)
-    head, wave_h, spec_h = 18, 80, 130
+    head, wave_h, spec_h = 20, 80, 130
     img = Image.new("RGB", (width, head + wave_h + spec_h + 2), BACKGROUND)
     img.paste(Image.fromarray(_envelope(wav, width, wave_h)), (0, head))
     if wav.size > 64:
@@ -91,7 +98,7 @@ def codes_image(codes, title: str, codebook_sizes: list[int] | None = None, widt
         raise ValueError(f"codes must be [codebooks, frames], got shape {c.shape}")
     n_cb, frames = c.shape
     sizes = np.asarray(codebook_sizes[:n_cb] if codebook_sizes else [max(int(c.max()) + 1, 1)] * n_cb)
-    head, label_w, band = 18, 34, 16
+    head, label_w, band = 20, 34, 16
     plot_w = width - label_w
     img = Image.new("RGB", (width, head + n_cb * band + 2), BACKGROUND)
     if frames:
@@ -101,6 +108,6 @@ def codes_image(codes, title: str, codebook_sizes: list[int] | None = None, widt
         img.paste(Image.fromarray(rgb), (label_w, head))
     draw = ImageDraw.Draw(img)
     for i in range(n_cb):
-        draw.text((4, head + i * band + 2), f"cb{i}", fill=INK)
+        draw.text((4, head + i * band + 1), f"cb{i}", fill=INK, font=_font(12))
     _title(img, f"{title} - {n_cb} codebooks x {frames} frames ({frames / 25.0:.2f} s at 25 Hz)")
     return img

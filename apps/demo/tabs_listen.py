@@ -7,8 +7,20 @@ import gradio as gr
 from .audio_io import check_text, read_audio
 from .backend import Speed
 from .plots import codes_image, wave_image
-from .tabs_speech import _audio_in
-from .ui import NO_VOICE, AudioStreamer, Ctx, Throttle, example, guarded, max_patches, result_audio, seed_arg, voice_arg
+from .tabs_speech import _audio_in, _speed
+from .ui import (
+    NO_VOICE,
+    AudioStreamer,
+    Ctx,
+    Throttle,
+    example,
+    guarded,
+    max_patches,
+    picture,
+    result_audio,
+    seed_arg,
+    voice_arg,
+)
 
 
 def _heard(ctx: Ctx, path, what: str):
@@ -28,10 +40,10 @@ def asr_tab(ctx: Ctx) -> None:
             language = gr.Radio(["en", "zh"], value="en", label="Language of the instruction")
             go = gr.Button("Transcribe", variant="primary", elem_id="asr-run")
             text = gr.Textbox(label="Transcript", lines=4, interactive=False, elem_id="asr-text")
-            speed = gr.Markdown(elem_classes=["speed"])
+            speed = _speed("asr")
     with gr.Row():
-        wave = gr.Image(label="input", type="pil", interactive=False, elem_classes=["wave-img"])
-        codes = gr.Image(label="input codes", type="pil", interactive=False, elem_classes=["codes-img"])
+        wave = picture("input", "wave-img")
+        codes = picture("input codes", "codes-img")
     gr.Examples([[example("slt_0")], [example("awb_1")], [example("espeak_2")], [example("slt_noisy_1")]], [audio],
                 label="Examples")
 
@@ -67,10 +79,10 @@ def understanding_tab(ctx: Ctx) -> None:
     with gr.Row():
         thought = gr.Textbox(label="Thinking", lines=5, interactive=False, elem_id="understand-thinking")
         answer = gr.Textbox(label="Answer", lines=5, interactive=False, elem_id="understand-answer")
-    speed = gr.Markdown(elem_classes=["speed"])
+    speed = _speed("understand")
     with gr.Row():
-        wave = gr.Image(label="input", type="pil", interactive=False, elem_classes=["wave-img"])
-        codes = gr.Image(label="input codes", type="pil", interactive=False, elem_classes=["codes-img"])
+        wave = picture("input", "wave-img")
+        codes = picture("input codes", "codes-img")
     gr.Examples([[example("slt_noisy_0"), "Is the speaker in a quiet room? Describe the audio.", True],
                  [example("espeak_whisper_1"), "Is the speaker whispering?", False],
                  [example("awb_0"), "What did the speaker say?", True]], [audio, question, thinking],
@@ -124,9 +136,10 @@ def dialogue_tab(ctx: Ctx) -> None:
         clear = gr.Button("Clear conversation", elem_id="dialogue-clear")
     with gr.Row():
         stream = gr.Audio(label="Reply (streaming)", streaming=True, autoplay=True, interactive=False,
-                          elem_classes=["stream-out"])
-        full = gr.Audio(label="Reply (complete wav)", type="filepath", interactive=False, elem_classes=["full-out"])
-    speed = gr.Markdown(elem_classes=["speed"])
+                          elem_id="dialogue-stream", elem_classes=["stream-out"])
+        full = gr.Audio(label="Reply (complete wav)", type="filepath", interactive=False, elem_id="dialogue-out",
+                        elem_classes=["full-out"])
+    speed = _speed("dialogue")
 
     @guarded
     def run(mic, user_text, reply, voice, fallback, thinking, seed, st):

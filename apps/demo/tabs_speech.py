@@ -10,7 +10,7 @@ import numpy as np
 from .audio_io import InputError, check_text, read_audio
 from .backend import Speed
 from .plots import codes_image, wave_image
-from .ui import NO_VOICE, AudioStreamer, Ctx, example, guarded, max_patches, result_audio, seed_arg, voice_arg
+from .ui import NO_VOICE, AudioStreamer, Ctx, example, guarded, max_patches, picture, result_audio, seed_arg, voice_arg
 
 TTS_EXAMPLES = [
     ["The birch canoe slid on the smooth planks.", ""],
@@ -24,20 +24,24 @@ def _audio_in(label: str, value: str | None = None) -> gr.Audio:
     return gr.Audio(label=label, type="filepath", sources=["upload", "microphone"], value=value, format=None)
 
 
-def _speech_outputs(label: str):
+def _speech_outputs(label: str, key: str):
     """A streaming player next to the full result file (the file keeps the model's own level)."""
     with gr.Row():
         stream = gr.Audio(label=f"{label} (streaming)", streaming=True, autoplay=True, interactive=False,
-                          elem_classes=["stream-out"])
-        full = gr.Audio(label=f"{label} (complete wav)", type="filepath", interactive=False,
+                          elem_id=f"{key}-stream", elem_classes=["stream-out"])
+        full = gr.Audio(label=f"{label} (complete wav)", type="filepath", interactive=False, elem_id=f"{key}-out",
                         elem_classes=["full-out"])
     return stream, full
 
 
+def _speed(key: str) -> gr.Markdown:
+    return gr.Markdown(elem_id=f"{key}-speed", elem_classes=["speed"])
+
+
 def _pictures():
     with gr.Row():
-        wave = gr.Image(label="waveform and spectrogram", type="pil", interactive=False, elem_classes=["wave-img"])
-        codes = gr.Image(label="RVQ codes", type="pil", interactive=False, elem_classes=["codes-img"])
+        wave = picture("waveform and spectrogram", "wave-img")
+        codes = picture("RVQ codes", "codes-img")
     return wave, codes
 
 
@@ -77,8 +81,8 @@ def tts_tab(ctx: Ctx) -> None:
             seed = gr.Number(label="Seed (empty = random)", value=0, precision=0)
             max_s = gr.Slider(2, 60, value=20, step=1, label="Max length (s)")
     go = gr.Button("Speak", variant="primary", elem_id="tts-run")
-    stream, full = _speech_outputs("TTS")
-    speed = gr.Markdown(elem_classes=["speed"])
+    stream, full = _speech_outputs("TTS", "tts")
+    speed = _speed("tts")
     wave, codes = _pictures()
     gr.Examples(TTS_EXAMPLES, [text, instruct], label="Examples")
 
@@ -102,18 +106,20 @@ def clone_tab(ctx: Ctx) -> None:
             audio = _audio_in("Voice prompt (3-20 s of speech)", example("awb_0"))
             name = gr.Textbox(label="Voice name", value="awb_demo", elem_id="clone-name")
             desc = gr.Textbox(label="Description (optional)", value="flite awb, Scottish English male")
-            sample_text = gr.Textbox(label="Try it with this text", value="This is my new voice.")
+            with gr.Row():
+                sample_text = gr.Textbox(label="Try it with this text", value="This is my new voice.", scale=3)
+                seed = gr.Number(label="Seed", value=2, precision=0, scale=1)
             go = gr.Button("Save voice and try it", variant="primary", elem_id="clone-run")
         with gr.Column():
-            status = gr.Markdown(elem_classes=["clone-status"])
-            stream, full = _speech_outputs("Cloned voice")
-            speed = gr.Markdown(elem_classes=["speed"])
-            wave = gr.Image(label="voice prompt", type="pil", interactive=False, elem_classes=["wave-img"])
+            status = gr.Markdown(elem_id="clone-status")
+            stream, full = _speech_outputs("Cloned voice", "clone")
+            speed = _speed("clone")
+            wave = picture("voice prompt", "wave-img")
     gr.Examples([[example("awb_0"), "awb_demo"], [example("espeak_1"), "espeak_demo"],
                  [example("slt_2"), "slt_demo"]], [audio, name], label="Examples")
 
     @guarded
-    def run(audio, name, desc, sample_text):
+    def run(audio, name, desc, sample_text, seed):
         name = check_text(name, "the voice name")
         clip = read_audio(audio, "the voice prompt", ctx.max_input_seconds)
         sample_text = check_text(sample_text, "the text to try the voice with")
@@ -121,11 +127,11 @@ def clone_tab(ctx: Ctx) -> None:
         msg = f"Saved voice **{name}** ({clip.seconds:.1f} s) to `{path}`. Voices: {', '.join(ctx.backend.voices())}"
         pickers = [gr.update(choices=ctx.voice_choices()) for _ in ctx.voice_pickers]
         img = wave_image(clip.wav, clip.sample_rate, "voice prompt")
-        events = ctx.backend.stream("tts", sample_text, voice=name, gen={"seed": 0})
+        events = ctx.backend.stream("tts", sample_text, voice=name, gen={"seed": seed_arg(seed)})
         for chunk, full_path, _w, _c, sp in _stream_speech(ctx, events, f"voice {name}"):
             yield (msg, chunk, full_path, sp, img, *pickers)
 
-    go.click(run, [audio, name, desc, sample_text], [status, stream, full, speed, wave, *ctx.voice_pickers],
+    go.click(run, [audio, name, desc, sample_text, seed], [status, stream, full, speed, wave, *ctx.voice_pickers],
              api_name="clone_voice")
 
 
@@ -185,8 +191,8 @@ def few_shot_tab(ctx: Ctx) -> None:
             seed = gr.Number(label="Seed (empty = random)", value=0, precision=0)
             max_s = gr.Slider(2, 60, value=15, step=1, label="Max length (s)")
     go = gr.Button("Transform", variant="primary", elem_id="fewshot-run")
-    stream, full = _speech_outputs("Few-shot output")
-    speed = gr.Markdown(elem_classes=["speed"])
+    stream, full = _speech_outputs("Few-shot output", "fewshot")
+    speed = _speed("fewshot")
     wave, codes = _pictures()
     task.change(lambda n: _task_view(ctx, n), task, [note, instruction, query, *lib_players],
                 api_visibility="private")
@@ -221,6 +227,17 @@ def few_shot_tab(ctx: Ctx) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- continuation
+def _joined(ctx: Ctx, clip, continuation_path: str) -> str:
+    """The prompt (resampled to the model's rate), a short pause, then the continuation: one file to play."""
+    import librosa
+    import soundfile as sf
+
+    head = librosa.resample(clip.wav, orig_sr=clip.sample_rate, target_sr=ctx.sr)
+    cont, _ = sf.read(continuation_path, dtype="float32")
+    pause = np.zeros(ctx.sr // 5, np.float32)
+    return ctx.out.wav(np.concatenate([head, pause, cont]), ctx.sr, "prompt_and_continuation")
+
+
 def continuation_tab(ctx: Ctx) -> None:
     gr.Markdown("Speech continuation: the model hears the prompt and keeps talking.")
     with gr.Row():
@@ -229,9 +246,9 @@ def continuation_tab(ctx: Ctx) -> None:
             seed = gr.Number(label="Seed (empty = random)", value=0, precision=0)
             max_s = gr.Slider(2, 60, value=10, step=1, label="Max length (s)")
     go = gr.Button("Continue", variant="primary", elem_id="continue-run")
-    stream, full = _speech_outputs("Continuation")
-    joined = gr.Audio(label="prompt + continuation", type="filepath", interactive=False)
-    speed = gr.Markdown(elem_classes=["speed"])
+    stream, full = _speech_outputs("Continuation", "continue")
+    joined = gr.Audio(label="prompt + continuation", type="filepath", interactive=False, elem_id="continue-joined")
+    speed = _speed("continue")
     wave, codes = _pictures()
     gr.Examples([[example("slt_1")], [example("awb_2")], [example("espeak_0")]], [prompt], label="Examples")
 
@@ -241,17 +258,7 @@ def continuation_tab(ctx: Ctx) -> None:
         events = ctx.backend.stream("continue", (clip.wav, clip.sample_rate),
                                     gen={"seed": seed_arg(seed), "max_new_patches": max_patches(max_s)})
         for chunk, path, w, c, sp in _stream_speech(ctx, events, "continuation"):
-            both = gr.skip()
-            if isinstance(path, str):
-                import librosa
-
-                head = librosa.resample(clip.wav, orig_sr=clip.sample_rate, target_sr=ctx.sr)
-                import soundfile as sf
-
-                cont, _ = sf.read(path, dtype="float32")
-                both = ctx.out.wav(np.concatenate([head, np.zeros(ctx.sr // 5, np.float32), cont]), ctx.sr,
-                                   "prompt_and_continuation")
-            yield chunk, path, both, w, c, sp
+            yield chunk, path, _joined(ctx, clip, path) if isinstance(path, str) else gr.skip(), w, c, sp
 
     go.click(run, [prompt, seed, max_s], [stream, full, joined, wave, codes, speed], api_name="continue_speech")
 
@@ -262,13 +269,14 @@ def roundtrip_tab(ctx: Ctx) -> None:
                 "resynthesis side by side.")
     with gr.Row():
         audio = _audio_in("Original", example("slt_0"))
-        resynth = gr.Audio(label="Resynthesis", type="filepath", interactive=False, elem_classes=["full-out"])
+        resynth = gr.Audio(label="Resynthesis", type="filepath", interactive=False, elem_id="roundtrip-out",
+                           elem_classes=["full-out"])
     go = gr.Button("Encode and decode", variant="primary", elem_id="roundtrip-run")
-    stats = gr.Markdown(elem_classes=["speed"])
+    stats = _speed("roundtrip")
     with gr.Row():
-        wave_in = gr.Image(label="original", type="pil", interactive=False, elem_classes=["wave-img"])
-        wave_out = gr.Image(label="resynthesis", type="pil", interactive=False, elem_classes=["wave-img"])
-    codes = gr.Image(label="RVQ codes", type="pil", interactive=False, elem_classes=["codes-img"])
+        wave_in = picture("original", "wave-img")
+        wave_out = picture("resynthesis", "wave-img")
+    codes = picture("RVQ codes", "codes-img")
     gr.Examples([[example("slt_0")], [example("awb_1")], [example("slt_noisy_2")], [example("espeak_whisper_0")]],
                 [audio], label="Examples")
 

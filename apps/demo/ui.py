@@ -164,3 +164,10 @@ def result_audio(result, streamed: AudioStreamer | None = None) -> np.ndarray:
     if result is not None and result.audio is not None and result.audio.numel():
         return result.audio.float().cpu().numpy().reshape(-1)
     return streamed.whole() if streamed is not None else np.zeros(0, np.float32)
+
+
+def picture(label: str, css_class: str):
+    """An output image; the picture draws its own title, so Gradio's label (which would cover it) is hidden."""
+    import gradio as gr
+
+    return gr.Image(show_label=False, label=label, type="pil", interactive=False, elem_classes=[css_class])
