@@ -146,7 +146,7 @@ class Backend:
     @property
     def concurrency(self) -> int:
         """How many requests the UI may run at once: the engine batches, the direct path does not."""
-        return self.settings.max_batch if self.engine is not None else 1
+        return int(getattr(self.engine, "max_batch", self.settings.max_batch)) if self.engine is not None else 1
 
     @property
     def sample_rate(self) -> int:
@@ -168,7 +168,7 @@ class Backend:
             f"quant {s.quant or 'off'}",
             f"sparse attention {s.sparse or 'off'}",
             f"speculative {s.speculative or 'off'}",
-            (f"engine (max batch {s.max_batch}, queue {s.max_queue})" if self.engine is not None
+            (f"engine (max batch {self.concurrency}, queue {s.max_queue})" if self.engine is not None
              else "direct calls (one at a time)"),
         ]
         return ", ".join(bits)
