@@ -1,6 +1,7 @@
 """Pictures for the demo, drawn with numpy + Pillow (no plotting library needed).
 
-* :func:`wave_image`: the waveform (min/max envelope per pixel column) over a log-magnitude spectrogram.
+* :func:`wave_image`: the waveform (min/max envelope per pixel column) over a log-magnitude spectrogram
+  (mel-spaced rows).
 * :func:`codes_image`: the RVQ codes ``[codebooks, frames]`` as a heat map, one band per codebook.
 """
 
@@ -61,7 +62,7 @@ def _envelope(wav: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _spectrogram(wav: np.ndarray, sample_rate: int, width: int, height: int) -> np.ndarray:
-    """RGB rows x width: log-magnitude STFT (0 Hz at the bottom, Nyquist at the top), 60 dB range."""
+    """RGB rows x width: log-magnitude STFT on a mel-spaced frequency axis (0 Hz at the bottom), 60 dB range."""
     n_fft = 512 if sample_rate > 16000 else 256
     hop = max(1, (wav.size - n_fft) // max(width - 1, 1)) if wav.size > n_fft else 1
     padded = np.pad(wav, (0, max(0, n_fft - wav.size)))
@@ -73,7 +74,10 @@ def _spectrogram(wav: np.ndarray, sample_rate: int, width: int, height: int) -> 
     # resample to the picture: columns by nearest frame, rows by averaging frequency bins
     cols = np.linspace(0, db.shape[1] - 1, width).round().astype(int)
     db = db[:, cols]
-    edges = np.linspace(0, db.shape[0], height + 1).astype(int)
+    # rows evenly spaced in mel, so speech (mostly below 4 kHz) gets most of the picture
+    nyquist_mel = 2595.0 * np.log10(1.0 + (sample_rate / 2) / 700.0)
+    hz = 700.0 * (10 ** (np.linspace(0, nyquist_mel, height + 1) / 2595.0) - 1.0)
+    edges = np.minimum((hz / (sample_rate / 2) * (db.shape[0] - 1)).round().astype(int), db.shape[0] - 1)
     rows = np.stack([db[edges[i]: max(edges[i + 1], edges[i] + 1)].mean(axis=0) for i in range(height)])
     return MAGMA[(rows[::-1] * 255).astype(np.uint8)]
 
@@ -87,7 +91,8 @@ def wave_image(wav: np.ndarray | None, sample_rate: int, title: str, width: int 
     if wav.size > 64:
         img.paste(Image.fromarray(_spectrogram(wav, sample_rate, width, spec_h)), (0, head + wave_h + 2))
     peak = float(np.abs(wav).max()) if wav.size else 0.0
-    _title(img, f"{title} - {wav.size / sample_rate:.2f} s, peak {peak:.2f}, spectrogram 0-{sample_rate // 2000} kHz")
+    khz = sample_rate / 2000
+    _title(img, f"{title} - {wav.size / sample_rate:.2f} s, peak {peak:.2f}, mel spectrogram 0-{khz:g} kHz")
     return img
 
 

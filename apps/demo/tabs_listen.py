@@ -35,7 +35,7 @@ def _heard(ctx: Ctx, path, what: str):
 def asr_tab(ctx: Ctx) -> None:
     gr.Markdown("Speech recognition from the microphone or a file.")
     with gr.Row():
-        audio = _audio_in("Speech", example("slt_0"))
+        audio = _audio_in("Speech", example("slt_0"), "asr-in")
         with gr.Column():
             language = gr.Radio(["en", "zh"], value="en", label="Language of the instruction")
             go = gr.Button("Transcribe", variant="primary", elem_id="asr-run")
@@ -122,7 +122,7 @@ def dialogue_tab(ctx: Ctx) -> None:
     state = gr.State(None)
     chat = gr.Chatbot(label="Conversation", height=360, elem_id="dialogue-chat")
     with gr.Row():
-        mic = _audio_in("Your turn (speech)", example("slt_2"))
+        mic = _audio_in("Your turn (speech)", example("slt_2"), "dialogue-in")
         with gr.Column():
             user_text = gr.Textbox(label="...or type", placeholder="optional text for this turn")
             reply = gr.Radio(["speech", "text"], value="speech", label="Reply as")

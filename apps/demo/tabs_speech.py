@@ -19,9 +19,10 @@ TTS_EXAMPLES = [
 ]
 
 
-def _audio_in(label: str, value: str | None = None) -> gr.Audio:
+def _audio_in(label: str, value: str | None = None, elem_id: str | None = None) -> gr.Audio:
     # format=None: the file reaches the handler untouched, and read_audio explains what is wrong with it
-    return gr.Audio(label=label, type="filepath", sources=["upload", "microphone"], value=value, format=None)
+    return gr.Audio(label=label, type="filepath", sources=["upload", "microphone"], value=value, format=None,
+                    elem_id=elem_id)
 
 
 def _speech_outputs(label: str, key: str):

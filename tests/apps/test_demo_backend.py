@@ -59,3 +59,16 @@ def test_read_audio_names_each_problem(tmp_path, flite_wav):
         read_audio(junk, "the prompt", 60)
     with pytest.raises(InputError, match="no audio given"):
         read_audio(None, "the prompt", 60)
+
+
+def test_pictures_of_audio_and_codes(clip):
+    from apps.demo.plots import codes_image, wave_image
+
+    img = wave_image(clip.wav, clip.sample_rate, "input")
+    arr = np.asarray(img)
+    assert img.size[0] == 720 and arr[40:100].std() > 10 and arr[120:].std() > 10  # waveform and spectrogram drawn
+    codes = np.stack([np.arange(50) % 1024, np.arange(50) % 1024] + [np.arange(50) % 128] * 6)
+    cimg = codes_image(codes, "codes", [1024, 1024] + [128] * 6)
+    assert cimg.size == (720, 20 + 8 * 16 + 2)
+    with pytest.raises(ValueError, match="codebooks, frames"):
+        codes_image(np.zeros(5), "bad")

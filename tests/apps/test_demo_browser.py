@@ -41,17 +41,20 @@ DECODE_JS = """async (href) => {
 
 
 @pytest.fixture(scope="module")
-def page(demo_server):
+def page(demo_server, speech):
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"chromium is not installed at {CHROMIUM} (make sysdeps installs Debian's chromium)")
     with sync_api.sync_playwright() as pw:
         try:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                         args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
+            # the fake microphone plays a flite recording, so the microphone path is tested too
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+                "--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={speech['slt']}"])
         except Exception as exc:  # a chromium that cannot start here (missing libraries, sandbox)
             pytest.skip(f"chromium could not be started: {exc}")
-        pg = browser.new_page(viewport={"width": 1280, "height": 1000})
+        context = browser.new_context(viewport={"width": 1280, "height": 1000}, permissions=["microphone"])
+        pg = context.new_page()
         pg.goto(demo_server[0], wait_until="load")
         pg.wait_for_selector("#tts-run", timeout=60_000)
         yield pg
@@ -76,6 +79,22 @@ def test_page_lists_every_tab(page):
         assert label in tabs
     assert "Model" in tabs
     assert "not yet meaningful" in page.inner_text("body")
+
+
+def test_asr_from_the_microphone(page, tmp_path):
+    # runs before the ASR example below, while the tab's speed line is still empty
+    page.get_by_role("tab", name="ASR", exact=True).click()
+    box = page.locator("#asr-in")
+    box.get_by_label("Clear").click()
+    box.get_by_label("Record audio").click()
+    box.get_by_role("button", name="Record", exact=True).click()
+    page.wait_for_timeout(3000)
+    box.get_by_role("button", name="Stop", exact=True).click()
+    box.get_by_label("Play", exact=True).first.wait_for(timeout=30_000)  # the recording is loaded in the input
+    page.click("#asr-run")
+    _wait_for_text(page, "#asr-speed", "done")
+    assert page.input_value("#asr-text textarea").strip()
+    page.screenshot(path=str(tmp_path / "asr_microphone.png"), full_page=True)
 
 
 @pytest.mark.parametrize("label,button,audio,status,done_text", TABS, ids=[t[0] for t in TABS])
