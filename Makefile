@@ -7,9 +7,9 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,demo,eval,gguf,serve
 OUT    ?= out
 PYTEST_ARGS ?=
-# TTS engines and voices (real speech), sox, and offline English text (fortunes, Python docs)
+# TTS engines and voices (real speech), sox, offline English text (fortunes, Python docs), nginx (serving test)
 # ffmpeg: the demo's streamed audio output; chromium: the demo's browser tests (Playwright drives it headless)
-SYSPKGS ?= flite espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox fortunes python3.11-doc \
+SYSPKGS ?= flite espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox fortunes python3.11-doc nginx-light \
            ffmpeg chromium
 DEMO_HOST ?= 127.0.0.1
 DEMO_PORT ?= 7860

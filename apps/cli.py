@@ -14,6 +14,11 @@ import sys
 
 from apps import commands
 
+# Errors that describe the user's input or environment: mimo_audio.errors.UserError (the typed one, a
+# ValueError), the ValueErrors the libraries raise for bad input, and OSErrors (missing file, permission,
+# full disk). Not imported here so that `mimo-audio --help` stays light.
+USER_ERRORS = (ValueError, OSError)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -21,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Toolkit for MiMo-Audio-class audio language models (tokenizer, speech LM, tasks).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of any error (by default: one line, exit code 1 for user "
+                        "errors, 3 for internal errors)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
@@ -46,12 +54,27 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 0 if args.command is None else 2
+    from apps import checks
+
+    checks.reset_notes()
+    log = logging.getLogger("mimo-audio")
     try:
         return int(func(args) or 0)
-    except (FileNotFoundError, ValueError) as exc:
-        # User-facing errors (bad paths, bad audio, bad checkpoints) end with one clear line.
-        logging.getLogger("mimo-audio").error("%s", exc)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    except USER_ERRORS as exc:
+        # What the user can fix (bad paths, bad audio, bad arguments, unreadable checkpoints): one line.
+        if args.debug:
+            raise
+        log.error("%s", exc)
         return 1
+    except Exception as exc:  # a bug: one line unless --debug asks for the traceback
+        if args.debug:
+            raise
+        log.error("internal error: %s: %s (rerun with --debug for the traceback, and please report it)",
+                  type(exc).__name__, exc)
+        return 3
 
 
 if __name__ == "__main__":

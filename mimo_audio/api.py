@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import formats, tasks
+from .errors import SilentAudioError, UserError, check_device
 from .fewshot import TaskLibrary
 from .formats import QAExample, RenderTurn, SpeechPair
 from .generation import GenerationConfig, generate, iter_patches
@@ -27,20 +28,22 @@ from .prompts import PromptRenderer, Segment
 from .sampling import Sampler
 from .tasks import Job, TaskTable, build_config
 from .text_tokenizer import SpecialTokens, load_text_tokenizer
-from .voices import VoiceRegistry
+from .voices import VoiceRegistry, check_voice_fits
 
 logger = logging.getLogger(__name__)
 
 # A path, a float waveform (numpy/torch, at the audio tokenizer's rate), (waveform, rate), or int codes [8, T].
 AudioInput = Any
-SILENCE_PEAK = 1e-4  # a waveform whose peak is below this is rejected as silent
+SILENCE_PEAK = 1e-4  # a waveform whose peak is below this is silent: rejected, except by ASR (empty transcript)
+VC_LENGTH_FACTOR = tasks.VC_LENGTH_FACTOR  # few-shot conversion length bound (see mimo_audio.tasks)
+VC_MARGIN_PATCHES = tasks.VC_MARGIN_PATCHES
 
 OUTPUTS = tasks.OUTPUTS
 
 
 @dataclass
 class ChatResult:
-    text: str
+    text: str  # the answer; when thinking_unclosed, the unfinished thinking text instead
     thinking: str | None  # None unless the prompt opened a think block
     codes: torch.Tensor  # [8, frames] generated speech codes (frames at 25 Hz)
     audio: torch.Tensor | None  # [samples] waveform, when decoded
@@ -48,6 +51,9 @@ class ChatResult:
     stop_reason: str  # "stop_token" or "max_length"
     num_patches: int
     prompt_patches: int
+    # The model thought and never wrote </think> (it hit the length limit or stopped inside the block):
+    # there is no answer, so ``text`` holds the thinking text produced, and this flag marks it.
+    thinking_unclosed: bool = False
 
     @property
     def seconds(self) -> float:
@@ -193,8 +199,7 @@ class MimoAudio:
             check_pairing(lm_path, tokenizer_path)
             if dtype is None:  # the default may be stored in bf16 to save space; on CPU fp32 runs ~2x faster
                 dtype = torch.float32
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = check_device(device)
         text_tokenizer = load_text_tokenizer(lm_path)
         special = SpecialTokens.from_tokenizer(text_tokenizer)
         lm = SpeechLM.from_pretrained(lm_path, device=device, dtype=dtype, empty_token_id=special.empty)
@@ -250,7 +255,7 @@ class MimoAudio:
             raise ValueError("audio input is empty")
         peak = float(wav.abs().max())
         if not peak >= SILENCE_PEAK:
-            raise ValueError(f"audio input is silent or invalid (peak {peak:.1e}); nothing to encode")
+            raise SilentAudioError(f"audio input is silent or invalid (peak {peak:.1e}); nothing to encode")
         tok = self._need_tokenizer("encoding audio")
         if not isinstance(audio, (str, Path)):
             from tokenizer.audio import load_audio
@@ -268,15 +273,26 @@ class MimoAudio:
         if voice is None:
             return None
         if isinstance(voice, str) and not Path(voice).suffix:
-            return self.voices.load(voice)[0]
-        return self.encode_audio(voice)
+            codes = self.voices.load(voice)[0]
+        else:
+            codes = self.encode_audio(voice)
+        check_voice_fits(codes.shape[1], self.lm.max_patches, self.lm.config.group_size)
+        return codes
 
-    def register_voice(self, name: str, audio: AudioInput, description: str = "") -> Path:
-        """Encode ``audio`` once and store it as voice ``name``; ``voice="name"`` then reuses it."""
+    def register_voice(self, name: str, audio: AudioInput, description: str = "", overwrite: bool = False) -> Path:
+        """Encode ``audio`` once and store it as voice ``name``; ``voice="name"`` then reuses it.
+
+        An existing voice is replaced only with ``overwrite=True``; a prompt longer than half the LM's
+        context is refused (it would leave no room for the text and the speech).
+        """
+        if not overwrite:
+            self.voices.check_new(name)  # before the encoding work
         codes = self.encode_audio(audio)
         frame_rate = float(getattr(self.audio_tokenizer, "frame_rate", 25))
+        check_voice_fits(codes.shape[1], self.lm.max_patches, self.lm.config.group_size, frame_rate)
         src = str(audio) if isinstance(audio, (str, Path)) else "array"
-        return self.voices.save(name, codes, self.voices.make_info(name, codes, frame_rate, src, description))
+        info = self.voices.make_info(name, codes, frame_rate, src, description)
+        return self.voices.save(name, codes, info, overwrite=overwrite)
 
     # ------------------------------------------------------------------ generation core
     def generation_config(
@@ -324,9 +340,14 @@ class MimoAudio:
             audio = self.decode_codes(parsed.codes)
         elif decode and not parsed.codes.shape[1]:
             logger.warning("the model generated no speech")
+        text = parsed.text
+        if parsed.thinking_unclosed:
+            logger.warning("the model never closed its thinking (</think>): the text is the unfinished thinking")
+            text = parsed.thinking or ""
         return ChatResult(
-            text=parsed.text, thinking=parsed.thinking, codes=parsed.codes, audio=audio, sample_rate=self.sample_rate,
+            text=text, thinking=parsed.thinking, codes=parsed.codes, audio=audio, sample_rate=self.sample_rate,
             stop_reason=stop_reason, num_patches=n, prompt_patches=prompt.shape[1] // self.lm.config.group_size,
+            thinking_unclosed=parsed.thinking_unclosed,
         )
 
     def run(
@@ -537,19 +558,36 @@ class MimoAudio:
     # ------------------------------------------------------------------ task helpers (prepare + run)
     def tts(self, text: str, instruct: str | None = None, voice: str | AudioInput | None = None, **gen) -> ChatResult:
         """Text to speech; ``instruct`` describes the style, ``voice`` is a registry name or audio to clone."""
-        return self.run_job(self.prepare_tts(text, instruct, voice, **gen))
+        return self.tts_batch([text], instruct=instruct, voice=voice, **gen)[0]
 
     def tts_batch(
         self, texts: Sequence[str], instruct: str | None = None, voice: str | AudioInput | None = None, **gen
     ) -> list[ChatResult]:
+        if isinstance(texts, str) or texts is None:
+            raise UserError("tts_batch takes a list of texts (use tts for one text)")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise UserError(f"TTS text {i} must be a string, got {type(t).__name__}")
         voice_codes = self._voice_codes(voice)  # encoded once for the whole batch
         return self.run_jobs([self.prepare_tts(t, instruct, voice_codes, **gen) for t in texts])
 
     def asr(self, audio: AudioInput, language: str = "en", **gen) -> str:
-        return self.run_job(self.prepare_asr(audio, language, **gen)).text
+        return self.asr_batch([audio], language, **gen)[0]
 
     def asr_batch(self, audios: Sequence[AudioInput], language: str = "en", **gen) -> list[str]:
-        return [r.text for r in self.run_jobs([self.prepare_asr(a, language, **gen) for a in audios])]
+        """Transcribe each clip; a silent clip (peak below ``SILENCE_PEAK``) gets "" without running the model."""
+        texts: list[str] = [""] * len(audios)
+        jobs, rows = [], []
+        for i, a in enumerate(audios):
+            try:
+                jobs.append(self.prepare_asr(a, language, **gen))
+            except SilentAudioError:
+                logger.info("audio input %d is silent: empty transcript", i)
+                continue
+            rows.append(i)
+        for i, r in zip(rows, self.run_jobs(jobs)):
+            texts[i] = r.text
+        return texts
 
     def understand(
         self, audio: AudioInput, question: str, thinking: bool = False, think_hint: bool = False, **gen
@@ -568,6 +606,8 @@ class MimoAudio:
         """In-context speech-to-speech (base model): example pairs ``(input, output[, output_text])``.
 
         ``task`` names a few-shot library task; its instruction, preset and examples are the defaults.
+        Without ``max_new_patches`` the output is bounded by the query: at most ``VC_LENGTH_FACTOR`` times
+        its length plus ``VC_MARGIN_PATCHES`` (and the task's own limit, if it sets one).
         """
         return self.run_job(self.prepare_few_shot(examples, query, instruction, task, **gen))
 
@@ -578,5 +618,5 @@ class MimoAudio:
         return self.run_job(self.prepare_few_shot_qa(examples, audio, question, **gen))
 
     def continue_speech(self, audio: AudioInput, **gen) -> ChatResult:
-        """Continue a speech prompt (base model)."""
+        """Continue a speech prompt (base model); default length: ``formats.TASKS["speech_continuation"]``."""
         return self.run_job(self.prepare_continue(audio, **gen))

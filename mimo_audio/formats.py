@@ -54,7 +54,8 @@ TASKS: dict[str, TaskSpec] = {
     "text_dialogue": TaskSpec("text_chat", TEXT_STOP, 1024),
     "in_context_learning_s2s": TaskSpec("in_context_learning_s2s", ("eos", "<|eostm|>"), 2048),
     "few_shot_qa": TaskSpec("qa", ("eos", "<|sosp|>"), 256),
-    "speech_continuation": TaskSpec("in_context_learning_s2s", ("eos", "<|eostm|>"), 500),
+    # 125 patches = 20 s: a continuation has no natural end, so the default length is stated, not runaway
+    "speech_continuation": TaskSpec("in_context_learning_s2s", ("eos", "<|eostm|>"), 125),
 }
 
 

@@ -42,6 +42,8 @@ class GenerationConfig:
     # Run by MimoAudio with the heads in mtp.safetensors beside the LM (see mimo_audio.speculative).
     speculative: int = 0
     adaptive_draft: bool = False  # let the decoder shorten or switch off drafting when it does not pay
+    # max_new_patches is the task's default, not the caller's request: capping it to the context is silent
+    length_is_default: bool = False
 
     def __post_init__(self) -> None:
         if self.speculative is True:
@@ -190,7 +192,8 @@ def iter_patches(model: SpeechLM, prompts: Sequence[torch.Tensor], config: Gener
         )
     max_new = config.max_new_patches
     if max_new > room:
-        logger.warning("max_new_patches=%d exceeds the remaining context; capped at %d", max_new, room)
+        if not config.length_is_default:  # only a length the caller asked for deserves a warning
+            logger.warning("max_new_patches=%d exceeds the remaining context; capped at %d", max_new, room)
         max_new = room
     # One random stream per row, all seeded alike: a row samples the same with or without other rows.
     generators = [torch.Generator().manual_seed(config.seed) for _ in range(B)] if config.seed is not None else None

@@ -41,6 +41,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
 
 from .config import SpeechLMConfig
 from .delay_pattern import DelayPattern
+from .errors import UserError
 from .sampling import Sampler
 
 logger = logging.getLogger(__name__)
@@ -302,7 +303,13 @@ class SpeechLM(nn.Module):
         with torch.device("meta"):
             model = cls(config, empty_token_id)
         expected = {k: v for k, v in model.state_dict().items()}
-        state = _read_safetensors(path, expected, dtype, device)
+        try:
+            state = _read_safetensors(path, expected, dtype, device)
+        except (ValueError, OSError):
+            raise
+        except Exception as exc:  # safetensors raises SafetensorError for a truncated or corrupt file
+            raise UserError(f"could not read the speech-LM weights in {path} as safetensors ({exc}): the file is "
+                            "truncated or corrupt; copy or download it again") from exc
         model.load_state_dict(state, strict=True, assign=True)
         model._materialize_buffers(device)
         model.eval()

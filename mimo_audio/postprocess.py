@@ -5,7 +5,7 @@ Rules:
   ``<|sostm|>``, ``<|eostm|>`` removed; ids beyond the tokenizer's vocabulary (padding rows) dropped.
 * thinking: when the prompt left a think block open (``<think>\\n``), everything up to the first
   generated ``</think>`` is the thinking text and the rest the answer; without ``</think>`` it is all
-  thinking.
+  thinking, and ``thinking_unclosed`` is set (the API then returns that thinking as the text, marked).
 * audio: the speech patches after the start of the speech stream (the prompt's trailing ``<|sostm|>`` or
   the first generated one) and before the first generated ``<|eostm|>``; if there is no stream start at
   all, every speech patch (the official fallback).
@@ -28,6 +28,7 @@ class ParsedOutput:
     text: str
     thinking: str | None
     codes: torch.Tensor  # [8, frames]
+    thinking_unclosed: bool = False  # a think block was open and no </think> was generated
 
 
 @dataclass
@@ -125,4 +126,5 @@ class OutputParser:
         if self.thinking_open:
             thinking = self._decode(self._thinking_ids).strip()
         codes = torch.cat(self._codes, dim=1) if self._codes else torch.empty(channels, 0, dtype=torch.long)
-        return ParsedOutput(text=text, thinking=thinking, codes=codes)
+        unclosed = self.thinking_open and self._in_thinking
+        return ParsedOutput(text=text, thinking=thinking, codes=codes, thinking_unclosed=unclosed)

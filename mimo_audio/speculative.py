@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .errors import UserError
 from .generation import GenerationConfig, GenerationOutput
 from .modeling import SpeechLM
 
@@ -139,7 +140,13 @@ def load_speech_mtp(lm_or_target: SpeechLM | SpeechLMTarget, path: str | Path):
             f"no MTP heads at {file}: speculative decoding needs them. Train them with "
             f"`mimo-audio train mtp --lm {path if path.is_dir() else path.parent} --corpus CORPUS --tokenizer TOK`"
         )
-    return spec.load_mtp(file, target)
+    try:
+        return spec.load_mtp(file, target)
+    except (ValueError, OSError):
+        raise
+    except Exception as exc:  # safetensors raises SafetensorError for a truncated or corrupt file
+        raise UserError(f"could not read the MTP heads {file} as safetensors ({exc}): the file is truncated or "
+                        "corrupt; copy it again or retrain them with `mimo-audio train mtp`") from exc
 
 
 def sampling_params(config: GenerationConfig):

@@ -13,6 +13,7 @@ length) and the few-shot library (:class:`~mimo_audio.fewshot.TaskLibrary`, whos
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import formats
+from .errors import UserError
 from .fewshot import FewShotTask, TaskLibrary
 from .formats import QAExample, SpeechPair, TaskSpec
 from .generation import GenerationConfig
@@ -30,6 +32,9 @@ if TYPE_CHECKING:  # the facade; imported for hints only (api imports this modul
     from .api import AudioInput, Conversation, MimoAudio
 
 OUTPUTS = ("text", "audio", "both")
+# Few-shot conversion output defaults to at most this multiple of the query's length, plus a margin
+VC_LENGTH_FACTOR = 2.0
+VC_MARGIN_PATCHES = 25  # 4 s
 # The few-shot library's modalities run on these prompt tasks.
 FEW_SHOT_BASE = {"speech_to_speech": "in_context_learning_s2s", "speech_to_text": "few_shot_qa"}
 
@@ -105,8 +110,11 @@ def build_config(
     """A task's preset, stop tokens and length, with any of them overridden (``MimoAudio.generation_config``)."""
     p = get_preset(preset or spec.preset)
     suppress = (special.empty, special.sostm) if output == "text" else ()
+    if max_new_patches is not None and max_new_patches < 1:  # 0 is not "the default": say so
+        raise UserError(f"max_new_patches must be >= 1, got {max_new_patches}")
     return GenerationConfig(
-        max_new_patches=max_new_patches or spec.max_new_patches,
+        max_new_patches=spec.max_new_patches if max_new_patches is None else max_new_patches,
+        length_is_default=max_new_patches is None,
         min_new_patches=min_new_patches,
         stop_tokens=tuple(special.by_string(s) for s in (stop or spec.stop)),
         text_sampler=text_sampler or p.text,
@@ -127,6 +135,8 @@ def _job(m: MimoAudio, task: str, segs, output: str, gen: dict[str, Any], **extr
 def prepare_tts(
     m: MimoAudio, text: str, instruct: str | None = None, voice: str | AudioInput | None = None, **gen: Any
 ) -> Job:
+    if not isinstance(text, str):
+        raise UserError(f"TTS text must be a string, got {type(text).__name__}")
     segs = formats.tts(text, instruct=instruct, voice=m._voice_codes(voice))
     return _job(m, "tts", segs, "audio", gen)
 
@@ -166,8 +176,13 @@ def prepare_few_shot(
     task: str | None = None,
     **gen: Any,
 ) -> Job:
-    """In-context speech-to-speech; ``task`` names a few-shot library task (instruction, preset, examples)."""
+    """In-context speech-to-speech; ``task`` names a few-shot library task (instruction, preset, examples).
+
+    Without ``max_new_patches`` the output is bounded by the query: at most ``VC_LENGTH_FACTOR`` times its
+    length plus ``VC_MARGIN_PATCHES`` (and the task's own limit, if it sets one).
+    """
     name = "in_context_learning_s2s"
+    task_limit = None
     if task is not None:
         entry = m.task_table.get(task)
         spec = entry.few_shot
@@ -183,7 +198,7 @@ def prepare_few_shot(
                     f"{m.tasks.user_dir} and list example pairs in it"
                 )
         gen.setdefault("preset", entry.spec.preset)
-        gen.setdefault("max_new_patches", entry.spec.max_new_patches)
+        task_limit = spec.max_new_patches
         name = task
     pairs = []
     for ex in examples or []:
@@ -192,8 +207,11 @@ def prepare_few_shot(
         else:
             inp, out, *rest = ex
             pairs.append(SpeechPair(m.encode_audio(inp), m.encode_audio(out), rest[0] if rest else ""))
-    segs = formats.in_context_s2s(pairs, m.encode_audio(query), instruction)
-    job = _job(m, "in_context_learning_s2s", segs, "audio", gen)
+    query_codes = m.encode_audio(query)
+    job = _job(m, "in_context_learning_s2s", formats.in_context_s2s(pairs, query_codes, instruction), "audio", gen)
+    if job.config.length_is_default:  # no length asked for: a multiple of the query, not minutes of babble
+        bound = math.ceil(query_codes.shape[1] / m.lm.config.group_size * VC_LENGTH_FACTOR) + VC_MARGIN_PATCHES
+        job.config = job.config.with_(max_new_patches=min(bound, task_limit or bound))
     job.task = name
     return job
 

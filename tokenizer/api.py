@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from tokenizer import checkpoint, defaults
+from tokenizer import checkpoint, defaults, silence
 from tokenizer.audio import AudioInput, prepare_waveform
 from tokenizer.config import TokenizerConfig
 from tokenizer.mel import LogMel
@@ -220,11 +220,21 @@ class AudioTokenizer:
 
     # ---- decode ---------------------------------------------------------------------------------
     @torch.inference_mode()
-    def decode(self, codes: torch.Tensor, causal_norm: bool = False, progress: bool | None = None) -> torch.Tensor:
+    def silence_code(self) -> int:
+        """The first-codebook code this tokenizer gives digital silence (found once, by encoding 1 s of zeros)."""
+        if getattr(self, "_silence_code", None) is None:
+            zeros = torch.zeros(int(self.sample_rate))
+            self._silence_code = silence.silence_code(self.encode(zeros, self.sample_rate, n_q=1))
+        return self._silence_code
+
+    def decode(self, codes: torch.Tensor, causal_norm: bool = False, progress: bool | None = None,
+               gate_silence: bool = True) -> torch.Tensor:
         """Codes [n_q, T] (the first n_q codebooks) -> float32 waveform [960 * T] at 24 kHz.
 
         Codes longer than 60 s (1500 frames) are decoded in independent 1500-frame segments, as the
-        official wrapper does. ``causal_norm=True`` gives the output of a :meth:`stream_decoder`.
+        official wrapper does. ``causal_norm=True`` gives the output of a :meth:`stream_decoder` (which
+        does not gate). ``gate_silence``: runs of the code of digital silence decode to digital silence
+        instead of the vocoder's noise floor (:mod:`tokenizer.silence`).
         """
         codes = check_codes(codes, self.config)
         if codes.shape[1] == 0:
@@ -236,7 +246,13 @@ class AudioTokenizer:
             for part in parts:
                 out.append(self.model.decode(part, causal_norm).float().cpu())
                 bar.update(1)
-        return torch.cat(out)
+        wav = torch.cat(out)
+        if gate_silence:
+            mask = silence.silent_frames(codes[0].cpu(), self.silence_code())
+            if bool(mask.any()):
+                hop = wav.numel() // codes.shape[1]
+                wav = wav * silence.gate_gain(mask, hop, int(silence.FADE_SECONDS * self.sample_rate))
+        return wav
 
     def stream_decoder(self, lookahead: int | None = None) -> StreamDecoder:
         """Incremental decoder: ``push(codes [n_q, t]) -> audio``, ``flush() -> audio``.

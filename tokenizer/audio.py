@@ -6,7 +6,9 @@ that the official front-end gets from ``torchaudio.functional.resample``, writte
 
 from __future__ import annotations
 
+import logging
 import math
+import struct
 from functools import lru_cache
 from pathlib import Path
 from typing import Union
@@ -18,6 +20,35 @@ import torch.nn.functional as F
 AudioInput = Union[str, Path, np.ndarray, torch.Tensor]
 
 _MAX_CHANNELS = 16
+
+log = logging.getLogger(__name__)
+
+
+def _wav_shortfall(path: Path) -> tuple[int, int] | None:
+    """(bytes the WAV header declares for its audio, bytes present) when the file is cut short, else None.
+
+    libsndfile reads a truncated WAV without complaint (it just returns fewer frames), so the header's
+    ``data`` chunk size is compared with the file size here.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+                return None
+            size = path.stat().st_size
+            pos = 12
+            while pos + 8 <= size:
+                f.seek(pos)
+                chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
+                if chunk_id == b"data":
+                    if head[:4] == b"RF64" or chunk_size in (0, 0xFFFFFFFF):
+                        return None  # sizes live elsewhere (RF64) or are left open by a streaming writer
+                    present = size - (pos + 8)
+                    return (chunk_size, present) if present < chunk_size else None
+                pos += 8 + chunk_size + (chunk_size & 1)
+    except OSError:
+        return None
+    return None
 
 
 def _to_float(array: np.ndarray) -> np.ndarray:
@@ -64,6 +95,11 @@ def _read_file(path: Path) -> tuple[np.ndarray, int]:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError with a terse message
         raise ValueError(f"could not read {path} as audio ({exc})") from None
+    short = _wav_shortfall(path) if path.suffix.lower() in (".wav", ".wave") else None
+    if short is not None:
+        declared, present = short
+        log.warning("%s is truncated: its header declares %.2f s of audio but only %.2f s are present; "
+                    "reading what is there", path, len(data) * declared / max(present, 1) / sr, len(data) / sr)
     return data.T, int(sr)
 
 

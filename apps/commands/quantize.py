@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 log = logging.getLogger("mimo-audio.quantize")
 
@@ -37,9 +36,10 @@ def run(args: argparse.Namespace) -> int:
     from efficient.quant import formats
 
     formats.parse_scheme(args.scheme)  # fail fast with a clear message
-    model_dir = Path(args.model)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: not a transformers model directory (config.json missing)")
+    from apps.checks import check_causal_lm_dir, check_output_dir
+
+    model_dir = check_causal_lm_dir(args.model, "quantize")  # safetensors causal LMs only, checked before loading
+    check_output_dir(args.out, inputs=[model_dir])
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from efficient.quant import quantize, save_quantized, summary_table
     from efficient.quant.api import default_calibration
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
     tok = None
     if any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         tok = AutoTokenizer.from_pretrained(model_dir)

@@ -83,6 +83,17 @@ def load_model(args: argparse.Namespace):
     return m
 
 
+def _check_listen(host: str, port: int) -> None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as exc:
+        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     if args.max_batch < 1 or args.max_queue < 0 or args.port < 0 or args.speculative < 0:
         raise ValueError("--max-batch must be >= 1, --max-queue, --port and --speculative >= 0")
@@ -93,6 +104,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("the server needs the serve extra: pip install 'mimo-audio[serve]'") from None
     import asyncio
     from pathlib import Path
+
+    _check_listen(args.host, args.port)  # before minutes of loading, not after
+    if args.quant:
+        from efficient.quant import formats
+
+        formats.parse_scheme(args.quant)  # a bad scheme fails with its own message before any work
+    if args.sparse and not set(args.sparse) <= set("FSRW"):  # a preset name: its syntax now (per-layer
+        from efficient.attention.layout import resolve_layout  # strings are checked against the model later)
+
+        resolve_layout(args.sparse, 4)
 
     from apps.server import ServerConfig, create_app, run_server
     from mimo_audio.engine import Engine, EngineConfig

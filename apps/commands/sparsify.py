@@ -59,9 +59,10 @@ def _token_ids(tok, text_file: str | None, needed: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    model_dir = Path(args.model)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: not a transformers model directory (config.json missing)")
+    from apps.checks import check_causal_lm_dir, check_output_dir
+
+    model_dir = check_causal_lm_dir(args.model, "sparsify")  # safetensors causal LMs only, checked before loading
+    check_output_dir(args.out, inputs=[model_dir])
     from efficient.attention.checkpoint import CONFIG_FILE
 
     if (model_dir / CONFIG_FILE).is_file():
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in (("top_k", args.top_k), ("window", args.window), ("block_size", args.block_size))
                  if v is not None}
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
     resolve_layout(args.layout, model.config.num_hidden_layers)  # a bad layout fails before any work
     tok = None
     if any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):

@@ -1,8 +1,9 @@
 """Speech-LM subcommands: ``tts``, ``asr``, ``chat``, ``vc`` (few-shot voice conversion), ``continue``,
 and ``voice`` (the voice registry).
 
-Each writes its audio as a 24 kHz wav (``-o``) and a JSON summary (``--json``, or stdout). Without
-``--lm-path`` they run the embedded default model shipped with the package.
+Each writes its audio as a 24 kHz wav (``-o``; ``asr -o`` writes the transcripts as text) and a JSON summary
+(``--json``, or stdout). Output paths and ``--device`` are checked before any model is loaded. Without
+``--lm-path`` they run the embedded default model shipped with the package (and say so once per run).
 """
 
 from __future__ import annotations
@@ -16,14 +17,33 @@ import time
 from pathlib import Path
 from typing import Any
 
+from apps.checks import check_device, check_outputs, fail, note_default_model
+
 logger = logging.getLogger("mimo-audio")
+
+# Stated default lengths (mirrors of mimo_audio's; the library is imported only when a command runs)
+VC_LENGTH_FACTOR = 2.0  # mimo_audio.api.VC_LENGTH_FACTOR
+VC_MARGIN_PATCHES = 25  # mimo_audio.api.VC_MARGIN_PATCHES
+CONTINUATION_PATCHES = 125  # mimo_audio.formats.TASKS["speech_continuation"].max_new_patches
 
 LM_ENV = "MIMO_AUDIO_LM_PATH"
 TOKENIZER_ENV = "MIMO_AUDIO_TOKENIZER_PATH"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def _common(p: argparse.ArgumentParser, needs_audio_tokenizer: bool = True) -> None:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 is not "the default")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser, needs_audio_tokenizer: bool = True, length_default: str = "",
+            output_help: str = "write the generated audio to this file (.wav or .flac)") -> None:
     g = p.add_argument_group("model")
     g.add_argument("--lm-path", default=os.environ.get(LM_ENV),
                    help=f"speech-LM directory (config.json, safetensors, text tokenizer); default ${LM_ENV}, "
@@ -37,13 +57,15 @@ def _common(p: argparse.ArgumentParser, needs_audio_tokenizer: bool = True) -> N
                    help="weights dtype (auto keeps the checkpoint's; float32 for the embedded default)")
     g.add_argument("--voices-dir", default=None, help="voice registry folder (default $MIMO_AUDIO_HOME/voices)")
     s = p.add_argument_group("generation")
-    s.add_argument("--max-new-patches", type=int, default=None, help="length limit (6.25 patches = 1 s of audio)")
+    s.add_argument("--max-new-patches", type=positive_int, default=None,
+                   help="length limit, >= 1 (6.25 patches = 1 s of audio); default: "
+                   + (length_default or "the task's"))
     s.add_argument("--min-new-patches", type=int, default=0, help="stop tokens are blocked before this length")
     s.add_argument("--preset", default=None, help="sampler preset (default: the task's; 'greedy' = deterministic)")
     s.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     o = p.add_argument_group("output")
-    o.add_argument("-o", "--output", default=None, help="write the generated audio to this wav file")
-    o.add_argument("--json", dest="json_path", default=None, help="write a JSON summary here (default: stdout)")
+    o.add_argument("-o", "--output", default=None, help=output_help)
+    o.add_argument("--json", dest="json_path", default=None, help="write a JSON summary here (.json; default: stdout)")
 
 
 def _load(args: argparse.Namespace, need_tokenizer: bool):
@@ -57,6 +79,8 @@ def _load(args: argparse.Namespace, need_tokenizer: bool):
         raise ValueError(f"this command needs the audio tokenizer of {args.lm_path}: pass --tokenizer-path or set "
                          f"${TOKENIZER_ENV} (the embedded tokenizer is used only with the embedded LM)")
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    if not args.lm_path:
+        note_default_model()
     return MimoAudio.from_pretrained(
         args.lm_path or None, args.tokenizer_path or None, device=args.device, dtype=dtype,
         voices_dir=args.voices_dir,
@@ -70,13 +94,17 @@ def _gen(args: argparse.Namespace) -> dict[str, Any]:
             out[key] = getattr(args, key)
     if getattr(args, "speculative", 0):
         out["speculative"] = args.speculative
+        out["adaptive_draft"] = not args.fixed_draft
     return out
 
 
 def _add_speculative(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speculative", type=int, default=0, metavar="K",
-                   help="MTP speculative decoding of text output, K draft tokens per step (needs mtp.safetensors "
-                        "beside the LM: `mimo-audio train mtp`); greedy output is unchanged")
+                   help="MTP speculative decoding of text output, up to K draft tokens per step (needs "
+                        "mtp.safetensors beside the LM: `mimo-audio train mtp`); greedy output is unchanged. "
+                        "Adaptive: drafting is shortened or switched off while it does not pay")
+    p.add_argument("--fixed-draft", action="store_true",
+                   help="with --speculative: always draft K tokens (for measurements; can be slower than plain)")
 
 
 def _spec_summary(m) -> dict[str, Any]:
@@ -85,7 +113,8 @@ def _spec_summary(m) -> dict[str, Any]:
         return {}
     return {"speculative": [{"accept_per_position": [round(a, 3) for a in s.acceptance_per_position],
                              "accept_length": round(s.acceptance_length, 3),
-                             "tokens_per_forward": round(s.tokens_per_forward, 3)} for s in stats]}
+                             "tokens_per_forward": round(s.tokens_per_forward, 3),
+                             "draft_rounds": s.draft_rounds, "plain_steps": s.plain_steps} for s in stats]}
 
 
 def _emit(args: argparse.Namespace, result, elapsed: float, extra: dict[str, Any] | None = None) -> int:
@@ -101,13 +130,18 @@ def _emit(args: argparse.Namespace, result, elapsed: float, extra: dict[str, Any
     }
     if result.seconds:
         summary["real_time_factor"] = round(elapsed / result.seconds, 3)
-    if getattr(args, "output", None):
-        if result.audio is None or result.audio.numel() == 0:
-            logger.warning("no speech was generated; %s not written", args.output)
-        else:
-            summary["audio"] = str(result.save_audio(args.output))
+    if result.thinking_unclosed:
+        summary["thinking_unclosed"] = True
+    missing = bool(getattr(args, "output", None)) and (result.audio is None or result.audio.numel() == 0)
+    if getattr(args, "output", None) and not missing:
+        summary["audio"] = str(result.save_audio(args.output))
     summary.update(extra or {})
-    return _write_summary(args, summary)
+    _write_summary(args, summary)
+    if missing:
+        logger.error("no speech was generated, so %s was not written (the reply is in the summary; try another "
+                     "--seed, or --reply text)", args.output)
+        return 1
+    return 0
 
 
 def _write_summary(args: argparse.Namespace, summary: dict[str, Any]) -> int:
@@ -121,6 +155,7 @@ def _write_summary(args: argparse.Namespace, summary: dict[str, Any]) -> int:
 
 
 def _tts(args: argparse.Namespace) -> int:
+    check_outputs(args, inputs=[args.voice])
     m = _load(args, need_tokenizer=True)
     t0 = time.perf_counter()
     r = m.tts(args.text, instruct=args.instruct, voice=args.voice, **_gen(args))
@@ -128,18 +163,25 @@ def _tts(args: argparse.Namespace) -> int:
 
 
 def _asr(args: argparse.Namespace) -> int:
+    check_outputs(args, audio=False, inputs=args.audio)
     m = _load(args, need_tokenizer=True)
     t0 = time.perf_counter()
     texts = m.asr_batch(args.audio, language=args.language, **_gen(args))
     elapsed = time.perf_counter() - t0
     summary = {"transcripts": [{"audio": a, "text": t} for a, t in zip(args.audio, texts)], "elapsed_s": elapsed}
     summary.update(_spec_summary(m))
+    if args.output:  # one transcript per line, in the order of the inputs (a silent clip gives an empty line)
+        Path(args.output).write_text("".join(t.replace("\n", " ") + "\n" for t in texts), encoding="utf-8")
+        summary["output"] = args.output
     return _write_summary(args, summary)
 
 
 def _chat(args: argparse.Namespace) -> int:
     if not args.text and not args.audio:
-        raise ValueError("give the user turn with --text and/or --audio")
+        fail("give the user turn with --text and/or --audio")
+    if args.output and args.reply == "text":
+        fail("-o writes the spoken reply: use it with --reply audio or --reply both")
+    check_outputs(args, inputs=[args.audio, args.voice])
     m = _load(args, need_tokenizer=bool(args.audio) or args.reply != "text")
     content: list[dict[str, Any]] = []
     if args.audio:
@@ -154,7 +196,8 @@ def _chat(args: argparse.Namespace) -> int:
 
 def _vc(args: argparse.Namespace) -> int:
     if not args.example and not args.task:
-        raise ValueError("give example pairs with --example IN OUT [TRANSCRIPT], or a library task with --task")
+        fail("give example pairs with --example IN OUT [TRANSCRIPT], or a library task with --task")
+    check_outputs(args, inputs=[args.audio] + [f for ex in args.example or [] for f in ex[:2]])
     m = _load(args, need_tokenizer=True)
     examples = None
     if args.example:
@@ -169,6 +212,7 @@ def _vc(args: argparse.Namespace) -> int:
 
 
 def _continue(args: argparse.Namespace) -> int:
+    check_outputs(args, inputs=[args.audio])
     m = _load(args, need_tokenizer=True)
     t0 = time.perf_counter()
     r = m.continue_speech(args.audio, **_gen(args))
@@ -190,26 +234,50 @@ def _voice(args: argparse.Namespace) -> int:
     if not args.name:
         raise ValueError(f"voice {args.action} needs a NAME")
     if args.action == "remove":
-        registry.remove(args.name)
+        registry.remove(args.name)  # an unknown name is an error
+        sys.stdout.write(json.dumps({"removed": args.name, "registry": str(registry.root)}) + "\n")
         return 0
     if not args.audio:
-        raise ValueError("voice add needs NAME and AUDIO")
+        fail("voice add needs NAME and AUDIO")
+    if not args.force:
+        registry.check_new(args.name)  # before loading anything
+    check_device(args.device)
     from mimo_audio.api import SILENCE_PEAK
+    from mimo_audio.voices import check_voice_fits
     from tokenizer import AudioTokenizer
     from tokenizer.audio import load_audio
 
-    if not args.tokenizer_path and os.environ.get(LM_ENV):  # as in _load: no implicit pairing with an explicit LM
-        raise ValueError(f"${LM_ENV} names a speech LM: pass its audio tokenizer with --tokenizer-path or set "
-                         f"${TOKENIZER_ENV}, so the voice is encoded with the tokenizer that LM reads")
-    tok = AudioTokenizer.from_pretrained(args.tokenizer_path or None, device=args.device)
+    lm_path = args.lm_path or os.environ.get(LM_ENV)
+    if not args.tokenizer_path and lm_path:  # as in _load: no implicit pairing with an explicit LM
+        fail(f"--lm-path / ${LM_ENV} names a speech LM: pass its audio tokenizer with --tokenizer-path "
+                        f"or set ${TOKENIZER_ENV}, so the voice is encoded with the tokenizer that LM reads")
+    max_patches, group = _lm_context(lm_path)
+    if not Path(args.audio).is_file():
+        raise FileNotFoundError(f"audio file not found: {args.audio}")
     wav, sr = load_audio(args.audio)
     if float(wav.abs().max()) < SILENCE_PEAK:
-        raise ValueError(f"{args.audio} is silent")
+        fail(f"{args.audio} is silent")
+    tok = AudioTokenizer.from_pretrained(args.tokenizer_path or None, device=args.device)
+    # refuse what cannot fit before encoding it (a 10-minute prompt would make every later TTS fail)
+    check_voice_fits(int(wav.shape[-1] / sr * tok.frame_rate), max_patches, group, float(tok.frame_rate))
     codes = tok.encode(wav, sr).long()
+    check_voice_fits(codes.shape[1], max_patches, group, float(tok.frame_rate))
     info = registry.make_info(args.name, codes, float(tok.frame_rate), str(args.audio), args.description)
-    path = registry.save(args.name, codes, info)
+    path = registry.save(args.name, codes, info, overwrite=args.force)
     sys.stdout.write(json.dumps({"name": args.name, "path": str(path), "seconds": round(info.seconds, 2)}) + "\n")
     return 0
+
+
+def _lm_context(lm_path: str | None) -> tuple[int, int]:
+    """(context in patches, frames per patch) of the LM the voice is for (default: the embedded one)."""
+    from mimo_audio.config import SpeechLMConfig
+    from mimo_audio.defaults import default_model_dir
+
+    directory = Path(lm_path) if lm_path else default_model_dir()
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"{directory}: not a speech-LM directory (config.json missing)")
+    cfg = SpeechLMConfig.from_json_file(directory / "config.json")
+    return int(cfg.max_position_embeddings), int(cfg.group_size)
 
 
 def register(subparsers) -> None:
@@ -225,7 +293,8 @@ def register(subparsers) -> None:
                               description="Transcribe one or more audio files (batched).")
     p.add_argument("audio", nargs="+", help="audio files")
     p.add_argument("--language", choices=("en", "zh"), default="en", help="language of the instruction sentence")
-    _common(p)
+    _common(p, output_help="write the transcripts to this text file (.txt), one line per input; a silent clip "
+            "gives an empty line")
     _add_speculative(p)
     p.set_defaults(func=_asr)
 
@@ -249,7 +318,8 @@ def register(subparsers) -> None:
                    help="an example pair: input wav, output wav, optional transcript of the output (repeatable)")
     p.add_argument("--task", default=None, help="few-shot library task (e.g. voice_conversion, speed_up)")
     p.add_argument("--instruction", default=None, help="instruction text after '[Int]:'")
-    _common(p)
+    _common(p, length_default=f"{VC_LENGTH_FACTOR:g} x the query's length + {VC_MARGIN_PATCHES} patches "
+            f"({VC_MARGIN_PATCHES / 6.25:g} s), within the task's own limit")
     p.set_defaults(func=_vc)
 
     p = subparsers.add_parser("voice", help="manage the voice registry (voices for --voice NAME)",
@@ -263,10 +333,14 @@ def register(subparsers) -> None:
                    "tokenizer: encode voices with the tokenizer of the LM that will use them")
     p.add_argument("--device", default=None, help="device for encoding")
     p.add_argument("--voices-dir", default=None, help="registry folder (default $MIMO_AUDIO_HOME/voices)")
+    p.add_argument("--force", action="store_true", help="add: replace an existing voice of that name")
+    p.add_argument("--lm-path", default=None,
+                   help=f"add: the speech LM the voice is for (default ${LM_ENV}, else the embedded default): a "
+                   "voice may take at most half its context")
     p.set_defaults(func=_voice)
 
     p = subparsers.add_parser("continue", help="continue a speech prompt (base model)",
                               description="Generate a spoken continuation of AUDIO.")
     p.add_argument("audio", help="the speech prompt")
-    _common(p)
+    _common(p, length_default=f"{CONTINUATION_PATCHES} patches ({CONTINUATION_PATCHES / 6.25:g} s)")
     p.set_defaults(func=_continue)

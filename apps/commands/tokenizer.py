@@ -26,6 +26,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model dtype (default fp32)")
 
 
+def _check(args: argparse.Namespace, outputs: list[tuple[Path, tuple[str, ...]]]) -> None:
+    """Before any work: the outputs can be written (and are not the input), the device exists."""
+    from apps.checks import check_device, check_output_file
+
+    for path, suffixes in outputs:
+        check_output_file(path, suffixes, inputs=[args.input], what="output")
+    check_device(args.device)
+
+
 def _load(args: argparse.Namespace):
     from tokenizer import AudioTokenizer, TokenizerConfig
 
@@ -89,12 +98,18 @@ def _decode(tok, codes, wav_path: Path) -> None:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    from apps.checks import CODES_OUT
+
+    _check(args, [(Path(args.output), CODES_OUT)])
     tok = _load(args)
     _encode(tok, args.input, Path(args.output), args.n_q)
     return 0
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    from apps.checks import AUDIO_OUT
+
+    _check(args, [(Path(args.output), AUDIO_OUT)])
     codes = _read_codes(args.input)
     tok = _load(args)
     _decode(tok, codes, Path(args.output))
@@ -102,8 +117,11 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_roundtrip(args: argparse.Namespace) -> int:
-    tok = _load(args)
+    from apps.checks import AUDIO_OUT, CODES_OUT
+
     out = Path(args.output)
+    _check(args, [(out, AUDIO_OUT), (out.with_suffix(".safetensors"), CODES_OUT)])
+    tok = _load(args)
     codes = _encode(tok, args.input, out.with_suffix(".safetensors"), args.n_q)
     _decode(tok, codes, out)
     print(f"input  {args.input}\ncodes  {out.with_suffix('.safetensors')}\noutput {out}")
@@ -129,7 +147,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decode", help="codes (.safetensors) -> 24 kHz wav",
                        description="Decode codes written by 'encode' to a 24 kHz 16-bit wav file.")
     p.add_argument("input", help=".safetensors with the tensor 'codes' [n_q, frames]")
-    p.add_argument("output", help="output wav file")
+    p.add_argument("output", help="output audio file (.wav or .flac, 24 kHz 16-bit)")
     _add_model_args(p)
     p.set_defaults(func=cmd_decode)
 
@@ -137,7 +155,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Encode then decode; writes OUTPUT and the codes to OUTPUT with a .safetensors "
                                    "suffix.")
     p.add_argument("input", help="audio file")
-    p.add_argument("output", help="output wav file")
+    p.add_argument("output", help="output audio file (.wav or .flac); the codes go beside it (.safetensors)")
     p.add_argument("--n-q", type=int, default=8, help="number of codebooks to keep (default 8)")
     _add_model_args(p)
     p.set_defaults(func=cmd_roundtrip)

@@ -25,6 +25,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mimo_audio.engine import Cancelled, Engine, EngineError, EngineStopped, PromptTooLong, QueueFull, RequestTimeout
+from mimo_audio.errors import SilentAudioError
 
 from . import chat as chatmod
 from .errors import ApiError
@@ -233,9 +234,19 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
             gen["speculative"] = cfg.speculative
         wav, sr = await run_in_threadpool(decode_upload, data, ecfg.max_upload_bytes, ecfg.max_audio_seconds,
                                           "the uploaded file")
-        job = await prepare(model.prepare_asr, (wav, sr), language, **gen)
-        handle = submit(job)
         duration = len(wav) / sr
+        try:
+            job = await run_in_threadpool(model.prepare_asr, (wav, sr), language, **gen)
+        except SilentAudioError:
+            job = None  # silence transcribes to "" (as MimoAudio.asr does), without running the model
+        except (ValueError, FileNotFoundError) as exc:
+            raise ApiError(400, str(exc)) from None
+        handle = submit(job) if job is not None else None
+        if handle is None:
+            if str(form.get("stream") or "false").lower() == "true":
+                return StreamingResponse(iter([_sse({"type": "transcript.text.done", "text": ""})]),
+                                         media_type="text/event-stream")
+            return _transcription(fmt, "", language, duration)
         if str(form.get("stream") or "false").lower() == "true":
             def sse() -> Iterator[str]:
                 text = ""
@@ -248,16 +259,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
 
             return StreamingResponse(guarded(sse(), handle), media_type="text/event-stream")
         result = await wait(handle)
-        if fmt == "text":
-            return PlainTextResponse(result.text)
-        if fmt == "verbose_json":
-            return JSONResponse({"task": "transcribe", "language": "english" if language == "en" else "chinese",
-                                 "duration": duration, "text": result.text,
-                                 "segments": [{"id": 0, "seek": 0, "start": 0.0, "end": duration,
-                                               "text": result.text, "tokens": [], "temperature": 0.0,
-                                               "avg_logprob": 0.0, "compression_ratio": 1.0,
-                                               "no_speech_prob": 0.0}]})
-        return JSONResponse({"text": result.text})
+        return _transcription(fmt, result.text, language, duration)
 
     # ------------------------------------------------------------------ chat
     @app.post("/v1/chat/completions")
@@ -307,6 +309,18 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         return StreamingResponse(guarded(sse(), handle), media_type="text/event-stream")
 
     return app
+
+
+def _transcription(fmt: str, text: str, language: str, duration: float) -> Response:
+    if fmt == "text":
+        return PlainTextResponse(text)
+    if fmt == "verbose_json":
+        return JSONResponse({"task": "transcribe", "language": "english" if language == "en" else "chinese",
+                             "duration": duration, "text": text,
+                             "segments": [{"id": 0, "seek": 0, "start": 0.0, "end": duration, "text": text,
+                                           "tokens": [], "temperature": 0.0, "avg_logprob": 0.0,
+                                           "compression_ratio": 1.0, "no_speech_prob": 0.0}]})
+    return JSONResponse({"text": text})
 
 
 def _sse(obj: dict) -> str:

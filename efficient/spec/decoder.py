@@ -88,17 +88,26 @@ class AdaptiveDraftLength:
     """Picks the draft length k that maximises expected tokens per second; k = 0 turns drafting off.
 
     Expected tokens of a round: 1 + sum_i prod_{j<=i} alpha_j with alpha the measured conditional
-    acceptance per position; cost: measured verify time for k+1 tokens plus k draft steps. While off,
-    it probes with the full length every ``probe_every`` rounds so that it can turn drafting back on.
+    acceptance per position; cost: measured time of a round that verifies k+1 tokens (the forward and the
+    bookkeeping after it) plus k draft steps. While off, it probes with the full length so that it can turn
+    drafting back on: first after ``probe_every`` plain rounds, and each probe that finds drafting still
+    off doubles the wait (up to ``max_probe_every``), so a run where drafting never pays spends only a
+    handful of rounds on it (a probe costs about K plain steps when verifying is compute bound).
     """
 
-    def __init__(self, max_draft: int, enabled: bool = True, probe_every: int = 16, ema: float = 0.15) -> None:
+    def __init__(
+        self, max_draft: int, enabled: bool = True, probe_every: int = 16, ema: float = 0.15,
+        max_probe_every: int = 256,
+    ) -> None:
         self.max_draft, self.enabled, self.probe_every, self.ema = max_draft, enabled, probe_every, ema
+        self.max_probe_every = max_probe_every
         self.alpha = [0.7] * max_draft
         self.t_fwd: dict[int, float] = {}
         self.t_draft_step: float | None = None
         self.rounds = 0
-        self.off_rounds = 0
+        self.off_rounds = 0  # plain rounds since drafting was last chosen or probed
+        self.wait = probe_every  # plain rounds before the next probe
+        self.probes = 0
 
     def _avg(self, old: float | None, new: float) -> float:
         return new if old is None else (1 - self.ema) * old + self.ema * new
@@ -134,8 +143,12 @@ class AdaptiveDraftLength:
         best = max(rate, key=rate.get)
         if best == 0:
             self.off_rounds += 1
-            if self.off_rounds % self.probe_every == 0:
+            if self.off_rounds >= self.wait:  # probe: measure acceptance and cost again
+                self.off_rounds, self.probes = 0, self.probes + 1
+                self.wait = min(2 * self.wait, self.max_probe_every)
                 return self.max_draft
+        else:
+            self.off_rounds, self.wait = 0, self.probe_every  # drafting pays: probe promptly if it stops
         return best
 
     def update_forward(self, n: int, seconds: float) -> None:
@@ -286,10 +299,16 @@ class SpeculativeDecoder:
                 rollback(cache, n0 + a + 1)
             hist.append(h[: a + 1])
             new = drafts[:a] + [nxt]
+            # A stop token anywhere in the committed tokens ends decoding there: what follows it is dropped
+            # (checking only the round's last token decoded on to the length limit).
+            hit = next((i for i, t in enumerate(new) if t in stops), None)
+            if hit is not None:
+                new = new[: hit + 1]
             toks.extend(new)
             out.extend(new)
-            tok = nxt
-            ctl.update_forward(k + 1, t2 - t1)
+            tok = new[-1]
+            # the round's cost after drafting: verify forward plus acceptance, rollback and bookkeeping
+            ctl.update_forward(k + 1, time.perf_counter() - t1)
             stats.time_draft += t1 - t0
             stats.time_verify += t2 - t1
             if k:
@@ -301,9 +320,6 @@ class SpeculativeDecoder:
                     stats.accepted[i] += int(i < a)
             else:
                 stats.plain_steps += 1
-        first_stop = next((i for i, t in enumerate(out) if t in stops), None)
-        if first_stop is not None:
-            out = out[: first_stop + 1]
         out = out[:max_new_tokens]
         stats.new_tokens = len(out)
         stats.time_total = time.perf_counter() - t_start

@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -227,6 +228,10 @@ def test_transcription_formats_and_stream(client, tmp_path):
     with open(path, "rb") as f:
         events = list(client.audio.transcriptions.create(model=MODEL_ID, file=f, stream=True))
     assert events[-1].type == "transcript.text.done" and events[-1].text == verbose.text
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(24000, dtype="float32"), 24000, format="WAV")
+    silent = client.audio.transcriptions.create(model=MODEL_ID, file=("silence.wav", buf.getvalue()))
+    assert silent.text == ""  # silence is an empty transcript, as MimoAudio.asr gives
 
 
 def test_faults_get_clear_answers_and_the_server_keeps_serving(client, served, engine, tmp_path):
@@ -293,3 +298,78 @@ def test_api_key(engine):
         ok = openai.OpenAI(base_url=srv.url + "/v1", api_key="s3cret", max_retries=0)
         assert [m.id for m in ok.models.list().data] == [MODEL_ID]
         assert httpx.get(srv.url + "/health").status_code == 200  # health stays open for load balancers
+
+
+# ---------------------------------------------------------------------------------------------- load balancer
+# Two servers behind nginx with the documented config (docs/serving/nginx.conf): both take work, streams pass
+# through the proxy, and one backend going away leaves the other serving. Skipped where nginx is missing.
+CONF = Path(__file__).resolve().parents[2] / "docs" / "serving" / "nginx.conf"
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (Makefile SYSPKGS has it)")
+def test_two_servers_behind_nginx(tmp_path):
+    import torch
+
+    from apps.server import ServerConfig, create_app
+    from mimo_audio import MimoAudio
+    from mimo_audio.engine import Engine, EngineConfig
+
+    torch.set_num_threads(1)
+    model = MimoAudio.from_pretrained()
+    engines = [Engine(model, EngineConfig(max_new_patches=24)).start() for _ in range(2)]
+    servers = [_ThreadServer(create_app(e, ServerConfig(model_id=MODEL_ID))) for e in engines]
+    front = _free_port()
+    conf = CONF.read_text()
+    conf = conf.replace("127.0.0.1:8001", f"127.0.0.1:{servers[0].port}")
+    conf = conf.replace("127.0.0.1:8002", f"127.0.0.1:{servers[1].port}")
+    conf = conf.replace("127.0.0.1:8000", f"127.0.0.1:{front}").replace("/tmp/mimo-audio-nginx", str(tmp_path / "ng"))
+    (tmp_path / "nginx.conf").write_text(conf)
+    proxy = None
+    try:
+        for s in servers:
+            s.__enter__()
+        proxy = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g",
+                                  "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        url = f"http://127.0.0.1:{front}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and proxy.poll() is None, proxy.stderr.read().decode()[-500:]
+            time.sleep(0.1)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        for _ in range(6):
+            client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert all(e.stats()["completed"] >= 1 for e in engines)  # both processes took work
+        with client.audio.speech.with_streaming_response.create(model=MODEL_ID, voice="default", input="Hello.",
+                                                                response_format="wav", extra_body=SHORT) as resp:
+            chunks = list(resp.iter_bytes())
+        assert b"".join(chunks)[:4] == b"RIFF"
+        # one backend goes away: the proxy sends everything to the other
+        servers[1].__exit__()
+        for _ in range(3):
+            reply = client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "hi"}],
+                                                   max_tokens=4)
+            assert reply.choices[0].message.content is not None
+    finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait(10)
+        servers[0].__exit__()
+        for e in engines:
+            e.stop()
+
+
+def test_serve_refuses_a_busy_port_before_loading(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        r = subprocess.run([sys.executable, "-m", "apps", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith(f"cannot listen on 127.0.0.1:{port}: Address already in use")

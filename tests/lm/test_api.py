@@ -124,8 +124,9 @@ def test_voice_registry_roundtrip_and_unknown_voice(mimo, tmp_path):
 def test_bad_input_is_rejected_clearly(mimo):
     with pytest.raises(ValueError, match="TTS text is empty"):
         mimo.tts("  ")
+    assert mimo.asr(np.zeros(24000, dtype=np.float32)) == ""  # silence: empty transcript, no model run
     with pytest.raises(ValueError, match="silent"):
-        mimo.asr(np.zeros(24000, dtype=np.float32))
+        mimo.understand(np.zeros(24000, dtype=np.float32), "What?")
     with pytest.raises(ValueError, match="empty"):
         mimo.asr(np.zeros(0, dtype=np.float32))
     with pytest.raises(FileNotFoundError, match="not found"):

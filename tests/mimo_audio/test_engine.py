@@ -176,3 +176,17 @@ def test_composed_backbones(quant, attention, batch):
         assert eng.max_batch == batch
         results = [h.result(timeout=60) for h in [eng.submit(j) for j in jobs]]
     assert all(_same(a, b) for a, b in zip(alone, results))
+
+
+def test_a_failing_request_does_not_stop_the_engine(served, speech_codes):
+    from mimo_audio.engine import EngineError
+
+    bad = served.prepare_asr(speech_codes, max_new_patches=5, **G)
+    speech_cols = (bad.prompt[0] == served.lm.empty_token_id).nonzero().squeeze(-1)
+    bad.prompt[1, speech_cols[0]] = 10**6  # a code no codebook has: the model refuses it at prefill
+    with Engine(served) as eng:
+        with pytest.raises(EngineError, match="generation failed"):
+            eng.submit(bad).result(timeout=30)
+        ok = eng.submit(served.prepare_chat([{"role": "user", "content": "hi"}], max_new_patches=3, **G))
+        assert ok.result(timeout=30).num_patches == 3
+        assert eng.stats()["failed"] == 1

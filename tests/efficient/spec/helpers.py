@@ -10,11 +10,12 @@ from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralFo
 from efficient.spec import CausalLMTarget, MTPConfig, MTPDrafter, SpeculativeDecoder
 
 
-def tiny_llama(seed: int = 0, vocab: int = 96) -> LlamaForCausalLM:
+def tiny_llama(seed: int = 0, vocab: int = 96, tied: bool = True) -> LlamaForCausalLM:
+    """``tied=False`` gives varied greedy continuations (the tied, sharpened head mostly repeats the last token)."""
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True)
+                      tie_word_embeddings=tied)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # sharper logits than the default init: fewer near-ties, more structure
         model.lm_head.weight.mul_(8.0)

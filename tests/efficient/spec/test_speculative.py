@@ -72,6 +72,28 @@ def test_eos_stops_generation(llama_target):
     assert out == ref[: ref.index(eos) + 1]
 
 
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_stop_token_inside_a_round_ends_decoding(adaptive):
+    """A stop token accepted in the middle of a round ends decoding at once (tokens after it are dropped).
+
+    Perfect drafts with K=3 commit 4 tokens per round: the first token comes from the prefill, round 1
+    commits tokens 1-4, round 2 tokens 5-8, so a stop at index 6 is the 2nd token of round 2.
+    """
+    target = CausalLMTarget(helpers.tiny_llama(seed=0, tied=False))
+    prompt = PROMPTS[3]
+    ref, _ = generate_plain(target, prompt, 40)
+    stop_at = 6
+    eos = ref[stop_at]
+    assert eos not in ref[:stop_at]  # the model's continuation: 86 48 46 13 3 54 58 ...
+    drafter = helpers.drafter_for(target, heads=3)
+    dec = helpers.OracleDecoder(target, drafter, max_draft=3, adaptive=adaptive, corrupt=0.0)
+    out, stats = dec.generate(prompt, 200, eos_token_id=eos)
+    assert out == ref[: stop_at + 1]
+    assert stats.new_tokens == stop_at + 1
+    # prefill + a few rounds, not decoding on to the 200-token limit and cutting afterwards
+    assert stats.target_forwards <= 1 + stop_at, stats.target_forwards
+
+
 def test_sliding_window_target_rollback():
     """Mistral with a sliding window: transformers' DynamicCache gets sliding layers."""
     target = CausalLMTarget(helpers.tiny_mistral(window=64))
@@ -150,6 +172,28 @@ def test_adaptive_turns_drafting_off_when_it_does_not_pay():
     for _ in range(30):
         ctl2.update_round(3, 3, 0.0003)
     assert ctl2.choose() == 3
+
+
+def test_adaptive_probes_back_off_when_drafting_never_pays():
+    """Off for good: probes get rarer (each costs ~K plain steps), so adaptive stays close to plain."""
+    ctl = AdaptiveDraftLength(3, probe_every=16)
+    ctl.choose()
+    ctl.update_forward(1, 0.010)
+    ctl.choose()
+    ctl.update_forward(4, 0.040)
+    ctl.update_round(3, 0, 0.030)
+    picks = []
+    for _ in range(500):
+        k = ctl.choose()
+        picks.append(k)
+        if k:
+            ctl.update_forward(4, 0.040)
+            ctl.update_round(3, 0, 0.030)  # every probe: nothing accepted
+        else:
+            ctl.update_forward(1, 0.010)
+    probes = picks.count(3)
+    assert 2 <= probes <= 6, probes  # 16, 32, 64, 128, 256: a fixed interval of 16 would probe ~30 times
+    assert ctl.probes == probes
 
 
 def test_adaptive_decoder_is_still_exact(llama_target):
