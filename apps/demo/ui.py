@@ -84,7 +84,8 @@ def guarded(fn):
         if isinstance(exc, gr.Error):
             return exc
         if isinstance(exc, (InputError, ValueError, FileNotFoundError, BusyError)):
-            return gr.Error(_user_message(exc))
+            log.info("%s: refused: %s", fn.__name__, _user_message(exc))  # one line, no traceback
+            return gr.Error(_user_message(exc), title="Cannot run this", print_exception=False)
         log.exception("demo handler %s failed", fn.__name__)
         return gr.Error(f"internal error ({type(exc).__name__}: {exc}); the demo is still running")
 
