@@ -98,12 +98,16 @@ def understanding_tab(ctx: Ctx) -> None:
             speed_.update(ev)
             if ev.result is not None:
                 th, ans = ev.result.thinking or "", ev.result.text
+                if th and ans == th:  # never closed </think>: the library repeats the thinking as the text
+                    ans = ""
             else:
                 th, ans = th + ev.thinking, ans + ev.text
                 if throttle.due():
                     yield th, ans, ctx.speed_md(speed_), gr.skip(), gr.skip()
         if thinking and not ans.strip():
             ans = "(no answer: the model did not close its thinking block before it stopped)"
+        if thinking and not th.strip():
+            th = "(empty: the model closed its thinking block at once)"
         yield th if thinking else "(thinking off)", ans, ctx.speed_md(speed_), w, ci
 
     go.click(run, [audio, question, thinking, seed], [thought, answer, speed, wave, codes], api_name="understand")
@@ -181,6 +185,11 @@ def dialogue_tab(ctx: Ctx) -> None:
             del display[n_display:]
             raise
         if thought:
+            if said == thought:  # never closed </think>: the library repeats the thinking as the reply
+                said = ""
+                live["content"] = "_(no reply: the model did not finish thinking)_"
+            else:
+                live["content"] = said
             display.insert(len(display) - 1, {"role": "assistant", "content": thought,
                                               "metadata": {"title": "Thinking"}})
         tail = streamer.flush()

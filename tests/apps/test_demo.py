@@ -54,9 +54,15 @@ def test_asr_transcribes(demo_client, speech):
 
 
 def test_understanding_shows_thinking_apart_from_answer(demo_client, speech):
-    thinking, answer, speed, _w, _c = demo_client.predict(
-        handle_file(speech["kal"]), "What did the speaker say?", True, 0, api_name="/understand")
-    assert thinking.strip() and answer.strip() and thinking != answer
+    thought = []
+    for seed in range(4):  # sampled: on some seeds the embedded model closes its think block at once
+        thinking, answer, speed, _w, _c = demo_client.predict(
+            handle_file(speech["kal"]), "What did the speaker say?", True, seed, api_name="/understand")
+        assert thinking.strip() and answer.strip() and thinking != answer and "patches/s" in speed
+        if not thinking.startswith("(empty"):
+            thought.append(thinking)
+            break
+    assert thought, "the thinking box stayed empty on every seed"
     thinking_off, answer2, *_ = demo_client.predict(
         handle_file(speech["kal"]), "What did the speaker say?", False, 0, api_name="/understand")
     assert thinking_off == "(thinking off)" and answer2.strip()
@@ -159,3 +165,9 @@ def test_concurrent_users_are_queued_and_all_served(demo_client):
     for f in fulls:
         if f:
             _playable(f)
+
+
+def test_server_log_has_no_tracebacks(demo_server):
+    # refused inputs above were logged as one line each; nothing crashed inside the app
+    log = demo_server[2].read_text()
+    assert "Traceback" not in log, log[-3000:]
