@@ -53,10 +53,10 @@ def _stream_speech(ctx: Ctx, events, label: str):
     for ev in events:
         speed.update(ev)
         chunk = streamer.push(ev.audio)
+        if chunk is not None:
+            yield chunk, gr.skip(), gr.skip(), gr.skip(), ctx.speed_md(speed)
         if ev.result is not None:
             result = ev.result
-        elif chunk is not None:
-            yield chunk, gr.skip(), gr.skip(), gr.skip(), ctx.speed_md(speed)
     tail = streamer.flush()
     wav = result_audio(result, streamer)
     if wav.size == 0:
