@@ -112,6 +112,12 @@ def test_tab_runs_its_example(page, tmp_path, label, button, audio, status, done
         info = page.evaluate(DECODE_JS, href)
         assert info["duration"] > 0.2, f"{label}: {info}"
         assert info["peak"] > 0.01, f"{label}: output is silent ({info})"
+        if label == "TTS":  # the streamed player holds the whole utterance too, and plays it
+            stream = page.wait_for_function(
+                "(want) => { const a = document.querySelector('#tts-stream audio');"
+                " return a && Math.abs(a.duration - want) < 0.3 && a.currentTime > 0 && {d: a.duration}; }",
+                arg=info["duration"], timeout=60_000).json_value()
+            assert abs(stream["d"] - info["duration"]) < 0.3
     else:
         box = "#asr-text" if label == "ASR" else "#understand-answer"
         assert page.input_value(f"{box} textarea").strip(), f"{label}: no text"
