@@ -29,6 +29,19 @@ CSS = """
 """
 
 
+def engine_line(backend: Backend) -> str:
+    """One live line about the engine: load, throughput and latency over the last seconds."""
+    st = backend.describe().get("engine_stats")
+    if not isinstance(st, dict):
+        return ""
+    g = {k: st.get(k) or 0 for k in ("active", "queue_depth", "patches_per_s", "mean_batch", "completed", "rejected")}
+    ttfa = st.get("ttfa_s_p50")
+    return (f"**Engine now:** {g['active']} generating, {g['queue_depth']} waiting · "
+            f"{g['patches_per_s']:.1f} patches/s (last 10 s) · mean batch {g['mean_batch']:.2f} · "
+            f"{g['completed']} done, {g['rejected']} refused"
+            + (f" · first audio p50 {ttfa:.2f} s" if ttfa is not None else ""))
+
+
 def build_app(backend: Backend, max_input_seconds: float = 60.0, out_dir: str | None = None) -> gr.Blocks:
     ctx = Ctx(backend, OutputDir(out_dir), max_input_seconds)
     backend.max_input_seconds = max_input_seconds  # shown in the model panel
@@ -58,6 +71,10 @@ def build_app(backend: Backend, max_input_seconds: float = 60.0, out_dir: str | 
             with gr.Tab("Tokenizer round trip", id="roundtrip"):
                 roundtrip_tab(ctx)
             with gr.Tab("Model", id="model"):
+                if backend.engine is not None:  # live figures of the shared engine (all users together)
+                    live = gr.Markdown(engine_line(backend), elem_id="engine-live")
+                    gr.Timer(2.0).tick(lambda: engine_line(backend), None, live, api_visibility="private",
+                                       show_progress="hidden", queue=False)
                 info = gr.Markdown(model_markdown(backend), elem_id="model-card")
                 with gr.Accordion("Backend details (JSON)", open=False):
                     details = gr.JSON(backend.describe())

@@ -131,6 +131,10 @@ def test_model_tab_and_bad_input_message(page, tmp_path):
     page.wait_for_selector("#model-card", state="visible")
     card = page.inner_text("#model-card")
     assert "Provenance" in card and "not yet meaningful" in card
+    # live engine figures, refreshed by a timer: the runs above are counted
+    page.wait_for_function("() => /[1-9][0-9]* done/.test(document.querySelector('#engine-live').innerText)",
+                           timeout=30_000)
+    assert "patches/s" in page.inner_text("#engine-live")
     page.screenshot(path=str(tmp_path / "model.png"), full_page=True)
     # empty text on the TTS tab: a visible error, and the tab still works afterwards
     page.get_by_role("tab", name="TTS", exact=True).click()
