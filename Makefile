@@ -61,6 +61,7 @@ demo-smoke: setup sysdeps
 	$(VENV)/bin/mimo-audio asr $(OUT)/demo_in.wav
 	$(VENV)/bin/mimo-audio tts "The quick brown fox jumps over the lazy dog." -o $(OUT)/demo_tts.wav
 	@echo "demo output: $(OUT)/demo_in.wav (flite), $(OUT)/demo_resynth.wav (tokenizer), $(OUT)/demo_tts.wav (TTS)"
+	@echo "note: the embedded default model is a small test bed: its transcripts and speech are not yet meaningful (docs/default_model.md)"
 	$(VENV)/bin/mimo-audio demo --smoke
 
 test: setup sysdeps

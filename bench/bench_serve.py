@@ -355,7 +355,10 @@ def main() -> int:
         slope = (statistics.mean(half) - statistics.mean(first_half)) / max(rss[-1][0] / 2 / 60, 1e-9)
         print(f"  server RSS: start {rss[0][1]:.0f} MB, peak {max(m for _, m in rss):.0f} MB, end {rss[-1][1]:.0f} MB; "
               f"second half vs first half {slope:+.1f} MB/min")
-        figures.update(rss_start=rss[0][1], rss_peak=max(m for _, m in rss), rss_end=rss[-1][1], rss_slope=slope)
+        quarters = [rss[min(len(rss) - 1, len(rss) * q // 4)][1] for q in range(5)]
+        print("  server RSS by quarter of the run: " + " -> ".join(f"{m:.0f}" for m in quarters) + " MB")
+        figures.update(rss_start=rss[0][1], rss_peak=max(m for _, m in rss), rss_end=rss[-1][1], rss_slope=slope,
+                       rss_quarters=quarters)
     keep = ("mimo_audio_patches_total", "mimo_audio_step_milliseconds", "mimo_audio_mean_batch_rows",
             "mimo_audio_batch_merge_milliseconds", "mimo_audio_requests_rejected_total")
     print("  server: " + ", ".join(ln for ln in metrics.splitlines() if ln.startswith(keep)))

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import DynamicCache
 
+from .batch_cache import BatchState, rebuild
 from .generation import left_pad
 from .tasks import Job
 
@@ -216,79 +216,6 @@ class RequestHandle:
                 self.cancel()
 
 
-@dataclass
-class _Batch:
-    """The running rows and their left-padded model state (row i of every tensor is rows[i])."""
-
-    rows: list[_Request]
-    cache: Any  # DynamicCache, [B, heads, P, dim] per layer
-    mask: torch.Tensor  # [B, P] 1 = real patch
-    text_logits: torch.Tensor  # [B, vocab]
-    local_hidden: torch.Tensor  # [B, local_dim]
-
-
-def _kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _cache_from(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-    cache = DynamicCache()
-    for i, (k, v) in enumerate(kv):
-        cache.update(k, v, i)
-    return cache
-
-
-def rebuild(batch: _Batch | None, keep: list[int], fresh: _Batch | None) -> _Batch | None:
-    """The next batch: the kept rows of ``batch`` followed by the ``fresh`` (just prefilled) rows.
-
-    One copy per tensor: every row is written right-aligned into a new zero (= padding) tensor as long as
-    the longest row, so columns that became padding for all rows disappear and newcomers are left-padded.
-    """
-    parts: list[tuple[_Batch, torch.Tensor | None]] = []  # (batch, row index or None = all rows)
-    if batch is not None and keep:
-        same = len(keep) == len(batch.rows)
-        parts.append((batch, None if same else torch.tensor(keep, dtype=torch.long, device=batch.mask.device)))
-    if fresh is not None:
-        parts.append((fresh, None))
-    if not parts:
-        return None
-    if len(parts) == 1 and parts[0][1] is None:  # nothing to drop or add: keep the tensors (and cache type)
-        return parts[0][0]
-
-    def rows_of(t: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-        return t if idx is None else t.index_select(0, idx)
-
-    masks = [rows_of(b.mask, idx) for b, idx in parts]
-    lengths = [int(m.sum(1).max()) for m in masks]  # the longest real row of each part
-    P = max(lengths)
-    B = sum(m.shape[0] for m in masks)
-
-    def stack(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
-        """Right-align the last ``length`` columns (along ``dim``) of each part into one new tensor."""
-        shape = list(tensors[0].shape)
-        shape[0], shape[dim] = B, P
-        out = tensors[0].new_zeros(shape)
-        row = 0
-        for t, n in zip(tensors, lengths):
-            src = t.narrow(dim, t.shape[dim] - n, n)
-            out[row : row + t.shape[0]].narrow(dim, P - n, n).copy_(src)
-            row += t.shape[0]
-        return out
-
-    layers = [list(zip(*(_kv(b.cache)[i] for b, _ in parts))) for i in range(len(_kv(parts[0][0].cache)))]
-    kv = []
-    for keys, values in layers:
-        keys = [rows_of(k, idx) for k, (_, idx) in zip(keys, parts)]
-        values = [rows_of(v, idx) for v, (_, idx) in zip(values, parts)]
-        kv.append((stack(keys, 2), stack(values, 2)))
-    rows = [r for b, idx in parts for r in (b.rows if idx is None else [b.rows[int(i)] for i in idx])]
-    return _Batch(
-        rows, _cache_from(kv), stack(masks, 1),
-        torch.cat([rows_of(b.text_logits, idx) for b, idx in parts]),
-        torch.cat([rows_of(b.local_hidden, idx) for b, idx in parts]),
-    )
-
-
 class Engine:
     """Serve many requests with one :class:`~mimo_audio.api.MimoAudio` (see the module docstring)."""
 
@@ -301,7 +228,7 @@ class Engine:
             self.max_batch = 1
         self._lock = threading.Condition()
         self._pending: deque[_Request] = deque()
-        self._batch: _Batch | None = None
+        self._batch: BatchState | None = None
         self._admitting: list[_Request] = []  # popped from the queue, not yet in the batch (prefill)
         self._thread: threading.Thread | None = None
         self._running = False
@@ -477,13 +404,13 @@ class Engine:
                 room -= 1
             return new
 
-    def _prefill(self, new: list[_Request]) -> _Batch:
+    def _prefill(self, new: list[_Request]) -> BatchState:
         lm = self.model.lm
         pad = new[0].config.stop_tokens[0] if new[0].config.stop_tokens else 0
         ids, mask = left_pad([r.job.prompt for r in new], pad_text_id=pad, empty_ids=lm.empty_ids)
         mask = mask.to(lm.device)
         out = lm(ids.to(lm.device), attention_mask=mask, use_cache=True, logits_to_keep=1)
-        return _Batch(new, out.past_key_values, mask, out.text_logits[:, -1], out.local_hidden[:, -1])
+        return BatchState(new, out.past_key_values, mask, out.text_logits[:, -1], out.local_hidden[:, -1])
 
     @torch.no_grad()
     def _step(self) -> None:
@@ -554,7 +481,7 @@ class Engine:
         with self._lock:
             self._batch = None
 
-    def _sample(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self, batch: BatchState) -> tuple[torch.Tensor, torch.Tensor]:
         """One patch per row, each row with its own settings.
 
         Rows sharing a sampler (and removed tokens) are sampled in one call. A seeded row draws from its own
@@ -585,7 +512,7 @@ class Engine:
             codes[rows] = lm.decode_patch(hidden, sampler, gens).cpu()
         return text, codes
 
-    def _forward(self, batch: _Batch, text: torch.Tensor, codes: torch.Tensor) -> None:
+    def _forward(self, batch: BatchState, text: torch.Tensor, codes: torch.Tensor) -> None:
         lm = self.model.lm
         B, G, _ = codes.shape
         dev = lm.device

@@ -10,8 +10,10 @@ import logging
 def _build(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from apps.checks import check_output_dir
     from apps.corpus import SIZES, build_corpus, corpus_stats, format_stats
 
+    check_output_dir(args.out)  # before synthesis starts
     config = SIZES[args.size]
     if args.seed is not None:
         config = replace(config, seed=args.seed)

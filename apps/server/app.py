@@ -12,6 +12,8 @@ import base64
 import hmac
 import json
 import logging
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mimo_audio.engine import Cancelled, Engine, EngineError, EngineStopped, PromptTooLong, QueueFull, RequestTimeout
 from mimo_audio.errors import SilentAudioError
+from mimo_audio.sampling import Sampler
 
 from . import chat as chatmod
 from .errors import ApiError
@@ -227,7 +230,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         gen: dict[str, Any] = {}
         if form.get("temperature") not in (None, "", "0", "0.0"):
             try:
-                gen["text_sampler"] = chatmod.Sampler(True, float(form["temperature"]), None, 0.95)
+                gen["text_sampler"] = Sampler(True, float(form["temperature"]), None, 0.95)
             except ValueError:
                 raise ApiError(400, "temperature must be a number", param="temperature") from None
         if cfg.speculative:
@@ -331,12 +334,33 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _fixed_mmap_threshold() -> None:
+    """glibc raises its mmap threshold as large blocks are freed, after which tensors of varying sizes (the
+    batch cache changes shape with its rows) come from the heap and fragment it: RSS creeps up under load.
+    A fixed threshold keeps large blocks mmapped, so freeing them returns the memory to the system."""
+    if sys.platform != "linux" or os.environ.get("MIMO_AUDIO_MALLOC", "fixed") != "fixed":
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 512 * 1024)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        logger.debug("mallopt not available; default allocator settings")
+
+
 async def run_server(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
     """Serve ``app`` with uvicorn until interrupted (a larger worker-thread pool for concurrent streams)."""
     import anyio.to_thread
     import uvicorn
 
     anyio.to_thread.current_default_thread_limiter().total_tokens = 256
+    # The engine's scheduler thread releases the GIL on every torch op; with dozens of request threads busy,
+    # getting it back waits up to the switch interval (5 ms by default) each time. A short interval keeps
+    # the batch loop (the critical path) moving.
+    sys.setswitchinterval(float(os.environ.get("MIMO_AUDIO_SWITCH_INTERVAL", "0.0005")))
+    _fixed_mmap_threshold()
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False))
     await server.serve()
 

@@ -41,7 +41,7 @@ def workdir(tmp_path, monkeypatch):
 
 
 BAD_OUTPUTS = [
-    ("/proc/x.wav", "no new files can be created"),
+    ("/proc/x.wav", "cannot write"),  # root: no new files can be created; others: permission denied
     ("{tmp}/missing/x.wav", "does not exist"),
     ("{tmp}", "is a directory"),
     ("{tmp}/out.txt", "'.txt' is not supported"),
@@ -210,3 +210,10 @@ def test_help_states_the_default_lengths(capsys):
         with pytest.raises(SystemExit):
             main([*argv, "--help"])
         assert expect in " ".join(capsys.readouterr().out.split())
+
+
+def test_folder_outputs_are_checked(workdir, caplog):
+    (workdir / "file").write_text("x")
+    _one_line_error(caplog, main(["corpus", "build", "--out", str(workdir / "file")]), "is not a directory")
+    caplog.clear()
+    _one_line_error(caplog, main(["corpus", "build", "--out", "/proc/corpus"]), "not writable")

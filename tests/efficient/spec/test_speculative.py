@@ -80,17 +80,22 @@ def test_stop_token_inside_a_round_ends_decoding(adaptive):
     commits tokens 1-4, round 2 tokens 5-8, so a stop at index 6 is the 2nd token of round 2.
     """
     target = CausalLMTarget(helpers.tiny_llama(seed=0, tied=False))
-    prompt = PROMPTS[3]
-    ref, _ = generate_plain(target, prompt, 40)
-    stop_at = 6
+    # indices 6 and 7 are inside a round both without (rounds 1-4, 5-8) and with adaptive drafting (a plain
+    # step first: 1, then 2-5, 6-9); the stop token must not occur earlier in the continuation
+    # (nor soon after: decoding on to its next occurrence at a round's end would hide the bug)
+    found = [(p, i, ref) for p in PROMPTS for ref in [generate_plain(target, p, 40)[0]] for i in (6, 7)
+             if ref[i] not in ref[:i] + ref[i + 1 : i + 13]]
+    assert found, "the tiny model repeats itself on every prompt"
+    prompt, stop_at, ref = found[0]
     eos = ref[stop_at]
-    assert eos not in ref[:stop_at]  # the model's continuation: 86 48 46 13 3 54 58 ...
     drafter = helpers.drafter_for(target, heads=3)
     dec = helpers.OracleDecoder(target, drafter, max_draft=3, adaptive=adaptive, corrupt=0.0)
     out, stats = dec.generate(prompt, 200, eos_token_id=eos)
     assert out == ref[: stop_at + 1]
     assert stats.new_tokens == stop_at + 1
-    # prefill + a few rounds, not decoding on to the 200-token limit and cutting afterwards
+    # decoding ended in the stop's round: at most K tokens of that round were committed past the stop
+    committed = 1 + stats.plain_steps + stats.draft_round_tokens
+    assert committed <= stop_at + 1 + 3, committed
     assert stats.target_forwards <= 1 + stop_at, stats.target_forwards
 
 
