@@ -57,6 +57,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ValueError(f"cannot serve on {host}:{port} ({exc.strerror or exc}); pick another --port") from None
+
+
 def _demo(args: argparse.Namespace) -> int:
     try:
         import gradio  # noqa: F401
@@ -70,6 +80,9 @@ def _demo(args: argparse.Namespace) -> int:
     if not can_stream():
         logger.warning("ffmpeg is not installed: the demo shows complete audio files but cannot stream them "
                        "(apt-get install ffmpeg)")
+    port = None if args.smoke else (args.port or _free_port())
+    if port is not None:
+        _check_port(args.host, port)  # before loading: a busy port is found in a second, not after the model
     if args.threads:
         import torch
 
@@ -78,7 +91,6 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         if args.smoke:
             return _smoke(backend, args.max_input_seconds)
-        port = args.port or _free_port()
         app = serve(backend, args.host, port, args.max_input_seconds, block=False)
         sys.stdout.write(f"mimo-audio demo running at {app.local_url}  (Ctrl+C to stop)\n")
         sys.stdout.flush()

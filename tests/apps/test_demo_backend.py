@@ -72,3 +72,23 @@ def test_pictures_of_audio_and_codes(clip):
     assert cimg.size == (720, 20 + 8 * 16 + 2)
     with pytest.raises(ValueError, match="codebooks, frames"):
         codes_image(np.zeros(5), "bad")
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--lm-path", "somewhere"], "needs the audio tokenizer"),
+    (["--lm-path", "nowhere", "--tokenizer-path", "nowhere"], "nowhere"),
+    (["--port", "BUSY"], "cannot serve on 127.0.0.1"),
+])
+def test_demo_command_bad_setup_is_one_clear_line(extra, message, caplog, capsys):
+    import socket
+
+    from apps.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        extra = [str(busy.getsockname()[1]) if a == "BUSY" else a for a in extra]
+        assert main(["demo", *extra]) == 1
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and message in errors[0].getMessage()
+    assert "running at" not in capsys.readouterr().out
