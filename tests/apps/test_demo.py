@@ -5,6 +5,7 @@ The server is the real ``mimo-audio demo`` subprocess (see conftest.py) on the e
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,8 @@ def test_tts_streams_and_returns_a_wav(demo_client):
     stream, full, wave, codes, speed = demo_client.predict(
         "The birch canoe slid on the smooth planks.", "", NO_VOICE, 0, 10, api_name="/tts")
     _playable(full)
-    assert Path(stream).is_file()  # the streamed playlist / combined stream
+    if shutil.which("ffmpeg"):  # Gradio encodes the stream with ffmpeg; without it only the file is shown
+        assert stream and Path(stream).is_file()
     assert Path(wave).is_file() and Path(codes).is_file()
     assert "RTF" in speed and "patches/s" in speed and "backend:" in speed
 

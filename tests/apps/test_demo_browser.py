@@ -112,7 +112,7 @@ def test_tab_runs_its_example(page, tmp_path, label, button, audio, status, done
         info = page.evaluate(DECODE_JS, href)
         assert info["duration"] > 0.2, f"{label}: {info}"
         assert info["peak"] > 0.01, f"{label}: output is silent ({info})"
-        if label == "TTS":  # the streamed player holds the whole utterance too, and plays it
+        if label == "TTS" and shutil.which("ffmpeg"):  # the streamed player holds the whole utterance, and plays
             stream = page.wait_for_function(
                 "(want) => { const a = document.querySelector('#tts-stream audio');"
                 " return a && Math.abs(a.duration - want) < 0.3 && a.currentTime > 0 && {d: a.duration}; }",
