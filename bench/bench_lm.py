@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 
 import torch
 from transformers import DynamicCache
 
+from bench.common.timing import median_time
+from efficient._hf import cache_kwargs
 from mimo_audio import SpeechLM, SpeechLMConfig
 from mimo_audio.sampling import get_preset
 
@@ -38,7 +39,7 @@ EMPTY_TEXT_ID = 151667
 
 
 def build(layers: int, dtype: torch.dtype) -> SpeechLM:
-    cfg = SpeechLMConfig.preset("official")
+    cfg = SpeechLMConfig.named("official")
     cfg.num_hidden_layers = layers
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -75,25 +76,14 @@ def prompt_ids(model: SpeechLM, patches: int, seed: int = 0) -> torch.Tensor:
     return ids
 
 
-def median_time(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-@torch.no_grad()
 def rest_times(model: SpeechLM, prompt_patches: int, reps: int) -> tuple[float, float]:
     """Everything but the backbone layers: prefill of the prompt, and one speech patch fed back."""
     model.model.config.num_hidden_layers = 0  # Qwen2Model runs self.layers[:num_hidden_layers]
     try:
         ids = prompt_ids(model, prompt_patches)
-        prefill = median_time(lambda: model(ids, logits_to_keep=1), reps)
+        prefill = median_time(lambda: model(ids, logits_to_keep=1), reps, warmup=1)
         patch = ids[..., -4:]  # a speech patch
-        step = median_time(lambda: model(patch, logits_to_keep=1), reps * 2)
+        step = median_time(lambda: model(patch, logits_to_keep=1), reps * 2, warmup=1)
     finally:
         model.model.config.num_hidden_layers = len(model.model.layers)
     return prefill, step
@@ -111,10 +101,10 @@ def layer_times(model: SpeechLM, dtype: torch.dtype, context: int, reps: int) ->
     cos, sin = rotary(x, pos)
 
     def prefill(cache=None):
-        layer(x, attention_mask=None, position_ids=pos, past_key_values=cache, use_cache=cache is not None,
-              cache_position=pos[0], position_embeddings=(cos, sin))
+        layer(x, attention_mask=None, position_ids=pos, use_cache=cache is not None,
+              position_embeddings=(cos, sin), **cache_kwargs(layer, cache, pos[0]))
 
-    t_prefill = median_time(prefill, reps)
+    t_prefill = median_time(prefill, reps, warmup=1)
     cache = DynamicCache()
     prefill(cache)
     n = [context]
@@ -122,11 +112,11 @@ def layer_times(model: SpeechLM, dtype: torch.dtype, context: int, reps: int) ->
     def step():
         p = torch.tensor([[n[0]]])
         c, s = rotary(x[:, :1], p)
-        layer(x[:, :1], attention_mask=None, position_ids=p, past_key_values=cache, use_cache=True,
-              cache_position=p[0], position_embeddings=(c, s))
+        layer(x[:, :1], attention_mask=None, position_ids=p, use_cache=True,
+              position_embeddings=(c, s), **cache_kwargs(layer, cache, p[0]))
         n[0] += 1
 
-    return t_prefill, median_time(step, reps * 2)
+    return t_prefill, median_time(step, reps * 2, warmup=1)
 
 
 @torch.no_grad()
@@ -138,7 +128,7 @@ def patch_decoder_time(model: SpeechLM, dtype: torch.dtype, reps: int) -> float:
         p.to(dtype)
     try:
         hidden = torch.randn(1, model.config.local_dim, dtype=dtype)
-        return median_time(lambda: model.decode_patch(hidden, get_preset("tts").audio), reps)
+        return median_time(lambda: model.decode_patch(hidden, get_preset("tts").audio), reps, warmup=1)
     finally:
         for p in parts:
             p.to(old)
@@ -153,7 +143,7 @@ def main() -> None:
     ap.add_argument("--text-rate", type=float, default=3.0, help="text patches per second of TTS audio")
     ap.add_argument("--no-fp32", dest="fp32", action="store_false", help="skip the bf16 vs fp32 comparison")
     args = ap.parse_args()
-    full = SpeechLMConfig.preset("official").num_hidden_layers
+    full = SpeechLMConfig.named("official").num_hidden_layers
     t0 = time.perf_counter()
     model = build(1, torch.bfloat16)
     size_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
@@ -165,7 +155,7 @@ def main() -> None:
 
 
 def report(model: SpeechLM, args: argparse.Namespace, threads: int) -> None:
-    full = SpeechLMConfig.preset("official").num_hidden_layers
+    full = SpeechLMConfig.named("official").num_hidden_layers
     P = args.prompt_patches
     rest_prefill, rest_step = rest_times(model, P, args.reps)
     layer_prefill, layer_step = layer_times(model, torch.bfloat16, P, args.reps)

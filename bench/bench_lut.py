@@ -1,4 +1,4 @@
-"""LUT low-bit kernels vs torch and llama.cpp, side by side in one run (one command: python bench/bench_lut.py).
+"""LUT low-bit kernels vs torch and llama.cpp, side by side in one run (one command: python -m bench.bench_lut).
 
 1. Machine read bandwidth (1 and 2 threads).
 2. GEMV / small GEMM (M = 1, 8) for 4096x4096, 11008x4096, 4096x11008 with cold weights (a pool of distinct
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from efficient.quant import formats, native  # noqa: E402
-from efficient.quant.formats import QuantResult, parse_scheme  # noqa: E402
+from bench.common.timing import median_time
+from efficient._hf import cache_kwargs, output_cache
+from efficient.quant import formats, native
+from efficient.quant.formats import QuantResult, parse_scheme
 
 POOL_BYTES = 128 << 20  # distinct weight bytes rotated per measurement ("cold": >> 32 MiB L3)
 OUR_SCHEMES = ["w1g128", "w2g128", "w3g128", "w4g128", "w4g32", "ternary", "ternary-tl", "afpq4g128", "afpq3g128",
@@ -50,16 +50,6 @@ EQUAL_BITS = {"w4g128": "Q4_K", "w4g32": "Q4_0", "w2g128": "Q2_K", "ternary": "T
               "afpq4g128": "Q4_K", "afpq3g128": "Q3_K", "w3g128": "Q3_K"}
 
 
-def median_time(fn, repeats: int = 5) -> float:
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
-# ------------------------------------------------------------------------------------------------- bandwidth
 def read_bandwidth(threads: int) -> float:
     lib = native.library()
     buf = torch.ones(512 << 20, dtype=torch.uint8)
@@ -349,10 +339,11 @@ LLAMA_CPP_QUANTS = ["Q4_1", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K"]
 def e2e_smollm2(threads: int, max_tokens: int, decode_repeats: int = 3) -> None:
     import copy
 
+    from bench.common.perplexity import text_perplexity
+    from bench.common.reference_models import load_smollm2, smollm2_gguf_path
+    from bench.common.timing import decode_tokens_per_s
     from efficient.quant import quantize
-    from efficient.quant.evaluate import decode_tokens_per_s, perplexity
-    from efficient.reference_models import load_smollm2, smollm2_gguf_path
-    from efficient.textdata import offline_english_text
+    from eval.textdata import offline_english_text
 
     torch.set_num_threads(threads)
     os.environ[native.ENV_THREADS] = str(threads)
@@ -363,15 +354,15 @@ def e2e_smollm2(threads: int, max_tokens: int, decode_repeats: int = 3) -> None:
           f"median of {decode_repeats})")
     print("| model | bits/weight (linear layers) | PPL | decode tok/s |")
     print("|---|---|---|---|")
-    ppl0 = perplexity(model, tok, text, max_tokens=max_tokens)
+    ppl0 = text_perplexity(model, tok, text, max_tokens=max_tokens)
     tok_s = decode_tokens_per_s(model, repeats=decode_repeats)
     print(f"| float32 (dequantized Q4_1 GGUF) | 32 | {ppl0:.3f} | {tok_s:.1f} |")
     sys.stdout.flush()
     for scheme, _, method in (c.partition(":") for c in E2E_CONFIGS):
         method = method or "rtn"
         m = copy.deepcopy(model)
-        quantize(m, scheme, method=method, tokenizer=tok)
-        ppl = perplexity(m, tok, text, max_tokens=max_tokens)
+        quantize(m, scheme, method=method, tokenizer=tok, calib_text=offline_english_text("train"))
+        ppl = text_perplexity(m, tok, text, max_tokens=max_tokens)
         bpw = parse_scheme(scheme).bits_per_weight
         print(f"| ours {scheme} {method} | {bpw:.3g} | {ppl:.3f} ({100 * (ppl / ppl0 - 1):+.1f}%) | "
               f"{decode_tokens_per_s(m, repeats=decode_repeats):.1f} |")
@@ -489,14 +480,14 @@ def ours_7b(scheme: str, threads: int, layers: int, distinct: int):
     state = {}
     with torch.no_grad():
         out = model(input_ids=torch.randint(0, 1000, (1, 8)), use_cache=True)
-    state["past"], state["next"] = out.past_key_values, torch.tensor([[7]])
+    state["past"], state["next"] = output_cache(out), torch.tensor([[7]])
 
     def step() -> None:
         torch.set_num_threads(threads)
         os.environ[native.ENV_THREADS] = str(threads)
         with torch.no_grad():
-            o = model(input_ids=state["next"], past_key_values=state["past"], use_cache=True)
-        state["past"] = o.past_key_values
+            o = model(input_ids=state["next"], use_cache=True, **cache_kwargs(model, state["past"]))
+        state["past"] = output_cache(o)
 
     return step
 

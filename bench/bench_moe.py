@@ -10,7 +10,7 @@ Part 2 (quality of pre-gating, real weights): SmolLM2-135M MoEfied into 8 expert
 hard routing and least-squares routers; held-out perplexity with its routers, with pre-gates copied
 from the next router, and with pre-gates distilled from the routers on the training text.
 
-    PYTHONPATH=. python bench/bench_moe.py [--tokens 24] [--repeats 2] [--cold] [--skip-quality]
+    python -m bench.bench_moe [--tokens 24] [--repeats 2] [--cold] [--skip-quality]
 
 The CPU is shared with other engineers: numbers are noisy; compare the ratios measured side by side.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import statistics
 import subprocess
@@ -30,7 +29,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 MODES = ["resident", "on_demand", "pregated", "speculative"]
 
@@ -66,6 +64,7 @@ def worker(args: argparse.Namespace) -> None:
         sys.setswitchinterval(args.switch_interval)
     from transformers import AutoModelForCausalLM, DynamicCache
 
+    from efficient._hf import cache_kwargs
     from efficient.moe import load_offloaded, make_pregates
 
     t0 = time.perf_counter()
@@ -88,14 +87,14 @@ def worker(args: argparse.Namespace) -> None:
     out = []
     with torch.no_grad():
         cache = DynamicCache()
-        logits = model(stream[None, :8], past_key_values=cache, use_cache=True).logits
+        logits = model(stream[None, :8], use_cache=True, **cache_kwargs(model, cache)).logits
         out.append(int(logits[0, -1].argmax()))
         if engine is not None:
             engine.cache.reset_stats()
             engine.prefetch_predictions = engine.prefetch_correct = 0
         t1 = time.perf_counter()
         for i in range(args.tokens - 1):
-            logits = model(stream[None, 8 + i : 9 + i], past_key_values=cache, use_cache=True).logits
+            logits = model(stream[None, 8 + i : 9 + i], use_cache=True, **cache_kwargs(model, cache)).logits
             out.append(int(logits[0, -1].argmax()))
         dt = time.perf_counter() - t1
     n = args.tokens - 1
@@ -111,7 +110,8 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_worker(mode: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--worker", mode, "--dir", str(args.dir), "--budget", str(args.budget),
+    cmd = [sys.executable, "-m", "bench.bench_moe", "--worker", mode, "--dir", str(args.dir),
+           "--budget", str(args.budget),
            "--tokens", str(args.tokens), "--threads", str(args.threads),
            "--prefetch-threads", str(args.prefetch_threads),
            "--switch-interval", str(args.switch_interval)] + (["--cold"] if args.cold else [])
@@ -167,9 +167,10 @@ def speed(args: argparse.Namespace) -> None:
 @torch.no_grad()
 def quality(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
+    from bench.common.perplexity import perplexity
+    from bench.common.reference_models import load_smollm2
     from efficient.moe import MemoryExpertStore, distill_pregates, fit_routers, make_pregates, moefy, offload_moe
-    from efficient.reference_models import load_smollm2
-    from efficient.textdata import offline_english_text
+    from eval.textdata import offline_english_text
 
     model, tok = load_smollm2()
     seq, nb = 128, args.quality_batches
@@ -181,13 +182,7 @@ def quality(args: argparse.Namespace) -> None:
     train, test = batches("train", nb), batches("test", nb)
 
     def ppl() -> float:
-        nll, cnt = 0.0, 0
-        for b in test:
-            logits = model(input_ids=b, use_cache=False).logits[:, :-1]
-            nll += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), b[:, 1:].reshape(-1),
-                                                     reduction="sum").item()
-            cnt += b[:, 1:].numel()
-        return math.exp(nll / cnt)
+        return perplexity(model, test)
 
     t0 = time.perf_counter()
     rows = [("dense SmolLM2-135M", ppl())]
@@ -218,10 +213,12 @@ def quality(args: argparse.Namespace) -> None:
     engine.set_mode("speculative")
     from transformers import DynamicCache
 
+    from efficient._hf import cache_kwargs
+
     engine.prefetch_predictions = engine.prefetch_correct = 0
     kv, seq_ids = DynamicCache(), test[0][:1, :48]
     for t in range(seq_ids.shape[1]):  # token by token, as in decoding
-        model(input_ids=seq_ids[:, t : t + 1], past_key_values=kv, use_cache=True)
+        model(input_ids=seq_ids[:, t : t + 1], use_cache=True, **cache_kwargs(model, kv))
     share = engine.prefetch_correct / engine.prefetch_predictions
     print(f"speculative prefetch on MoEfied SmolLM2 (real weights, 48 decode steps): share of each block's experts "
           f"already prefetched or cached when it routes = {share:.2f}")

@@ -5,9 +5,9 @@ heads were trained on the train split). For each prompt: plain greedy, speculati
 3 heads (fixed K, and adaptive K), plain and speculative sampling at T = 0.7. Greedy equality with
 plain decoding is checked in the same run. Decode tok/s excludes the prompt; medians over prompts.
 
-    PYTHONPATH=. python bench/bench_mtp.py [--heads-dir DIR] [--prompts 4] [--tokens 48] [--threads 1]
+    python -m bench.bench_mtp [--heads-dir DIR] [--prompts 4] [--tokens 48] [--threads 1]
 
-If DIR has no mtp.safetensors, heads are trained first (python -m efficient.spec.train, --train-minutes).
+If DIR has no mtp.safetensors, heads are trained first (python -m apps.train.mtp_text, --train-minutes).
 The CPU is shared with other engineers: numbers are noisy; compare ratios measured side by side.
 """
 
@@ -21,11 +21,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from efficient.reference_models import load_smollm2, smollm2_dir  # noqa: E402
-from efficient.spec import (  # noqa: E402
+from bench.common.reference_models import load_smollm2, smollm2_dir
+from efficient.spec import (
     CausalLMTarget,
     MTPDrafter,
     SamplingParams,
@@ -33,7 +30,9 @@ from efficient.spec import (  # noqa: E402
     generate_plain,
     load_mtp,
 )
-from efficient.textdata import offline_english_text  # noqa: E402
+from eval.textdata import offline_english_text
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def first_heads(full: MTPDrafter, k: int, target: CausalLMTarget) -> MTPDrafter:
@@ -58,7 +57,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if not (args.heads_dir / "mtp.safetensors").is_file():
         print(f"training 3 MTP heads into {args.heads_dir} for {args.train_minutes} min", flush=True)
-        subprocess.run([sys.executable, "-m", "efficient.spec.train", "--model", str(smollm2_dir()), "--heads", "3",
+        subprocess.run([sys.executable, "-m", "apps.train.mtp_text", "--model", str(smollm2_dir()), "--heads", "3",
                         "--steps", "150", "--batch", "2", "--seq-len", "128", "--threads", str(args.threads),
                         "--max-minutes", str(args.train_minutes), "--out", str(args.heads_dir)],
                        check=True, cwd=ROOT)
@@ -106,10 +105,6 @@ def main() -> None:
             r["tps"].append(st.decode_tokens_per_s)
             r["st"].append(st)
         print(f"  prompt {pi} done", flush=True)
-
-    def agg(sts, attr):
-        vals = [getattr(s, attr) for s in sts]
-        return statistics.median(vals)
 
     print("\n| config | accept/position | mean accept length | tok/forward | decode tok/s | speedup vs plain |"
           " draft s | verify s |")

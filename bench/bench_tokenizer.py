@@ -1,7 +1,7 @@
 """Benchmark of the MiMo-Audio tokenizer on CPU: RTF of encode/decode and streaming-decode latency.
 
-    PYTHONPATH=. python bench/bench_tokenizer.py                 # official size (1.28 B params), ~10 min
-    PYTHONPATH=. python bench/bench_tokenizer.py --preset tiny   # smoke run in seconds
+    python -m bench.bench_tokenizer                 # official size (1.28 B params), ~10 min
+    python -m bench.bench_tokenizer --preset tiny   # smoke run in seconds
 
 Random weights (no checkpoint can be downloaded here): speed does not depend on the weights, but the SNR
 figures of reduced lookahead do, so read those as "how far from exact", not as audio quality.
@@ -15,18 +15,15 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tokenizer import AudioTokenizer, TokenizerConfig  # noqa: E402
-from tokenizer.checkpoint import load_into  # noqa: E402
-from tokenizer.model import MiMoAudioTokenizerModel  # noqa: E402
+from tokenizer import AudioTokenizer, TokenizerConfig
+from tokenizer.checkpoint import load_into
+from tokenizer.model import MiMoAudioTokenizerModel
 
 
 def machine() -> str:
@@ -62,15 +59,6 @@ def speech_like(seconds: float, sr: int = 24000) -> np.ndarray:
     phase = 2 * np.pi * np.cumsum(f0) / sr
     x = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.3 + 0.7 * np.sin(2 * np.pi * 2.5 * t) ** 2)
     return (0.2 * x + 0.005 * np.random.RandomState(0).randn(t.size)).astype(np.float32)
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def snr_db(ref: torch.Tensor, out: torch.Tensor) -> float:

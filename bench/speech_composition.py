@@ -15,7 +15,7 @@ random-weight backbone (``--big``, random heads started from the last block: its
 meaningful, its costs are). Also printed: the cost of verifying K+1 tokens relative to one decode step,
 and the speedup the plain -> MTP step would give at the acceptance lengths measured on the trained LM.
 
-    PYTHONPATH=. python bench/speech_composition.py --lm runs/lm/model --tokenizer runs/tok/model --big
+    python -m bench.speech_composition --lm runs/lm/model --tokenizer runs/tok/model --big
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from efficient.spec.target import rollback
 from mimo_audio import formats
 from mimo_audio.compose import compose_backbone
 from mimo_audio.config import SpeechLMConfig
@@ -37,8 +38,8 @@ from mimo_audio.generation import GenerationConfig
 from mimo_audio.modeling import SpeechLM
 from mimo_audio.prompts import PromptRenderer
 from mimo_audio.speculative import SpeculativeText, SpeechLMTarget, load_speech_mtp
-from mimo_audio.testing import make_tiny_text_tokenizer
 from mimo_audio.text_tokenizer import SpecialTokens, load_text_tokenizer
+from mimo_audio.text_vocab import make_byte_text_tokenizer
 
 BIG = dict(vocab_size=320, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
            num_key_value_heads=4, head_dim=64, max_position_embeddings=2048, local_dim=128, local_layers=2,
@@ -60,18 +61,20 @@ def random_heads(lm: SpeechLM, directory: Path, heads: int) -> Path:
 def prompts_for(lm: SpeechLM, renderer: PromptRenderer, args, tokenizer_dir: str | None) -> list[torch.Tensor]:
     """ASR prompts from held-out corpus utterances (a trained tokenizer), else random codes."""
     if args.corpus and tokenizer_dir:
-        from apps.train.data import corpus_rows, read_wav
+        from mimo_audio.corpus import read_wav, split_rows
         from tokenizer import AudioTokenizer
 
         tok = AudioTokenizer.from_pretrained(tokenizer_dir)
-        rows = corpus_rows(args.corpus, "test")
+        rows = split_rows(args.corpus, "test", style=None)
         rows = rows[:: max(1, len(rows) // args.prompts)][: args.prompts]
-        codes = [tok.encode(read_wav(args.corpus, r, tok.sample_rate), tok.sample_rate, n_q=8, progress=False)
+        codes = [tok.encode(read_wav(args.corpus, r, tok.sample_rate), tok.sample_rate, n_q=lm.config.audio_channels,
+                            progress=False)
                  for r in rows]
     else:
         g = torch.Generator().manual_seed(0)
         top = torch.tensor(lm.config.speech_vocab_size)[:, None] - 1
-        codes = [(torch.rand(8, 60 + 8 * i, generator=g) * top).long() for i in range(args.prompts)]
+        channels = lm.config.audio_channels
+        codes = [(torch.rand(channels, 60 + 8 * i, generator=g) * top).long() for i in range(args.prompts)]
     return [renderer.render(formats.asr(c.long())) for c in codes]
 
 
@@ -89,7 +92,7 @@ def verify_cost(lm: SpeechLM, prompt: torch.Tensor, ks: list[int], repeats: int 
             t = time.perf_counter()
             target.forward(torch.full((1, k + 1), 65), cache)
             times[k].append(time.perf_counter() - t)
-            cache.crop(n0)
+            rollback(cache, n0)
     target.close()
     base = statistics.median(times[0])
     return {k: statistics.median(v) / base for k, v in times.items() if k}
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(rows)
     if args.big:
         with tempfile.TemporaryDirectory() as tmp:
-            tok = make_tiny_text_tokenizer(tmp)
+            tok = make_byte_text_tokenizer(tmp)
             special = SpecialTokens.from_tokenizer(tok)
             cfg = SpeechLMConfig(**{**BIG, "num_hidden_layers": args.big_layers})
             lm = SpeechLM(cfg, special.empty).init_weights(seed=0).eval()

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import formats, tasks
+from .audio_io import SILENCE_PEAK, AudioInput, encode_audio  # noqa: F401 (SILENCE_PEAK: re-exported)
 from .errors import SilentAudioError, UserError, check_device
 from .fewshot import TaskLibrary
 from .formats import QAExample, RenderTurn, SpeechPair
@@ -32,9 +32,6 @@ from .voices import VoiceRegistry, check_voice_fits
 
 logger = logging.getLogger(__name__)
 
-# A path, a float waveform (numpy/torch, at the audio tokenizer's rate), (waveform, rate), or int codes [8, T].
-AudioInput = Any
-SILENCE_PEAK = 1e-4  # a waveform whose peak is below this is silent: rejected, except by ASR (empty transcript)
 VC_LENGTH_FACTOR = tasks.VC_LENGTH_FACTOR  # few-shot conversion length bound (see mimo_audio.tasks)
 VC_MARGIN_PATCHES = tasks.VC_MARGIN_PATCHES
 
@@ -233,35 +230,9 @@ class MimoAudio:
         return self.audio_tokenizer
 
     def encode_audio(self, audio: AudioInput) -> torch.Tensor:
-        """Any audio input -> codes ``[8, T]``. Integer tensors are taken as codes already."""
-        if isinstance(audio, torch.Tensor) and not audio.is_floating_point():
-            codes = audio.long()
-            if codes.dim() != 2 or codes.shape[1] == 0:
-                raise ValueError(f"audio codes must be a non-empty [8, frames] tensor, got {tuple(codes.shape)}")
-            return codes
-        sr = None
-        if isinstance(audio, tuple):
-            audio, sr = audio
-        if isinstance(audio, (str, Path)):
-            if not Path(audio).is_file():
-                raise FileNotFoundError(f"audio file not found: {audio}")
-            from tokenizer.audio import load_audio
-
-            wav, sr = load_audio(str(audio))
-        else:
-            wav = torch.as_tensor(np.asarray(audio) if not isinstance(audio, torch.Tensor) else audio).float()
-            sr = sr or self.sample_rate
-        if wav.numel() == 0:
-            raise ValueError("audio input is empty")
-        peak = float(wav.abs().max())
-        if not peak >= SILENCE_PEAK:
-            raise SilentAudioError(f"audio input is silent or invalid (peak {peak:.1e}); nothing to encode")
-        tok = self._need_tokenizer("encoding audio")
-        if not isinstance(audio, (str, Path)):
-            from tokenizer.audio import load_audio
-
-            wav, sr = load_audio(wav, sr)  # down-mixes and validates arrays the same way as files
-        return tok.encode(wav, sr).long()
+        """Any audio input -> codes ``[channels, T]`` (the LM's ``audio_channels``; see :mod:`.audio_io`).
+        Integer tensors are taken as codes already."""
+        return encode_audio(audio, self.audio_tokenizer, self.lm.config.audio_channels, self.sample_rate)
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         tok = self._need_tokenizer("decoding audio")
@@ -291,8 +262,7 @@ class MimoAudio:
         frame_rate = float(getattr(self.audio_tokenizer, "frame_rate", 25))
         check_voice_fits(codes.shape[1], self.lm.max_patches, self.lm.config.group_size, frame_rate)
         src = str(audio) if isinstance(audio, (str, Path)) else "array"
-        info = self.voices.make_info(name, codes, frame_rate, src, description)
-        return self.voices.save(name, codes, info, overwrite=overwrite)
+        return self.voices.register(name, codes, frame_rate, src, description, overwrite=overwrite)
 
     # ------------------------------------------------------------------ generation core
     def generation_config(
@@ -308,8 +278,14 @@ class MimoAudio:
         stop: Sequence[str] | None = None,
         speculative: bool | int = False,
         adaptive_draft: bool = False,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
     ) -> GenerationConfig:
         """The task's preset and stop tokens, with any of them overridden.
+
+        ``temperature`` / ``top_k`` / ``top_p`` replace those knobs of the text sampler (see
+        :meth:`Sampler.with_overrides`: 0 = greedy / off / off); the audio channels keep the preset's.
 
         ``speculative``: MTP drafting for text-only outputs (True = 3 draft tokens, or a number); needs
         ``mtp.safetensors`` beside the LM (or :meth:`load_mtp`). Greedy output is unchanged by it.
@@ -318,7 +294,8 @@ class MimoAudio:
         return build_config(
             self.task_table.get(task).spec, self.special, output, preset=preset, max_new_patches=max_new_patches,
             min_new_patches=min_new_patches, seed=seed, text_sampler=text_sampler, audio_sampler=audio_sampler,
-            stop=stop, speculative=speculative, adaptive_draft=adaptive_draft,
+            stop=stop, speculative=speculative, adaptive_draft=adaptive_draft, temperature=temperature,
+            top_k=top_k, top_p=top_p,
         )
 
     def render(self, segments: Sequence[Segment]) -> torch.Tensor:
@@ -538,7 +515,10 @@ class MimoAudio:
     def prepare_chat(self, messages: Sequence[dict | Message] | Conversation, output: str = "text",
                      thinking: bool = False, voice: str | AudioInput | None = None,
                      system_prompt: str | None = None, **gen) -> Job:
-        return tasks.prepare_chat(self, messages, output, thinking, voice, system_prompt, **gen)
+        job = tasks.prepare_chat(self, messages, output, thinking, voice, system_prompt, **gen)
+        if isinstance(messages, Conversation):
+            job.conversation = messages  # run_job / the engine append the reply to it
+        return job
 
     def prepare_understand(self, audio: AudioInput, question: str, thinking: bool = False, think_hint: bool = False,
                            **gen) -> Job:

@@ -105,9 +105,10 @@ class SpeechLMConfig:
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
 
-    # ----------------------------------------------------------------- presets
+    # ----------------------------------------------------------------- named sizes
+    # (In mimo_audio "preset" means a sampler preset only: mimo_audio.sampling.PRESETS.)
     @classmethod
-    def preset(cls, name: str) -> SpeechLMConfig:
+    def named(cls, name: str) -> SpeechLMConfig:
         """Named sizes: ``official`` (MiMo-Audio-7B, 8.0 B parameters) and ``tiny`` (tests, 0.3 M).
 
         ``tiny`` keeps the official codebook sizes so that it pairs with any audio tokenizer, tiny or real.
@@ -131,7 +132,12 @@ class SpeechLMConfig:
                 input_local_layers=2,
                 input_local_dim=32,
             )
-        raise ValueError(f"unknown SpeechLMConfig preset {name!r}; choose 'official' or 'tiny'")
+        raise ValueError(f"unknown SpeechLMConfig size {name!r}; choose 'official' or 'tiny'")
+
+    @classmethod
+    def preset(cls, name: str) -> SpeechLMConfig:
+        """Deprecated spelling of :meth:`named`."""
+        return cls.named(name)
 
     # ------------------------------------------------------------ derived
     @property

@@ -39,6 +39,7 @@ import torch
 
 from .batch_cache import BatchState, rebuild
 from .generation import left_pad
+from .sampling import code_chooser
 from .tasks import Job
 
 if TYPE_CHECKING:
@@ -81,6 +82,9 @@ class EngineConfig:
     max_audio_seconds: float = 300.0  # input audio limit, checked by the callers that decode uploads
     max_upload_bytes: int = 25 * 2**20  # upload size limit, checked by the callers that receive uploads
     stream_lookahead: int | None = None  # streaming audio decoder lookahead in code frames (None: exact)
+    # Threads doing per-request Python work at once (stream parsing and audio decoding here, request
+    # preparation in the server): more only add GIL contention and slow the batch loop down.
+    worker_slots: int = 2
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_queue < 0:
@@ -187,30 +191,31 @@ class RequestHandle:
                         items.append(req.events.get_nowait())
                     except queue.Empty:
                         break
-                deltas = [parser.push(it[1], it[2], is_stop=it[3]) for it in items if it[0] == "patch"]
                 last = items[-1]
                 if last[0] == "error":
                     raise last[1]
-                if last[0] == "patch":
-                    ev = emit(deltas)
-                    if ev.text or ev.thinking or ev.codes is not None:
-                        yield ev
-                    continue
-                # ("end", stop_reason, n)
-                final = emit(deltas + [parser.finish()])
-                result = m._result(parser, last[1], last[2], job.prompt, decode=False)
-                if decoder is not None:
-                    tail = decoder.flush().float().cpu()
-                    final.audio = tail if final.audio is None else torch.cat([final.audio, tail])
-                    audio_parts.append(tail)
-                    result.audio = torch.cat(audio_parts) if audio_parts else torch.zeros(0)
-                    if first_audio and tail.numel():
-                        self._engine._note_ttfa(time.monotonic() - req.submitted)
-                job.finish(result)
-                self._result = result
-                final.result = result
-                yield final
-                return
+                with self._engine.work_slot():  # parsing and audio decoding: a few threads at a time
+                    deltas = [parser.push(it[1], it[2], is_stop=it[3]) for it in items if it[0] == "patch"]
+                    if last[0] == "patch":
+                        ev = emit(deltas)
+                    else:  # ("end", stop_reason, n)
+                        ev = emit(deltas + [parser.finish()])
+                        result = m._result(parser, last[1], last[2], job.prompt, decode=False)
+                        if decoder is not None:
+                            tail = decoder.flush().float().cpu()
+                            ev.audio = tail if ev.audio is None else torch.cat([ev.audio, tail])
+                            audio_parts.append(tail)
+                            result.audio = torch.cat(audio_parts) if audio_parts else torch.zeros(0)
+                            if first_audio and tail.numel():
+                                self._engine._note_ttfa(time.monotonic() - req.submitted)
+                        job.finish(result)
+                        self._result = result
+                        ev.result = result
+                if ev.result is not None:
+                    yield ev
+                    return
+                if ev.text or ev.thinking or ev.codes is not None:
+                    yield ev
         finally:
             if not req.done.is_set():  # the consumer went away (iterator closed): free the slot
                 self.cancel()
@@ -227,6 +232,7 @@ class Engine:
             logger.info("converted attention (hybrid KV cache): rows cannot share a batch; serving one at a time")
             self.max_batch = 1
         self._lock = threading.Condition()
+        self._work = threading.BoundedSemaphore(max(1, self.config.worker_slots))
         self._pending: deque[_Request] = deque()
         self._batch: BatchState | None = None
         self._admitting: list[_Request] = []  # popped from the queue, not yet in the batch (prefill)
@@ -274,6 +280,10 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def work_slot(self) -> threading.BoundedSemaphore:
+        """Hold this around per-request CPU work (``with engine.work_slot(): ...``); see ``worker_slots``."""
+        return self._work
 
     @property
     def running(self) -> bool:
@@ -509,7 +519,8 @@ class Engine:
         for (sampler, seeded), rows in groups.items():
             gens = [batch.rows[i].generator for i in rows] if seeded else None
             hidden = batch.local_hidden[rows] if len(rows) < B else batch.local_hidden
-            codes[rows] = lm.decode_patch(hidden, sampler, gens).cpu()
+            choose = code_chooser(sampler, lm.config.speech_zeroemb_idx, gens)
+            codes[rows] = lm.decode_patch(hidden, choose).cpu()
         return text, codes
 
     def _forward(self, batch: BatchState, text: torch.Tensor, codes: torch.Tensor) -> None:

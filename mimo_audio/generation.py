@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .modeling import SpeechLM
-from .sampling import Sampler, get_preset
+from .sampling import Sampler, code_chooser, get_preset
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,8 @@ def sample_patch(
     if bool(speech.any()):
         rows = speech.nonzero().squeeze(-1)
         gens = [generators[int(r)] for r in rows] if generators is not None else None
-        codes[rows] = model.decode_patch(state.local_hidden[rows], config.audio_sampler, gens)
+        choose = code_chooser(config.audio_sampler, model.config.speech_zeroemb_idx, gens)
+        codes[rows] = model.decode_patch(state.local_hidden[rows], choose)
     return text, codes
 
 

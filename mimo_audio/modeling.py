@@ -25,9 +25,9 @@ the two settings are identical.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +42,14 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
 from .config import SpeechLMConfig
 from .delay_pattern import DelayPattern
 from .errors import UserError
-from .sampling import Sampler
+from .sampling import CodeChooser, Sampler, code_chooser
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+# transformers 5 renamed the stacks' ``past_key_values`` argument to ``cache`` (4.x: the old name).
+_CACHE_KW = "cache" if "cache" in inspect.signature(Qwen2Model.forward).parameters else "past_key_values"
 # Non-persistent buffers that some exports still contain; recomputed here, so ignored when present.
 _IGNORED_KEY_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -192,8 +194,8 @@ class SpeechLM(nn.Module):
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
+            **{_CACHE_KW: past_key_values},
         )
         h = out.last_hidden_state
         if logits_to_keep:
@@ -225,15 +227,20 @@ class SpeechLM(nn.Module):
     def decode_patch(
         self,
         local_hidden: torch.Tensor,
-        sampler: Sampler,
+        choose: CodeChooser | Sampler,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """One patch from the patch decoder: ``local_hidden [B, local_dim]`` -> codes ``[B, 4, 8]``.
 
         Step ``t`` emits the (channel, frame) pairs of ``self.delay.schedule[t]``; the next step's input
-        is the sum of the embeddings of the codes just emitted. A channel's empty id is never sampled.
-        ``generator``: one for the batch, or one per row (see :class:`~mimo_audio.sampling.Sampler`).
+        is the sum of the embeddings of the codes just emitted. The model only computes logits:
+        ``choose(logits [B, vocab_c], c) -> ids [B]`` picks channel ``c``'s codes (generation builds it with
+        :func:`~mimo_audio.sampling.code_chooser`, which never picks a channel's empty id). A
+        :class:`~mimo_audio.sampling.Sampler` (with ``generator``: one, or one per row) is accepted too and
+        wrapped that way.
         """
+        if isinstance(choose, Sampler):
+            choose = code_chooser(choose, self.config.speech_zeroemb_idx, generator)
         cfg = self.config
         B = local_hidden.shape[0]
         out = torch.empty(B, cfg.group_size, cfg.audio_channels, dtype=torch.long, device=local_hidden.device)
@@ -242,12 +249,11 @@ class SpeechLM(nn.Module):
         steps = self.delay.schedule
         for t, emits in enumerate(steps):
             pos = torch.full((B, 1), t, dtype=torch.long, device=x.device)
-            h = self.local_transformer(inputs_embeds=x, position_ids=pos, past_key_values=cache, use_cache=True)
+            h = self.local_transformer(inputs_embeds=x, position_ids=pos, use_cache=True, **{_CACHE_KW: cache})
             h = h.last_hidden_state[:, -1]
             nxt = torch.zeros_like(x[:, 0])
             for c, f in emits:
-                logits = self.local_transformer_lm_heads[c](h)
-                tok = sampler(logits, removed=(cfg.speech_zeroemb_idx[c],), generator=generator)
+                tok = choose(self.local_transformer_lm_heads[c](h), c)
                 out[:, f, c] = tok
                 if t + 1 < len(steps):
                     nxt = nxt + self.speech_embed_local(c, tok).to(nxt.dtype)
@@ -319,7 +325,9 @@ class SpeechLM(nn.Module):
     def _materialize_buffers(self, device: torch.device) -> None:
         """Recreate the non-persistent buffers (RoPE tables, empty ids) after a meta-device build."""
         for stack in (self.model, self.local_transformer, self.input_local_transformer):
-            stack.rotary_emb = Qwen2RotaryEmbedding(stack.config, device=device)
+            # a device context rather than ``device=``: transformers 5 dropped that argument
+            with torch.device(device):
+                stack.rotary_emb = Qwen2RotaryEmbedding(stack.config)
         self.empty_ids = torch.tensor(self.config.speech_zeroemb_idx, dtype=torch.long, device=device)
 
     @torch.no_grad()
@@ -427,18 +435,4 @@ def _short_list(names: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def count_parameters_by_module(model: SpeechLM) -> dict[str, float]:
-    """Parameter count per top-level module, in millions (for reports and the benchmark)."""
-    out: dict[str, float] = {}
-    for name, p in model.named_parameters():
-        top = name.split(".")[0]
-        out[top] = out.get(top, 0.0) + p.numel() / 1e6
-    return {k: math.floor(v * 10) / 10 for k, v in out.items()}
-
-
-def speech_patch_mask(ids: torch.Tensor, empty_token_id: int, group_size: int = 4) -> torch.Tensor:
-    """``[B, 9, T]`` -> bool ``[B, T/G]``: which patches are speech patches."""
-    return ids[:, 0, ::group_size] == empty_token_id
-
-
-__all__ = ["SpeechLM", "SpeechLMOutput", "SpeechLMConfig", "count_parameters_by_module", "speech_patch_mask"]
+__all__ = ["SpeechLM", "SpeechLMOutput", "SpeechLMConfig"]

@@ -55,6 +55,7 @@ class OutputParser:
     _audio_ended: bool = False
     _pending: list[torch.Tensor] = field(default_factory=list)  # speech before any stream start
     _codes: list[torch.Tensor] = field(default_factory=list)
+    _channels: int = 0  # audio channels of the patches pushed (their codes are [group, channels])
 
     def __post_init__(self) -> None:
         self._in_thinking = self.thinking_open
@@ -64,12 +65,14 @@ class OutputParser:
         self._vocab_len = len(self.tokenizer)
 
     def push(self, text_id: int, codes: torch.Tensor, is_stop: bool) -> Delta:
-        """Consume one patch (``codes [4, 8]``); ``is_stop`` marks the stop patch (its token is dropped)."""
+        """Consume one patch (``codes [group, channels]``); ``is_stop`` marks the stop patch (its token is
+        dropped)."""
         sp = self.special
+        self._channels = codes.shape[-1]
         delta = Delta()
         if text_id == sp.empty:
             if not self._audio_ended:
-                frames = codes.T.contiguous()  # [8, 4]
+                frames = codes.T.contiguous()  # [channels, group]
                 if self._audio_started:
                     self._codes.append(frames)
                     delta.codes = frames
@@ -120,7 +123,10 @@ class OutputParser:
             self._pending.clear()
         return delta
 
-    def result(self, channels: int = 8) -> ParsedOutput:
+    def result(self, channels: int | None = None) -> ParsedOutput:
+        """Everything parsed so far; ``channels`` sizes the empty code tensor when no speech came (default: the
+        width of the patches fed)."""
+        channels = channels if channels is not None else self._channels
         text = self._decode(self._answer_ids).strip()
         thinking = None
         if self.thinking_open:

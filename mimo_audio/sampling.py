@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from efficient.sampling import filter_logits
 
 
 @dataclass(frozen=True)
@@ -34,20 +36,26 @@ class Sampler:
     def greedy(cls) -> Sampler:
         return cls(do_sample=False)
 
+    def with_overrides(self, temperature: float | None = None, top_k: int | None = None,
+                       top_p: float | None = None) -> Sampler:
+        """This sampler with some knobs replaced (None keeps one). ``temperature=0`` means greedy, a positive
+        one turns sampling on; ``top_k=0`` and ``top_p=1`` switch those filters off."""
+        if temperature is None and top_k is None and top_p is None:
+            return self
+        do_sample, temp = self.do_sample, self.temperature
+        if temperature is not None:
+            do_sample, temp = temperature > 0, (temperature if temperature > 0 else self.temperature)
+        k = self.top_k if top_k is None else (top_k or None)
+        p = self.top_p if top_p is None else (None if top_p >= 1 else top_p)
+        return Sampler(do_sample=do_sample, temperature=temp, top_k=k, top_p=p)
+
     def filter_logits(self, logits: torch.Tensor, removed: Sequence[int] = ()) -> torch.Tensor:
-        scores = logits.float()
+        """Temperature, top-k and top-p (when sampling; :func:`efficient.sampling.filter_logits`), then the
+        removed tokens at -inf."""
         if self.do_sample:
-            scores = scores / self.temperature
-            if self.top_k is not None and self.top_k < scores.shape[-1]:
-                kth = torch.topk(scores, self.top_k, dim=-1).values[..., -1:]
-                scores = scores.masked_fill(scores < kth, float("-inf"))
-            if self.top_p is not None and self.top_p < 1.0:
-                sorted_scores, order = torch.sort(scores, dim=-1, descending=False)
-                cum = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-                drop_sorted = cum <= 1 - self.top_p
-                drop_sorted[..., -1] = False
-                drop = drop_sorted.scatter(-1, order, drop_sorted)
-                scores = scores.masked_fill(drop, float("-inf"))
+            scores = filter_logits(logits, self.temperature, self.top_k, self.top_p)
+        else:
+            scores = logits.float()
         if len(removed):
             filtered = scores.clone()
             filtered[..., list(removed)] = float("-inf")
@@ -91,6 +99,20 @@ def _multinomial(probs: torch.Tensor, generator: torch.Generator | None) -> torc
         # A CPU generator drives sampling on any device: draw on CPU, move the ids back.
         return torch.multinomial(probs.cpu(), 1, generator=generator).to(probs.device)
     return torch.multinomial(probs, 1, generator=generator)
+
+
+# Picks one code per row from one channel's logits: (logits [B, vocab_c], channel c) -> ids [B].
+CodeChooser = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def code_chooser(sampler: Sampler, empty_ids: Sequence[int],
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None) -> CodeChooser:
+    """The patch decoder's choice rule: ``sampler`` on channel ``c``'s logits, never its empty id."""
+
+    def choose(logits: torch.Tensor, c: int) -> torch.Tensor:
+        return sampler(logits, removed=(empty_ids[c],), generator=generator)
+
+    return choose
 
 
 @dataclass(frozen=True)

@@ -33,12 +33,12 @@ logger = logging.getLogger(__name__)
 MTP_FILENAME = "mtp.safetensors"
 
 
-def _spec():
+def _backend():
     try:
-        import efficient.spec as spec
+        import efficient.spec as backend
     except ImportError as err:  # pragma: no cover - efficient ships with the project
         raise ImportError("speculative decoding needs the project's `efficient` package") from err
-    return spec
+    return backend
 
 
 class SpeechLMTarget:
@@ -131,7 +131,7 @@ def load_speech_mtp(lm_or_target: SpeechLM | SpeechLMTarget, path: str | Path):
 
     Raises FileNotFoundError with the training command when there are none.
     """
-    spec = _spec()
+    backend = _backend()
     target = lm_or_target if isinstance(lm_or_target, SpeechLMTarget) else SpeechLMTarget(lm_or_target)
     path = Path(path)
     file = path if path.suffix == ".safetensors" else path / MTP_FILENAME
@@ -141,7 +141,7 @@ def load_speech_mtp(lm_or_target: SpeechLM | SpeechLMTarget, path: str | Path):
             f"`mimo-audio train mtp --lm {path if path.is_dir() else path.parent} --corpus CORPUS --tokenizer TOK`"
         )
     try:
-        return spec.load_mtp(file, target)
+        return backend.load_mtp(file, target)
     except (ValueError, OSError):
         raise
     except Exception as exc:  # safetensors raises SafetensorError for a truncated or corrupt file
@@ -150,12 +150,13 @@ def load_speech_mtp(lm_or_target: SpeechLM | SpeechLMTarget, path: str | Path):
 
 
 def sampling_params(config: GenerationConfig):
-    """The text sampler of ``config`` as ``efficient.spec.SamplingParams`` (same temperature/top-k/top-p)."""
-    spec = _spec()
+    """The text sampler of ``config`` as ``efficient.backend.SamplingParams``: the same knobs, filtered by the same
+    :func:`efficient.sampling.filter_logits`."""
+    backend = _backend()
     s = config.text_sampler
     if not s.do_sample:
-        return spec.SamplingParams()
-    return spec.SamplingParams(temperature=s.temperature, top_k=s.top_k or 0, top_p=s.top_p or 1.0)
+        return backend.SamplingParams()
+    return backend.SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
 
 
 @dataclass
@@ -173,8 +174,8 @@ class SpeculativeText:
         return cls(target, load_speech_mtp(target, path), max_draft, adaptive)
 
     def decoder(self, max_draft: int | None = None, adaptive: bool | None = None):
-        spec = _spec()
-        return spec.SpeculativeDecoder(
+        backend = _backend()
+        return backend.SpeculativeDecoder(
             self.target, self.drafter, self.max_draft if max_draft is None else max_draft,
             adaptive=self.adaptive if adaptive is None else adaptive,
         )
@@ -194,11 +195,11 @@ class SpeculativeText:
 
     def generate_plain(self, prompt: torch.Tensor, config: GenerationConfig) -> tuple[GenerationOutput, Any]:
         """The reference: one backbone forward per token through the same target step."""
-        spec = _spec()
+        backend = _backend()
         prompt_ids = self.target.bind(prompt, config.suppress_tokens, config.stop_tokens, config.min_new_patches)
         max_new = _capped_length(self.target.lm, len(prompt_ids), config.max_new_patches)
         gen = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
-        out, stats = spec.generate_plain(self.target, prompt_ids, max_new, sampling_params(config), gen,
+        out, stats = backend.generate_plain(self.target, prompt_ids, max_new, sampling_params(config), gen,
                                          eos_token_id=config.stop_tokens or None)
         return _as_output(self.target.lm, out, config), stats
 

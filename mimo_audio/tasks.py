@@ -16,20 +16,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from . import formats
+from .audio_io import AudioInput
 from .errors import UserError
 from .fewshot import FewShotTask, TaskLibrary
 from .formats import QAExample, SpeechPair, TaskSpec
 from .generation import GenerationConfig
 from .sampling import Sampler, get_preset
 from .text_tokenizer import SpecialTokens
-
-if TYPE_CHECKING:  # the facade; imported for hints only (api imports this module)
-    from .api import AudioInput, Conversation, MimoAudio
 
 OUTPUTS = ("text", "audio", "both")
 # Few-shot conversion output defaults to at most this multiple of the query's length, plus a margin
@@ -48,7 +46,7 @@ class Job:
     config: GenerationConfig
     decode_audio: bool  # decode generated speech codes to a waveform
     output: str = "text"  # "text", "audio" or "both"
-    conversation: Conversation | None = None  # chat from a Conversation: the reply is appended when run
+    conversation: Any = None  # chat from a mimo_audio.api.Conversation: the reply is appended when run
 
     @property
     def prompt_patches(self) -> int:
@@ -106,8 +104,15 @@ def build_config(
     stop: Sequence[str] | None = None,
     speculative: bool | int = False,
     adaptive_draft: bool = False,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> GenerationConfig:
-    """A task's preset, stop tokens and length, with any of them overridden (``MimoAudio.generation_config``)."""
+    """A task's preset, stop tokens and length, with any of them overridden (``MimoAudio.generation_config``).
+
+    ``temperature`` / ``top_k`` / ``top_p`` replace those knobs of the text sampler
+    (:meth:`~mimo_audio.sampling.Sampler.with_overrides`); the audio channels keep the preset's.
+    """
     p = get_preset(preset or spec.preset)
     suppress = (special.empty, special.sostm) if output == "text" else ()
     if max_new_patches is not None and max_new_patches < 1:  # 0 is not "the default": say so
@@ -117,7 +122,7 @@ def build_config(
         length_is_default=max_new_patches is None,
         min_new_patches=min_new_patches,
         stop_tokens=tuple(special.by_string(s) for s in (stop or spec.stop)),
-        text_sampler=text_sampler or p.text,
+        text_sampler=(text_sampler or p.text).with_overrides(temperature, top_k, top_p),
         audio_sampler=audio_sampler or p.audio,
         suppress_tokens=suppress,
         seed=seed,
@@ -127,13 +132,28 @@ def build_config(
 
 
 # ---------------------------------------------------------------------------------------------- preparation
-def _job(m: MimoAudio, task: str, segs, output: str, gen: dict[str, Any], **extra: Any) -> Job:
+class TaskModel(Protocol):
+    """What preparation needs of :class:`~mimo_audio.api.MimoAudio` (the facade imports this module)."""
+
+    special: SpecialTokens
+    task_table: TaskTable
+    tasks: TaskLibrary
+    lm: Any
+
+    def render(self, segments) -> torch.Tensor: ...
+    def generation_config(self, task: str, output: str = "text", **gen: Any) -> GenerationConfig: ...
+    def encode_audio(self, audio: AudioInput) -> torch.Tensor: ...
+    def _voice_codes(self, voice: Any) -> torch.Tensor | None: ...
+    def _chat_prompt(self, messages, output, thinking, voice, system_prompt) -> tuple[list, str]: ...
+
+
+def _job(m: TaskModel, task: str, segs, output: str, gen: dict[str, Any], **extra: Any) -> Job:
     config = m.generation_config(task, output, **gen)
     return Job(task, m.render(segs), config, decode_audio=output != "text", output=output, **extra)
 
 
 def prepare_tts(
-    m: MimoAudio, text: str, instruct: str | None = None, voice: str | AudioInput | None = None, **gen: Any
+    m: TaskModel, text: str, instruct: str | None = None, voice: str | AudioInput | None = None, **gen: Any
 ) -> Job:
     if not isinstance(text, str):
         raise UserError(f"TTS text must be a string, got {type(text).__name__}")
@@ -141,19 +161,19 @@ def prepare_tts(
     return _job(m, "tts", segs, "audio", gen)
 
 
-def prepare_asr(m: MimoAudio, audio: AudioInput, language: str = "en", **gen: Any) -> Job:
+def prepare_asr(m: TaskModel, audio: AudioInput, language: str = "en", **gen: Any) -> Job:
     return _job(m, "asr", formats.asr(m.encode_audio(audio), language=language), "text", gen)
 
 
 def prepare_understand(
-    m: MimoAudio, audio: AudioInput, question: str, thinking: bool = False, think_hint: bool = False, **gen: Any
+    m: TaskModel, audio: AudioInput, question: str, thinking: bool = False, think_hint: bool = False, **gen: Any
 ) -> Job:
     segs = formats.audio_understanding(m.encode_audio(audio), question, thinking, think_hint)
     return _job(m, "audio_understanding", segs, "text", gen)
 
 
 def prepare_chat(
-    m: MimoAudio,
+    m: TaskModel,
     messages,
     output: str = "text",
     thinking: bool = False,
@@ -161,15 +181,13 @@ def prepare_chat(
     system_prompt: str | None = None,
     **gen: Any,
 ) -> Job:
-    from .api import Conversation
-
+    """A chat job (``MimoAudio.prepare_chat`` attaches a Conversation, whose reply is then appended)."""
     segs, task = m._chat_prompt(messages, output, thinking, voice, system_prompt)
-    conv = messages if isinstance(messages, Conversation) else None
-    return _job(m, task, segs, output, gen, conversation=conv)
+    return _job(m, task, segs, output, gen)
 
 
 def prepare_few_shot(
-    m: MimoAudio,
+    m: TaskModel,
     examples: Sequence[SpeechPair | tuple] | None,
     query: AudioInput,
     instruction: str | None = None,
@@ -217,7 +235,7 @@ def prepare_few_shot(
 
 
 def prepare_few_shot_qa(
-    m: MimoAudio, examples: Sequence[QAExample | tuple], audio: AudioInput, question: str, **gen: Any
+    m: TaskModel, examples: Sequence[QAExample | tuple], audio: AudioInput, question: str, **gen: Any
 ) -> Job:
     exs = [e if isinstance(e, QAExample) else QAExample(m.encode_audio(e[0]), e[1], e[2]) for e in examples]
     job = _job(m, "few_shot_qa", formats.few_shot_qa(exs, m.encode_audio(audio), question), "text", gen)
@@ -225,5 +243,5 @@ def prepare_few_shot_qa(
     return job
 
 
-def prepare_continue(m: MimoAudio, audio: AudioInput, **gen: Any) -> Job:
+def prepare_continue(m: TaskModel, audio: AudioInput, **gen: Any) -> Job:
     return _job(m, "speech_continuation", formats.speech_continuation(m.encode_audio(audio)), "audio", gen)

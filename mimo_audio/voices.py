@@ -111,6 +111,11 @@ class VoiceRegistry:
         for p in paths:
             p.unlink(missing_ok=True)
 
+    def register(self, name: str, codes: torch.Tensor, frame_rate: float, source: str, description: str = "",
+                 overwrite: bool = True) -> Path:
+        """Store encoded voice ``codes`` as ``name`` (with its info); returns the codes file."""
+        return self.save(name, codes, self.make_info(name, codes, frame_rate, source, description), overwrite)
+
     @staticmethod
     def make_info(name: str, codes: torch.Tensor, frame_rate: float, source: str, description: str = "") -> VoiceInfo:
         return VoiceInfo(

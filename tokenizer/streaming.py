@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from tokenizer.codes import check_codes
 from tokenizer.model import MiMoAudioTokenizerModel, d_head
 from tokenizer.modules.conv import StreamingConvTranspose
 from tokenizer.modules.istft import StreamingISTFT
@@ -176,8 +177,6 @@ class StreamDecoder:
             self.n_q = codes.shape[0]
         elif codes.shape[0] != self.n_q:
             raise ValueError(f"this stream started with {self.n_q} codebooks, got a chunk with {codes.shape[0]}")
-        from tokenizer.api import check_codes
-
         return check_codes(codes, self.model.config)
 
     def push(self, codes: torch.Tensor) -> torch.Tensor:

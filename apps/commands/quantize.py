@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 log = logging.getLogger("mimo-audio.quantize")
 
@@ -29,13 +30,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude", action="append", default=None,
                    help="glob over module names to keep in float (repeatable; default: lm_head)")
     p.add_argument("--calib-tokens", type=int, default=4096, help="calibration tokens for gptq (default 4096)")
+    p.add_argument("--text", default=None, help="UTF-8 text file to calibrate gptq on (default: the offline English "
+                   "text of eval.textdata, from Debian's python3.11-doc)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from efficient.quant import formats
+    from efficient.quant import parse_scheme
 
-    formats.parse_scheme(args.scheme)  # fail fast with a clear message
+    parse_scheme(args.scheme)  # fail fast with a clear message
     from apps.checks import check_causal_lm_dir, check_output_dir
 
     model_dir = check_causal_lm_dir(args.model, "quantize")  # safetensors causal LMs only, checked before loading
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from efficient.quant import quantize, save_quantized, summary_table
-    from efficient.quant.api import default_calibration
+    from efficient.quant.api import text_calibration
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
     tok = None
@@ -53,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
         tok = AutoTokenizer.from_pretrained(model_dir)
     elif args.method == "gptq":
         raise ValueError(f"{model_dir}: gptq calibration needs the model's tokenizer files")
-    calib = default_calibration(model, tok, n_tokens=args.calib_tokens) if args.method == "gptq" else None
+    calib = None
+    if args.method == "gptq":
+        calib = text_calibration(model, tok, _calibration_text(args.text), n_tokens=args.calib_tokens)
     reports = quantize(model, args.scheme, method=args.method, include=args.include, exclude=args.exclude,
                        calib_fn=calib, progress=True)
     out = save_quantized(model, args.out, reports)
@@ -62,3 +67,14 @@ def run(args: argparse.Namespace) -> int:
     print(summary_table(reports))
     print(f"wrote {out}")
     return 0
+
+
+def _calibration_text(text_file: str | None) -> str:
+    if text_file:
+        path = Path(text_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: text file not found")
+        return path.read_text(encoding="utf-8")
+    from eval.textdata import offline_english_text
+
+    return offline_english_text("train")

@@ -6,7 +6,8 @@ import argparse
 import logging
 import os
 
-from .speech import DTYPES, LM_ENV, TOKENIZER_ENV
+from .options import dtype_option, torch_dtype
+from .speech import LM_ENV, TOKENIZER_ENV
 
 log = logging.getLogger("mimo-audio.serve")
 KEY_ENV = "MIMO_AUDIO_API_KEY"
@@ -28,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--tokenizer-path", default=os.environ.get(TOKENIZER_ENV),
                    help=f"audio tokenizer directory (default ${TOKENIZER_ENV}; required with --lm-path)")
     m.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    m.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (default: the checkpoint's)")
+    m.add_argument("--dtype", type=dtype_option(("auto", "fp32", "bf16", "fp16")), default="auto",
+                   help="weights dtype: auto, fp32, bf16, fp16 (default auto: the checkpoint's; fp32 for the "
+                   "embedded default)")
     m.add_argument("--voices-dir", default=None, help="voice registry folder (default $MIMO_AUDIO_HOME/voices)")
     m.add_argument("--model-id", default=None, help="id listed by /v1/models (default: mimo-audio-<lm dir name>)")
     e = p.add_argument_group("efficiency")
@@ -60,14 +63,16 @@ def load_model(args: argparse.Namespace):
     """The model with the efficiency options applied (shared with other long-running apps)."""
     import torch
 
+    from apps.checks import check_device
     from mimo_audio import MimoAudio
 
+    check_device(args.device)
     if args.lm_path and not args.tokenizer_path:
         raise ValueError(f"serving {args.lm_path} needs its audio tokenizer: pass --tokenizer-path or set "
                          f"${TOKENIZER_ENV}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    dtype = torch_dtype(args.dtype)
     m = MimoAudio.from_pretrained(args.lm_path or None, args.tokenizer_path or None, device=args.device,
                                   dtype=dtype, voices_dir=args.voices_dir)
     if args.quant or args.sparse:

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration-tokens", type=int, default=1024,
                    help="tokens of text to fit sinks and gates on (default 1024; 0: plain defaults, no text)")
     p.add_argument("--text", help="UTF-8 text file for calibration and healing (default: the offline English "
-                   "text of efficient.textdata, from Debian's python3.11-doc)")
+                   "text of eval.textdata, from Debian's python3.11-doc)")
     p.add_argument("--top-k", type=int, help="HySparse blocks per query (default 16)")
     p.add_argument("--window", type=int, help="sliding window (default 128)")
     p.add_argument("--block-size", type=int, help="HySparse key block (default 64)")
@@ -48,7 +48,7 @@ def _token_ids(tok, text_file: str | None, needed: int):
             raise FileNotFoundError(f"{path}: text file not found")
         text = path.read_text(encoding="utf-8")
     else:
-        from efficient.textdata import offline_english_text
+        from eval.textdata import offline_english_text
 
         text = offline_english_text("train")
     # tokenize only what is needed (about 6 characters per token is generous for English)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from apps.checks import check_device, check_outputs, fail, note_default_model
+from apps.commands.options import dtype_option, torch_dtype
 
 logger = logging.getLogger("mimo-audio")
 
@@ -28,7 +29,6 @@ CONTINUATION_PATCHES = 125  # mimo_audio.formats.TASKS["speech_continuation"].ma
 
 LM_ENV = "MIMO_AUDIO_LM_PATH"
 TOKENIZER_ENV = "MIMO_AUDIO_TOKENIZER_PATH"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def positive_int(text: str) -> int:
@@ -53,8 +53,9 @@ def _common(p: argparse.ArgumentParser, needs_audio_tokenizer: bool = True, leng
                    "when --lm-path is not given either"
                    + ("" if needs_audio_tokenizer else " (only needed for audio in or out)"))
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    g.add_argument("--dtype", choices=DTYPES, default="auto",
-                   help="weights dtype (auto keeps the checkpoint's; float32 for the embedded default)")
+    g.add_argument("--dtype", type=dtype_option(("auto", "fp32", "bf16", "fp16")), default="auto",
+                   help="weights dtype: auto, fp32, bf16 or fp16 (auto keeps the checkpoint's; fp32 for the embedded "
+                   "default)")
     g.add_argument("--voices-dir", default=None, help="voice registry folder (default $MIMO_AUDIO_HOME/voices)")
     s = p.add_argument_group("generation")
     s.add_argument("--max-new-patches", type=positive_int, default=None,
@@ -62,6 +63,11 @@ def _common(p: argparse.ArgumentParser, needs_audio_tokenizer: bool = True, leng
                    + (length_default or "the task's"))
     s.add_argument("--min-new-patches", type=int, default=0, help="stop tokens are blocked before this length")
     s.add_argument("--preset", default=None, help="sampler preset (default: the task's; 'greedy' = deterministic)")
+    s.add_argument("--temperature", type=float, default=None,
+                   help="text sampling temperature, overriding the preset's (0 = greedy)")
+    s.add_argument("--top-p", type=float, default=None, help="text nucleus sampling mass, overriding the preset's "
+                   "(1 = off; filters only while sampling)")
+    s.add_argument("--top-k", type=int, default=None, help="text top-k, overriding the preset's (0 = off)")
     s.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     o = p.add_argument_group("output")
     o.add_argument("-o", "--output", default=None, help=output_help)
@@ -69,8 +75,6 @@ def _common(p: argparse.ArgumentParser, needs_audio_tokenizer: bool = True, leng
 
 
 def _load(args: argparse.Namespace, need_tokenizer: bool):
-    import torch
-
     from mimo_audio import MimoAudio
 
     # No LM given: the embedded default model (LM + its audio tokenizer). An explicit LM is never paired
@@ -78,7 +82,7 @@ def _load(args: argparse.Namespace, need_tokenizer: bool):
     if args.lm_path and need_tokenizer and not args.tokenizer_path:
         raise ValueError(f"this command needs the audio tokenizer of {args.lm_path}: pass --tokenizer-path or set "
                          f"${TOKENIZER_ENV} (the embedded tokenizer is used only with the embedded LM)")
-    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    dtype = torch_dtype(args.dtype)
     if not args.lm_path:
         note_default_model()
     return MimoAudio.from_pretrained(
@@ -89,7 +93,7 @@ def _load(args: argparse.Namespace, need_tokenizer: bool):
 
 def _gen(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"min_new_patches": args.min_new_patches}
-    for key in ("max_new_patches", "preset", "seed"):
+    for key in ("max_new_patches", "preset", "seed", "temperature", "top_k", "top_p"):
         if getattr(args, key) is not None:
             out[key] = getattr(args, key)
     if getattr(args, "speculative", 0):
@@ -243,6 +247,9 @@ def _voice(args: argparse.Namespace) -> int:
         registry.check_new(args.name)  # before loading anything
     check_device(args.device)
     from mimo_audio.api import SILENCE_PEAK
+    from mimo_audio.audio_io import encode_audio
+    from mimo_audio.config import SpeechLMConfig
+    from mimo_audio.defaults import default_model_dir
     from mimo_audio.voices import check_voice_fits
     from tokenizer import AudioTokenizer
     from tokenizer.audio import load_audio
@@ -250,8 +257,10 @@ def _voice(args: argparse.Namespace) -> int:
     lm_path = args.lm_path or os.environ.get(LM_ENV)
     if not args.tokenizer_path and lm_path:  # as in _load: no implicit pairing with an explicit LM
         fail(f"--lm-path / ${LM_ENV} names a speech LM: pass its audio tokenizer with --tokenizer-path "
-                        f"or set ${TOKENIZER_ENV}, so the voice is encoded with the tokenizer that LM reads")
+             f"or set ${TOKENIZER_ENV}, so the voice is encoded with the tokenizer that LM reads")
     max_patches, group = _lm_context(lm_path)
+    lm_dir = Path(lm_path) if lm_path else default_model_dir()
+    channels = SpeechLMConfig.from_json_file(lm_dir / "config.json").audio_channels  # the codebooks that LM reads
     if not Path(args.audio).is_file():
         raise FileNotFoundError(f"audio file not found: {args.audio}")
     wav, sr = load_audio(args.audio)
@@ -260,10 +269,11 @@ def _voice(args: argparse.Namespace) -> int:
     tok = AudioTokenizer.from_pretrained(args.tokenizer_path or None, device=args.device)
     # refuse what cannot fit before encoding it (a 10-minute prompt would make every later TTS fail)
     check_voice_fits(int(wav.shape[-1] / sr * tok.frame_rate), max_patches, group, float(tok.frame_rate))
-    codes = tok.encode(wav, sr).long()
+    codes = encode_audio((wav, sr), tok, channels)  # the same validation and encoding as MimoAudio.register_voice
     check_voice_fits(codes.shape[1], max_patches, group, float(tok.frame_rate))
-    info = registry.make_info(args.name, codes, float(tok.frame_rate), str(args.audio), args.description)
-    path = registry.save(args.name, codes, info, overwrite=args.force)
+    path = registry.register(args.name, codes, float(tok.frame_rate), str(args.audio), args.description,
+                             overwrite=args.force)
+    _, info = registry.load(args.name)
     sys.stdout.write(json.dumps({"name": args.name, "path": str(path), "seconds": round(info.seconds, 2)}) + "\n")
     return 0
 

@@ -1,6 +1,6 @@
 """``mimo-audio tokenizer encode|decode|roundtrip``: audio <-> MiMo-Audio codes from the command line.
 
-Without ``--model`` (or ``--preset``) the embedded default tokenizer shipped with the package is used.
+Without ``--model`` (or ``--size``) the embedded default tokenizer shipped with the package is used.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import argparse
 import logging
 import time
 from pathlib import Path
+
+from apps.commands.options import dtype_option
 
 log = logging.getLogger("mimo-audio.tokenizer")
 
@@ -19,11 +21,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", metavar="DIR", help="tokenizer checkpoint directory (config.json + model.safetensors); "
                      "default: the embedded default tokenizer shipped with the package")
-    src.add_argument("--preset", choices=["tiny", "official"],
-                     help="random weights of this size instead of a checkpoint (output is noise; for testing)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights with --preset (default 0)")
+    src.add_argument("--size", "--preset", dest="preset", choices=["tiny", "official"],
+                     help="random weights of this size instead of a checkpoint (output is noise; for testing; "
+                     "--preset is the old spelling)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights with --size (default 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model dtype (default fp32)")
+    p.add_argument("--dtype", type=dtype_option(("fp32", "bf16")), default="fp32",
+                   help="model dtype: fp32 or bf16 (default fp32)")
 
 
 def _check(args: argparse.Namespace, outputs: list[tuple[Path, tuple[str, ...]]]) -> None:
@@ -42,7 +46,7 @@ def _load(args: argparse.Namespace):
     if not args.preset:  # --model DIR, or None: the embedded default
         tok = AudioTokenizer.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     else:
-        log.warning("using RANDOM %s weights (--preset): the codes and audio are noise, not speech", args.preset)
+        log.warning("using RANDOM %s weights (--size): the codes and audio are noise, not speech", args.preset)
         tok = AudioTokenizer.from_config(TokenizerConfig.preset(args.preset), seed=args.seed, device=args.device,
                                          dtype=args.dtype)
     log.info("%r ready in %.1f s", tok, time.perf_counter() - t0)

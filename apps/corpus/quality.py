@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.corpus.manifest import load_manifest
+from mimo_audio.corpus import load_manifest
 
 log = logging.getLogger(__name__)
 

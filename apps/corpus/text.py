@@ -6,7 +6,7 @@ Sources (read at generation time from installed Debian packages; no text is comm
   literature excerpts. Conversational, varied in length, mood and sentence type (questions,
   exclamations), which technical prose lacks. Only the files in :data:`FORTUNE_FILES` are used:
   the dropped ones are ASCII art, IRC logs, code, or deliberately nonsensical.
-- ``python3.11-doc`` via :func:`efficient.textdata.offline_english_text`: long, grammatical
+- ``python3.11-doc`` via :func:`eval.textdata.offline_english_text`: long, grammatical
   expository prose that every machine here can install (the project already depends on it).
 
 Every sentence is cleaned into the exact string the TTS engines read (numbers spelled out, quotes
@@ -83,7 +83,7 @@ def fortune_paragraphs() -> list[str]:
 
 def python_doc_paragraphs() -> list[str]:
     """Prose paragraphs of the Python 3.11 documentation, or [] if python3.11-doc is missing."""
-    from efficient.textdata import offline_english_text
+    from eval.textdata import offline_english_text
 
     paragraphs: list[str] = []
     for split in ("train", "test"):

@@ -29,6 +29,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from apps.commands.options import dtype_option
+
 log = logging.getLogger("mimo-audio.export")
 
 BUDGET_MB = 60.0
@@ -294,14 +296,14 @@ def make_placeholder_checkpoints(directory: str | Path, preset: str = "small", s
     from apps.train.speech_lm import lm_config
     from apps.train.tokenizer import TRAIN_PRESETS
     from mimo_audio import SpecialTokens, SpeechLM
-    from mimo_audio.testing import make_tiny_text_tokenizer
+    from mimo_audio.text_vocab import make_byte_text_tokenizer
     from tokenizer import AudioTokenizer, TokenizerConfig
 
     directory = Path(directory)
     tok_dir, lm_dir = directory / "tok" / "model", directory / "lm" / "model"
     tok = AudioTokenizer.from_config(TokenizerConfig.from_dict(dict(TRAIN_PRESETS[preset])), seed=seed, device="cpu")
     tok.save_pretrained(tok_dir)
-    special = SpecialTokens.from_tokenizer(make_tiny_text_tokenizer(lm_dir))
+    special = SpecialTokens.from_tokenizer(make_byte_text_tokenizer(lm_dir))
     torch.manual_seed(seed)
     SpeechLM(lm_config(preset), special.empty).init_weights(seed=seed).save_pretrained(lm_dir)
     return tok_dir, lm_dir
@@ -314,11 +316,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="trained speech LM (official layout + text tokenizer), e.g. runs/lm/model")
     p.add_argument("--mtp", metavar="FILE", default=None,
                    help="MTP heads (safetensors) to ship as mtp.safetensors (default: LM/mtp.safetensors if present)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+    p.add_argument("--dtype", type=dtype_option(tuple(DTYPES)), default="fp32",
                    help="weights dtype of the export (bf16 halves the size; RVQ codebooks stay fp32)")
     p.add_argument("--random", action="store_true",
-                   help="export RANDOM placeholder weights of --preset instead (development only; output is noise)")
-    p.add_argument("--preset", choices=("small", "tiny"), default="small", help="preset of the --random weights")
+                   help="export RANDOM placeholder weights of --size instead (development only; output is noise)")
+    p.add_argument("--size", "--preset", dest="preset", choices=("small", "tiny"), default="small",
+                   help="size of the --random weights (--preset is the old spelling)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --random weights")
     p.add_argument("--budget-mb", type=float, default=BUDGET_MB,
                    help=f"size limit of both together in MB of 10^6 bytes (default {BUDGET_MB:g})")

@@ -113,9 +113,13 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
             raise ApiError(400, "request body must be a JSON object")
         return body
 
+    def slotted(fn, *args, **kwargs):
+        with engine.work_slot():  # a few CPU-heavy request threads at a time (see EngineConfig.worker_slots)
+            return fn(*args, **kwargs)
+
     async def prepare(fn, *args, **kwargs):
         try:
-            return await run_in_threadpool(fn, *args, **kwargs)
+            return await run_in_threadpool(slotted, fn, *args, **kwargs)
         except ApiError:
             raise
         except (ValueError, FileNotFoundError) as exc:
@@ -193,7 +197,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
                 import librosa
 
                 audio = torch.from_numpy(librosa.effects.time_stretch(audio.numpy(), rate=float(speed)))
-            data = await run_in_threadpool(encode_whole, audio, sr, fmt)
+            data = await run_in_threadpool(slotted, encode_whole, audio, sr, fmt)
             return Response(data, media_type=media_type(fmt))
 
         def chunks() -> Iterator[bytes]:
@@ -235,11 +239,11 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
                 raise ApiError(400, "temperature must be a number", param="temperature") from None
         if cfg.speculative:
             gen["speculative"] = cfg.speculative
-        wav, sr = await run_in_threadpool(decode_upload, data, ecfg.max_upload_bytes, ecfg.max_audio_seconds,
+        wav, sr = await run_in_threadpool(slotted, decode_upload, data, ecfg.max_upload_bytes, ecfg.max_audio_seconds,
                                           "the uploaded file")
         duration = len(wav) / sr
         try:
-            job = await run_in_threadpool(model.prepare_asr, (wav, sr), language, **gen)
+            job = await run_in_threadpool(slotted, model.prepare_asr, (wav, sr), language, **gen)
         except SilentAudioError:
             job = None  # silence transcribes to "" (as MimoAudio.asr does), without running the model
         except (ValueError, FileNotFoundError) as exc:
@@ -268,7 +272,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         body = await json_body(request)
-        req = await run_in_threadpool(chatmod.parse_chat, body, limits, model.voices.names())
+        req = await run_in_threadpool(slotted, chatmod.parse_chat, body, limits, model.voices.names())
         gen = dict(req.gen)
         if cfg.speculative and req.output == "text":
             gen["speculative"] = cfg.speculative
@@ -282,7 +286,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
             audio = None
             if req.output == "both":
                 wave = result.audio if result.audio is not None else torch.zeros(0)
-                audio = await run_in_threadpool(encode_whole, wave, sr, req.audio_format)
+                audio = await run_in_threadpool(slotted, encode_whole, wave, sr, req.audio_format)
             return JSONResponse(chatmod.completion(ids, req, result, audio))
 
         def sse() -> Iterator[str]:
@@ -337,7 +341,8 @@ def _b64(data: bytes) -> str:
 def _fixed_mmap_threshold() -> None:
     """glibc raises its mmap threshold as large blocks are freed, after which tensors of varying sizes (the
     batch cache changes shape with its rows) come from the heap and fragment it: RSS creeps up under load.
-    A fixed threshold keeps large blocks mmapped, so freeing them returns the memory to the system."""
+    A fixed threshold keeps large blocks mmapped, so freeing them returns the memory to the system; two
+    arenas keep the request threads from each growing a heap of their own."""
     if sys.platform != "linux" or os.environ.get("MIMO_AUDIO_MALLOC", "fixed") != "fixed":
         return
     try:
@@ -346,6 +351,7 @@ def _fixed_mmap_threshold() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 512 * 1024)  # M_TRIM_THRESHOLD
+        libc.mallopt(-8, 2)  # M_ARENA_MAX: many request threads, few heaps (each arena keeps its own fragments)
     except (OSError, AttributeError):
         logger.debug("mallopt not available; default allocator settings")
 

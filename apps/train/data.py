@@ -7,26 +7,15 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
+
+from mimo_audio.corpus import read_wav, split_rows
 
 log = logging.getLogger("mimo-audio.train")
 
 
 def corpus_rows(corpus: str | Path, split: str) -> list[dict]:
-    from apps.corpus import load_manifest
-
-    rows = [r for r in load_manifest(corpus) if r["split"] == split]
-    if not rows:
-        raise ValueError(f"corpus {corpus} has no rows in split {split!r}")
-    return rows
-
-
-def read_wav(corpus: str | Path, row: dict, sample_rate: int) -> torch.Tensor:
-    wav, sr = sf.read(str(Path(corpus) / row["path"]), dtype="float32", always_2d=True)
-    if sr != sample_rate:
-        raise ValueError(f"{row['path']}: sample rate {sr}, the tokenizer needs {sample_rate}")
-    return torch.from_numpy(wav.mean(axis=1))
+    return split_rows(corpus, split, style=None)
 
 
 class WavCrops:

@@ -42,7 +42,7 @@ def select_sentences(rows: list[dict], max_sentences: int | None, seed: int = 0)
 
 
 @torch.no_grad()
-def encode_corpus(tokenizer, corpus: str | Path, split: str, cache: Path | None = None, n_q: int = 8,
+def encode_corpus(tokenizer, corpus: str | Path, split: str, cache: Path | None, n_q: int,
                   progress: bool = True, max_sentences: int | None = None) -> dict[str, torch.Tensor]:
     """Codes [n_q, T] of the utterances of ``split`` (of at most ``max_sentences`` sentences; cached as
     safetensors keyed by row index)."""
@@ -67,7 +67,7 @@ class LMExamples:
 
     def __init__(self, corpus: str | Path, split: str, codes: dict[str, torch.Tensor], renderer: PromptRenderer,
                  max_patches: int = 256, weights: dict[str, float] | None = None):
-        from apps.corpus.manifest import PAIR_TASKS, parallel_pairs
+        from mimo_audio.corpus import PAIR_TASKS, parallel_pairs
 
         self.rows = [r for r in corpus_rows(corpus, split) if r["id"] in codes]
         self.codes, self.renderer, self.max_patches = codes, renderer, max_patches

@@ -1,12 +1,12 @@
 """Recipe: fit a patch MTP head (speech-patch drafting) on a frozen speech LM and measure its acceptance.
 
 Data: TTS examples of the corpus (official instruct-TTS prompt -> stream of text chunks and speech
-patches). The head (:class:`mimo_audio.patch_draft.PatchDraftHead`) learns to stand in for the backbone's
+patches). The head (:class:`apps.train.patch_draft.PatchDraftHead`) learns to stand in for the backbone's
 next hidden state: KL of the text head, and KL of the patch decoder teacher-forced with the true codes
 of the patch it drafts (channel 0 weighted x2). Fixed seed, seeded batches, progress bar, resumable
 (``mtp_patch.train.safetensors``), result ``mtp_patch.safetensors``. Before and after training, the
 teacher-forced agreement on held-out TTS prompts (test split) is measured against two no-training
-baselines (see :func:`mimo_audio.patch_draft.patch_draft_agreement`).
+baselines (see :func:`apps.train.patch_draft.patch_draft_agreement`).
 
     PYTHONPATH=. python -m apps.train.mtp_patch --lm runs/lm/model --corpus corpus --tokenizer runs/tok/model
 """
@@ -25,10 +25,10 @@ import torch
 
 from apps.train.lm_data import LMExamples
 from apps.train.mtp_speech import MTPTrainConfig, load_codes, load_state, save_state
+from apps.train.patch_draft import HiddenCapture, PatchDraftHead, patch_draft_agreement, patch_head_loss
 from apps.train.state import progress, seed_step
 from mimo_audio import formats
 from mimo_audio.modeling import SpeechLM
-from mimo_audio.patch_draft import HiddenCapture, PatchDraftHead, patch_draft_agreement, patch_head_loss
 from mimo_audio.prompts import PromptRenderer, Stream, Text
 from mimo_audio.sampling import get_preset
 from mimo_audio.text_tokenizer import SpecialTokens, load_text_tokenizer
@@ -157,8 +157,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm", required=True, help="trained speech LM directory (frozen)")
     p.add_argument("--corpus", required=True, help="corpus directory")
     p.add_argument("--tokenizer", default=None, help="the audio tokenizer the LM was trained with")
-    p.add_argument("--tokenizer-preset", default=d.tokenizer_preset, choices=["tiny", "small"],
-                   help="random tokenizer of this size when --tokenizer is not given (smoke tests only)")
+    p.add_argument("--tokenizer-size", "--tokenizer-preset", dest="tokenizer_preset", default=d.tokenizer_preset,
+                   choices=["tiny", "small"], help="random tokenizer of this size when --tokenizer is not given "
+                   "(smoke tests only; --tokenizer-preset is the old spelling)")
     p.add_argument("--out", default=None, help="where mtp_patch.safetensors goes (default: the LM directory)")
     p.add_argument("--codes", default=None, help="directory with cached codes-train/test.safetensors")
     for name in _INT:

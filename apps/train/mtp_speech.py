@@ -2,7 +2,7 @@
 
 Data: the corpus' text-output examples of :mod:`apps.train.lm_data` (``asr``: speech + instruction ->
 transcript; ``text``: plain transcripts), rendered in the official prompt formats, codes from the audio
-tokenizer the LM was trained with. Objective: self-distillation, as in :mod:`efficient.spec.train`:
+tokenizer the LM was trained with. Objective: self-distillation, as in :mod:`apps.train.mtp_text`:
 head k at position i reads the backbone's (or head k-1's) pre-norm hidden state and the text embedding
 of the id at i+k, and learns the frozen LM's next-token distribution at i+k (full-vocabulary KL: the
 speech LM's text vocabulary is small), on the positions whose next patch is a learned answer token.
@@ -245,8 +245,8 @@ def train_mtp(tc: MTPTrainConfig) -> dict:
     if tc.eval_items and step >= tc.steps:
         test = LMExamples(tc.corpus, "test", load_codes(tc, lm, "test", limit=2 * tc.eval_items), renderer,
                           tc.max_patches, dict(TEXT_TASKS))
-        spec = SpeculativeText(target, drafter)
-        state["eval"] = acceptance_on_asr(spec, test, renderer, special, tc.eval_items,
+        speculative = SpeculativeText(target, drafter)
+        state["eval"] = acceptance_on_asr(speculative, test, renderer, special, tc.eval_items,
                                           list(range(1, tc.heads + 1)), tc.eval_new_patches)
         log.info("held-out ASR acceptance: %s", state["eval"])
     target.close()
@@ -262,8 +262,8 @@ def asr_prompts(data: LMExamples, renderer: PromptRenderer, items: int) -> list[
 
 
 @torch.no_grad()
-def acceptance_on_asr(spec: SpeculativeText, data: LMExamples, renderer: PromptRenderer, special: SpecialTokens,
-                      items: int, draft_lengths: list[int], max_new: int = 96) -> dict:
+def acceptance_on_asr(speculative: SpeculativeText, data: LMExamples, renderer: PromptRenderer,
+                      special: SpecialTokens, items: int, draft_lengths: list[int], max_new: int = 96) -> dict:
     """Greedy speculative ASR on held-out prompts, per draft length K: acceptance per position, acceptance
     length, tokens per backbone forward, equality with plain greedy (run once per prompt)."""
     from mimo_audio.generation import GenerationConfig
@@ -271,14 +271,14 @@ def acceptance_on_asr(spec: SpeculativeText, data: LMExamples, renderer: PromptR
     cfg = GenerationConfig(max_new_patches=max_new, stop_tokens=(special.eos, special.im_end),
                            suppress_tokens=(special.empty, special.sostm))
     prompts = asr_prompts(data, renderer, items)
-    refs = [spec.generate_plain(p, cfg)[0].text_ids for p, _ in prompts]
+    refs = [speculative.generate_plain(p, cfg)[0].text_ids for p, _ in prompts]
     out = {}
     for k in draft_lengths:
         proposed, accepted = [0] * k, [0] * k
         rounds = tokens = fwd = new = 0
         equal = True
         for (prompt, _), ref in zip(prompts, refs):
-            res, st = spec.generate(prompt, cfg, max_draft=k, adaptive=False)
+            res, st = speculative.generate(prompt, cfg, max_draft=k, adaptive=False)
             equal &= res.text_ids == ref
             proposed = [a + b for a, b in zip(proposed, st.proposed)]
             accepted = [a + b for a, b in zip(accepted, st.accepted)]
@@ -303,8 +303,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm", required=True, help="trained speech LM directory (frozen)")
     p.add_argument("--corpus", required=True, help="corpus directory (mimo-audio corpus build --out DIR)")
     p.add_argument("--tokenizer", default=None, help="the audio tokenizer the LM was trained with")
-    p.add_argument("--tokenizer-preset", default=d.tokenizer_preset, choices=["tiny", "small"],
-                   help="random tokenizer of this size when --tokenizer is not given (smoke tests only)")
+    p.add_argument("--tokenizer-size", "--tokenizer-preset", dest="tokenizer_preset", default=d.tokenizer_preset,
+                   choices=["tiny", "small"], help="random tokenizer of this size when --tokenizer is not given "
+                   "(smoke tests only; --tokenizer-preset is the old spelling)")
     p.add_argument("--out", default=None, help="where mtp.safetensors goes (default: the LM directory)")
     p.add_argument("--codes", default=None,
                    help="directory with cached codes-train/test.safetensors of the LM run (only read; "

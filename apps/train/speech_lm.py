@@ -35,8 +35,8 @@ from apps.train.state import (
 from mimo_audio.config import SpeechLMConfig
 from mimo_audio.modeling import SpeechLM
 from mimo_audio.prompts import PromptRenderer
-from mimo_audio.testing import make_tiny_text_tokenizer
 from mimo_audio.text_tokenizer import SpecialTokens, load_text_tokenizer
+from mimo_audio.text_vocab import make_byte_text_tokenizer
 from mimo_audio.training import speech_lm_loss
 
 log = logging.getLogger("mimo-audio.train")
@@ -54,7 +54,7 @@ def lm_config(preset: str) -> SpeechLMConfig:
     if preset == "small":
         return SpeechLMConfig(**SMALL)
     if preset == "tiny":
-        return SpeechLMConfig.preset("tiny")
+        return SpeechLMConfig.named("tiny")
     raise ValueError(f"unknown LM training preset {preset!r}; choose 'small' or 'tiny'")
 
 
@@ -118,7 +118,7 @@ def prepare(tc: LMTrainConfig, device: torch.device):
     model_dir = out / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     if not (model_dir / "tokenizer.json").is_file():
-        make_tiny_text_tokenizer(model_dir)
+        make_byte_text_tokenizer(model_dir)
     text_tok = load_text_tokenizer(model_dir)
     special = SpecialTokens.from_tokenizer(text_tok)
     config = lm_config(tc.preset)
@@ -232,9 +232,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", required=True, help="corpus directory (mimo-audio corpus build --out DIR)")
     p.add_argument("--out", required=True, help="run directory: last/ (resumable), model/ (official layout)")
     p.add_argument("--tokenizer", default=None, help="trained audio tokenizer directory (official layout)")
-    p.add_argument("--tokenizer-preset", default=d.tokenizer_preset, choices=["tiny", "small"],
-                   help="random tokenizer of this size when --tokenizer is not given (smoke tests only)")
-    p.add_argument("--preset", default=d.preset, choices=["small", "tiny"])
+    p.add_argument("--tokenizer-size", "--tokenizer-preset", dest="tokenizer_preset", default=d.tokenizer_preset,
+                   choices=["tiny", "small"], help="random tokenizer of this size when --tokenizer is not given "
+                   "(smoke tests only; --tokenizer-preset is the old spelling)")
+    p.add_argument("--size", "--preset", dest="preset", default=d.preset, choices=["small", "tiny"],
+                   help="model size (--preset is the old spelling)")
     for name in _INT:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in _FLOAT:

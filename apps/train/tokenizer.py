@@ -205,8 +205,8 @@ class MultiScaleMel(torch.nn.Module):
             fb, win = getattr(self, f"fb{i}"), getattr(self, f"win{i}")
             mels = []
             for w in (pred, target):
-                spec = torch.stft(w, n_fft, hop, window=win, center=True, return_complex=True).abs()
-                mels.append(torch.log(torch.clamp(spec.transpose(1, 2) @ fb, min=1e-5)))
+                mag = torch.stft(w, n_fft, hop, window=win, center=True, return_complex=True).abs()
+                mels.append(torch.log(torch.clamp(mag.transpose(1, 2) @ fb, min=1e-5)))
             loss = loss + F.l1_loss(mels[0], mels[1])
         return loss / len(self.scales)
 
@@ -400,7 +400,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = TokenizerTrainConfig(corpus="", out="")
     p.add_argument("--corpus", required=True, help="corpus directory (mimo-audio corpus build --out DIR)")
     p.add_argument("--out", required=True, help="run directory: last/ (resumable), model/ (official layout)")
-    p.add_argument("--preset", default=d.preset, choices=sorted(TRAIN_PRESETS))
+    p.add_argument("--size", "--preset", dest="preset", default=d.preset, choices=sorted(TRAIN_PRESETS),
+                   help="model size (--preset is the old spelling)")
     for name in ("steps", "batch_size", "warmup", "seed", "save_every", "log_every", "eval_items"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("init_vectors", "kmeans_iters"):

@@ -10,8 +10,9 @@
 
 from .cache import CacheMemory, HybridAttentionCache, kv_cache_bytes
 from .checkpoint import load_converted, read_attention_config, save_converted
-from .convert import apply_attention, attention_config_of, build_model, find_base_model, new_parameters
+from .convert import apply_attention, build_model, new_parameters
 from .heal import heal
+from .introspect import attention_config_of, find_base_model
 from .layout import AttentionConfig, hybrid_swa_layout, hysparse_layout, resolve_layout
 from .modules import EfficientAttention
 

@@ -24,14 +24,20 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .introspect import attention_config_of
 from .layout import AttentionConfig
 
 
 def _positions_from(cache_kwargs: dict | None, seen: int, t: int, device: torch.device) -> torch.Tensor:
-    pos = (cache_kwargs or {}).get("cache_position")
+    pos = cache_kwargs.get("cache_position") if isinstance(cache_kwargs, dict) else None
     if pos is None:
         return torch.arange(seen, seen + t, device=device)
     return pos
+
+
+def _query_length(query: torch.Tensor | int) -> int:
+    """transformers 4.x passes ``cache_position`` to ``get_mask_sizes``, 5.x the query length."""
+    return int(query) if isinstance(query, int) else query.shape[0]
 
 
 class FullKVLayer(CacheLayerMixin):
@@ -49,7 +55,7 @@ class FullKVLayer(CacheLayerMixin):
     def capacity(self) -> int:
         return 0 if self.keys is None else self.keys.shape[2]
 
-    def lazy_initialization(self, key_states: torch.Tensor) -> None:
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor | None = None) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         self.is_initialized = True
 
@@ -66,7 +72,8 @@ class FullKVLayer(CacheLayerMixin):
         self.keys, self.values = keys, values
 
     def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, cache_kwargs: dict[str, Any] | None = None
+        self, key_states: torch.Tensor, value_states: torch.Tensor, cache_kwargs: dict[str, Any] | None = None,
+        *args, **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Append; returns the valid ``[B, Hkv, seen, D]`` views."""
         if not self.is_initialized:
@@ -89,13 +96,16 @@ class FullKVLayer(CacheLayerMixin):
         self.seen += t
         return self.keys[:, :, : self.seen], self.values[:, :, : self.seen]
 
-    def get_mask_sizes(self, cache_position: torch.Tensor) -> tuple[int, int]:
-        return self.seen + cache_position.shape[0], 0
+    def get_mask_sizes(self, query: torch.Tensor | int) -> tuple[int, int]:
+        return self.seen + _query_length(query), 0
 
     def get_seq_length(self) -> int:
         return self.seen
 
-    def get_max_cache_shape(self) -> int:
+    def get_max_cache_shape(self) -> int:  # transformers 4.x
+        return -1
+
+    def get_max_length(self) -> int:  # transformers 5.x
         return -1
 
     def crop(self, max_length: int) -> None:
@@ -166,7 +176,8 @@ class RingKVLayer(CacheLayerMixin):
             (p < 0) | (p <= position - self.window), float("-inf")).view(1, 1, 1, -1)
 
     def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, cache_kwargs: dict[str, Any] | None = None
+        self, key_states: torch.Tensor, value_states: torch.Tensor, cache_kwargs: dict[str, Any] | None = None,
+        *args, **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cache-API update: returns old ring + new keys (mask them by position); stores the new ones."""
         pos = _positions_from(cache_kwargs, self.seen, key_states.shape[2], key_states.device)
@@ -176,13 +187,16 @@ class RingKVLayer(CacheLayerMixin):
             return key_states, value_states
         return torch.cat([old[0], key_states], 2), torch.cat([old[1], value_states], 2)
 
-    def get_mask_sizes(self, cache_position: torch.Tensor) -> tuple[int, int]:
-        return min(self.seen, self.capacity) + cache_position.shape[0], 0
+    def get_mask_sizes(self, query: torch.Tensor | int) -> tuple[int, int]:
+        return min(self.seen, self.capacity) + _query_length(query), 0
 
     def get_seq_length(self) -> int:
         return self.seen
 
-    def get_max_cache_shape(self) -> int:
+    def get_max_cache_shape(self) -> int:  # transformers 4.x
+        return self.capacity
+
+    def get_max_length(self) -> int:  # transformers 5.x
         return self.capacity
 
     @property
@@ -284,8 +298,6 @@ class HybridAttentionCache(Cache):
     @classmethod
     def for_model(cls, model: torch.nn.Module, max_cache_len: int | None = None) -> HybridAttentionCache:
         """An empty cache for a model converted with :func:`~efficient.attention.apply_attention`."""
-        from .convert import attention_config_of
-
         return cls(attention_config_of(model), max_cache_len)
 
     @property

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .convert import apply_attention, attention_config_of
+from .convert import apply_attention
+from .introspect import attention_config_of
 from .layout import AttentionConfig
 
 FORMAT_NAME = "mimo-audio-efficient-attention"
@@ -76,7 +77,10 @@ def load_converted(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.modeling_utils import no_init_weights
+    try:  # transformers 5.x
+        from transformers.initialization import no_init_weights
+    except ImportError:  # 4.x
+        from transformers.modeling_utils import no_init_weights
 
     path = Path(path)
     attn_cfg, _ = read_attention_config(path)

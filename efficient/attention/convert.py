@@ -18,6 +18,8 @@ supplies a :class:`HybridAttentionCache` when the caller passes none or an empty
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import logging
 from typing import Any
 
@@ -27,6 +29,7 @@ from transformers import DynamicCache
 from transformers.modeling_utils import AttentionInterface
 
 from .cache import HybridAttentionCache
+from .introspect import find_base_model
 from .layout import AttentionConfig, resolve_layout
 from .modules import EfficientAttention
 
@@ -43,34 +46,23 @@ def _no_dense_attention(*args, **kwargs):
 AttentionInterface.register(ATTN_IMPLEMENTATION, _no_dense_attention)
 
 
-def find_base_model(model: nn.Module) -> nn.Module:
-    """The module holding ``layers`` (a bare ``Qwen2Model``/``LlamaModel`` or the ``.model`` of a CausalLM)."""
-    for cand in (model, getattr(model, "model", None)):
-        if cand is not None and isinstance(getattr(cand, "layers", None), nn.ModuleList) and hasattr(cand, "config"):
-            return cand
-    raise ValueError(
-        f"{type(model).__name__} is not a supported transformers decoder: expected a Qwen2/Llama/Mistral model "
-        "(or *ForCausalLM, or an MoE variant) with a `.layers` list of decoder layers"
-    )
-
-
-def attention_config_of(model: nn.Module) -> AttentionConfig:
-    """The :class:`AttentionConfig` a converted model runs with."""
-    base = find_base_model(model)
-    cfg = getattr(base, "_efficient_attention_config", None)
-    if cfg is None:
-        raise ValueError(f"{type(model).__name__} has not been converted: call efficient.apply_attention first")
-    return cfg
+@functools.cache
+def _cache_kwarg(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def _cache_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
     if len(args) > 3:
         raise ValueError("pass past_key_values to a converted model by keyword")
-    pkv = kwargs.get("past_key_values")
+    # transformers 5 renamed the forward's ``past_key_values`` to ``cache``: accept either, pass the one it takes
+    key = _cache_kwarg(type(module))
+    pkv = kwargs.pop("cache", None)
+    pkv = kwargs.pop("past_key_values", None) if pkv is None else pkv
     fresh = pkv is None or (type(pkv) is DynamicCache and pkv.get_seq_length() == 0)
     if fresh:
-        kwargs["past_key_values"] = HybridAttentionCache(module._efficient_attention_config)
-    elif not isinstance(pkv, HybridAttentionCache):
+        pkv = HybridAttentionCache(module._efficient_attention_config)
+    kwargs[key] = pkv
+    if not isinstance(pkv, HybridAttentionCache):
         raise TypeError(
             f"a model converted by efficient.apply_attention needs a HybridAttentionCache, got {type(pkv).__name__} "
             "(make one with HybridAttentionCache.for_model(model))"

@@ -76,11 +76,6 @@ def _softmax_with_sink(logits: torch.Tensor, sink: torch.Tensor | None) -> tuple
     return p, lse.squeeze(-1)
 
 
-def _grouped(q: torch.Tensor, hkv: int) -> torch.Tensor:
-    b, hq, t, d = q.shape
-    return q.reshape(b, hkv, hq // hkv, t, d)
-
-
 def _grouped_logits(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     """``[B, Hkv, G, T, S]`` logits as one batched matmul per KV head (no K copy per query head)."""
     b, hq, t, d = q.shape

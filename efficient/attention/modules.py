@@ -127,9 +127,12 @@ class EfficientAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         past_key_values: HybridAttentionCache | None = None,
         cache_position: torch.LongTensor | None = None,
+        cache: HybridAttentionCache | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
-        cache = past_key_values
+        # transformers 4.x hands the cache over as ``past_key_values``, 5.x as ``cache`` (and no cache_position:
+        # positions then continue the layer's own length, which is what they are for an appending cache)
+        cache = past_key_values if cache is None else cache
         if not isinstance(cache, HybridAttentionCache):
             raise TypeError(
                 "efficient attention needs a HybridAttentionCache (got "

@@ -34,6 +34,16 @@ def save_expert_store(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
+def _module_name(key: str, expected: set[str]) -> str:
+    """A checkpoint key as the model names it: transformers 5 calls Mixtral's ``block_sparse_moe`` ``mlp``
+    in memory but still writes (and reads) checkpoints with the original name."""
+    if key not in expected and ".block_sparse_moe." in key:
+        renamed = key.replace(".block_sparse_moe.", ".mlp.")
+        if renamed in expected:
+            return renamed
+    return key
+
+
 def load_offloaded(
     directory: str | Path,
     budget_bytes: int | None,
@@ -50,7 +60,7 @@ def load_offloaded(
         raise FileNotFoundError(f"{directory}: not a transformers checkpoint (no config.json)")
     config = AutoConfig.from_pretrained(directory)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     store = DiskExpertStore.from_directory(directory, direct_io=direct_io)
     engine = offload_moe(model, store, budget_bytes, mode=mode, prefetch_threads=prefetch_threads)
     # non-expert weights
@@ -64,6 +74,7 @@ def load_offloaded(
                 if not is_expert_key(k):
                     state[k] = fh.get_tensor(k).to(dtype)
     expected = {k for k, _ in model.named_parameters()}
+    state = {_module_name(k, expected): v for k, v in state.items()}
     missing = sorted(expected - set(state))
     tied = getattr(config, "tie_word_embeddings", False)
     if tied:

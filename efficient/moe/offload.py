@@ -182,30 +182,58 @@ class OffloadedMoeBlock(nn.Module):
 
 # -- wiring into transformers models ----------------------------------------------------------------------
 
+def _is_router(gate: object) -> bool:
+    """An ``nn.Linear`` router (transformers 4.x) or a top-k router module with a 2-D ``weight`` (5.x)."""
+    w = getattr(gate, "weight", None)
+    return isinstance(gate, nn.Module) and isinstance(w, torch.Tensor) and w.dim() == 2
+
+
+def _is_fused(experts: object) -> bool:
+    """transformers 5.x experts: one module with 3-D ``gate_up_proj`` [E, 2I, H] and ``down_proj`` [E, H, I]."""
+    return isinstance(getattr(experts, "gate_up_proj", None), torch.Tensor) and isinstance(
+        getattr(experts, "down_proj", None), torch.Tensor)
+
+
 def find_moe_blocks(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
     """(parent, attribute, block) of every sparse MoE block, in layer order."""
     found = []
     for parent in model.modules():
         for name, child in parent.named_children():
-            sparse = isinstance(getattr(child, "gate", None), nn.Linear) and isinstance(
-                getattr(child, "experts", None), nn.ModuleList)
+            experts = getattr(child, "experts", None)
+            sparse = _is_router(getattr(child, "gate", None)) and (
+                isinstance(experts, nn.ModuleList) or _is_fused(experts))
             if isinstance(child, OffloadedMoeBlock) or sparse:
                 found.append((parent, name, child))
     return found
 
 
+def _router_linear(gate: nn.Module) -> nn.Linear:
+    """The router as an ``nn.Linear`` (5.x's router modules become one sharing their weight)."""
+    if isinstance(gate, nn.Linear):
+        return gate
+    w = gate.weight
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
+    lin.weight = w
+    return lin
+
+
 def _routing_of(block: nn.Module, config) -> Routing:
     if hasattr(block, "routing") and isinstance(block.routing, Routing):
         return block.routing
-    top_k = getattr(block, "top_k", None) or getattr(config, "num_experts_per_tok", None)
+    gate = getattr(block, "gate", None)
+    top_k = getattr(block, "top_k", None) or getattr(gate, "top_k", None) or getattr(config, "num_experts_per_tok",
+                                                                                    None)
     if not top_k:
         raise ValueError(f"{type(block).__name__}: cannot tell its top-k")
-    # Mixtral always renormalises the top-k weights; Qwen/OLMoE follow norm_topk_prob
-    norm = getattr(block, "norm_topk_prob", True)
+    # Mixtral always renormalises the top-k weights; Qwen/OLMoE follow norm_topk_prob (on the router in 5.x)
+    norm = getattr(block, "norm_topk_prob", getattr(gate, "norm_topk_prob", True))
     return Routing(top_k=int(top_k), kind="softmax", norm_topk_prob=bool(norm))
 
 
 def expert_tensors(block: nn.Module) -> list[Expert]:
+    if _is_fused(block.experts):  # gate and up concatenated along the output rows
+        gate_up, down = block.experts.gate_up_proj, block.experts.down_proj
+        return [(*gate_up[e].chunk(2, dim=0), down[e]) for e in range(gate_up.shape[0])]
     out = []
     for ex in block.experts:
         if hasattr(ex, "gate_proj"):
@@ -251,13 +279,15 @@ def offload_moe(
     engine = OffloadEngine(store, cache, mode)
     act = getattr(model.config, "hidden_act", "silu")
     for i, (parent, name, block) in enumerate(blocks):
-        if block.gate.out_features != len([k for k in store.keys if k[0] == i]):
-            raise ValueError(f"MoE layer {i}: router has {block.gate.out_features} experts, the store another count")
+        gate = _router_linear(block.gate)
+        if gate.out_features != len([k for k in store.keys if k[0] == i]):
+            raise ValueError(f"MoE layer {i}: router has {gate.out_features} experts, the store another count")
         new = OffloadedMoeBlock(
-            i, block.gate, _routing_of(block, model.config), engine, act=act,
+            i, gate, _routing_of(block, model.config), engine, act=act,
             shared_expert=getattr(block, "shared_expert", None),
             shared_expert_gate=getattr(block, "shared_expert_gate", None),
-            returns_router_logits=getattr(block, "returns_router_logits", True),
+            # 4.x blocks return (out, router_logits); 5.x blocks return out (router modules record the logits)
+            returns_router_logits=getattr(block, "returns_router_logits", isinstance(block.gate, nn.Linear)),
         )
         setattr(parent, name, new)
         engine.blocks.append(new)

@@ -77,11 +77,9 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def default_calibration(model: nn.Module, tokenizer, n_tokens: int = 4096, seq_len: int = 256) -> Callable:
-    """A calibration function running a transformers LM over the offline English training text."""
-    from efficient.textdata import offline_english_text
-
-    ids = tokenizer(offline_english_text("train"), return_tensors="pt").input_ids[0][:n_tokens]
+def text_calibration(model: nn.Module, tokenizer, text: str, n_tokens: int = 4096, seq_len: int = 256) -> Callable:
+    """A calibration function running a transformers LM over the first ``n_tokens`` tokens of ``text``."""
+    ids = tokenizer(text, return_tensors="pt").input_ids[0][:n_tokens]
     n = max(1, ids.numel() // seq_len)
     batches = ids[: n * seq_len].view(n, seq_len)
 
@@ -138,12 +136,13 @@ def quantize(
     calib_fn: Callable[[nn.Module], None] | None = None,
     tokenizer=None,
     progress: bool = False,
+    calib_text: str | None = None,
 ) -> list[LayerReport]:
     """Quantize the selected ``nn.Linear`` layers of ``model`` in place; returns a per-layer report.
 
     ``method``: ``rtn`` (round to nearest, per-group clip search) or ``gptq`` (calibrated; needs
-    ``calib_fn(model)`` that runs forward passes, or a ``tokenizer`` for a transformers LM, which then
-    runs over the offline English training text).
+    ``calib_fn(model)`` that runs forward passes, or a ``tokenizer`` and ``calib_text`` for a transformers LM,
+    which then runs over that text; see :func:`text_calibration`).
     """
     sch = scheme if isinstance(scheme, Scheme) else parse_scheme(scheme)
     if method not in ("rtn", "gptq"):
@@ -154,9 +153,9 @@ def quantize(
     hessians: dict[str, torch.Tensor] = {}
     if method == "gptq":
         if calib_fn is None:
-            if tokenizer is None:
-                raise ValueError("method='gptq' needs calib_fn or a tokenizer for the calibration text")
-            calib_fn = default_calibration(model, tokenizer)
+            if tokenizer is None or calib_text is None:
+                raise ValueError("method='gptq' needs calib_fn, or a tokenizer and calib_text to calibrate on")
+            calib_fn = text_calibration(model, tokenizer, calib_text)
         hessians = dict(collect_hessians(model, targets, calib_fn))
     reports = []
     it = targets

@@ -122,6 +122,3 @@ def num_threads() -> int:
     env = os.environ.get(ENV_THREADS)
     return max(1, int(env)) if env else max(1, torch.get_num_threads())
 
-
-def ptr(t: torch.Tensor) -> int:
-    return t.data_ptr()

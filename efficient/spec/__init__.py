@@ -4,7 +4,7 @@
 - :func:`load_mtp`: heads from ``mtp.safetensors`` or from a checkpoint that carries MTP weights
 - :class:`CausalLMTarget`: the target-model step for any transformers causal LM (adapter hook: :class:`TargetStep`)
 - :class:`SpeculativeDecoder`, :func:`generate_plain`, :class:`SamplingParams`, :class:`SpecStats`
-- training: ``python -m efficient.spec.train --model DIR --heads 3``
+- training: ``python -m apps.train.mtp_text --model DIR --heads 3``
 """
 
 from .checkpoint import load_mtp

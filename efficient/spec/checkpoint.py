@@ -2,7 +2,7 @@
 
 Recognised layouts (strict key and shape checks; safetensors only):
 
-- ``mtp.safetensors`` written by :meth:`MTPDrafter.save` / ``python -m efficient.spec.train``;
+- ``mtp.safetensors`` written by :meth:`MTPDrafter.save` / ``python -m apps.train.mtp_text``;
 - MiMo-7B: ``model.mtp_layers.{i}.{token_layernorm,hidden_layernorm,input_proj,final_layernorm,...}``
   (concatenation order [hidden; embedding]);
 - MiMo-V2 / DeepSeek-V3 style with a dense FFN: ``model.mtp.layers.{i}.`` or ``model.layers.{L+i}.``
@@ -95,7 +95,7 @@ def load_mtp(path: str | Path, target: TargetStep, num_heads: int | None = None)
     if found is None:
         raise FileNotFoundError(
             f"{path} carries no MTP weights (looked for {MTP_FILENAME}, model.mtp_layers.*, model.mtp.layers.*, "
-            f"model.layers.>={num_layers}.eh_proj). Train heads with `python -m efficient.spec.train --model {path}`."
+            f"model.layers.>={num_layers}.eh_proj). Train heads with `python -m apps.train.mtp_text --model {path}`."
         )
     layout, prefixes = found
     if num_heads is not None:

@@ -16,15 +16,20 @@ from dataclasses import dataclass
 
 import torch
 
+from efficient.sampling import filter_logits
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.0  # 0: greedy
-    top_k: int = 0
-    top_p: float = 1.0
+    """Temperature (0: greedy), top-k and top-p of :func:`efficient.sampling.filter_logits` (None: off)."""
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+        if (self.temperature < 0 or (self.top_p is not None and not 0 < self.top_p <= 1)
+                or (self.top_k is not None and self.top_k < 0)):
             raise ValueError(f"bad sampling parameters {self}")
 
     @property
@@ -34,18 +39,7 @@ class SamplingParams:
 
 def probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Target (or draft) distribution after temperature, top-k and top-p, float32, last dim = vocab."""
-    x = logits.float() / params.temperature
-    if params.top_k:
-        kth = x.topk(min(params.top_k, x.shape[-1]), dim=-1).values[..., -1:]
-        x = x.masked_fill(x < kth, float("-inf"))
-    p = torch.softmax(x, dim=-1)
-    if params.top_p < 1.0:
-        sp, idx = p.sort(dim=-1, descending=True)
-        drop = sp.cumsum(-1) - sp > params.top_p  # keep the smallest prefix whose mass reaches top_p
-        sp = sp.masked_fill(drop, 0.0)
-        p = torch.zeros_like(p).scatter(-1, idx, sp)
-        p = p / p.sum(-1, keepdim=True)
-    return p
+    return torch.softmax(filter_logits(logits, params.temperature, params.top_k, params.top_p), dim=-1)
 
 
 def sample(p: torch.Tensor, generator: torch.Generator | None = None) -> int:

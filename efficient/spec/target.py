@@ -2,7 +2,7 @@
 
 A target step takes ``n`` new token ids and a cache, runs one forward pass, and returns the logits and
 the last hidden state (before the final norm, which is what MTP heads consume) for those ``n``
-positions. Rollback goes through ``cache.crop(length)`` only, so every cache that implements it
+positions. Rollback goes through ``cache.crop(-n_dropped)`` only, so every cache that implements it
 (transformers' ``DynamicCache``, the backend's sliding-window and HySparse caches) plugs in.
 
 Adapter hook for other backbones (e.g. the speech LM's Qwen2Model): subclass :class:`TargetStep` and
@@ -17,12 +17,14 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from .._hf import cache_kwargs
+
 
 @runtime_checkable
 class CropCache(Protocol):
     def get_seq_length(self) -> int: ...
 
-    def crop(self, max_length: int) -> None: ...
+    def crop(self, max_length: int) -> None: ...  # called with a negative count: drop that many tokens
 
 
 class TargetStep:
@@ -43,9 +45,13 @@ class TargetStep:
 
 def rollback(cache: CropCache, length: int) -> None:
     """Roll a cache back to ``length`` positions, naming the cache when it cannot."""
+    drop = cache.get_seq_length() - length
     try:
-        cache.crop(length)
-    except ValueError as err:
+        if drop > 0:
+            # a negative count drops that many tokens: the one form transformers 4.x and 5.x both accept
+            # (5.x refuses a positive length), and the backend's caches too
+            cache.crop(-drop)
+    except (ValueError, RuntimeError) as err:  # 5.x's sliding-window layers raise RuntimeError
         raise ValueError(
             f"{type(cache).__name__} cannot roll back to {length} positions ({err}). Speculative decoding "
             "needs caches that keep draft slack beyond their window (efficient.attention caches do)."
@@ -102,8 +108,7 @@ class CausalLMTarget(TargetStep):
         n = input_ids.shape[1]
         pos = torch.arange(start, start + n, device=input_ids.device)
         out = self.model(
-            input_ids=input_ids, past_key_values=cache, use_cache=True, cache_position=pos,
-            position_ids=pos[None],
+            input_ids=input_ids, use_cache=True, position_ids=pos[None], **cache_kwargs(self.model, cache, pos)
         )
         hidden, self._captured = self._captured, None
         return out.logits[0].float(), hidden[0]

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.tiny_lm import make_tiny_checkpoint
 
 import mimo_audio.defaults
 import tokenizer.defaults
 from apps.scripts.export_default_model import export_default_model
-from mimo_audio.testing import make_tiny_checkpoint
 from tokenizer import AudioTokenizer, TokenizerConfig
 
 TOK_STEPS, LM_STEPS = 7, 11

@@ -9,6 +9,7 @@ and waveform statistics that ``test_golden.py`` expects for a fixed input.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,21 @@ def wave_stats(wav: torch.Tensor) -> dict:
             "sq_sum": w.pow(2).sum().item(), "samples": {str(i): w[i].item() for i in idx}}
 
 
+@torch.no_grad()
+def write_tensors(tok: AudioTokenizer) -> None:
+    """The log-mel of the golden input and the encoder's latents of it (~70 KB): the test compares them
+    element-wise, where statistics alone would miss a local change."""
+    mel = tok.mel(golden_input(), 16000)
+    latents, _ = tok.model.encoder([mel])
+    save_file({"mel": mel.float().contiguous(), "latents": latents.float().contiguous()},
+              str(GOLDEN / "tensors.safetensors"), metadata={"format": "pt"})
+
+
 def main() -> None:
+    if "--tensors-only" in sys.argv:  # add tensors.safetensors to the existing fixture, changing nothing else
+        write_tensors(AudioTokenizer.from_pretrained(GOLDEN, device="cpu"))
+        print(f"wrote {GOLDEN / 'tensors.safetensors'}")
+        return
     GOLDEN.mkdir(exist_ok=True)
     tok = AudioTokenizer.from_config(TokenizerConfig.from_dict(CONFIG), seed=1234, device="cpu")
     data_codebooks(tok)
@@ -74,6 +89,7 @@ def main() -> None:
     for row in codes.tolist():  # one line per codebook
         text = text.replace(json.dumps(row, indent=1).replace("\n", "\n  "), json.dumps(row), 1)
     (GOLDEN / "expected.json").write_text(text + "\n")
+    write_tensors(tok)
     print(f"wrote {GOLDEN}: codes {tuple(codes.shape)}")
 
 

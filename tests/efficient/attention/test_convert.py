@@ -19,6 +19,7 @@ from transformers import (
     Qwen2MoeForCausalLM,
 )
 
+from efficient._hf import cache_kwargs
 from efficient.attention import (
     AttentionConfig,
     EfficientAttention,
@@ -57,9 +58,9 @@ def _ids(n=90, seed=1):
 
 def _decode(model, ids, prefill):
     cache = HybridAttentionCache.for_model(model)
-    outs = [model(ids[:, :prefill], past_key_values=cache).logits]
+    outs = [model(ids[:, :prefill], **cache_kwargs(model, cache)).logits]
     for t in range(prefill, ids.shape[1]):
-        outs.append(model(ids[:, t : t + 1], past_key_values=cache).logits)
+        outs.append(model(ids[:, t : t + 1], **cache_kwargs(model, cache)).logits)
     return torch.cat(outs, 1), cache
 
 
@@ -84,7 +85,8 @@ def test_prefill_then_decode_equals_full_recompute(kind, layout):
     with torch.no_grad():
         whole = conv(ids).logits
         inc, cache = _decode(conv, ids, prefill)
-        chunked = torch.cat([conv(ids[:, a:b], past_key_values=c).logits for c in [HybridAttentionCache.for_model(conv)]
+        chunked = torch.cat([conv(ids[:, a:b], **cache_kwargs(conv, c)).logits
+                             for c in [HybridAttentionCache.for_model(conv)]
                              for a, b in ((0, 30), (30, 37), (37, n))], 1)
     torch.testing.assert_close(inc, whole, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-4)
@@ -119,7 +121,7 @@ def test_topk_covering_all_blocks_gives_dense_attention_over_full_layer_kv():
         attn.register_forward_hook(lambda m, a, kw, out: captured.update(x=kw["hidden_states"], out=out[0],
                                                                           pe=kw["position_embeddings"]),
                                    with_kwargs=True)
-        conv(ids, past_key_values=cache)
+        conv(ids, **cache_kwargs(conv, cache))
         k_full = cache.layers[0].keys[:, :, :40]
         v_full = cache.layers[0].values[:, :, :40]
         q, _, _ = attn._project(captured["x"], captured["pe"])
@@ -136,18 +138,18 @@ def test_crop_rolls_back_as_if_never_decoded(layout):
     with torch.no_grad():
         ref, _ = _decode(conv, ids, 60)
         cache = HybridAttentionCache.for_model(conv)
-        outs = [conv(ids[:, :60], past_key_values=cache).logits]
-        conv(draft, past_key_values=cache)  # a rejected 4-token draft, verified in one forward
+        outs = [conv(ids[:, :60], **cache_kwargs(conv, cache)).logits]
+        conv(draft, **cache_kwargs(conv, cache))  # a rejected 4-token draft, verified in one forward
         assert cache.max_rollback == ATTN["rollback_slack"] + 1
         cache.crop(60)
         for t in range(60, 65):
-            outs.append(conv(ids[:, t : t + 1], past_key_values=cache).logits)
+            outs.append(conv(ids[:, t : t + 1], **cache_kwargs(conv, cache)).logits)
         for t in draft[0, :3]:  # drafts decoded one by one, then rejected
-            conv(t.view(1, 1), past_key_values=cache)
+            conv(t.view(1, 1), **cache_kwargs(conv, cache))
         cache.crop(-3)
         assert cache.get_seq_length() == 65
         for t in range(65, 70):
-            outs.append(conv(ids[:, t : t + 1], past_key_values=cache).logits)
+            outs.append(conv(ids[:, t : t + 1], **cache_kwargs(conv, cache)).logits)
         torch.testing.assert_close(torch.cat(outs, 1), ref, atol=1e-5, rtol=1e-4)
         with pytest.raises(ValueError, match="rollback"):
             cache.crop(50)
@@ -163,11 +165,11 @@ def test_generate_and_bare_backbone():
     # generate's tokens equal a hand-written greedy loop
     with torch.no_grad():
         cache, seq = HybridAttentionCache.for_model(conv), prompt
-        logits = conv(seq, past_key_values=cache).logits
+        logits = conv(seq, **cache_kwargs(conv, cache)).logits
         for _ in range(6):
             nxt = logits[:, -1:].argmax(-1)
             seq = torch.cat([seq, nxt], 1)
-            logits = conv(nxt, past_key_values=cache).logits
+            logits = conv(nxt, **cache_kwargs(conv, cache)).logits
     assert torch.equal(out, seq)
     # the speech LM's backbone is a bare Qwen2Model fed with embeddings
     torch.manual_seed(0)
@@ -250,6 +252,6 @@ def test_bad_configs_and_inputs_raise_clear_errors():
     stale = DynamicCache()
     stale.update(torch.zeros(1, 2, 3, 8), torch.zeros(1, 2, 3, 8), 0)
     with pytest.raises(TypeError, match="HybridAttentionCache"):
-        conv(ids, past_key_values=stale)
+        conv(ids, **cache_kwargs(conv, stale))
     with pytest.raises(ValueError, match="calibration_ids"):
         apply_attention(_model(), "FWWFWF", calibration_ids=ids[0], **ATTN)

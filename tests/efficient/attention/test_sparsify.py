@@ -9,6 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from apps.cli import main
+from efficient._hf import cache_kwargs
 from efficient.attention import (
     HybridAttentionCache,
     apply_attention,
@@ -48,10 +49,10 @@ def model_dir(tmp_path_factory):
 def _greedy(model, ids, steps=6):
     with torch.no_grad():
         cache = HybridAttentionCache.for_model(model)
-        logits = model(ids, past_key_values=cache).logits
+        logits = model(ids, **cache_kwargs(model, cache)).logits
         outs = [logits]
         for _ in range(steps):
-            logits = model(logits[:, -1:].argmax(-1), past_key_values=cache).logits
+            logits = model(logits[:, -1:].argmax(-1), **cache_kwargs(model, cache)).logits
             outs.append(logits)
     return torch.cat(outs, 1)
 

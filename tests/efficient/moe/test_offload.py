@@ -60,6 +60,12 @@ def _greedy(model, prompt, n):
 def test_offloaded_checkpoint_equals_in_memory(tmp_path, build, mode):
     torch.manual_seed(0)
     ref_model = build().eval()
+    # transformers 5 keeps each layer's experts as one fused [E, 2I, H] gate/up tensor: its one matmul for gate
+    # and up sums in another order than the offloaded block's two (from the per-expert checkpoint tensors), so
+    # logits agree to ~1e-8 (measured 4.5e-8 max), not bit for bit. transformers 4 has separate Linear layers.
+    fused = hasattr(ref_model, "set_experts_implementation")
+    if fused:
+        ref_model.set_experts_implementation("eager")  # not the default grouped matmul: expert by expert
     ref_model.save_pretrained(tmp_path)
     ids = torch.randint(0, 64, (1, 12))
     with torch.no_grad():
@@ -70,7 +76,10 @@ def test_offloaded_checkpoint_equals_in_memory(tmp_path, build, mode):
     model, engine = load_offloaded(tmp_path, budget, mode=mode)
     with torch.no_grad():
         logits = model(ids).logits
-    assert torch.equal(logits, ref_logits)
+    if fused:
+        torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-6)
+    else:
+        assert torch.equal(logits, ref_logits)
     assert _greedy(model, [1, 2, 3], 10) == _greedy(ref_model, [1, 2, 3], 10)
     st = engine.cache.stats
     assert st.misses > 0 and st.peak_bytes <= budget and engine.cache.cached_bytes <= budget
@@ -146,7 +155,7 @@ def test_moefied_offload_on_off_identical_and_pregates(tmp_path):
 
 def test_moefied_smollm2_oracle():
     """Real weights: SmolLM2 split into 8 experts per layer; route-all == dense, offload == in memory."""
-    from efficient.reference_models import load_smollm2, smollm2_gguf_path
+    from bench.common.reference_models import load_smollm2, smollm2_gguf_path
 
     try:
         smollm2_gguf_path()

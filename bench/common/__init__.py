@@ -1,0 +1,5 @@
+"""Measurement helpers shared by the bench scripts: timing, perplexity and the reference models.
+
+Run the scripts from the repository root as modules (``python -m bench.bench_lm``) so ``bench.common``
+imports without editing ``sys.path``.
+"""

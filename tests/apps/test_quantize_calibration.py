@@ -1,0 +1,37 @@
+"""`mimo-audio quantize --method gptq` calibrates on the text it is given (--text), never on a library default."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from apps.cli import main
+from mimo_audio.text_vocab import make_byte_text_tokenizer
+
+
+def _tiny_llama(directory):
+    tok = make_byte_text_tokenizer(directory)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(directory)
+    return directory
+
+
+def test_gptq_calibrates_on_the_given_text(tmp_path):
+    model = _tiny_llama(tmp_path / "m")
+    text = tmp_path / "calib.txt"
+    text.write_text("A short paragraph of English text to calibrate on. " * 20, encoding="utf-8")
+    out = tmp_path / "q"
+    assert main(["quantize", "--model", str(model), "--scheme", "w2g64", "--method", "gptq", "--text", str(text),
+                 "--calib-tokens", "256", "--out", str(out)]) == 0
+    assert (out / "quant_config.json").is_file()
+
+
+def test_a_missing_calibration_text_is_one_clear_error(tmp_path, caplog):
+    model = _tiny_llama(tmp_path / "m")
+    with caplog.at_level(logging.ERROR):
+        assert main(["quantize", "--model", str(model), "--scheme", "w2g64", "--method", "gptq",
+                     "--text", str(tmp_path / "absent.txt"), "--out", str(tmp_path / "q")]) == 1
+    assert "absent.txt: text file not found" in caplog.text and not (tmp_path / "q").exists()
