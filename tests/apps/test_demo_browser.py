@@ -88,11 +88,18 @@ def test_asr_from_the_microphone(page, tmp_path):
     box.get_by_label("Clear").click()
     box.get_by_label("Record audio").click()
     box.get_by_role("button", name="Record", exact=True).click()
-    page.wait_for_timeout(3000)
+    box.get_by_role("button", name="Stop", exact=True).wait_for(timeout=30_000)  # recording has started
+    page.wait_for_timeout(4000)
     box.get_by_role("button", name="Stop", exact=True).click()
-    box.get_by_label("Play", exact=True).first.wait_for(timeout=30_000)  # the recording is loaded in the input
+    box.get_by_label("Play", exact=True).first.wait_for(timeout=60_000)  # the recording is loaded in the input
     page.click("#asr-run")
-    _wait_for_text(page, "#asr-speed", "done")
+    # done, or a refusal (e.g. a silent recording) whose message makes the failure readable
+    page.wait_for_function("() => document.querySelector('#asr-speed').innerText.includes('done')"
+                           " || document.querySelector('.toast-body')", timeout=RUN_TIMEOUT_MS)
+    toast = page.query_selector(".toast-body")
+    if toast is not None:
+        page.screenshot(path=str(tmp_path / "asr_microphone.failed.png"), full_page=True)
+        pytest.fail(f"the microphone recording was refused: {toast.inner_text()}")
     assert page.input_value("#asr-text textarea").strip()
     page.screenshot(path=str(tmp_path / "asr_microphone.png"), full_page=True)
 
