@@ -92,6 +92,9 @@ def test_asr_from_the_microphone(page, tmp_path):
     page.wait_for_timeout(4000)
     box.get_by_role("button", name="Stop", exact=True).click()
     box.get_by_label("Play", exact=True).first.wait_for(timeout=60_000)  # the recording is loaded in the input
+    # ...and uploaded: its download link points at the server's copy (clicking earlier sends no audio)
+    page.wait_for_function("() => { const a = document.querySelector('#asr-in a[download]');"
+                           " return a && a.href.includes('file='); }", timeout=60_000)
     page.click("#asr-run")
     # done, or a refusal (e.g. a silent recording) whose message makes the failure readable
     page.wait_for_function("() => document.querySelector('#asr-speed').innerText.includes('done')"
