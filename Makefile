@@ -8,12 +8,18 @@ EXTRAS ?= dev,demo,eval,gguf,serve
 OUT    ?= out
 PYTEST_ARGS ?=
 # TTS engines and voices (real speech), sox, offline English text (fortunes, Python docs), nginx (serving test)
-SYSPKGS ?= flite espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox fortunes python3.11-doc nginx-light
+# ffmpeg: the demo's streamed audio output; chromium: the demo's browser tests (Playwright drives it headless)
+SYSPKGS ?= flite espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox fortunes python3.11-doc nginx-light \
+           ffmpeg chromium
+DEMO_HOST ?= 127.0.0.1
+DEMO_PORT ?= 7860
 
-.PHONY: help setup sysdeps demo test lint bench clean
+.PHONY: help setup sysdeps demo demo-smoke test lint bench clean
 
 help:
-	@echo "make demo   - set up .venv and run the demo on the embedded default model (tokenizer round trip, ASR, TTS)"
+	@echo "make demo   - set up .venv and serve the Gradio demo on http://$(DEMO_HOST):$(DEMO_PORT) (embedded default model);"
+	@echo "              without a terminal (CI) it runs the smoke check instead of serving"
+	@echo "make demo-smoke - non-interactive: tokenizer round trip, ASR, TTS on the CLI, then the demo's --smoke check"
 	@echo "make test   - set up .venv and run the whole test suite"
 	@echo "make lint   - ruff"
 	@echo "make bench  - run the benchmarks in bench/ (slow)"
@@ -38,7 +44,17 @@ sysdeps:
 		|| echo "warning: could not install $$missing; tests that need them are skipped"; \
 	fi
 
+# In a terminal: serve the Gradio demo until Ctrl+C. Without one (CI, scripts) or with CI set: the smoke check,
+# so `make demo` never hangs a pipeline.
 demo: setup sysdeps
+	@if [ -n "$$CI" ] || [ ! -t 0 ]; then \
+		echo "no terminal (or CI set): running the non-interactive demo check; run 'make demo' in a terminal to serve"; \
+		$(MAKE) --no-print-directory demo-smoke; \
+	else \
+		$(VENV)/bin/mimo-audio demo --host $(DEMO_HOST) --port $(DEMO_PORT); \
+	fi
+
+demo-smoke: setup sysdeps
 	@mkdir -p $(OUT)
 	flite -voice slt -t "The quick brown fox jumps over the lazy dog." -o $(OUT)/demo_in.wav
 	$(VENV)/bin/mimo-audio default-model
@@ -47,6 +63,7 @@ demo: setup sysdeps
 	$(VENV)/bin/mimo-audio tts "The quick brown fox jumps over the lazy dog." -o $(OUT)/demo_tts.wav
 	@echo "demo output: $(OUT)/demo_in.wav (flite), $(OUT)/demo_resynth.wav (tokenizer), $(OUT)/demo_tts.wav (TTS)"
 	@echo "note: the embedded default model is a small test bed: its transcripts and speech are not yet meaningful (docs/default_model.md)"
+	$(VENV)/bin/mimo-audio demo --smoke
 
 test: setup sysdeps
 	$(PY) -m pytest $(PYTEST_ARGS)
