@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from efficient.fastpath import PackedMatrix
+from efficient.quant import native
 
 from .modeling import SpeechLM
 
@@ -60,6 +61,16 @@ class FastLayer:
         self.v = torch.zeros(1, kv_heads, max_len, head_dim)
         self.n = 0  # positions in the cache
         self._buf: dict[int, tuple[torch.Tensor, ...]] = {}
+        lib = native.library()
+        self._glue = lib if lib is not None and hasattr(lib, "lk_attn_step") else None
+        if self._glue is not None:  # batch-1 steps: 4 kernel calls + 4 native glue calls, fixed buffers
+            self._h, self._qkv1 = torch.empty(1, self.dim), torch.empty(1, qkv.N)
+            self._att1, self._o1 = torch.empty(1, heads * head_dim), torch.empty(1, self.dim)
+            self._gu1, self._act1 = torch.empty(1, gate_up.N), torch.empty(1, self.ffn)
+            self._dn1 = torch.empty(1, self.dim)
+            self._p = [t.data_ptr() for t in (self._h, self._qkv1, self._att1, self._o1, self._gu1, self._act1,
+                                              self.ln1, self.ln2, self.k, self.v)]
+            self._bias = qkv.bias.data_ptr() if qkv.bias is not None else None
 
     @classmethod
     def from_module(cls, layer, max_len: int, scheme: str | None = None, causal: bool = True) -> FastLayer:
@@ -87,6 +98,27 @@ class FastLayer:
                  torch.empty(M, self.ffn), torch.empty(M, self.dim))
             self._buf[M] = b
         return b
+
+    def step_(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """One position, in place: x fp32 [1, dim] contiguous becomes the layer's output (cos/sin [1, head_dim]
+        contiguous). Native glue when the library has it, else :meth:`__call__`."""
+        if self._glue is None:
+            x.copy_(self(x, cos, sin))
+            return x
+        lib, (h, qkv, att, o, gu, act, ln1, ln2, kc, vc) = self._glue, self._p
+        xp = x.data_ptr()
+        lib.lk_add_rmsnorm(xp, None, ln1, self.eps, self.dim, h)
+        self.qkv(self._h, self._qkv1, bias=False)
+        if lib.lk_attn_step(qkv, self._bias, kc, vc, self.n, self.H, self.Hkv, self.D, self.k.shape[2],
+                            cos.data_ptr(), sin.data_ptr(), att) != 0:
+            raise ValueError(f"static cache of {self.k.shape[2]} positions is full")
+        self.n += 1
+        self.o(self._att1, self._o1)
+        lib.lk_add_rmsnorm(xp, o, ln2, self.eps, self.dim, h)
+        self.gate_up(self._h, self._gu1)
+        lib.lk_silu_mul(gu, self.ffn, act)
+        self.down(self._act1, self._dn1)
+        return x.add_(self._dn1)
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x fp32 [M, dim] at positions ``n .. n+M-1`` (cos/sin [M, head_dim]); returns the new hidden [M, dim]."""
@@ -154,10 +186,10 @@ class FastPatchDecoder:
         return sum(layer.nbytes() for layer in self.layers)
 
     def step(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        """One step: x [1, dim] at position t -> normed hidden [1, dim]."""
+        """One step: x [1, dim] at position t -> normed hidden [1, dim]. ``x`` is overwritten (the residual)."""
         cos, sin = self.cos[t : t + 1], self.sin[t : t + 1]
         for layer in self.layers:
-            x = layer(x, cos, sin)
+            layer.step_(x, cos, sin)
         return F.rms_norm(x, (self.dim,), self.norm, self.eps)
 
     @torch.no_grad()
@@ -171,7 +203,7 @@ class FastPatchDecoder:
             layer.reset()
         C = len(self.emb)
         out = torch.empty(1, self.G, C, dtype=torch.long)
-        x = local_hidden.reshape(1, -1).float().contiguous()
+        x = local_hidden.reshape(1, -1).float().clone()  # the residual stream, updated in place
         last = len(self.schedule) - 1
         for t, emits in enumerate(self.schedule):
             h = self.step(x, t)
@@ -276,11 +308,16 @@ class FastSpeechLM:
     @torch.no_grad()
     def forward_embeds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`forward` from backbone inputs ``x [M, hidden]`` (e.g. :meth:`encode_speech`'s output)."""
-        x = x.float()
         M = x.shape[0]
         cos, sin = self.cos[self.n : self.n + M], self.sin[self.n : self.n + M]
-        for layer in self.layers:
-            x = layer(x, cos, sin)
+        if M == 1:
+            x = x.float().clone()  # updated in place by every layer
+            for layer in self.layers:
+                layer.step_(x, cos, sin)
+        else:
+            x = x.float()
+            for layer in self.layers:
+                x = layer(x, cos, sin)
         self.n += M
         h = F.rms_norm(x[-1:], (x.shape[1],), self.norm, self.eps)
         return self.lm_head(h)[0], self.hidden_downcast(h)

@@ -12,6 +12,7 @@ weight: oneDNN, AMX when the CPU has it), ``fallback`` (other schemes, through `
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -21,6 +22,12 @@ from torch import nn
 from efficient.quant import formats, native
 from efficient.quant.formats import QuantResult, Scheme, parse_scheme
 from efficient.quant.linear import QuantLinear
+
+_ENV_THREADS = os.environ.get(native.ENV_THREADS)  # read once: the per-call look-up was measurable
+
+
+def _threads() -> int:
+    return max(1, int(_ENV_THREADS)) if _ENV_THREADS else torch.get_num_threads()
 
 
 class PackedMatrix:
@@ -41,6 +48,8 @@ class PackedMatrix:
             else:
                 self._pid = native.PATHS.index(path)
                 self._tmode = native.TABLES.index(native.table_mode())
+                self._w = self.t["qweight"].data_ptr()
+                self._s = self.t["wscale"].data_ptr() if kind == "i2s" else 0
 
     # ------------------------------------------------------------------------------------------ builders
     @classmethod
@@ -103,8 +112,9 @@ class PackedMatrix:
     def nbytes(self) -> int:
         return sum(v.numel() * v.element_size() for k, v in self.t.items() if k != "tl" or self.scheme.kernel == "tl")
 
-    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` fp32 [M, K] contiguous; ``out`` fp32 [M, N] (allocated when None)."""
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, bias: bool = True) -> torch.Tensor:
+        """``x`` fp32 [M, K] contiguous; ``out`` fp32 [M, N] (allocated when None); ``bias=False`` leaves the
+        bias to the caller (the attention step adds it natively)."""
         M = x.shape[0]
         if out is None:
             out = torch.empty(M, self.N, dtype=torch.float32)
@@ -117,19 +127,19 @@ class PackedMatrix:
         elif self.kind == "fallback":
             out.copy_(formats.gemm(self.scheme, self.t, x, self.N, self.K))
         else:
-            nt = self.threads or native.num_threads()
+            nt = self.threads or _threads()
             if self.kp != self.K:  # K not a multiple of the group: zero-pad the activations
                 x = F.pad(x, (0, self.kp - self.K))
             if self.kind == "lut":
-                rc = self._lib.lk_lut_gemm(self.t["qweight"].data_ptr(), x.data_ptr(), out.data_ptr(), M, self.N,
+                rc = self._lib.lk_lut_gemm(self._w, x.data_ptr(), out.data_ptr(), M, self.N,
                                            self.kp, self.scheme.group_size, self.scheme.bits, self._pid, nt,
                                            self._tmode)
             else:
-                rc = self._lib.lk_i2s_gemm(self.t["qweight"].data_ptr(), self.t["wscale"].data_ptr(), x.data_ptr(),
-                                           out.data_ptr(), M, self.N, self.K, self._pid, nt)
+                rc = self._lib.lk_i2s_gemm(self._w, self._s, x.data_ptr(), out.data_ptr(), M, self.N, self.K,
+                                           self._pid, nt)
             if rc != 0:
                 raise RuntimeError(f"native kernel rejected {self.N}x{self.K} ({self.scheme.name})")
-        if self.bias is not None:
+        if bias and self.bias is not None:
             out.add_(self.bias)
         return out
 
