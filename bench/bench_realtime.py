@@ -98,8 +98,10 @@ def rope(hd: int, n: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 def build(cfg: SpeechLMConfig, scheme: str, head_scheme: str, layers: int, max_len: int) -> FastSpeechLM:
     g = torch.Generator().manual_seed(0)
-    block = (torch.rand(1 << 20, generator=g) * 0.04 - 0.02).to(torch.bfloat16)
-    emb = torch.empty(cfg.vocab_size, cfg.hidden_size, dtype=torch.bfloat16)
+    # token embedding: int8 rows + a per-row scale (only looked up, never streamed: this only saves memory)
+    block = torch.randint(-127, 128, (1 << 20,), generator=g, dtype=torch.int8)
+    emb = torch.empty(cfg.vocab_size, cfg.hidden_size, dtype=torch.int8)
+    emb_scale = torch.full((cfg.vocab_size,), 0.02 / 127)
     flat = emb.view(-1)
     for i in range(0, flat.numel(), block.numel()):
         n = min(block.numel(), flat.numel() - i)
@@ -124,10 +126,10 @@ def build(cfg: SpeechLMConfig, scheme: str, head_scheme: str, layers: int, max_l
     return FastSpeechLM(emb, embs, enc, torch.ones(D), group_down, bb, torch.ones(H),
                         rand_matrix(head_scheme, cfg.vocab_size, H, 8), rand_matrix(scheme, D, H, 9), decoder, 1e-6,
                         EMPTY_TEXT_ID, cfg.speech_zeroemb_idx, rope(hd, max_len, theta),
-                        rope(lhd, cfg.group_size, theta))
+                        rope(lhd, cfg.group_size, theta), emb_scale)
 
 
-def build_tokenizer(kind: str):
+def build_tokenizer(kind: str, prepack: bool):
     from tokenizer import AudioTokenizer, TokenizerConfig
     from tokenizer.api import init_random
     from tokenizer.model import MiMoAudioTokenizerModel
@@ -142,7 +144,16 @@ def build_tokenizer(kind: str):
              for k, v in model.state_dict().items()}
     model.load_state_dict(state, assign=True)
     init_random(model, 0)
-    return AudioTokenizer(model, device="cpu", dtype=torch.bfloat16)
+    if prepack:
+        return AudioTokenizer(model, device="cpu", dtype=torch.bfloat16)
+    # the oneDNN pre-packed copies double the tokenizer's memory (2.6 -> 5.2 GB at full size): skip them
+    import tokenizer.api as tapi
+
+    saved, tapi.prepack_linears = tapi.prepack_linears, lambda *_a, **_k: 0
+    try:
+        return AudioTokenizer(model, device="cpu", dtype=torch.bfloat16)
+    finally:
+        tapi.prepack_linears = saved
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -296,6 +307,8 @@ def main() -> None:
     ap.add_argument("--prompt-seconds", type=float, default=10.0, help="spoken prompt length")
     ap.add_argument("--text-rate", type=float, default=3.0, help="text patches per second of audio")
     ap.add_argument("--tokenizer", choices=("official", "tiny", "embedded"), default="official")
+    ap.add_argument("--tokenizer-prepack", action="store_true",
+                    help="keep the tokenizer's oneDNN pre-packed bf16 weights (faster streaming, +2.6 GB at full size)")
     ap.add_argument("--lookahead", type=int, default=4, help="stream decoder lookahead in code frames")
     ap.add_argument("--compare", action="store_true", help="also time the reference patch decoder (same codes)")
     ap.add_argument("--reps", type=int, default=5, help="repeats of the patch-decoder comparison")
@@ -313,11 +326,12 @@ def main() -> None:
     t0 = time.perf_counter()
     lm = build(cfg, args.quant, args.head_quant or args.quant, args.layers, max_len)
     t_build = time.perf_counter() - t0
-    tok = build_tokenizer(args.tokenizer)
+    tok = build_tokenizer(args.tokenizer, args.tokenizer_prepack)
     print(f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f} at start; "
           f"torch {torch.__version__}; kernel path {native.kernel_path()}")
     print(f"built official-shape LM with {args.layers}/36 backbone layers in {args.quant} "
-          f"(text head {args.head_quant or args.quant}) in {t_build:.1f} s; tokenizer {args.tokenizer}; "
+          f"(text head {args.head_quant or args.quant}) in {t_build:.1f} s; tokenizer {args.tokenizer}"
+          f"{' (pre-packed)' if args.tokenizer_prepack else ''}; "
           f"peak RSS so far {peak_rss_gb():.2f} GB")
     scale = 36 / args.layers  # report the 36-layer model when fewer layers were built
     bb_bytes = sum(layer.nbytes() for layer in lm.layers) * scale + lm.lm_head.nbytes() + lm.hidden_downcast.nbytes()

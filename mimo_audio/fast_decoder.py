@@ -229,8 +229,9 @@ class FastSpeechLM:
                  layers: Sequence[FastLayer], norm: torch.Tensor,
                  lm_head: PackedMatrix, hidden_downcast: PackedMatrix, decoder: FastPatchDecoder, eps: float,
                  empty_token_id: int, empty_ids: Sequence[int], rope: tuple[torch.Tensor, torch.Tensor],
-                 enc_rope: tuple[torch.Tensor, torch.Tensor]) -> None:
-        self.embed_tokens = embed_tokens
+                 enc_rope: tuple[torch.Tensor, torch.Tensor], embed_scale: torch.Tensor | None = None) -> None:
+        self.embed_tokens = embed_tokens  # [vocab, hidden]; int8 rows times ``embed_scale [vocab]`` when given
+        self.embed_scale = embed_scale
         self.speech_embeddings = [e.detach() for e in speech_embeddings]
         self.encoder, self.encoder_norm = list(encoder), encoder_norm.detach().float()
         self.group_downcast, self.layers, self.norm = group_downcast, list(layers), norm.detach().float()
@@ -269,6 +270,23 @@ class FastSpeechLM:
         for layer in self.layers:
             layer.reset()
 
+    def choose_encoder_kernels(self, allow_requant: bool = False) -> dict[str, int]:
+        """Time LUT vs dense bf16 (vs int8 with ``allow_requant``) for the patch encoder's matrices at its M (one
+        patch = ``group_size`` rows) on this CPU and keep the fastest; returns how many matrices chose each."""
+        from efficient.fastpath.select import choose
+
+        M, picked = len(self.enc_cos), {}
+        for layer in self.encoder:
+            for name in ("qkv", "o", "gate_up", "down"):
+                pm = getattr(layer, name)
+                if not isinstance(pm, PackedMatrix) or pm.kind == "dense":
+                    continue
+                best, times = choose(pm, M, allow_requant=allow_requant)
+                setattr(layer, name, best)
+                kind = min(times, key=times.get)
+                picked[kind] = picked.get(kind, 0) + 1
+        return picked
+
     def encode_speech(self, codes: torch.Tensor) -> torch.Tensor:
         """Speech patches ``codes [N, C, G]`` -> backbone inputs [N, hidden] (patch encoder, one patch at a time)."""
         N, C, G = codes.shape
@@ -292,7 +310,10 @@ class FastSpeechLM:
         G = len(self.enc_cos)
         text = ids[0, 0, ::G]
         speech = text == self.empty_token_id
-        x = self.embed_tokens[torch.where(speech, torch.zeros_like(text), text)].float()
+        rows = torch.where(speech, torch.zeros_like(text), text)
+        x = self.embed_tokens[rows].float()
+        if self.embed_scale is not None:
+            x *= self.embed_scale[rows].unsqueeze(1)
         x[speech] = 0
         if bool(speech.any()):
             codes = ids[0, 1:].reshape(ids.shape[1] - 1, -1, G).transpose(0, 1)[speech]  # [N, C, G]

@@ -2,5 +2,6 @@
 run-time kernel choice per (bits, shape, CPU). Imports nothing of the project outside ``efficient``."""
 
 from efficient.fastpath.matrix import PackedMatrix, random_packed
+from efficient.fastpath.select import Int8Matrix, choose
 
-__all__ = ["PackedMatrix", "random_packed"]
+__all__ = ["Int8Matrix", "PackedMatrix", "choose", "random_packed"]
