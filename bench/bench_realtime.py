@@ -206,6 +206,7 @@ def tts_run(lm: FastSpeechLM, tok, cfg: SpeechLMConfig, args) -> dict:
     parts = {"backbone step (36 layers + heads)": 0.0, "patch encoder (fed-back patch)": 0.0,
              "patch decoder (11 steps)": 0.0, "audio decode (stream)": 0.0}
     first_audio = None
+    pending: list[torch.Tensor] = []  # patches not yet pushed to the audio decoder
     t_start = time.perf_counter()
     made_speech = made_text = 0
     i = 0
@@ -219,7 +220,11 @@ def tts_run(lm: FastSpeechLM, tok, cfg: SpeechLMConfig, args) -> dict:
             t0 = time.perf_counter()
             codes = lm.decoder.decode_patch(local, greedy)  # [1, G, C]
             t1 = time.perf_counter()
-            audio = stream.push(codes[0].T.contiguous())
+            pending.append(codes[0].T)
+            audio = torch.empty(0)
+            if first_audio is None or len(pending) >= args.push_every or made_speech + 1 == n_speech:
+                audio = stream.push(torch.cat(pending, dim=1).contiguous())
+                pending.clear()
             t2 = time.perf_counter()
             if first_audio is None and audio.numel():
                 first_audio = t2 - t_start
@@ -296,6 +301,24 @@ def compare_decoders(ref, fast: FastPatchDecoder, dim: int, reps: int) -> tuple[
     return statistics.median(tr), statistics.median(tf), same
 
 
+def kernel_table(scheme: str, threads_list: list[int]) -> None:
+    """LUT vs dequantized bf16 (oneDNN) vs int8 (_int_mm) per backbone shape and M: what the choice sees."""
+    from efficient.fastpath import choose
+
+    sch = parse_scheme(scheme)
+    print(f"\nkernel choice, {scheme}, best of 5 calls, ms (hot weights):")
+    print("| N x K | threads | M | lut | bf16 | int8 | chosen |")
+    print("|---|---|---|---|---|---|---|")
+    for N, K in ((6144, 4096), (4096, 4096), (22016, 4096), (4096, 11008)):
+        pm = PackedMatrix.from_packed(sch, [random_packed(sch, N, K)], [N], K)
+        for th in threads_list:
+            torch.set_num_threads(th)
+            for M in (1, 4, 16, 64):
+                _, t = choose(pm, M, allow_requant=True, reps=5)
+                cells = " | ".join(f"{t[k] * 1e3:.2f}" if k in t else "-" for k in ("lut", "bf16", "int8"))
+                print(f"| {N} x {K} | {th} | {M} | {cells} | {min(t, key=t.get)} |")
+
+
 # ----------------------------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -310,6 +333,12 @@ def main() -> None:
     ap.add_argument("--tokenizer-prepack", action="store_true",
                     help="keep the tokenizer's oneDNN pre-packed bf16 weights (faster streaming, +2.6 GB at full size)")
     ap.add_argument("--lookahead", type=int, default=4, help="stream decoder lookahead in code frames")
+    ap.add_argument("--push-every", type=int, default=3,
+                    help="patches per audio-decoder push after the first (larger = fewer weight passes, more delay)")
+    ap.add_argument("--kernel-choice", choices=("off", "lut-bf16", "all"), default="all",
+                    help="patch encoder (M=4): time LUT / bf16 / int8 (all; int8 re-quantizes per row), keep the best")
+    ap.add_argument("--kernel-table", action="store_true",
+                    help="also print LUT vs bf16 vs int8 per backbone shape and M (1, 4, 16, 64)")
     ap.add_argument("--compare", action="store_true", help="also time the reference patch decoder (same codes)")
     ap.add_argument("--reps", type=int, default=5, help="repeats of the patch-decoder comparison")
     args = ap.parse_args()
@@ -327,12 +356,18 @@ def main() -> None:
     lm = build(cfg, args.quant, args.head_quant or args.quant, args.layers, max_len)
     t_build = time.perf_counter() - t0
     tok = build_tokenizer(args.tokenizer, args.tokenizer_prepack)
+    picked = {}
+    if args.kernel_choice != "off":
+        torch.set_num_threads(args.threads[-1])
+        picked = lm.choose_encoder_kernels(allow_requant=args.kernel_choice == "all")
     print(f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f} at start; "
           f"torch {torch.__version__}; kernel path {native.kernel_path()}")
     print(f"built official-shape LM with {args.layers}/36 backbone layers in {args.quant} "
           f"(text head {args.head_quant or args.quant}) in {t_build:.1f} s; tokenizer {args.tokenizer}"
           f"{' (pre-packed)' if args.tokenizer_prepack else ''}; "
-          f"peak RSS so far {peak_rss_gb():.2f} GB")
+          f"peak RSS so far {peak_rss_gb():.2f} GB; patch encoder kernels chosen: {picked or 'lut (no choice)'}")
+    if args.kernel_table:
+        kernel_table(args.quant, args.threads)
     scale = 36 / args.layers  # report the 36-layer model when fewer layers were built
     bb_bytes = sum(layer.nbytes() for layer in lm.layers) * scale + lm.lm_head.nbytes() + lm.hidden_downcast.nbytes()
     enc_bytes = lm.encoder_nbytes()
