@@ -501,6 +501,51 @@ def ours_7b(scheme: str, threads: int, layers: int, distinct: int):
     return step
 
 
+def ours_fast_7b(scheme: str, threads: int, layers: int):
+    """The same model through the batch-1 fast path (:mod:`mimo_audio.fast_decoder`: fused QKV / gate-up, static
+    KV cache, native step glue), every layer with its own weights (the Xeon's 300 MB L3 would hold a few
+    rotating copies). Returns a closure that runs one decode step (embedding row -> layers -> norm -> head)."""
+    import torch.nn.functional as F
+
+    from efficient.fastpath import PackedMatrix
+    from efficient.fastpath import random_packed as fast_random
+    from mimo_audio.fast_decoder import FastLayer
+
+    sh = SHAPE_7B
+    H, Fd, hd = sh["hidden"], sh["inter"], sh["hidden"] // sh["heads"]
+    sch = parse_scheme(scheme)
+
+    def mat(N: int, K: int, seed: int) -> PackedMatrix:
+        return PackedMatrix.from_packed(sch, [fast_random(sch, N, K, seed)], [N], K)
+
+    kv = sh["kv_heads"] * hd
+    stack = [FastLayer(mat(H + 2 * kv, H, 4 * i), mat(H, H, 4 * i + 1), mat(2 * Fd, H, 4 * i + 2),
+                       mat(H, Fd, 4 * i + 3), torch.ones(H), torch.ones(H), 1e-6, sh["heads"], sh["kv_heads"], hd,
+                       256) for i in range(layers)]
+    head = mat(sh["vocab"], H, 99)
+    emb = torch.randn(1024, H) * 0.02
+    inv = 1.0 / 1e6 ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd)
+    f = torch.arange(256, dtype=torch.float32)[:, None] * inv[None]
+    cos, sin = torch.cat([f, f], -1).cos(), torch.cat([f, f], -1).sin()
+    state = {"n": 0, "tok": 7}
+
+    def step() -> None:
+        torch.set_num_threads(threads)
+        n = state["n"] % 255
+        if n == 0:
+            for layer in stack:
+                layer.reset()
+        x = emb[state["tok"] % 1024].view(1, H).clone()
+        for layer in stack:
+            layer.step_(x, cos[n : n + 1], sin[n : n + 1])
+        state["tok"] = int(head(F.rms_norm(x, (H,), None, 1e-6)).argmax())
+        state["n"] += 1
+
+    for _ in range(8):  # a short prompt, as for the other rows
+        step()
+    return step
+
+
 def write_gguf_7b(ggml: Ggml, type_name: str, layers: int, path: str) -> None:
     """A qwen2 GGUF of SHAPE_7B with random weights quantized to `type_name` (output too; token embedding Q4_0).
     One block of random rows is quantized per shape and tiled; every layer gets its own copy in the file."""
@@ -575,7 +620,7 @@ def llama_cpp_7b(ggml: Ggml, type_name: str, threads: int, layers: int):
     return step
 
 
-def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12) -> None:
+def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12, fast: bool = False) -> None:
     """Decode speed of the speech LM's backbone shape (Qwen2, SHAPE_7B) at 2 and 4 bits, ours vs llama.cpp.
     All models are loaded at once and their decode steps interleaved round-robin, so that every model sees the
     same machine load (the VM is shared); medians over the steps."""
@@ -585,7 +630,8 @@ def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12) -
           f"{sh['kv_heads']} KV, vocab {sh['vocab']}; random weights; {threads} threads; {layers} layers built"
           + ("" if layers == sh["layers"] else f", ms/token x{scale:.2f} to {sh['layers']} layers (head included)")
           + f"; lm_head in the layers' format; steps interleaved round-robin, median of {new_tokens - 1})")
-    rows = [("ours", s) for s in ("w2g128", "ternary", "w4g128")]
+    rows = [("ours", s) for s in ("w2g128", "ternary", "w4g128")] if not fast else []
+    rows += [("ours fast", s) for s in ("w2g128", "ternary", "w4g128", "w4g32")] if fast else []
     if ggml is not None:
         rows += [("llama.cpp", t) for t in ("Q2_K", "TQ2_0", "Q4_0")]
     steps, bpw = {}, {}
@@ -593,6 +639,9 @@ def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12) -
         try:
             if who == "ours":
                 steps[(who, name)] = ours_7b(name, threads, layers, 4)
+                bpw[(who, name)] = parse_scheme(name).bits_per_weight
+            elif who == "ours fast":
+                steps[(who, name)] = ours_fast_7b(name, threads, layers)
                 bpw[(who, name)] = parse_scheme(name).bits_per_weight
             else:
                 steps[(who, name)] = llama_cpp_7b(ggml, name, threads, layers)
@@ -609,10 +658,10 @@ def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12) -
     med = {k: statistics.median(v) * scale for k, v in times.items()}
     print("| model | bits/weight (linears) | ms/token | tok/s | vs llama.cpp (their time / ours) |")
     print("|---|---|---|---|---|")
-    ref = {"w2g128": "Q2_K", "ternary": "TQ2_0", "w4g128": "Q4_0"}
+    ref = {"w2g128": "Q2_K", "ternary": "TQ2_0", "w4g128": "Q4_0", "w4g32": "Q4_0"}
     for (who, name), sec in med.items():
         other = med.get(("llama.cpp", ref.get(name, "")))
-        vs = f"{other / sec:.2f}x vs {ref[name]}" if who == "ours" and other else ""
+        vs = f"{other / sec:.2f}x vs {ref[name]}" if who.startswith("ours") and other else ""
         print(f"| {who} {name} | {bpw[(who, name)]:.3g} | {sec * 1e3:.0f} | {1 / sec:.2f} | {vs} |")
     sys.stdout.flush()
 
@@ -634,6 +683,10 @@ def main() -> None:
     ap.add_argument("--llama-cpp-quants", nargs="*", default=None,
                     help="llama.cpp SmolLM2 rows (default: " + " ".join(LLAMA_CPP_QUANTS) + ")")
     ap.add_argument("--decode-repeats", type=int, default=3, help="decode tok/s: median of this many runs")
+    ap.add_argument("--fast-7b", action="store_true",
+                    help="7B rows through the batch-1 fast path (mimo_audio.fast_decoder) instead of transformers")
+    ap.add_argument("--threads-7b", type=int, nargs="+", default=None,
+                    help="thread counts of the 7B comparison (default: the largest of --threads)")
     ap.add_argument("--layers-7b", type=int, default=36,
                     help="layers of the 7B-shaped model actually built (time scaled to 36 when fewer)")
     ap.add_argument("--schemes", nargs="+", default=None,
@@ -664,7 +717,8 @@ def main() -> None:
     if not args.skip_e2e:
         e2e_smollm2(max(args.threads), args.ppl_tokens, args.decode_repeats)
     if not args.skip_7b:
-        e2e_7b(max(args.threads), args.layers_7b, ggml)
+        for th in args.threads_7b or [max(args.threads)]:
+            e2e_7b(th, args.layers_7b, ggml, fast=args.fast_7b)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 

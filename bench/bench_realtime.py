@@ -319,6 +319,49 @@ def kernel_table(scheme: str, threads_list: list[int]) -> None:
                 print(f"| {N} x {K} | {th} | {M} | {cells} | {min(t, key=t.get)} |")
 
 
+@torch.no_grad()
+def speculative_model(lm: FastSpeechLM, r: dict, accept: float, reps: int = 3) -> dict:
+    """Would speculative patch decoding with the patch MTP head pay here? Measured inputs, modelled loop.
+
+    A round (patch i+1 sampled): MTP block -> draft patch i+2 (patch decoder D); backbone on [i+1, draft] in one
+    pass (c2 x B, B = one-position step); patch decoder at i+1 verifies (D); if accepted (prob. a) the patch
+    decoder at i+2 gives i+3 (D). Patches per round 1 + a; time m + c2 B + (2 + a) D. Plain: B + D per patch.
+    m = 1.5 backbone layers (the MTP block's layer plus its 2d -> d input projection).
+    """
+    layers = lm.layers[:4]
+    H = layers[0].dim
+    cos, sin = lm.cos[:2], lm.sin[:2]
+
+    def one():
+        for layer in layers:
+            layer.reset(0)
+            layer.step_(torch.randn(1, H), cos[:1], sin[:1])
+
+    def two():
+        for layer in layers:
+            layer.reset(0)
+            layer(torch.randn(2, H), cos, sin)
+
+    t1 = min(_timed(one) for _ in range(reps))
+    t2 = min(_timed(two) for _ in range(reps))
+    for layer in lm.layers:
+        layer.reset(0)
+    n = r["speech"]
+    steps = n + r["text"]
+    B = r["parts"]["backbone step (36 layers + heads)"] / steps + r["parts"]["patch encoder (fed-back patch)"] / n
+    D = r["parts"]["patch decoder (11 steps)"] / n
+    c2 = t2 / t1
+    m = 1.5 * B / len(lm.layers)
+    speedup = (1 + accept) * (B + D) / (m + c2 * B + (2 + accept) * D)
+    return {"c2": c2, "B": B, "D": D, "m": m, "speedup": speedup}
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 # ----------------------------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -341,6 +384,8 @@ def main() -> None:
                     help="also print LUT vs bf16 vs int8 per backbone shape and M (1, 4, 16, 64)")
     ap.add_argument("--compare", action="store_true", help="also time the reference patch decoder (same codes)")
     ap.add_argument("--reps", type=int, default=5, help="repeats of the patch-decoder comparison")
+    ap.add_argument("--accept", type=float, default=0.86,
+                    help="greedy acceptance of the patch MTP head for the speculative-decoding estimate")
     args = ap.parse_args()
     try:
         parse_scheme(args.quant)
@@ -386,6 +431,10 @@ def main() -> None:
             del ref
         results[th] = (r, bw, cmp)
         report(args, th, r, bw, cmp, bb_bytes, enc_bytes, dec_bytes, per_patch, steps, scale)
+        sp = speculative_model(lm, r, args.accept)
+        print(f"speculative patch decoding with the patch MTP head (acceptance {args.accept}), {th} thread(s): "
+              f"backbone 2 positions / 1 = {sp['c2']:.2f}x, B = {sp['B'] * 1e3:.0f} ms, D = {sp['D'] * 1e3:.0f} ms "
+              f"-> modelled speed-up {sp['speedup']:.2f}x ({'pays' if sp['speedup'] > 1.05 else 'does not pay'})")
     th = args.threads[-1]
     r = results[th][0]
     print(f"\npatches/s {args.quant} threads={th}: {r['speech'] / r['total']:.2f}")
