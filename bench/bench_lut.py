@@ -45,6 +45,7 @@ OUR_SCHEMES = ["w1g128", "w2g128", "w3g128", "w4g128", "w4g32", "ternary", "tern
 GGML_TYPES = {"Q4_0": 2, "Q4_K": 12, "Q3_K": 11, "Q2_K": 10, "TQ2_0": 35, "TQ1_0": 34}
 GGML_BPW = {"Q4_0": 4.5, "Q4_K": 4.5, "Q3_K": 3.4375, "Q2_K": 2.625, "TQ2_0": 2.0625, "TQ1_0": 1.6875}
 GGML_SELECTED = list(GGML_TYPES)
+BEST_GGML = True  # also run llama.cpp's best path (AMX / repacked extra buffer types), see Ggml.pool_best
 WITH_TORCH = True
 EQUAL_BITS = {"w4g128": "Q4_K", "w4g32": "Q4_0", "w2g128": "Q2_K", "ternary": "TQ2_0", "ternary-tl": "TQ2_0",
               "afpq4g128": "Q4_K", "afpq3g128": "Q3_K", "w3g128": "Q3_K"}
@@ -274,7 +275,109 @@ class Ggml:
 
         return GgmlPool(f"llama.cpp {type_name}", nbytes, None)
 
+    # ---- llama.cpp's best CPU path: weights in an "extra" buffer type of the CPU backend (AMX on CPUs with
+    # AMX-INT8, CPU_REPACK = the interleaved AVX2/AVX-512 layouts), which is what llama.cpp itself loads models
+    # into (llama_model_params.use_extra_bufts, on by default). Driven through the ggml-backend API.
+    def _backend_api(self) -> None:
+        if getattr(self, "_be", None) is not None:
+            return
+        P, SZ = ctypes.c_void_p, ctypes.c_size_t
+        b, c = self.base, self.cpu
+        c.ggml_backend_cpu_init.restype = P
+        c.ggml_backend_cpu_set_n_threads.argtypes = [P, ctypes.c_int]
+        b.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
+        b.ggml_backend_dev_by_type.restype = P
+        b.ggml_backend_dev_backend_reg.argtypes = [P]
+        b.ggml_backend_dev_backend_reg.restype = P
+        b.ggml_backend_reg_get_proc_address.argtypes = [P, ctypes.c_char_p]
+        b.ggml_backend_reg_get_proc_address.restype = P
+        b.ggml_backend_buft_name.argtypes = [P]
+        b.ggml_backend_buft_name.restype = ctypes.c_char_p
+        b.ggml_backend_alloc_ctx_tensors_from_buft.argtypes = [P, P]
+        b.ggml_backend_alloc_ctx_tensors_from_buft.restype = P
+        b.ggml_backend_alloc_ctx_tensors.argtypes = [P, P]
+        b.ggml_backend_alloc_ctx_tensors.restype = P
+        b.ggml_backend_buffer_set_usage.argtypes = [P, ctypes.c_int]
+        b.ggml_backend_buffer_free.argtypes = [P]
+        b.ggml_backend_tensor_set.argtypes = [P, P, SZ, SZ]
+        b.ggml_backend_graph_compute.argtypes = [P, P]
+        b.ggml_backend_graph_compute.restype = ctypes.c_int
+        b.ggml_tensor_overhead.restype = SZ
+        b.ggml_graph_overhead_custom.argtypes = [SZ, ctypes.c_bool]
+        b.ggml_graph_overhead_custom.restype = SZ
+        self._be = c.ggml_backend_cpu_init()
+        dev = b.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+        reg = b.ggml_backend_dev_backend_reg(dev)
+        fn = b.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
+        self.extra_bufts: dict[str, int] = {}
+        if fn:
+            arr = ctypes.CFUNCTYPE(ctypes.POINTER(P), P)(fn)(dev)
+            i = 0
+            while arr and arr[i]:
+                self.extra_bufts[b.ggml_backend_buft_name(arr[i]).decode()] = arr[i]
+                i += 1
+        self.buffers: list = []
+
+    def best_buft(self, type_name: str) -> str | None:
+        """The extra buffer type llama.cpp would put these weights in (AMX first, then the repacked layouts)."""
+        self._backend_api()
+        for name in ("AMX", "CPU_REPACK"):
+            if name in self.extra_bufts and (name != "AMX" or type_name in ("Q4_0", "Q4_1", "Q8_0", "Q4_K")):
+                return name
+        return None
+
+    def pool_best(self, type_name: str, N: int, K: int, M: int) -> Pool:
+        """As :meth:`pool`, with the weights in llama.cpp's best extra buffer type (falls back to the plain CPU
+        buffer when the type has none: that is then also what llama.cpp runs)."""
+        self._backend_api()
+        b, t = self.base, GGML_TYPES[type_name]
+        buft_name = self.best_buft(type_name)
+        nbytes = b.ggml_row_size(t, K) * N
+        ncopy = max(1, POOL_BYTES // nbytes)
+        wctx = b.ggml_init(self.InitParams(b.ggml_tensor_overhead() * (ncopy + 4), None, True))
+        cctx = b.ggml_init(self.InitParams(b.ggml_tensor_overhead() * (2 * ncopy + 8)
+                                           + b.ggml_graph_overhead_custom(2 * ncopy + 16, False), None, True))
+        self.ctxs += [wctx, cctx]
+        ws = [b.ggml_new_tensor_2d(wctx, t, K, N) for _ in range(ncopy)]
+        if buft_name is not None:
+            wbuf = b.ggml_backend_alloc_ctx_tensors_from_buft(wctx, self.extra_bufts[buft_name])
+        else:
+            wbuf = b.ggml_backend_alloc_ctx_tensors(wctx, self._be)
+        if not wbuf:
+            raise MemoryError("ggml backend weight buffer allocation failed")
+        b.ggml_backend_buffer_set_usage(wbuf, 1)  # GGML_BACKEND_BUFFER_USAGE_WEIGHTS
+        self.buffers.append(wbuf)
+        wf = torch.randn(N, K) * 0.02
+        q = torch.empty(nbytes, dtype=torch.uint8)
+        b.ggml_quantize_chunk(t, wf.data_ptr(), q.data_ptr(), 0, N, K, None)
+        for w in ws:  # set_tensor repacks into the buffer type's layout
+            b.ggml_backend_tensor_set(w, q.data_ptr(), 0, nbytes)
+        x = b.ggml_new_tensor_2d(cctx, 0, K, M)
+        graph = b.ggml_new_graph_custom(cctx, 2 * ncopy + 16, False)
+        for w in ws:
+            b.ggml_build_forward_expand(graph, b.ggml_mul_mat(cctx, w, x))
+        cbuf = b.ggml_backend_alloc_ctx_tensors(cctx, self._be)
+        self.buffers.append(cbuf)
+        xs = torch.randn(M, K)
+        b.ggml_backend_tensor_set(x, xs.data_ptr(), 0, K * M * 4)
+        be, cpu = self._be, self.cpu
+
+        class BestPool(Pool):
+            def time(self, threads: int) -> float:
+                cpu.ggml_backend_cpu_set_n_threads(be, threads)
+                t0, c0 = time.perf_counter(), time.thread_time()
+                if b.ggml_backend_graph_compute(be, graph) != 0:
+                    raise RuntimeError("ggml_backend_graph_compute failed")
+                self.last_cpu = (time.thread_time() - c0) / ncopy
+                return (time.perf_counter() - t0) / ncopy
+
+        return BestPool(f"llama.cpp best {type_name} [{buft_name or 'CPU'}]", nbytes, None)
+
     def free_all(self) -> None:
+        for buf in getattr(self, "buffers", []):
+            self.base.ggml_backend_buffer_free(buf)
+        if getattr(self, "buffers", None):
+            self.buffers.clear()
         for c in self.ctxs:
             self.base.ggml_free(c)
         self.ctxs.clear()
@@ -304,6 +407,8 @@ def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | Non
                 for tn in GGML_SELECTED:
                     try:
                         pools.append(ggml.pool(tn, N, K, M))
+                        if BEST_GGML:
+                            pools.append(ggml.pool_best(tn, N, K, M))
                     except Exception as exc:  # noqa: BLE001 - a type this ggml build lacks
                         print(f"  ggml {tn} failed: {exc}")
             if WITH_TORCH:
@@ -331,11 +436,15 @@ def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | Non
                 print(f"| {name} | {r[threads_list[0]][1] / 2**20:.2f} | " + " | ".join(cells) + " |")
             if ggml is not None:
                 print("speed-up vs llama.cpp at equal bits (their time / ours):")
+                res = results[(N, K, M)]
                 for ours, theirs in EQUAL_BITS.items():
-                    a, b = results[(N, K, M)].get(f"ours {ours}"), results[(N, K, M)].get(f"llama.cpp {theirs}")
-                    if a and b:
-                        print(f"  {ours:>10} vs {theirs:<6} " + "  ".join(
-                            f"{th}{'' if th == 'cpu1' else 'T'} {b[th][0] / a[th][0]:.2f}x" for th in cols))
+                    a = res.get(f"ours {ours}")
+                    best = [k for k in res if k.startswith(f"llama.cpp best {theirs} [")]
+                    for label, key in (("generic", f"llama.cpp {theirs}"), ("best", best[0] if best else None)):
+                        b = res.get(key) if key else None
+                        if a and b:
+                            print(f"  {ours:>10} vs {theirs:<6} ({label}) " + "  ".join(
+                                f"{th}{'' if th == 'cpu1' else 'T'} {b[th][0] / a[th][0]:.2f}x" for th in cols))
             sys.stdout.flush()
     return results
 
@@ -667,7 +776,7 @@ def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12, f
 
 
 def main() -> None:
-    global POOL_BYTES, OUR_SCHEMES, GGML_SELECTED, WITH_TORCH, E2E_CONFIGS, LLAMA_CPP_QUANTS
+    global POOL_BYTES, OUR_SCHEMES, GGML_SELECTED, WITH_TORCH, E2E_CONFIGS, LLAMA_CPP_QUANTS, BEST_GGML
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="GEMV 4096x4096 M=1 only")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -693,11 +802,14 @@ def main() -> None:
                     help="our GEMV rows (default: all formats; add ':float' for float LUT tables)")
     ap.add_argument("--ggml", nargs="*", default=None, help="llama.cpp GEMV rows (default: all)")
     ap.add_argument("--no-torch", action="store_true", help="skip the torch fp32 / bf16 GEMV rows")
+    ap.add_argument("--no-best-ggml", action="store_true",
+                    help="skip llama.cpp's best path (AMX / CPU_REPACK extra buffer types) in the GEMV tables")
     args = ap.parse_args()
     POOL_BYTES = max(1, args.pool_mib << 20)
     OUR_SCHEMES = args.schemes or OUR_SCHEMES
     GGML_SELECTED = GGML_SELECTED if args.ggml is None else args.ggml
     WITH_TORCH = not args.no_torch
+    BEST_GGML = not args.no_best_ggml
     E2E_CONFIGS = E2E_CONFIGS if args.e2e_configs is None else args.e2e_configs
     LLAMA_CPP_QUANTS = LLAMA_CPP_QUANTS if args.llama_cpp_quants is None else args.llama_cpp_quants
     if native.library() is None:
