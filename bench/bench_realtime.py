@@ -96,7 +96,8 @@ def rope(hd: int, n: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     return emb.cos(), emb.sin()
 
 
-def build(cfg: SpeechLMConfig, scheme: str, head_scheme: str, layers: int, max_len: int) -> FastSpeechLM:
+def build(cfg: SpeechLMConfig, scheme: str, head_scheme: str, layers: int, max_len: int,
+          local_head_scheme: str = "w4g32") -> FastSpeechLM:
     g = torch.Generator().manual_seed(0)
     # token embedding: int8 rows + a per-row scale (only looked up, never streamed: this only saves memory)
     block = torch.randint(-127, 128, (1 << 20,), generator=g, dtype=torch.int8)
@@ -116,7 +117,8 @@ def build(cfg: SpeechLMConfig, scheme: str, head_scheme: str, layers: int, max_l
     enc = [rand_layer(scheme, D, cfg.local_ffn_dim, cfg.local_attn_heads, cfg.local_attn_heads, lhd, cfg.group_size,
                       2000 + 10 * i, causal=False) for i in range(cfg.input_local_layers)]
     theta = cfg.backbone_config().rope_parameters["rope_theta"]
-    heads = [PackedMatrix.dense([torch.randn(v, D, generator=g) * 0.02]) for v in cfg.speech_vocab_size]
+    heads = [PackedMatrix.dense([torch.randn(v, D, generator=g) * 0.02]) if local_head_scheme == "fp32"
+             else rand_matrix(local_head_scheme, v, D, 500 + c) for c, v in enumerate(cfg.speech_vocab_size)]
     embs = [torch.randn(v, D, generator=g) * 0.02 for v in cfg.speech_vocab_size]
     delay = DelayPattern(tuple(cfg.delay_pattern), cfg.group_size)
     steps = len(delay.schedule)
@@ -277,8 +279,14 @@ def reference_decoder(cfg: SpeechLMConfig, fast: FastPatchDecoder):
         layer.input_layernorm.weight = torch.nn.Parameter(fl.ln1.clone())
         layer.post_attention_layernorm.weight = torch.nn.Parameter(fl.ln2.clone())
     lm.local_transformer.norm.weight = torch.nn.Parameter(fast.norm.clone())
-    for h, fh in zip(lm.local_transformer_lm_heads, fast.heads):
-        h.weight = torch.nn.Parameter(fh.t["w"])
+    for ch, fh in enumerate(fast.heads):
+        if fh.kind == "dense":
+            lm.local_transformer_lm_heads[ch].weight = torch.nn.Parameter(fh.t["w"])
+        else:
+            q = QuantLinear(fh.K, fh.N, fh.scheme, bias=False)
+            for k, v in fh.t.items():
+                setattr(q, k, v)
+            lm.local_transformer_lm_heads[ch] = q
     for e, fe in zip(lm.speech_embeddings, fast.emb):
         e.weight = torch.nn.Parameter(fe)
     lm.local_transformer.rotary_emb = type(lm.local_transformer.rotary_emb)(lm.local_transformer.config)
@@ -286,10 +294,14 @@ def reference_decoder(cfg: SpeechLMConfig, fast: FastPatchDecoder):
     return lm.eval()  # the official config has attention dropout: eval() turns it off
 
 
-def compare_decoders(ref, fast: FastPatchDecoder, dim: int, reps: int) -> tuple[float, float, bool]:
+def compare_decoders(ref, fast: FastPatchDecoder, dim: int, reps: int) -> tuple[float, float, bool, float]:
     greedy = Sampler.greedy()
     h = torch.randn(1, dim, generator=torch.Generator().manual_seed(1))
-    same = torch.equal(ref.decode_patch(h, greedy), fast.decode_patch(h, greedy))
+    trace: list[torch.Tensor] = []
+    codes = fast.decode_patch(h, greedy, trace=trace)
+    same = torch.equal(ref.decode_patch(h, greedy), codes)
+    ref0 = ref.patch_decoder_logits(h, codes)[0][0, 0]  # step 0: both paths see bit-identical inputs
+    rel0 = float((trace[0][0] - ref0).abs().max() / ref0.abs().max())
     tr, tf = [], []
     for _ in range(reps):  # alternate so both see the same load
         t0 = time.perf_counter()
@@ -298,7 +310,7 @@ def compare_decoders(ref, fast: FastPatchDecoder, dim: int, reps: int) -> tuple[
         fast.decode_patch(h, greedy)
         tf.append(time.perf_counter() - t1)
         tr.append(t1 - t0)
-    return statistics.median(tr), statistics.median(tf), same
+    return statistics.median(tr), statistics.median(tf), same, rel0
 
 
 def kernel_table(scheme: str, threads_list: list[int]) -> None:
@@ -367,6 +379,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quant", default="w2g128", help="scheme of every linear: w2g128, w4g32, ternary, ...")
     ap.add_argument("--head-quant", default=None, help="scheme of the text head (default: --quant)")
+    ap.add_argument("--local-head-quant", default="w4g32",
+                    help="scheme of the patch decoder's 8 per-channel heads, or fp32 (dense)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts, side by side")
     ap.add_argument("--layers", type=int, default=36, help="backbone layers (36 = official; fewer for a smoke run)")
     ap.add_argument("--seconds", type=float, default=4.0, help="seconds of audio to generate per run")
@@ -390,6 +404,8 @@ def main() -> None:
     try:
         parse_scheme(args.quant)
         parse_scheme(args.head_quant or args.quant)
+        if args.local_head_quant != "fp32":
+            parse_scheme(args.local_head_quant)
     except ValueError as exc:
         sys.exit(f"error: {exc}")
     if native.library() is None:
@@ -398,7 +414,7 @@ def main() -> None:
     max_len = 16 + round(args.prompt_seconds * PATCHES_PER_SECOND) + 8 + round(
         args.seconds * (PATCHES_PER_SECOND + args.text_rate)) + 8
     t0 = time.perf_counter()
-    lm = build(cfg, args.quant, args.head_quant or args.quant, args.layers, max_len)
+    lm = build(cfg, args.quant, args.head_quant or args.quant, args.layers, max_len, args.local_head_quant)
     t_build = time.perf_counter() - t0
     tok = build_tokenizer(args.tokenizer, args.tokenizer_prepack)
     picked = {}
@@ -476,7 +492,8 @@ def report(args, th, r, bw, cmp, bb_bytes, enc_bytes, dec_bytes, per_patch, step
     if cmp is not None:
         rows += [("patch decoder reference (transformers + QuantLinear), ms", f"{cmp[0] * 1e3:.1f}"),
                  ("patch decoder fast path (same codes), ms", f"{cmp[1] * 1e3:.1f}"),
-                 ("  speed-up / greedy codes identical", f"{cmp[0] / cmp[1]:.2f}x / {cmp[2]}")]
+                 ("  speed-up / greedy codes identical", f"{cmp[0] / cmp[1]:.2f}x / {cmp[2]}"),
+                 ("  step-0 logits, max rel. difference", f"{cmp[3]:.1e}")]
     w = max(len(k) for k, _ in rows)
     print(f"| {'quantity':<{w}} | {'value':>12} |")
     print(f"|{'-' * (w + 2)}|{'-' * 14}|")
