@@ -10,8 +10,9 @@ What runs (batch 1, greedy, random weights: speed does not depend on the values)
   (``--head-quant`` for the 151680-row text head), speech embeddings and the patch decoder's per-channel heads
   dense fp32, token embedding bf16. Built layer by layer from random packed weights
   (:func:`efficient.fastpath.random_packed`): no float copy of the model ever exists.
-* the TTS loop: a 10 s spoken prompt (``--prompt-seconds``) arrives in 1 s chunks; each chunk is encoded by the
-  audio tokenizer and prefilled while the next one is "spoken"; then patches are generated (``--text-rate``
+* the TTS loop: a 10 s spoken prompt (``--prompt-seconds``) arrives in 0.5 s chunks (``--prompt-chunk``); each
+  chunk is encoded by the audio tokenizer (independently: it has no streaming encoder) and prefilled while the
+  next one is "spoken"; first audio is timed from the end of the prompt; then patches are generated (``--text-rate``
   text patches per second of audio interleaved, the rest speech patches), each speech patch's 4 frames pushed
   through the tokenizer's incremental decoder (``stream_decoder(lookahead)``), audio out.
 * ``--tokenizer official``: the official tokenizer shape (1.28 B) with random weights in bf16; ``tiny``: the test
@@ -190,7 +191,7 @@ def tts_run(lm: FastSpeechLM, tok, cfg: SpeechLMConfig, args) -> dict:
     # prompt: 16 text patches (instruction + transcript), then the spoken prompt in 1 s chunks
     lm.forward(torch.cat([text_patch(1000 + i, empty, G) for i in range(16)], dim=2))
     wav = speech_like(args.prompt_seconds, sr)
-    chunk_s = 1.0
+    chunk_s = args.prompt_chunk
     chunk_times = []
     for start in range(0, len(wav), int(chunk_s * sr)):
         t0 = time.perf_counter()
@@ -385,6 +386,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=36, help="backbone layers (36 = official; fewer for a smoke run)")
     ap.add_argument("--seconds", type=float, default=4.0, help="seconds of audio to generate per run")
     ap.add_argument("--prompt-seconds", type=float, default=10.0, help="spoken prompt length")
+    ap.add_argument("--prompt-chunk", type=float, default=0.5,
+                    help="seconds of spoken prompt encoded and prefilled at a time while it arrives")
     ap.add_argument("--text-rate", type=float, default=3.0, help="text patches per second of audio")
     ap.add_argument("--tokenizer", choices=("official", "tiny", "embedded"), default="official")
     ap.add_argument("--tokenizer-prepack", action="store_true",
@@ -484,7 +487,7 @@ def report(args, th, r, bw, cmp, bb_bytes, enc_bytes, dec_bytes, per_patch, step
         ("bandwidth bound, speech patches/s (no text, no audio)", f"{bw * 1e9 / per_patch:.2f}"),
         ("LM patches/s (backbone + encoder + decoder only)", f"{lm_rate:.2f}"),
         ("LM fraction of the bandwidth bound", f"{lm_rate / bound:.0%}"),
-        ("prompt chunk (1 s audio: encode + prefill), ms (median)", f"{r['chunk_ms']:.0f}"),
+        (f"prompt chunk ({args.prompt_chunk:g} s audio: encode + prefill), ms (median)", f"{r['chunk_ms']:.0f}"),
         (f"first audio after the prompt ends, s (lookahead {r['lookahead']} frames)",
          "-" if r["first_audio"] is None else f"{r['first_audio']:.2f}"),
         ("peak RSS, GB", f"{peak_rss_gb():.2f}"),
