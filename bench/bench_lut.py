@@ -285,10 +285,9 @@ class Ggml:
         b, c = self.base, self.cpu
         c.ggml_backend_cpu_init.restype = P
         c.ggml_backend_cpu_set_n_threads.argtypes = [P, ctypes.c_int]
-        b.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
-        b.ggml_backend_dev_by_type.restype = P
-        b.ggml_backend_dev_backend_reg.argtypes = [P]
-        b.ggml_backend_dev_backend_reg.restype = P
+        c.ggml_backend_cpu_reg.restype = P
+        b.ggml_backend_reg_dev_get.argtypes = [P, SZ]
+        b.ggml_backend_reg_dev_get.restype = P
         b.ggml_backend_reg_get_proc_address.argtypes = [P, ctypes.c_char_p]
         b.ggml_backend_reg_get_proc_address.restype = P
         b.ggml_backend_buft_name.argtypes = [P]
@@ -306,8 +305,8 @@ class Ggml:
         b.ggml_graph_overhead_custom.argtypes = [SZ, ctypes.c_bool]
         b.ggml_graph_overhead_custom.restype = SZ
         self._be = c.ggml_backend_cpu_init()
-        dev = b.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
-        reg = b.ggml_backend_dev_backend_reg(dev)
+        reg = c.ggml_backend_cpu_reg()
+        dev = b.ggml_backend_reg_dev_get(reg, 0)
         fn = b.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
         self.extra_bufts: dict[str, int] = {}
         if fn:
@@ -321,8 +320,10 @@ class Ggml:
     def best_buft(self, type_name: str) -> str | None:
         """The extra buffer type llama.cpp would put these weights in (AMX first, then the repacked layouts)."""
         self._backend_api()
-        for name in ("AMX", "CPU_REPACK"):
-            if name in self.extra_bufts and (name != "AMX" or type_name in ("Q4_0", "Q4_1", "Q8_0", "Q4_K")):
+        supported = {"AMX": ("Q4_0", "Q4_1", "Q8_0", "Q4_K"),  # ggml-cpu/amx: qtype_has_amx_kernels
+                     "CPU_REPACK": ("Q4_0", "Q4_K", "Q2_K", "Q5_K", "Q6_K", "Q8_0")}  # ggml-cpu/repack.cpp
+        for name, types in supported.items():
+            if name in self.extra_bufts and type_name in types:
                 return name
         return None
 
