@@ -399,6 +399,16 @@ def load_ggml() -> Ggml | None:
 
 
 # ----------------------------------------------------------------------------------------------- GEMV tables
+def l3_bytes() -> int:
+    """Last-level cache size (sysfs; 32 MiB if unknown): weight pools larger than it stream from DRAM."""
+    try:
+        txt = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip().upper()
+        mult = {"K": 1 << 10, "M": 1 << 20}.get(txt[-1], 1)
+        return int(txt.rstrip("KM")) * mult
+    except (OSError, ValueError):
+        return 32 << 20
+
+
 def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | None, rounds: int) -> dict:
     results = {}
     for si, (N, K) in enumerate(shapes):
@@ -421,7 +431,7 @@ def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | Non
             gc.collect()
             results[(N, K, M)] = dict(rows)
             print(f"\n### GEMV/GEMM N(out)={N} K(in)={K} M={M}: median us per call, "
-                  f"{'cold' if POOL_BYTES > 64 << 20 else 'hot'} weights "
+                  f"{'cold' if POOL_BYTES > 1.2 * l3_bytes() else 'hot (the pool fits the L3)'} weights "
                   f"[effective GB/s, % of read bandwidth]")
             cols = list(threads_list) + (["cpu1"] if 1 in threads_list else [])
             head = "| kernel | MiB | " + " | ".join(
