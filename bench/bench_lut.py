@@ -333,6 +333,10 @@ class Ggml:
         self._backend_api()
         b, t = self.base, GGML_TYPES[type_name]
         buft_name = self.best_buft(type_name)
+        if buft_name == "AMX" and M > 1 and os.environ.get("MIMO_GGML_AMX_TILES") != "1":
+            # llama.cpp's AMX tile kernels (M > 1) die with SIGILL on the VM this was developed on; the
+            # repacked layout is llama.cpp's next choice (MIMO_GGML_AMX_TILES=1 forces AMX).
+            buft_name = "CPU_REPACK" if type_name in ("Q4_0", "Q4_K", "Q8_0") else None
         nbytes = b.ggml_row_size(t, K) * N
         ncopy = max(1, POOL_BYTES // nbytes)
         wctx = b.ggml_init(self.InitParams(b.ggml_tensor_overhead() * (ncopy + 4), None, True))
@@ -726,7 +730,9 @@ def llama_cpp_7b(ggml: Ggml, type_name: str, threads: int, layers: int):
     path = f"/tmp/bench-lut-7b-{type_name}-{layers}-{os.getpid()}.gguf"
     try:
         write_gguf_7b(ggml, type_name, layers, path)
-        llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_batch=8, n_threads=threads, verbose=False)
+        # n_batch = n_ubatch = 1: every llama.cpp call is a GEMV (M = 1). Its AMX tile kernels (M > 1) die with
+        # SIGILL on the AMX Xeon VM this was measured on; decode speed is what is compared, so nothing is lost.
+        llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_batch=1, n_ubatch=1, n_threads=threads, verbose=False)
     finally:
         if os.path.exists(path):
             os.remove(path)  # the mapping stays valid; nothing is left in /tmp
