@@ -200,8 +200,12 @@ def tts_run(lm: FastSpeechLM, tok, cfg: SpeechLMConfig, args) -> dict:
         if frames:
             text_logits, local = lm.forward(speech_ids(codes[:C, :frames], G))
         chunk_times.append(time.perf_counter() - t0)
-    # the prompt's end: from here on the clock for first audio runs (the last chunk's work is included above)
-    last_chunk = chunk_times[-1]
+    # Chunk i arrives when it has been spoken; its work starts then or when the previous chunk is done. The lag
+    # after the prompt's end (the last chunk's work plus any backlog) is part of the first-audio latency.
+    done = 0.0
+    for i, c in enumerate(chunk_times):
+        done = max(done, min((i + 1) * chunk_s, args.prompt_seconds)) + c
+    prompt_lag = done - args.prompt_seconds
     stream = tok.stream_decoder(lookahead=args.lookahead)
     n_speech = round(args.seconds * PATCHES_PER_SECOND)
     n_text = round(args.seconds * args.text_rate)
@@ -243,7 +247,7 @@ def tts_run(lm: FastSpeechLM, tok, cfg: SpeechLMConfig, args) -> dict:
         i += 1
     total = time.perf_counter() - t_start
     return {"total": total, "speech": made_speech, "text": made_text, "parts": parts,
-            "first_audio": None if first_audio is None else first_audio + last_chunk,
+            "first_audio": None if first_audio is None else first_audio + prompt_lag, "prompt_lag": prompt_lag,
             "chunk_ms": 1e3 * statistics.median(chunk_times), "lookahead": stream.lookahead}
 
 
@@ -488,6 +492,7 @@ def report(args, th, r, bw, cmp, bb_bytes, enc_bytes, dec_bytes, per_patch, step
         ("LM patches/s (backbone + encoder + decoder only)", f"{lm_rate:.2f}"),
         ("LM fraction of the bandwidth bound", f"{lm_rate / bound:.0%}"),
         (f"prompt chunk ({args.prompt_chunk:g} s audio: encode + prefill), ms (median)", f"{r['chunk_ms']:.0f}"),
+        ("prompt work left when the prompt ends, s", f"{r['prompt_lag']:.2f}"),
         (f"first audio after the prompt ends, s (lookahead {r['lookahead']} frames)",
          "-" if r["first_audio"] is None else f"{r['first_audio']:.2f}"),
         ("peak RSS, GB", f"{peak_rss_gb():.2f}"),
