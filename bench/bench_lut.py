@@ -45,6 +45,7 @@ OUR_SCHEMES = ["w1g128", "w2g128", "w3g128", "w4g128", "w4g32", "ternary", "tern
 GGML_TYPES = {"Q4_0": 2, "Q4_K": 12, "Q3_K": 11, "Q2_K": 10, "TQ2_0": 35, "TQ1_0": 34}
 GGML_BPW = {"Q4_0": 4.5, "Q4_K": 4.5, "Q3_K": 3.4375, "Q2_K": 2.625, "TQ2_0": 2.0625, "TQ1_0": 1.6875}
 GGML_SELECTED = list(GGML_TYPES)
+BEST_GGML = True  # also run llama.cpp's best path (AMX / repacked extra buffer types), see Ggml.pool_best
 WITH_TORCH = True
 EQUAL_BITS = {"w4g128": "Q4_K", "w4g32": "Q4_0", "w2g128": "Q2_K", "ternary": "TQ2_0", "ternary-tl": "TQ2_0",
               "afpq4g128": "Q4_K", "afpq3g128": "Q3_K", "w3g128": "Q3_K"}
@@ -264,7 +265,114 @@ class Ggml:
 
         return GgmlPool(f"llama.cpp {type_name}", nbytes, None)
 
+    # ---- llama.cpp's best CPU path: weights in an "extra" buffer type of the CPU backend (AMX on CPUs with
+    # AMX-INT8, CPU_REPACK = the interleaved AVX2/AVX-512 layouts), which is what llama.cpp itself loads models
+    # into (llama_model_params.use_extra_bufts, on by default). Driven through the ggml-backend API.
+    def _backend_api(self) -> None:
+        if getattr(self, "_be", None) is not None:
+            return
+        P, SZ = ctypes.c_void_p, ctypes.c_size_t
+        b, c = self.base, self.cpu
+        c.ggml_backend_cpu_init.restype = P
+        c.ggml_backend_cpu_set_n_threads.argtypes = [P, ctypes.c_int]
+        c.ggml_backend_cpu_reg.restype = P
+        b.ggml_backend_reg_dev_get.argtypes = [P, SZ]
+        b.ggml_backend_reg_dev_get.restype = P
+        b.ggml_backend_reg_get_proc_address.argtypes = [P, ctypes.c_char_p]
+        b.ggml_backend_reg_get_proc_address.restype = P
+        b.ggml_backend_buft_name.argtypes = [P]
+        b.ggml_backend_buft_name.restype = ctypes.c_char_p
+        b.ggml_backend_alloc_ctx_tensors_from_buft.argtypes = [P, P]
+        b.ggml_backend_alloc_ctx_tensors_from_buft.restype = P
+        b.ggml_backend_alloc_ctx_tensors.argtypes = [P, P]
+        b.ggml_backend_alloc_ctx_tensors.restype = P
+        b.ggml_backend_buffer_set_usage.argtypes = [P, ctypes.c_int]
+        b.ggml_backend_buffer_free.argtypes = [P]
+        b.ggml_backend_tensor_set.argtypes = [P, P, SZ, SZ]
+        b.ggml_backend_graph_compute.argtypes = [P, P]
+        b.ggml_backend_graph_compute.restype = ctypes.c_int
+        b.ggml_tensor_overhead.restype = SZ
+        b.ggml_graph_overhead_custom.argtypes = [SZ, ctypes.c_bool]
+        b.ggml_graph_overhead_custom.restype = SZ
+        self._be = c.ggml_backend_cpu_init()
+        reg = c.ggml_backend_cpu_reg()
+        dev = b.ggml_backend_reg_dev_get(reg, 0)
+        fn = b.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
+        self.extra_bufts: dict[str, int] = {}
+        if fn:
+            arr = ctypes.CFUNCTYPE(ctypes.POINTER(P), P)(fn)(dev)
+            i = 0
+            while arr and arr[i]:
+                self.extra_bufts[b.ggml_backend_buft_name(arr[i]).decode()] = arr[i]
+                i += 1
+        self.buffers: list = []
+
+    def best_buft(self, type_name: str) -> str | None:
+        """The extra buffer type llama.cpp would put these weights in (AMX first, then the repacked layouts)."""
+        self._backend_api()
+        supported = {"AMX": ("Q4_0", "Q4_1", "Q8_0", "Q4_K"),  # ggml-cpu/amx: qtype_has_amx_kernels
+                     "CPU_REPACK": ("Q4_0", "Q4_K", "Q2_K", "Q5_K", "Q6_K", "Q8_0")}  # ggml-cpu/repack.cpp
+        for name, types in supported.items():
+            if name in self.extra_bufts and type_name in types:
+                return name
+        return None
+
+    def pool_best(self, type_name: str, N: int, K: int, M: int) -> Pool:
+        """As :meth:`pool`, with the weights in llama.cpp's best extra buffer type (falls back to the plain CPU
+        buffer when the type has none: that is then also what llama.cpp runs)."""
+        self._backend_api()
+        b, t = self.base, GGML_TYPES[type_name]
+        buft_name = self.best_buft(type_name)
+        if buft_name == "AMX" and M > 1 and os.environ.get("MIMO_GGML_AMX_TILES") != "1":
+            # llama.cpp's AMX tile kernels (M > 1) die with SIGILL on the VM this was developed on; the
+            # repacked layout is llama.cpp's next choice (MIMO_GGML_AMX_TILES=1 forces AMX).
+            buft_name = "CPU_REPACK" if type_name in ("Q4_0", "Q4_K", "Q8_0") else None
+        nbytes = b.ggml_row_size(t, K) * N
+        ncopy = max(1, POOL_BYTES // nbytes)
+        wctx = b.ggml_init(self.InitParams(b.ggml_tensor_overhead() * (ncopy + 4), None, True))
+        cctx = b.ggml_init(self.InitParams(b.ggml_tensor_overhead() * (2 * ncopy + 8)
+                                           + b.ggml_graph_overhead_custom(2 * ncopy + 16, False), None, True))
+        self.ctxs += [wctx, cctx]
+        ws = [b.ggml_new_tensor_2d(wctx, t, K, N) for _ in range(ncopy)]
+        if buft_name is not None:
+            wbuf = b.ggml_backend_alloc_ctx_tensors_from_buft(wctx, self.extra_bufts[buft_name])
+        else:
+            wbuf = b.ggml_backend_alloc_ctx_tensors(wctx, self._be)
+        if not wbuf:
+            raise MemoryError("ggml backend weight buffer allocation failed")
+        b.ggml_backend_buffer_set_usage(wbuf, 1)  # GGML_BACKEND_BUFFER_USAGE_WEIGHTS
+        self.buffers.append(wbuf)
+        wf = torch.randn(N, K) * 0.02
+        q = torch.empty(nbytes, dtype=torch.uint8)
+        b.ggml_quantize_chunk(t, wf.data_ptr(), q.data_ptr(), 0, N, K, None)
+        for w in ws:  # set_tensor repacks into the buffer type's layout
+            b.ggml_backend_tensor_set(w, q.data_ptr(), 0, nbytes)
+        x = b.ggml_new_tensor_2d(cctx, 0, K, M)
+        graph = b.ggml_new_graph_custom(cctx, 2 * ncopy + 16, False)
+        for w in ws:
+            b.ggml_build_forward_expand(graph, b.ggml_mul_mat(cctx, w, x))
+        cbuf = b.ggml_backend_alloc_ctx_tensors(cctx, self._be)
+        self.buffers.append(cbuf)
+        xs = torch.randn(M, K)
+        b.ggml_backend_tensor_set(x, xs.data_ptr(), 0, K * M * 4)
+        be, cpu = self._be, self.cpu
+
+        class BestPool(Pool):
+            def time(self, threads: int) -> float:
+                cpu.ggml_backend_cpu_set_n_threads(be, threads)
+                t0, c0 = time.perf_counter(), time.thread_time()
+                if b.ggml_backend_graph_compute(be, graph) != 0:
+                    raise RuntimeError("ggml_backend_graph_compute failed")
+                self.last_cpu = (time.thread_time() - c0) / ncopy
+                return (time.perf_counter() - t0) / ncopy
+
+        return BestPool(f"llama.cpp best {type_name} [{buft_name or 'CPU'}]", nbytes, None)
+
     def free_all(self) -> None:
+        for buf in getattr(self, "buffers", []):
+            self.base.ggml_backend_buffer_free(buf)
+        if getattr(self, "buffers", None):
+            self.buffers.clear()
         for c in self.ctxs:
             self.base.ggml_free(c)
         self.ctxs.clear()
@@ -285,6 +393,16 @@ def load_ggml() -> Ggml | None:
 
 
 # ----------------------------------------------------------------------------------------------- GEMV tables
+def l3_bytes() -> int:
+    """Last-level cache size (sysfs; 32 MiB if unknown): weight pools larger than it stream from DRAM."""
+    try:
+        txt = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip().upper()
+        mult = {"K": 1 << 10, "M": 1 << 20}.get(txt[-1], 1)
+        return int(txt.rstrip("KM")) * mult
+    except (OSError, ValueError):
+        return 32 << 20
+
+
 def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | None, rounds: int) -> dict:
     results = {}
     for si, (N, K) in enumerate(shapes):
@@ -294,6 +412,8 @@ def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | Non
                 for tn in GGML_SELECTED:
                     try:
                         pools.append(ggml.pool(tn, N, K, M))
+                        if BEST_GGML:
+                            pools.append(ggml.pool_best(tn, N, K, M))
                     except Exception as exc:  # noqa: BLE001 - a type this ggml build lacks
                         print(f"  ggml {tn} failed: {exc}")
             if WITH_TORCH:
@@ -305,7 +425,7 @@ def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | Non
             gc.collect()
             results[(N, K, M)] = dict(rows)
             print(f"\n### GEMV/GEMM N(out)={N} K(in)={K} M={M}: median us per call, "
-                  f"{'cold' if POOL_BYTES > 64 << 20 else 'hot'} weights "
+                  f"{'cold' if POOL_BYTES > 1.2 * l3_bytes() else 'hot (the pool fits the L3)'} weights "
                   f"[effective GB/s, % of read bandwidth]")
             cols = list(threads_list) + (["cpu1"] if 1 in threads_list else [])
             head = "| kernel | MiB | " + " | ".join(
@@ -321,11 +441,15 @@ def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | Non
                 print(f"| {name} | {r[threads_list[0]][1] / 2**20:.2f} | " + " | ".join(cells) + " |")
             if ggml is not None:
                 print("speed-up vs llama.cpp at equal bits (their time / ours):")
+                res = results[(N, K, M)]
                 for ours, theirs in EQUAL_BITS.items():
-                    a, b = results[(N, K, M)].get(f"ours {ours}"), results[(N, K, M)].get(f"llama.cpp {theirs}")
-                    if a and b:
-                        print(f"  {ours:>10} vs {theirs:<6} " + "  ".join(
-                            f"{th}{'' if th == 'cpu1' else 'T'} {b[th][0] / a[th][0]:.2f}x" for th in cols))
+                    a = res.get(f"ours {ours}")
+                    best = [k for k in res if k.startswith(f"llama.cpp best {theirs} [")]
+                    for label, key in (("generic", f"llama.cpp {theirs}"), ("best", best[0] if best else None)):
+                        b = res.get(key) if key else None
+                        if a and b:
+                            print(f"  {ours:>10} vs {theirs:<6} ({label}) " + "  ".join(
+                                f"{th}{'' if th == 'cpu1' else 'T'} {b[th][0] / a[th][0]:.2f}x" for th in cols))
             sys.stdout.flush()
     return results
 
@@ -492,6 +616,51 @@ def ours_7b(scheme: str, threads: int, layers: int, distinct: int):
     return step
 
 
+def ours_fast_7b(scheme: str, threads: int, layers: int):
+    """The same model through the batch-1 fast path (:mod:`mimo_audio.fast_decoder`: fused QKV / gate-up, static
+    KV cache, native step glue), every layer with its own weights (the Xeon's 300 MB L3 would hold a few
+    rotating copies). Returns a closure that runs one decode step (embedding row -> layers -> norm -> head)."""
+    import torch.nn.functional as F
+
+    from efficient.fastpath import PackedMatrix
+    from efficient.fastpath import random_packed as fast_random
+    from mimo_audio.fast_decoder import FastLayer
+
+    sh = SHAPE_7B
+    H, Fd, hd = sh["hidden"], sh["inter"], sh["hidden"] // sh["heads"]
+    sch = parse_scheme(scheme)
+
+    def mat(N: int, K: int, seed: int) -> PackedMatrix:
+        return PackedMatrix.from_packed(sch, [fast_random(sch, N, K, seed)], [N], K)
+
+    kv = sh["kv_heads"] * hd
+    stack = [FastLayer(mat(H + 2 * kv, H, 4 * i), mat(H, H, 4 * i + 1), mat(2 * Fd, H, 4 * i + 2),
+                       mat(H, Fd, 4 * i + 3), torch.ones(H), torch.ones(H), 1e-6, sh["heads"], sh["kv_heads"], hd,
+                       256) for i in range(layers)]
+    head = mat(sh["vocab"], H, 99)
+    emb = torch.randn(1024, H) * 0.02
+    inv = 1.0 / 1e6 ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd)
+    f = torch.arange(256, dtype=torch.float32)[:, None] * inv[None]
+    cos, sin = torch.cat([f, f], -1).cos(), torch.cat([f, f], -1).sin()
+    state = {"n": 0, "tok": 7}
+
+    def step() -> None:
+        torch.set_num_threads(threads)
+        n = state["n"] % 255
+        if n == 0:
+            for layer in stack:
+                layer.reset()
+        x = emb[state["tok"] % 1024].view(1, H).clone()
+        for layer in stack:
+            layer.step_(x, cos[n : n + 1], sin[n : n + 1])
+        state["tok"] = int(head(F.rms_norm(x, (H,), None, 1e-6)).argmax())
+        state["n"] += 1
+
+    for _ in range(8):  # a short prompt, as for the other rows
+        step()
+    return step
+
+
 def write_gguf_7b(ggml: Ggml, type_name: str, layers: int, path: str) -> None:
     """A qwen2 GGUF of SHAPE_7B with random weights quantized to `type_name` (output too; token embedding Q4_0).
     One block of random rows is quantized per shape and tiled; every layer gets its own copy in the file."""
@@ -552,7 +721,9 @@ def llama_cpp_7b(ggml: Ggml, type_name: str, threads: int, layers: int):
     path = f"/tmp/bench-lut-7b-{type_name}-{layers}-{os.getpid()}.gguf"
     try:
         write_gguf_7b(ggml, type_name, layers, path)
-        llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_batch=8, n_threads=threads, verbose=False)
+        # n_batch = n_ubatch = 1: every llama.cpp call is a GEMV (M = 1). Its AMX tile kernels (M > 1) die with
+        # SIGILL on the AMX Xeon VM this was measured on; decode speed is what is compared, so nothing is lost.
+        llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_batch=1, n_ubatch=1, n_threads=threads, verbose=False)
     finally:
         if os.path.exists(path):
             os.remove(path)  # the mapping stays valid; nothing is left in /tmp
@@ -566,7 +737,7 @@ def llama_cpp_7b(ggml: Ggml, type_name: str, threads: int, layers: int):
     return step
 
 
-def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12) -> None:
+def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12, fast: bool = False) -> None:
     """Decode speed of the speech LM's backbone shape (Qwen2, SHAPE_7B) at 2 and 4 bits, ours vs llama.cpp.
     All models are loaded at once and their decode steps interleaved round-robin, so that every model sees the
     same machine load (the VM is shared); medians over the steps."""
@@ -576,7 +747,8 @@ def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12) -
           f"{sh['kv_heads']} KV, vocab {sh['vocab']}; random weights; {threads} threads; {layers} layers built"
           + ("" if layers == sh["layers"] else f", ms/token x{scale:.2f} to {sh['layers']} layers (head included)")
           + f"; lm_head in the layers' format; steps interleaved round-robin, median of {new_tokens - 1})")
-    rows = [("ours", s) for s in ("w2g128", "ternary", "w4g128")]
+    rows = [("ours", s) for s in ("w2g128", "ternary", "w4g128")] if not fast else []
+    rows += [("ours fast", s) for s in ("w2g128", "ternary", "w4g128", "w4g32")] if fast else []
     if ggml is not None:
         rows += [("llama.cpp", t) for t in ("Q2_K", "TQ2_0", "Q4_0")]
     steps, bpw = {}, {}
@@ -584,6 +756,9 @@ def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12) -
         try:
             if who == "ours":
                 steps[(who, name)] = ours_7b(name, threads, layers, 4)
+                bpw[(who, name)] = parse_scheme(name).bits_per_weight
+            elif who == "ours fast":
+                steps[(who, name)] = ours_fast_7b(name, threads, layers)
                 bpw[(who, name)] = parse_scheme(name).bits_per_weight
             else:
                 steps[(who, name)] = llama_cpp_7b(ggml, name, threads, layers)
@@ -600,16 +775,16 @@ def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12) -
     med = {k: statistics.median(v) * scale for k, v in times.items()}
     print("| model | bits/weight (linears) | ms/token | tok/s | vs llama.cpp (their time / ours) |")
     print("|---|---|---|---|---|")
-    ref = {"w2g128": "Q2_K", "ternary": "TQ2_0", "w4g128": "Q4_0"}
+    ref = {"w2g128": "Q2_K", "ternary": "TQ2_0", "w4g128": "Q4_0", "w4g32": "Q4_0"}
     for (who, name), sec in med.items():
         other = med.get(("llama.cpp", ref.get(name, "")))
-        vs = f"{other / sec:.2f}x vs {ref[name]}" if who == "ours" and other else ""
+        vs = f"{other / sec:.2f}x vs {ref[name]}" if who.startswith("ours") and other else ""
         print(f"| {who} {name} | {bpw[(who, name)]:.3g} | {sec * 1e3:.0f} | {1 / sec:.2f} | {vs} |")
     sys.stdout.flush()
 
 
 def main() -> None:
-    global POOL_BYTES, OUR_SCHEMES, GGML_SELECTED, WITH_TORCH, E2E_CONFIGS, LLAMA_CPP_QUANTS
+    global POOL_BYTES, OUR_SCHEMES, GGML_SELECTED, WITH_TORCH, E2E_CONFIGS, LLAMA_CPP_QUANTS, BEST_GGML
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="GEMV 4096x4096 M=1 only")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -625,17 +800,24 @@ def main() -> None:
     ap.add_argument("--llama-cpp-quants", nargs="*", default=None,
                     help="llama.cpp SmolLM2 rows (default: " + " ".join(LLAMA_CPP_QUANTS) + ")")
     ap.add_argument("--decode-repeats", type=int, default=3, help="decode tok/s: median of this many runs")
+    ap.add_argument("--fast-7b", action="store_true",
+                    help="7B rows through the batch-1 fast path (mimo_audio.fast_decoder) instead of transformers")
+    ap.add_argument("--threads-7b", type=int, nargs="+", default=None,
+                    help="thread counts of the 7B comparison (default: the largest of --threads)")
     ap.add_argument("--layers-7b", type=int, default=36,
                     help="layers of the 7B-shaped model actually built (time scaled to 36 when fewer)")
     ap.add_argument("--schemes", nargs="+", default=None,
                     help="our GEMV rows (default: all formats; add ':float' for float LUT tables)")
     ap.add_argument("--ggml", nargs="*", default=None, help="llama.cpp GEMV rows (default: all)")
     ap.add_argument("--no-torch", action="store_true", help="skip the torch fp32 / bf16 GEMV rows")
+    ap.add_argument("--no-best-ggml", action="store_true",
+                    help="skip llama.cpp's best path (AMX / CPU_REPACK extra buffer types) in the GEMV tables")
     args = ap.parse_args()
     POOL_BYTES = max(1, args.pool_mib << 20)
     OUR_SCHEMES = args.schemes or OUR_SCHEMES
     GGML_SELECTED = GGML_SELECTED if args.ggml is None else args.ggml
     WITH_TORCH = not args.no_torch
+    BEST_GGML = not args.no_best_ggml
     E2E_CONFIGS = E2E_CONFIGS if args.e2e_configs is None else args.e2e_configs
     LLAMA_CPP_QUANTS = LLAMA_CPP_QUANTS if args.llama_cpp_quants is None else args.llama_cpp_quants
     if native.library() is None:
@@ -655,7 +837,8 @@ def main() -> None:
     if not args.skip_e2e:
         e2e_smollm2(max(args.threads), args.ppl_tokens, args.decode_repeats)
     if not args.skip_7b:
-        e2e_7b(max(args.threads), args.layers_7b, ggml)
+        for th in args.threads_7b or [max(args.threads)]:
+            e2e_7b(th, args.layers_7b, ggml, fast=args.fast_7b)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 

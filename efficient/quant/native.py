@@ -76,6 +76,11 @@ def library() -> ctypes.CDLL | None:
     lib.lk_fp_gemm.restype = I32
     lib.lk_read_bw.argtypes = [P, I64, I32]
     lib.lk_read_bw.restype = I64
+    if hasattr(lib, "lk_attn_step"):  # batch-1 step glue (stepglue.cpp); optional: older builds lack it
+        lib.lk_add_rmsnorm.argtypes = [P, P, P, F32, I64, P]
+        lib.lk_silu_mul.argtypes = [P, I64, P]
+        lib.lk_attn_step.argtypes = [P, P, P, P, I64, I64, I64, I64, I64, P, P, P]
+        lib.lk_attn_step.restype = I32
     _lib = lib
     return lib
 
