@@ -51,7 +51,7 @@ def asr_tab(ctx: Ctx) -> None:
     def run(audio, language):
         _clip, c, w, ci = _heard(ctx, audio, "the speech to transcribe")
         speed_, out, throttle = Speed.start(), "", Throttle()
-        yield "", gr.skip(), w, ci
+        yield "", ctx.speed_md(speed_), w, ci  # a fresh "running" status: the last run's "done" must not stand
         for ev in ctx.backend.stream("asr", c, language=language):
             speed_.update(ev)
             out = ev.result.text if ev.result is not None else out + ev.text
@@ -93,7 +93,7 @@ def understanding_tab(ctx: Ctx) -> None:
         question = check_text(question, "the question")
         _clip, c, w, ci = _heard(ctx, audio, "the audio to ask about")
         speed_, th, ans, throttle = Speed.start(), "", "", Throttle()
-        yield "", "", gr.skip(), w, ci
+        yield "", "", ctx.speed_md(speed_), w, ci
         for ev in ctx.backend.stream("understand", c, question, thinking=bool(thinking), gen={"seed": seed_arg(seed)}):
             speed_.update(ev)
             if ev.result is not None:
