@@ -73,7 +73,7 @@ def main() -> None:
                 texts[mode] = m.asr(codes, preset="greedy", **kw)
                 per[mode].append(time.perf_counter() - t0)
                 if kw:
-                    s = m.last_spec_stats[0]
+                    s = m.last_draft_stats[0]
                     info[mode] = (s.new_tokens, s.target_forwards, s.plain_steps)
         assert len(set(texts.values())) == 1, texts  # greedy: every mode transcribes the same
         base = statistics.median(per["plain"])

@@ -160,7 +160,7 @@ class MimoAudio:
         self.task_table = TaskTable(self.tasks)
         self.lm_path: Path | None = None  # set by from_pretrained: where mtp.safetensors is looked for
         self._speculative = None  # mimo_audio.speculative.SpeculativeText, loaded on first use
-        self.last_spec_stats: list[Any] = []  # efficient.spec.SpecStats of the last speculative run, per prompt
+        self.last_draft_stats: list[Any] = []  # efficient.spec.SpecStats of the last speculative run, per prompt
 
     @classmethod
     def from_pretrained(
@@ -208,6 +208,15 @@ class MimoAudio:
         m = cls(lm, text_tokenizer, audio_tokenizer, VoiceRegistry(voices_dir), TaskLibrary(tasks_dir))
         m.lm_path = Path(lm_path)
         return m
+
+    @property
+    def last_spec_stats(self) -> list[Any]:
+        """Old name of :attr:`last_draft_stats` (in this package "spec" means a task's spec)."""
+        return self.last_draft_stats
+
+    @last_spec_stats.setter
+    def last_spec_stats(self, value: list[Any]) -> None:
+        self.last_draft_stats = value
 
     def load_mtp(self, path: str | Path | None = None, max_draft: int = 3):
         """Load MTP heads (``mtp.safetensors`` in ``path``, default: beside the LM) for ``speculative=K``."""
@@ -363,18 +372,18 @@ class MimoAudio:
         return results
 
     def _speculative_run(self, prompts: list[torch.Tensor], config: GenerationConfig) -> list:
-        """Text-only generation with MTP drafting, one prompt at a time (stats in ``last_spec_stats``)."""
+        """Text-only generation with MTP drafting, one prompt at a time (stats in ``last_draft_stats``)."""
         if self.special.empty not in config.suppress_tokens:
             raise ValueError("speculative decoding covers text-only outputs (ASR, understanding, text replies); "
                              "this task generates speech")
         if self._speculative is None:
             self.load_mtp()
-        outs, self.last_spec_stats = [], []
+        outs, self.last_draft_stats = [], []
         for p in prompts:
             out, stats = self._speculative.generate(p, config, max_draft=config.speculative,
                                                     adaptive=config.adaptive_draft)
             outs.append(out)
-            self.last_spec_stats.append(stats)
+            self.last_draft_stats.append(stats)
         return outs
 
     def stream(

@@ -112,7 +112,7 @@ def _add_speculative(p: argparse.ArgumentParser) -> None:
 
 
 def _spec_summary(m) -> dict[str, Any]:
-    stats = getattr(m, "last_spec_stats", None) or []
+    stats = getattr(m, "last_draft_stats", None) or []
     if not stats:
         return {}
     return {"speculative": [{"accept_per_position": [round(a, 3) for a in s.acceptance_per_position],

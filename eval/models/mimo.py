@@ -112,9 +112,9 @@ class MimoAdapter(ModelAdapter):
 
     def _text_out(self, text: str, thinking: str | None, prompt: str, extra: dict | None = None) -> Output:
         extra = dict(extra or {})
-        if self.m.last_spec_stats:
-            extra["spec"] = _spec_counters(self.m.last_spec_stats)
-            self.m.last_spec_stats = []
+        if self.m.last_draft_stats:
+            extra["spec"] = _spec_counters(self.m.last_draft_stats)
+            self.m.last_draft_stats = []
         return Output(text=text, thinking=thinking, prompt=prompt, extra=extra)
 
     def _prompt(self, builder: str, *args: Any, **kwargs: Any) -> str:

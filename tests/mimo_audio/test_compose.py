@@ -49,7 +49,7 @@ def test_composed_backbone_runs_and_mtp_greedy_is_lossless(deep_dir):
         assert isinstance(plain, str)
         for k in (1, 2, 3):
             assert m.asr(p, speculative=k, **G) == plain, k  # drafting is lossless w.r.t. the same weights
-            assert m.last_spec_stats[0].draft_rounds > 0
+            assert m.last_draft_stats[0].draft_rounds > 0
 
 
 def test_plain_generation_keeps_the_hybrid_cache(deep_dir):

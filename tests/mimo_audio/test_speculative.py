@@ -47,7 +47,7 @@ def test_greedy_speculative_equals_plain_for_prompts_and_k(mimo_mtp):
         plain = m.asr(codes, **G)
         for k in (1, 2, 3):
             assert m.asr(codes, speculative=k, **G) == plain, (seed, k)
-            stats = m.last_spec_stats[0]
+            stats = m.last_draft_stats[0]
             assert stats.draft_rounds > 0 and len(stats.acceptance_per_position) == k
             accepted += sum(stats.accepted)
         assert m.asr(codes, speculative=3, adaptive_draft=True, **G) == plain
