@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,9 @@ class DistillConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
+    # learning-rate multipliers by parameter-name substring (first match wins), e.g. {"_proj.": 0.01} trains
+    # whole projections gently while sinks and gates move at the full rate
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mix <= 1.0:
@@ -134,7 +137,12 @@ class Distiller:
             for p in t.parameters():
                 p.requires_grad_(False)
         self._saved_flags = freeze_all_but(student, params)
-        self.opt = torch.optim.AdamW([p for _, p in params], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups: dict[float, list[nn.Parameter]] = {}
+        for name, p in params:
+            mult = next((v for k, v in cfg.lr_multipliers.items() if k in name), 1.0)
+            groups.setdefault(float(mult), []).append(p)
+        self.opt = torch.optim.AdamW([{"params": ps, "lr_mult": m} for m, ps in groups.items()], lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.seconds = 0.0
@@ -187,7 +195,7 @@ class Distiller:
             m["fwd_kl_text"] = float(fwd.detach())
             loss = loss + cfg.mix * fwd
         for g in self.opt.param_groups:
-            g["lr"] = self._lr(self.step)
+            g["lr"] = self._lr(self.step) * g["lr_mult"]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
