@@ -121,7 +121,14 @@ class HealableQuantLinear(nn.Module):
         return w.view(n, kp)[:, : self.in_features]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        if torch.is_grad_enabled():
+            w = self.weight()
+        else:  # sampling: rebuild the weight only when a trained tensor changed since the last call
+            key = tuple(p._version for _, p in self.trainable())
+            if getattr(self, "_cached", None) is None or self._cached[0] != key:
+                self._cached = (key, self.weight().detach())
+            w = self._cached[1]
+        return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def trainable(self) -> list[tuple[str, nn.Parameter]]:
         if self.mode == "scales":
