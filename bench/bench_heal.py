@@ -160,7 +160,7 @@ def attention_section(layout: str, model, tok, data: dict, args, results: dict) 
         teachers["retrieval"] = model
     cfg = DistillConfig(steps=args.steps, lr=args.lr, batch=args.batch, prompt_len=args.prompt_len,
                         gen_len=args.gen_len, mix=args.mix, text_len=args.text_len, warmup=5, seed=0,
-                        lr_multipliers={"_proj.": args.proj_lr_mult})
+                        lr_multipliers={"_proj.weight": args.proj_lr_mult, "_proj.bias": args.proj_lr_mult})
     d = Distiller(student, teachers, params, prompts=prompts, text=data["train"], config=cfg)
     state = Path(args.state_dir) / f"attention-{layout.replace(':', '_')}" if args.state_dir else None
     if state and args.resume and (state / "distill_state.json").is_file():

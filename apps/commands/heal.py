@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 log = logging.getLogger("mimo-audio.heal")
+PROJ_LR = {"_proj.weight": 0.02, "_proj.bias": 0.02}  # whole projections train gently; sinks and gates at --lr
 
 CONVERT_HELP = ("what to convert and heal: an attention layout (hysparse-1:3, hysparse-sparsest, swa-5:1, or letters "
                 "F/S/R/W per layer), a low-bit scheme (w4g128, w2g128, afpq4g128, ternary), or mtp (train MTP "
@@ -159,7 +160,7 @@ def _heal_conversion(args, spec, model, tok, src, ids, held, out: Path, t0: floa
     prompts = ids[: n * args.prompt_len].view(n, args.prompt_len)
     cfg = DistillConfig(steps=args.steps, lr=args.lr or (1e-2 if attention else 5e-3), batch=args.batch,
                         prompt_len=args.prompt_len, gen_len=args.gen_len, mix=args.mix, text_len=args.text_len,
-                        seed=args.seed, lr_multipliers={"_proj.": 0.02} if attention else {})
+                        seed=args.seed, lr_multipliers=PROJ_LR if attention else {})
     win = min(256, held.numel() // 2)  # held-out check: two windows of the held-out text
     if win < 8:
         raise ValueError(f"the held-out text has {held.numel()} tokens; the KL check needs at least 16")

@@ -37,6 +37,8 @@ from .state import load_state, save_state
 log = logging.getLogger(__name__)
 
 LogitsFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+# (student, teacher, batch) -> (forward KL to minimise, reverse KL measured): models with several heads
+OffPolicyFn = Callable[[nn.Module, nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def causal_lm_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -61,7 +63,7 @@ class DistillConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
-    # learning-rate multipliers by parameter-name substring (first match wins), e.g. {"_proj.": 0.01} trains
+    # learning-rate multipliers by parameter-name substring (first match wins), e.g. {"_proj.weight": 0.01} trains
     # whole projections gently while sinks and gates move at the full rate
     lr_multipliers: dict[str, float] = field(default_factory=dict)
 
@@ -96,7 +98,10 @@ class Distiller:
 
     ``teachers``: one model, or ``{domain: model}`` (MOPD). ``prompts``: ``[n, >= prompt_len]`` token ids
     (or ``{domain: tensor}``), needed when ``mix < 1``. ``text``: 1-D token ids (or per domain), needed when
-    ``mix > 0``. ``logits_fn(model, ids)`` adapts other model interfaces (default: a causal LM's logits).
+    ``mix > 0``; or a list of ready items (e.g. speech-LM id tensors ``[9, T]``), of which ``batch`` are
+    stacked per step. ``logits_fn(model, ids)`` adapts other model interfaces (default: a causal LM's
+    logits); ``offpolicy_fn(student, teacher, batch)`` replaces the off-policy loss for models with
+    several output heads (e.g. the speech LM's text head and patch decoder).
     """
 
     def __init__(
@@ -109,11 +114,12 @@ class Distiller:
         text: torch.Tensor | dict[str, torch.Tensor] | None = None,
         config: DistillConfig | None = None,
         logits_fn: LogitsFn = causal_lm_logits,
+        offpolicy_fn: OffPolicyFn | None = None,
     ) -> None:
         self.cfg = config or DistillConfig()
         if not params:
             raise ValueError("nothing to train: the parameter selection is empty")
-        self.student, self.params, self.logits_fn = student, params, logits_fn
+        self.student, self.params, self.logits_fn, self.offpolicy_fn = student, params, logits_fn, offpolicy_fn
         self.teachers = teachers if isinstance(teachers, dict) else {"default": teachers}
         self.domains = sorted(self.teachers)
         cfg = self.cfg
@@ -131,7 +137,10 @@ class Distiller:
                 raise ValueError("off-policy distillation (mix > 0) needs text token ids")
             self.text = _per_domain(text, self.domains, "text")
             for d, t in self.text.items():
-                if t.dim() != 1 or t.numel() <= cfg.text_len + 1:
+                if isinstance(t, (list, tuple)):
+                    if not t:
+                        raise ValueError(f"no text items for {d!r}")
+                elif t.dim() != 1 or t.numel() <= cfg.text_len + 1:
                     raise ValueError(f"text for {d!r} must be 1-D with more than {cfg.text_len + 1} tokens")
         for t in self.teachers.values():
             for p in t.parameters():
@@ -184,14 +193,22 @@ class Distiller:
             loss = loss + (1 - cfg.mix) * rev
         if cfg.mix > 0:
             text = self.text[domain]
-            starts = torch.randint(0, text.numel() - cfg.text_len, (cfg.batch,), generator=gen)
-            x = torch.stack([text[i : i + cfg.text_len] for i in starts.tolist()]).to(self.device)
-            s = self.logits_fn(self.student, x)
-            with torch.no_grad():
-                t = self.logits_fn(teacher, x)
-            fwd = forward_kl(s, t)
-            with torch.no_grad():
-                m["rev_kl_text"] = float(reverse_kl(s, t))
+            if isinstance(text, (list, tuple)):
+                rows = torch.randint(0, len(text), (cfg.batch,), generator=gen)
+                x = torch.stack([text[i] for i in rows.tolist()]).to(self.device)
+            else:
+                starts = torch.randint(0, text.numel() - cfg.text_len, (cfg.batch,), generator=gen)
+                x = torch.stack([text[i : i + cfg.text_len] for i in starts.tolist()]).to(self.device)
+            if self.offpolicy_fn is not None:
+                fwd, rev_text = self.offpolicy_fn(self.student, teacher, x)
+                m["rev_kl_text"] = float(rev_text.detach())
+            else:
+                s = self.logits_fn(self.student, x)
+                with torch.no_grad():
+                    t = self.logits_fn(teacher, x)
+                fwd = forward_kl(s, t)
+                with torch.no_grad():
+                    m["rev_kl_text"] = float(reverse_kl(s, t))
             m["fwd_kl_text"] = float(fwd.detach())
             loss = loss + cfg.mix * fwd
         for g in self.opt.param_groups:
