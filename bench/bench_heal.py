@@ -9,6 +9,9 @@ Sections (``--sections``, each printed as soon as it is done; every figure is me
   ``--retrieval-domain``), and the healing time.
 - ``lowbit``: per scheme (``--schemes``): perplexity of the packed model before and after healing the group
   scales (or group-wise LoRA) over frozen codes, re-packed into the LUT format, and the checkpoint size.
+- ``speech``: the embedded speech LM with its composed LUT + sparse backbone: text and speech (patch decoder)
+  cross-entropy on held-out flite sentences, float vs composed before vs after healing (text-head and
+  patch-decoder KL).
 - ``mtp``: acceptance length of 3 MTP heads (greedy, held-out prompts, output checked equal to plain greedy)
   before and after self-distillation on the target's own rollouts.
 
@@ -272,6 +275,83 @@ def mtp_section(model, tok, data: dict, args, results: dict) -> None:
     target.close()
 
 
+def speech_items(m, sentences: list[str], voices: list[str], workdir: Path) -> list[torch.Tensor]:
+    """Teacher-forced speech-LM sequences from flite speech: TTS (speech targets) and ASR (text targets)."""
+    import subprocess
+
+    from mimo_audio import formats
+    from mimo_audio.prompts import Speech, Text
+
+    out = []
+    for i, sentence in enumerate(sentences):
+        wav = workdir / f"{i}.wav"
+        subprocess.run(["flite", "-voice", voices[i % len(voices)], "-t", sentence, "-o", str(wav)], check=True)
+        codes = m.encode_audio(str(wav))
+        out.append(m.renderer.render(formats.tts(sentence) + [Speech(codes)]))
+        out.append(m.renderer.render(formats.asr(codes) + [Text(sentence), Text(formats.IM_END)]))
+    return out
+
+
+def _sentences(text: str, n: int, seed: int) -> list[str]:
+    import re
+
+    cands = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if 40 <= len(s.strip()) <= 120]
+    random.Random(seed).shuffle(cands)
+    return cands[:n]
+
+
+@torch.no_grad()
+def speech_losses(lm, items: list[torch.Tensor]) -> dict[str, float]:
+    from mimo_audio.training import speech_lm_loss
+
+    text, audio, nt, ns = 0.0, 0.0, 0, 0
+    for ids in items:
+        out = speech_lm_loss(lm, ids[None])
+        text += float(out.text) * out.text_tokens
+        nt += out.text_tokens
+        if out.speech_patches:
+            audio += float(sum(out.channels) / len(out.channels)) * out.speech_patches
+            ns += out.speech_patches
+    return {"text_ce": text / max(nt, 1), "speech_ce": audio / max(ns, 1)}
+
+
+def speech_section(args, results: dict) -> None:
+    """The embedded speech LM: composed LUT + sparse backbone, healed on flite speech of training sentences,
+    measured on held-out sentences (text cross-entropy and mean RVQ-channel cross-entropy)."""
+    from mimo_audio.api import MimoAudio
+    from mimo_audio.distill import composed_student, speech_kl
+
+    r = results.setdefault("speech", {})
+    m = MimoAudio.from_pretrained()
+    lm = m.lm.eval()
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    voices = ["slt", "kal", "awb", "rms"]
+    with tempfile.TemporaryDirectory() as tmp:
+        train = speech_items(m, _sentences(english("train"), args.speech_items, 1), voices, Path(tmp))
+        val = speech_items(m, _sentences(english("test"), args.speech_items // 2, 2), voices, Path(tmp))
+    opts = dict(window=args.speech_window, block_size=8, top_k=2)
+    student, params = composed_student(lm, quant=args.speech_quant, attention="hysparse-1:3", **opts)
+    r["setup"] = {"quant": args.speech_quant, "attention": "hysparse-1:3", **opts, "train_items": len(train),
+                  "val_items": len(val), "layout": student.model.config.efficient_attention["layout"]}
+    r["float"], r["before"] = speech_losses(lm, val), speech_losses(student, val)
+    print(f"speech LM float {r['float']}, composed before healing {r['before']}", flush=True)
+    d = Distiller(student, lm, params, text=train, offpolicy_fn=speech_kl,
+                  config=DistillConfig(batch=1, mix=1.0, steps=args.speech_steps, lr=3e-3, warmup=2,
+                                       lr_multipliers={"_proj.weight": 0.02, "_proj.bias": 0.02}))
+    d.run(max_seconds=args.max_minutes * 60)
+    d.close()
+    repack(student)
+    r["after"] = speech_losses(student, val)
+    r["heal"] = {"steps": d.step, "seconds": d.seconds}
+    f, b, a = r["float"], r["before"], r["after"]
+    print(f"speech LM composed {args.speech_quant}+hysparse-1:3 after {d.step} steps ({d.seconds / 60:.1f} min): "
+          f"text CE {b['text_ce']:.3f} -> {a['text_ce']:.3f} (float {f['text_ce']:.3f}, "
+          f"{100 * (a['text_ce'] / f['text_ce'] - 1):+.1f}%), speech CE {b['speech_ce']:.3f} -> "
+          f"{a['speech_ce']:.3f} (float {f['speech_ce']:.3f}, {100 * (a['speech_ce'] / f['speech_ce'] - 1):+.1f}%)",
+          flush=True)
+
+
 # ------------------------------------------------------------------------------------------------ report
 def summary(results: dict, args) -> None:
     print("\n## Healing results (SmolLM2-135M-Instruct, fp32, CPU)")
@@ -302,6 +382,11 @@ def summary(results: dict, args) -> None:
     if m and "accept_after" in m:
         print(f"\nMTP x3 acceptance length {m['accept_before']:.2f} -> {m['accept_after']:.2f} "
               f"(greedy equal: {m['greedy_equal']}; {m['train']['steps']} steps)")
+    sp = results.get("speech")
+    if sp and "after" in sp:
+        print("\n| speech LM (embedded) | text CE | speech CE (mean of 8 channels) |\n|---|---|---|")
+        for k in ("float", "before", "after"):
+            print(f"| {k} | {sp[k]['text_ce']:.3f} | {sp[k]['speech_ce']:.3f} |")
     r = results.get("attention", {}).get(args.layout)
     if r and "after" in r:
         b, a = r["before"], r["after"]
@@ -319,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layout", default="hysparse-1:3", help="layout of the last line (default hysparse-1:3)")
     ap.add_argument("--layouts", help="comma-separated layouts for the attention section (default: --layout)")
     ap.add_argument("--schemes", default="w4g128,w2g128", help="low-bit schemes (default w4g128,w2g128)")
-    ap.add_argument("--sections", default="attention", help="attention,lowbit,mtp (default attention)")
+    ap.add_argument("--sections", default="attention", help="attention,lowbit,mtp,speech (default attention)")
     ap.add_argument("--steps", type=int, default=60, help="healing steps per conversion")
     ap.add_argument("--max-minutes", type=float, default=40.0, help="wall-time cap per healing run")
     ap.add_argument("--batch", type=int, default=2)
@@ -343,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mtp-rollout-tokens", type=int, default=96)
     ap.add_argument("--mtp-prompts", type=int, default=4)
     ap.add_argument("--mtp-tokens", type=int, default=48)
+    ap.add_argument("--speech-items", type=int, default=16, help="training sentences (validation: half)")
+    ap.add_argument("--speech-steps", type=int, default=80)
+    ap.add_argument("--speech-quant", default="w4g64")
+    ap.add_argument("--speech-window", type=int, default=16, help="window of the composed speech backbone")
     ap.add_argument("--calib-tokens", type=int, default=1024)
     ap.add_argument("--ppl-len", type=int, default=2048, help="perplexity window (attention; low-bit uses 512)")
     ap.add_argument("--ppl-tokens", type=int, default=4096)
@@ -356,12 +445,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.lengths = [int(x) for x in args.passkey_lengths.split(",")]
     sections = args.sections.split(",")
-    model, tok = load_model()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    test_text = english("test")
-    data = {"train": stream(tok, english("train")[:600_000]), "test": stream(tok, test_text[:200_000])}
-    data["passkey"] = {n: passkey_prompts(tok, test_text, n - 8, args.passkey_trials, seed=n) for n in args.lengths}
+    model = tok = data = None
+    if set(sections) & {"attention", "lowbit", "mtp"}:
+        model, tok = load_model()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        test_text = english("test")
+        data = {"train": stream(tok, english("train")[:600_000]), "test": stream(tok, test_text[:200_000])}
+        data["passkey"] = {n: passkey_prompts(tok, test_text, n - 8, args.passkey_trials, seed=n)
+                           for n in args.lengths}
     results: dict = {"args": {k: v for k, v in vars(args).items()}}
     t0 = time.perf_counter()
     try:
@@ -373,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
                 lowbit_section(scheme, model, tok, data, args, results)
         if "mtp" in sections:
             mtp_section(model, tok, data, args, results)
+        if "speech" in sections:
+            speech_section(args, results)
     finally:
         results["total_s"] = time.perf_counter() - t0
         if args.json:
