@@ -334,7 +334,12 @@ def speech_section(args, results: dict) -> None:
     student, params = composed_student(lm, quant=args.speech_quant, attention="hysparse-1:3", **opts)
     r["setup"] = {"quant": args.speech_quant, "attention": "hysparse-1:3", **opts, "train_items": len(train),
                   "val_items": len(val), "layout": student.model.config.efficient_attention["layout"]}
+    def val_kl(st) -> float:
+        with torch.no_grad():
+            return sum(float(speech_kl(st, lm, x[None])[0]) for x in val) / len(val)
+
     r["float"], r["before"] = speech_losses(lm, val), speech_losses(student, val)
+    r["before"]["kl"] = val_kl(student)
     print(f"speech LM float {r['float']}, composed before healing {r['before']}", flush=True)
     d = Distiller(student, lm, params, text=train, offpolicy_fn=speech_kl,
                   config=DistillConfig(batch=1, mix=1.0, steps=args.speech_steps, lr=3e-3, warmup=2,
@@ -343,13 +348,14 @@ def speech_section(args, results: dict) -> None:
     d.close()
     repack(student)
     r["after"] = speech_losses(student, val)
+    r["after"]["kl"] = val_kl(student)
     r["heal"] = {"steps": d.step, "seconds": d.seconds}
     f, b, a = r["float"], r["before"], r["after"]
     print(f"speech LM composed {args.speech_quant}+hysparse-1:3 after {d.step} steps ({d.seconds / 60:.1f} min): "
           f"text CE {b['text_ce']:.3f} -> {a['text_ce']:.3f} (float {f['text_ce']:.3f}, "
           f"{100 * (a['text_ce'] / f['text_ce'] - 1):+.1f}%), speech CE {b['speech_ce']:.3f} -> "
-          f"{a['speech_ce']:.3f} (float {f['speech_ce']:.3f}, {100 * (a['speech_ce'] / f['speech_ce'] - 1):+.1f}%)",
-          flush=True)
+          f"{a['speech_ce']:.3f} (float {f['speech_ce']:.3f}, {100 * (a['speech_ce'] / f['speech_ce'] - 1):+.1f}%); "
+          f"held-out KL to the float model {b['kl']:.4f} -> {a['kl']:.4f}", flush=True)
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -384,9 +390,10 @@ def summary(results: dict, args) -> None:
               f"(greedy equal: {m['greedy_equal']}; {m['train']['steps']} steps)")
     sp = results.get("speech")
     if sp and "after" in sp:
-        print("\n| speech LM (embedded) | text CE | speech CE (mean of 8 channels) |\n|---|---|---|")
+        print(f"\n| speech LM (embedded), {sp['setup']['quant']} + hysparse-1:3 | text CE | speech CE (mean of 8 "
+              "channels) | KL to float |\n|---|---|---|---|")
         for k in ("float", "before", "after"):
-            print(f"| {k} | {sp[k]['text_ce']:.3f} | {sp[k]['speech_ce']:.3f} |")
+            print(f"| {k} | {sp[k]['text_ce']:.3f} | {sp[k]['speech_ce']:.3f} | {sp[k].get('kl', 0.0):.4f} |")
     r = results.get("attention", {}).get(args.layout)
     if r and "after" in r:
         b, a = r["before"], r["after"]
