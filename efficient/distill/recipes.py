@@ -20,7 +20,7 @@ from .params import attach_quant_adapters, attention_parameters
 
 log = logging.getLogger(__name__)
 
-_ATTENTION = re.compile(r"^(full|hysparse-\d+:\d+|hysparse-sparsest(-reselect)?|swa-\d+:\d+|[FSRWfsrw]+)$")
+_ATTENTION = re.compile(r"^(full|hysparse-1:\d+|hysparse-sparsest(-reselect)?|swa-\d+:1|[FSRWfsrw]+)$")
 _QUANT = re.compile(r"^(w[1-4]g(32|64|128)|afpq[34]g(64|128)|ternary(-tl|-i2s)?)$")
 
 
