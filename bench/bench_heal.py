@@ -260,6 +260,10 @@ def mtp_section(model, tok, data: dict, args, results: dict) -> None:
     rows = starts[torch.randperm(starts.shape[0], generator=g)[: args.mtp_rollouts]]
     seqs = target_rollouts(model, rows, args.mtp_rollout_tokens, batch=8, progress=True)
     r["rollout_s"] = time.perf_counter() - t0
+    if args.mtp_text_windows:  # plus teacher-forced text windows of the same length (cheap: no decoding)
+        n = seqs.shape[1]
+        text = data["train"][-(args.mtp_text_windows * n) :].view(-1, n)
+        seqs = torch.cat([seqs, text])
     trainer = MTPSelfDistiller(model, drafter, seqs, lr=args.mtp_lr, batch=args.batch, steps=args.mtp_steps)
     state = Path(args.state_dir) / "mtp" if args.state_dir else None
     if state and args.resume and (state / "distill_state.json").is_file():
@@ -433,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mtp-lr", type=float, default=1e-3)
     ap.add_argument("--mtp-rollouts", type=int, default=64)
     ap.add_argument("--mtp-rollout-tokens", type=int, default=96)
+    ap.add_argument("--mtp-text-windows", type=int, default=0,
+                    help="also train on this many windows of the training text (the target's distribution on text)")
     ap.add_argument("--mtp-prompts", type=int, default=4)
     ap.add_argument("--mtp-tokens", type=int, default=48)
     ap.add_argument("--speech-items", type=int, default=16, help="training sentences (validation: half)")
