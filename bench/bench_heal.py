@@ -273,7 +273,8 @@ def mtp_section(model, tok, data: dict, args, results: dict) -> None:
         p.requires_grad_(False)
     r["accept_after"], r["greedy_equal"] = acceptance()
     r["train"] = {"steps": trainer.step, "seconds": trainer.seconds, "rollouts": list(seqs.shape)}
-    print(f"MTP x3 after {trainer.step} steps on {seqs.shape[0]} rollouts x {seqs.shape[1]} tokens "
+    print(f"MTP x3 after {trainer.step} steps on {args.mtp_rollouts} rollouts + {args.mtp_text_windows} text windows "
+          f"x {seqs.shape[1]} tokens "
           f"({(trainer.seconds + r['rollout_s']) / 60:.1f} min incl. rollouts): acceptance length "
           f"{r['accept_after']:.2f}; greedy output equal to plain greedy: {r['greedy_equal']}", flush=True)
     target.close()
