@@ -1,0 +1,493 @@
+"""Healing by on-policy distillation (efficient.distill) on SmolLM2-135M-Instruct, before vs after, on CPU.
+
+Sections (``--sections``, each printed as soon as it is done; every figure is measured in this run):
+
+- ``attention``: per layout (``--layouts``, default ``--layout``): held-out perplexity, pass-key retrieval at
+  2k and 4k, KV cache at 4k tokens vs full attention, before and after healing the sparse layers' sinks,
+  gates and projections (reverse KL on the student's own continuations of long prompts, mixed with forward
+  KL on text; a second domain of synthetic pass-key prompts over the training text when
+  ``--retrieval-domain``), and the healing time.
+- ``lowbit``: per scheme (``--schemes``): perplexity of the packed model before and after healing the group
+  scales (or group-wise LoRA) over frozen codes, re-packed into the LUT format, and the checkpoint size.
+- ``speech``: the embedded speech LM with its composed LUT + sparse backbone: text and speech (patch decoder)
+  cross-entropy on held-out flite sentences, float vs composed before vs after healing (text-head and
+  patch-decoder KL).
+- ``mtp``: acceptance length of 3 MTP heads (greedy, held-out prompts, output checked equal to plain greedy)
+  before and after self-distillation on the target's own rollouts.
+
+The last line printed is, for ``--layout``: pass-key 2k/4k and perplexity before -> after healing.
+
+    PYTHONPATH=. python bench/bench_heal.py --layout hysparse-1:3 [--steps 60] [--max-minutes 40]
+
+Texts: the offline English text (train split for calibration, prompts and healing; test split for perplexity
+and pass-key filler). The CPU is shared: times are wall times of a loaded machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from efficient.distill import (  # noqa: E402
+    DistillConfig,
+    Distiller,
+    MTPSelfDistiller,
+    repack,
+    sample_continuations,
+    target_rollouts,
+)
+from efficient.distill.recipes import convert_student  # noqa: E402
+
+
+def english(split: str) -> str:
+    try:  # the text module moves to eval/ (it is not part of the backend)
+        from eval.textdata import offline_english_text
+    except ImportError:
+        from efficient.textdata import offline_english_text
+    return offline_english_text(split)
+
+
+def load_model():
+    try:
+        from bench.common import load_smollm2  # type: ignore[import-not-found]
+    except ImportError:
+        from efficient.reference_models import load_smollm2
+    return load_smollm2()
+
+
+# ------------------------------------------------------------------------------------------------ measures
+@torch.no_grad()
+def perplexity(model, ids: torch.Tensor, seq_len: int, max_tokens: int) -> float:
+    """Non-overlapping windows of ``seq_len`` over the first ``max_tokens`` tokens of ``ids`` (1-D)."""
+    nll, count = 0.0, 0
+    ids = ids[:max_tokens]
+    for i in range(0, ids.numel() - 1, seq_len):
+        chunk = ids[i : i + seq_len + 1]
+        if chunk.numel() < 2:
+            break
+        logits = model(input_ids=chunk[None, :-1], use_cache=False).logits[0].float()
+        nll += float(torch.nn.functional.cross_entropy(logits, chunk[1:], reduction="sum"))
+        count += chunk.numel() - 1
+    return math.exp(nll / count)
+
+
+def passkey_prompts(tok, filler: str, length: int, trials: int, seed: int) -> list[tuple[torch.Tensor, str]]:
+    """Pass-key prompts of ``length`` tokens: a 5-digit key hidden at a random depth of ``filler``."""
+    rng = random.Random(seed)
+    head = ("There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it. "
+            "I will quiz you about the pass key.\n\n")
+    filler_ids = tok(filler, add_special_tokens=False).input_ids
+    out = []
+    for _ in range(trials):
+        key = str(rng.randint(10000, 99999))
+        needle = tok(f"\n\nThe pass key is {key}. Remember it. {key} is the pass key.\n\n",
+                     add_special_tokens=False).input_ids
+        tail = tok("\n\nWhat is the pass key? The pass key is", add_special_tokens=False).input_ids
+        head_ids = tok(head, add_special_tokens=False).input_ids
+        budget = length - len(head_ids) - len(needle) - len(tail)
+        start = rng.randint(0, len(filler_ids) - budget - 1)
+        body = filler_ids[start : start + budget]
+        depth = rng.randint(int(0.1 * budget), int(0.9 * budget))
+        out.append((torch.tensor([head_ids + body[:depth] + needle + body[depth:] + tail]), key))
+    return out
+
+
+def passkey_accuracy(model, tok, prompts, new_tokens: int = 8) -> float:
+    hits = 0
+    for ids, key in prompts:
+        out = sample_continuations(model, ids, new_tokens, temperature=0.0)[0, ids.shape[1] :]
+        hits += key in tok.decode(out.tolist()).replace(" ", "")
+    return hits / len(prompts)
+
+
+def kv_saving(model, context: int) -> tuple[float, float]:
+    from efficient.attention import AttentionConfig, kv_cache_bytes
+
+    c = model.config
+    heads = c.num_attention_heads
+    kv = getattr(c, "num_key_value_heads", None) or heads
+    hd = getattr(c, "head_dim", None) or c.hidden_size // heads
+    cfg = c.efficient_attention
+    mine = kv_cache_bytes(AttentionConfig(**cfg), context, kv, hd, dtype_bytes=4)
+    full = kv_cache_bytes(AttentionConfig(layout="F" * len(cfg["layout"])), context, kv, hd, dtype_bytes=4)
+    return mine, full
+
+
+def stream(tok, text: str) -> torch.Tensor:
+    return tok(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+
+
+# ------------------------------------------------------------------------------------------------ sections
+def attention_section(layout: str, model, tok, data: dict, args, results: dict) -> None:
+    t0 = time.perf_counter()
+    student, params = convert_student(model, layout, calibration_ids=data["train"][None, : args.calib_tokens],
+                                      attention_train=args.attention_train)
+    r = results.setdefault("attention", {}).setdefault(layout, {})
+    r["layout"] = student.config.efficient_attention["layout"]
+    r["convert_s"] = time.perf_counter() - t0
+    mine, full = kv_saving(student, 4096)
+    r["kv_4k_mib"], r["kv_full_4k_mib"] = mine / 2**20, full / 2**20
+
+    def measure(m) -> dict:
+        t = time.perf_counter()
+        out = {"ppl": perplexity(m, data["test"], args.ppl_len, args.ppl_tokens),
+               "passkey": {n: passkey_accuracy(m, tok, p) for n, p in data["passkey"].items()}}
+        out["seconds"] = time.perf_counter() - t
+        return out
+
+    if "full" not in results:
+        results["full"] = measure(model)
+        print(f"full attention: ppl {results['full']['ppl']:.2f}, passkey {results['full']['passkey']} "
+              f"({results['full']['seconds']:.0f} s)", flush=True)
+    r["before"] = measure(student)
+    print(f"{layout} before healing: ppl {r['before']['ppl']:.2f}, passkey {r['before']['passkey']}", flush=True)
+    prompts = {"text": data["train"][: (data["train"].numel() // args.prompt_len) * args.prompt_len]
+               .view(-1, args.prompt_len)}
+    teachers = {"text": model}
+    if args.retrieval_domain:
+        keys = passkey_prompts(tok, english("train")[:400_000], args.prompt_len, 64, seed=12345)
+        prompts["retrieval"] = torch.cat([ids[:, -args.prompt_len :] for ids, _ in keys])
+        teachers["retrieval"] = model
+    cfg = DistillConfig(steps=args.steps, lr=args.lr, batch=args.batch, prompt_len=args.prompt_len,
+                        gen_len=args.gen_len, mix=args.mix, text_len=args.text_len, warmup=5, seed=0,
+                        lr_multipliers={"_proj.weight": args.proj_lr_mult, "_proj.bias": args.proj_lr_mult})
+    d = Distiller(student, teachers, params, prompts=prompts, text=data["train"], config=cfg)
+    state = Path(args.state_dir) / f"attention-{layout.replace(':', '_')}" if args.state_dir else None
+    if state and args.resume and (state / "distill_state.json").is_file():
+        d.load(state)
+    d.run(save_dir=state, save_every=5, max_seconds=args.max_minutes * 60)
+    d.close()
+    h = d.history
+    r["heal"] = {"steps": d.step, "seconds": d.seconds, "params": sum(p.numel() for _, p in params),
+                 "rev_kl_first5": _mean(h[:5], "rev_kl_on_policy"), "rev_kl_last5": _mean(h[-5:], "rev_kl_on_policy"),
+                 "fwd_kl_text_first5": _mean(h[:5], "fwd_kl_text"), "fwd_kl_text_last5": _mean(h[-5:], "fwd_kl_text")}
+    r["after"] = measure(student)
+    print(f"{layout} after {d.step} steps ({d.seconds / 60:.1f} min): ppl {r['after']['ppl']:.2f}, passkey "
+          f"{r['after']['passkey']}; on-policy reverse KL {r['heal']['rev_kl_first5']:.4f} -> "
+          f"{r['heal']['rev_kl_last5']:.4f}", flush=True)
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    vals = [x[key] for x in rows if key in x]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> None:
+    from efficient.quant import save_quantized
+    from efficient.quant.api import default_calibration
+
+    r = results.setdefault("lowbit", {}).setdefault(scheme, {})
+    t0 = time.perf_counter()
+    calib = default_calibration(model, tok) if args.quant_method == "gptq" else None
+    student, params = convert_student(model, scheme, quant_method=args.quant_method, quant_calib_fn=calib,
+                                      quant_train=args.quant_train, lora_rank=args.lora_rank)
+    r["convert_s"] = time.perf_counter() - t0
+    if "float_ppl" not in results:
+        results["float_ppl"] = perplexity(model, data["test"], 512, args.ppl_tokens)
+    packed = copy.deepcopy(student)
+    repack(packed)
+    r["ppl_before"] = perplexity(packed, data["test"], 512, args.ppl_tokens)
+    del packed
+    print(f"{scheme} ({args.quant_method}) before healing: ppl {r['ppl_before']:.2f} "
+          f"(float {results['float_ppl']:.2f})", flush=True)
+    prompts = data["train"][: (data["train"].numel() // 64) * 64].view(-1, 64)
+    cfg = DistillConfig(steps=args.steps, lr=args.quant_lr, batch=args.batch, prompt_len=64, gen_len=args.gen_len,
+                        mix=args.quant_mix, text_len=args.text_len, warmup=5, seed=0)
+    d = Distiller(student, model, params, prompts=prompts, text=data["train"], config=cfg)
+    state = Path(args.state_dir) / f"lowbit-{scheme}" if args.state_dir else None
+    if state and args.resume and (state / "distill_state.json").is_file():
+        d.load(state)
+    d.run(save_dir=state, save_every=5, max_seconds=args.max_minutes * 60)
+    d.close()
+    repack(student)
+    r["ppl_after"] = perplexity(student, data["test"], 512, args.ppl_tokens)
+    r["heal"] = {"steps": d.step, "seconds": d.seconds, "mode": args.quant_train,
+                 "loss_first5": _mean(d.history[:5], "loss"), "loss_last5": _mean(d.history[-5:], "loss")}
+    with tempfile.TemporaryDirectory() as tmp:
+        save_quantized(student, tmp)
+        r["file_mib"] = (Path(tmp) / "model.safetensors").stat().st_size / 2**20
+    print(f"{scheme} after {d.step} steps ({d.seconds / 60:.1f} min): ppl {r['ppl_after']:.2f} "
+          f"({100 * (r['ppl_after'] / results['float_ppl'] - 1):+.1f}% vs float), file {r['file_mib']:.1f} MiB",
+          flush=True)
+
+
+def mtp_section(model, tok, data: dict, args, results: dict) -> None:
+    from efficient.spec import CausalLMTarget, MTPConfig, MTPDrafter, SpeculativeDecoder, generate_plain
+
+    r = results.setdefault("mtp", {})
+    target = CausalLMTarget(model)
+    cfg = MTPConfig.from_target(model.config, num_heads=3)
+    drafter = MTPDrafter(cfg, target.embed, target.final_norm, target.lm_head)
+    with torch.no_grad():
+        h, _ = __import__("efficient.distill", fromlist=["hidden_and_logits"]).hidden_and_logits(
+            model, data["train"][None, :128])
+    torch.manual_seed(0)
+    drafter.init_from_target(target.decoder_layers[-1], hidden_rms=float(h.pow(2).mean(-1).sqrt().median()))
+    paras = [x for x in english("test").split("\n\n") if len(x) > 600]
+    step = max(1, len(paras) // args.mtp_prompts)
+    held = [tok(paras[i * step], add_special_tokens=False).input_ids[:64] for i in range(args.mtp_prompts)]
+
+    def acceptance() -> tuple[float, bool]:
+        rounds = toks = 0
+        equal = True
+        for p in held:
+            ref, _ = generate_plain(target, p, args.mtp_tokens)
+            out, st = SpeculativeDecoder(target, drafter.eval(), max_draft=3, adaptive=False).generate(
+                p, args.mtp_tokens)
+            equal &= out == ref
+            rounds += st.draft_rounds
+            toks += st.draft_round_tokens
+        return toks / max(rounds, 1), equal
+
+    r["accept_before"], _ = acceptance()
+    print(f"MTP x3 before (heads = copies of the last block): acceptance length {r['accept_before']:.2f}", flush=True)
+    t0 = time.perf_counter()
+    starts = data["train"][: (data["train"].numel() // 64) * 64].view(-1, 64)
+    g = torch.Generator().manual_seed(0)
+    rows = starts[torch.randperm(starts.shape[0], generator=g)[: args.mtp_rollouts]]
+    seqs = target_rollouts(model, rows, args.mtp_rollout_tokens, batch=8, progress=True)
+    r["rollout_s"] = time.perf_counter() - t0
+    if args.mtp_text_windows:  # plus teacher-forced text windows of the same length (cheap: no decoding)
+        n = seqs.shape[1]
+        text = data["train"][-(args.mtp_text_windows * n) :].view(-1, n)
+        seqs = torch.cat([seqs, text])
+    trainer = MTPSelfDistiller(model, drafter, seqs, lr=args.mtp_lr, batch=args.batch, steps=args.mtp_steps)
+    state = Path(args.state_dir) / "mtp" if args.state_dir else None
+    if state and args.resume and (state / "distill_state.json").is_file():
+        trainer.load(state)
+    trainer.run(save_dir=state, save_every=10, max_seconds=args.max_minutes * 60)
+    for p in drafter.parameters():
+        p.requires_grad_(False)
+    r["accept_after"], r["greedy_equal"] = acceptance()
+    r["train"] = {"steps": trainer.step, "seconds": trainer.seconds, "rollouts": list(seqs.shape)}
+    print(f"MTP x3 after {trainer.step} steps on {args.mtp_rollouts} rollouts + {args.mtp_text_windows} text windows "
+          f"x {seqs.shape[1]} tokens "
+          f"({(trainer.seconds + r['rollout_s']) / 60:.1f} min incl. rollouts): acceptance length "
+          f"{r['accept_after']:.2f}; greedy output equal to plain greedy: {r['greedy_equal']}", flush=True)
+    target.close()
+
+
+def speech_items(m, sentences: list[str], voices: list[str], workdir: Path) -> list[torch.Tensor]:
+    """Teacher-forced speech-LM sequences from flite speech: TTS (speech targets) and ASR (text targets)."""
+    import subprocess
+
+    from mimo_audio import formats
+    from mimo_audio.prompts import Speech, Text
+
+    out = []
+    for i, sentence in enumerate(sentences):
+        wav = workdir / f"{i}.wav"
+        subprocess.run(["flite", "-voice", voices[i % len(voices)], "-t", sentence, "-o", str(wav)], check=True)
+        codes = m.encode_audio(str(wav))
+        out.append(m.renderer.render(formats.tts(sentence) + [Speech(codes)]))
+        out.append(m.renderer.render(formats.asr(codes) + [Text(sentence), Text(formats.IM_END)]))
+    return out
+
+
+def _sentences(text: str, n: int, seed: int) -> list[str]:
+    import re
+
+    cands = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if 40 <= len(s.strip()) <= 120]
+    random.Random(seed).shuffle(cands)
+    return cands[:n]
+
+
+@torch.no_grad()
+def speech_losses(lm, items: list[torch.Tensor]) -> dict[str, float]:
+    from mimo_audio.training import speech_lm_loss
+
+    text, audio, nt, ns = 0.0, 0.0, 0, 0
+    for ids in items:
+        out = speech_lm_loss(lm, ids[None])
+        text += float(out.text) * out.text_tokens
+        nt += out.text_tokens
+        if out.speech_patches:
+            audio += float(sum(out.channels) / len(out.channels)) * out.speech_patches
+            ns += out.speech_patches
+    return {"text_ce": text / max(nt, 1), "speech_ce": audio / max(ns, 1)}
+
+
+def speech_section(args, results: dict) -> None:
+    """The embedded speech LM: composed LUT + sparse backbone, healed on flite speech of training sentences,
+    measured on held-out sentences (text cross-entropy and mean RVQ-channel cross-entropy)."""
+    from mimo_audio.api import MimoAudio
+    from mimo_audio.distill import composed_student, speech_kl
+
+    r = results.setdefault("speech", {})
+    m = MimoAudio.from_pretrained()
+    lm = m.lm.eval()
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    voices = ["slt", "kal", "awb", "rms"]
+    with tempfile.TemporaryDirectory() as tmp:
+        train = speech_items(m, _sentences(english("train"), args.speech_items, 1), voices, Path(tmp))
+        val = speech_items(m, _sentences(english("test"), args.speech_items // 2, 2), voices, Path(tmp))
+    opts = dict(window=args.speech_window, block_size=8, top_k=2)
+    student, params = composed_student(lm, quant=args.speech_quant, attention="hysparse-1:3", **opts)
+    r["setup"] = {"quant": args.speech_quant, "attention": "hysparse-1:3", **opts, "train_items": len(train),
+                  "val_items": len(val), "layout": student.model.config.efficient_attention["layout"]}
+    def val_kl(st) -> float:
+        with torch.no_grad():
+            return sum(float(speech_kl(st, lm, x[None])[0]) for x in val) / len(val)
+
+    r["float"], r["before"] = speech_losses(lm, val), speech_losses(student, val)
+    r["before"]["kl"] = val_kl(student)
+    print(f"speech LM float {r['float']}, composed before healing {r['before']}", flush=True)
+    d = Distiller(student, lm, params, text=train, offpolicy_fn=speech_kl,
+                  config=DistillConfig(batch=1, mix=1.0, steps=args.speech_steps, lr=3e-3, warmup=2,
+                                       lr_multipliers={"_proj.weight": 0.02, "_proj.bias": 0.02}))
+    d.run(max_seconds=args.max_minutes * 60)
+    d.close()
+    repack(student)
+    r["after"] = speech_losses(student, val)
+    r["after"]["kl"] = val_kl(student)
+    r["heal"] = {"steps": d.step, "seconds": d.seconds}
+    f, b, a = r["float"], r["before"], r["after"]
+    print(f"speech LM composed {args.speech_quant}+hysparse-1:3 after {d.step} steps ({d.seconds / 60:.1f} min): "
+          f"text CE {b['text_ce']:.3f} -> {a['text_ce']:.3f} (float {f['text_ce']:.3f}, "
+          f"{100 * (a['text_ce'] / f['text_ce'] - 1):+.1f}%), speech CE {b['speech_ce']:.3f} -> "
+          f"{a['speech_ce']:.3f} (float {f['speech_ce']:.3f}, {100 * (a['speech_ce'] / f['speech_ce'] - 1):+.1f}%); "
+          f"held-out KL to the float model {b['kl']:.4f} -> {a['kl']:.4f}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ report
+def summary(results: dict, args) -> None:
+    print("\n## Healing results (SmolLM2-135M-Instruct, fp32, CPU)")
+    full = results.get("full")
+    if results.get("attention"):
+        print("| layout | KV at 4k (MiB, full) | ppl before | ppl after | " + " | ".join(
+            f"passkey {n // 1024}k before -> after" for n in args.lengths) + " | heal steps (min) |")
+        print("|---" * (5 + len(args.lengths)) + "|")
+        if full:
+            print(f"| full | {r_kv(None)} | {full['ppl']:.2f} | - | " + " | ".join(
+                f"{full['passkey'][n]:.0%}" for n in args.lengths) + " | - |")
+        for name, r in results["attention"].items():
+            if "after" not in r:
+                continue
+            print(f"| {name} | {r['kv_4k_mib']:.1f} ({r['kv_full_4k_mib']:.1f}) | {r['before']['ppl']:.2f} | "
+                  f"{r['after']['ppl']:.2f} | " + " | ".join(
+                      f"{r['before']['passkey'][n]:.0%} -> {r['after']['passkey'][n]:.0%}" for n in args.lengths)
+                  + f" | {r['heal']['steps']} ({r['heal']['seconds'] / 60:.1f}) |")
+    if results.get("lowbit"):
+        print(f"\n| scheme | ppl before | ppl after | float ppl {results['float_ppl']:.2f} | file MiB | steps (min) |")
+        print("|---|---|---|---|---|---|")
+        for name, r in results["lowbit"].items():
+            if "ppl_after" in r:
+                print(f"| {name} {args.quant_method} + {args.quant_train} | {r['ppl_before']:.2f} | "
+                      f"{r['ppl_after']:.2f} | {100 * (r['ppl_after'] / results['float_ppl'] - 1):+.1f}% | "
+                      f"{r['file_mib']:.1f} | {r['heal']['steps']} ({r['heal']['seconds'] / 60:.1f}) |")
+    m = results.get("mtp")
+    if m and "accept_after" in m:
+        print(f"\nMTP x3 acceptance length {m['accept_before']:.2f} -> {m['accept_after']:.2f} "
+              f"(greedy equal: {m['greedy_equal']}; {m['train']['steps']} steps)")
+    sp = results.get("speech")
+    if sp and "after" in sp:
+        print(f"\n| speech LM (embedded), {sp['setup']['quant']} + hysparse-1:3 | text CE | speech CE (mean of 8 "
+              "channels) | KL to float |\n|---|---|---|---|")
+        for k in ("float", "before", "after"):
+            print(f"| {k} | {sp[k]['text_ce']:.3f} | {sp[k]['speech_ce']:.3f} | {sp[k].get('kl', 0.0):.4f} |")
+    r = results.get("attention", {}).get(args.layout)
+    if r and "after" in r:
+        b, a = r["before"], r["after"]
+        pk = ", ".join(f"passkey {n // 1024}k {b['passkey'][n]:.0%} -> {a['passkey'][n]:.0%}" for n in args.lengths)
+        print(f"{args.layout}: {pk}, ppl {b['ppl']:.2f} -> {a['ppl']:.2f}"
+              + (f" (full attention {full['ppl']:.2f})" if full else ""), flush=True)
+
+
+def r_kv(_):
+    return "-"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--layout", default="hysparse-1:3", help="layout of the last line (default hysparse-1:3)")
+    ap.add_argument("--layouts", help="comma-separated layouts for the attention section (default: --layout)")
+    ap.add_argument("--schemes", default="w4g128,w2g128", help="low-bit schemes (default w4g128,w2g128)")
+    ap.add_argument("--sections", default="attention", help="attention,lowbit,mtp,speech (default attention)")
+    ap.add_argument("--steps", type=int, default=60, help="healing steps per conversion")
+    ap.add_argument("--max-minutes", type=float, default=40.0, help="wall-time cap per healing run")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--prompt-len", type=int, default=512, help="on-policy prompt tokens (attention)")
+    ap.add_argument("--gen-len", type=int, default=32)
+    ap.add_argument("--text-len", type=int, default=512)
+    ap.add_argument("--mix", type=float, default=0.5, help="off-policy forward-KL weight (attention)")
+    ap.add_argument("--lr", type=float, default=1e-2, help="sinks and gates; projections get --proj-lr-mult x")
+    ap.add_argument("--proj-lr-mult", type=float, default=0.02)
+    ap.add_argument("--attention-train", default="sparse", choices=["gates", "sparse"])
+    ap.add_argument("--retrieval-domain", action="store_true",
+                    help="second teacher domain of synthetic pass-key prompts over the training text (MOPD)")
+    ap.add_argument("--quant-method", default="rtn", choices=["rtn", "gptq"])
+    ap.add_argument("--quant-train", default="scales", choices=["scales", "lora"])
+    ap.add_argument("--quant-lr", type=float, default=5e-3)
+    ap.add_argument("--quant-mix", type=float, default=0.5)
+    ap.add_argument("--lora-rank", type=int, default=16)
+    ap.add_argument("--mtp-steps", type=int, default=200)
+    ap.add_argument("--mtp-lr", type=float, default=1e-3)
+    ap.add_argument("--mtp-rollouts", type=int, default=64)
+    ap.add_argument("--mtp-rollout-tokens", type=int, default=96)
+    ap.add_argument("--mtp-text-windows", type=int, default=0,
+                    help="also train on this many windows of the training text (the target's distribution on text)")
+    ap.add_argument("--mtp-prompts", type=int, default=4)
+    ap.add_argument("--mtp-tokens", type=int, default=48)
+    ap.add_argument("--speech-items", type=int, default=16, help="training sentences (validation: half)")
+    ap.add_argument("--speech-steps", type=int, default=80)
+    ap.add_argument("--speech-quant", default="w4g64")
+    ap.add_argument("--speech-window", type=int, default=16, help="window of the composed speech backbone")
+    ap.add_argument("--calib-tokens", type=int, default=1024)
+    ap.add_argument("--ppl-len", type=int, default=2048, help="perplexity window (attention; low-bit uses 512)")
+    ap.add_argument("--ppl-tokens", type=int, default=4096)
+    ap.add_argument("--passkey-lengths", default="2048,4096")
+    ap.add_argument("--passkey-trials", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--state-dir", help="save healing states here (resumable with --resume)")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--json", help="write all figures here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.lengths = [int(x) for x in args.passkey_lengths.split(",")]
+    sections = args.sections.split(",")
+    model = tok = data = None
+    if set(sections) & {"attention", "lowbit", "mtp"}:
+        model, tok = load_model()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        test_text = english("test")
+        data = {"train": stream(tok, english("train")[:600_000]), "test": stream(tok, test_text[:200_000])}
+        data["passkey"] = {n: passkey_prompts(tok, test_text, n - 8, args.passkey_trials, seed=n)
+                           for n in args.lengths}
+    results: dict = {"args": {k: v for k, v in vars(args).items()}}
+    t0 = time.perf_counter()
+    try:
+        if "attention" in sections:
+            for layout in (args.layouts.split(",") if args.layouts else [args.layout]):
+                attention_section(layout, model, tok, data, args, results)
+        if "lowbit" in sections:
+            for scheme in args.schemes.split(","):
+                lowbit_section(scheme, model, tok, data, args, results)
+        if "mtp" in sections:
+            mtp_section(model, tok, data, args, results)
+        if "speech" in sections:
+            speech_section(args, results)
+    finally:
+        results["total_s"] = time.perf_counter() - t0
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    summary(results, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
