@@ -334,7 +334,7 @@ def main() -> None:
     if args.qwen_only:
         print("\n".join(qwen_backbone(qwen_layers, qwen_contexts, steps=2, repeats=2)))
         return
-    from bench.common.reference_models import load_smollm2
+    from eval.reference_models import load_smollm2
     from eval.textdata import offline_english_text
 
     model, tok = load_smollm2()

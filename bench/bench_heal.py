@@ -53,18 +53,14 @@ from efficient.distill.recipes import convert_student  # noqa: E402
 
 
 def english(split: str) -> str:
-    try:  # the text module moves to eval/ (it is not part of the backend)
-        from eval.textdata import offline_english_text
-    except ImportError:
-        from efficient.textdata import offline_english_text
+    from eval.textdata import offline_english_text
+
     return offline_english_text(split)
 
 
 def load_model():
-    try:
-        from bench.common import load_smollm2  # type: ignore[import-not-found]
-    except ImportError:
-        from efficient.reference_models import load_smollm2
+    from eval.reference_models import load_smollm2
+
     return load_smollm2()
 
 

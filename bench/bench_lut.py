@@ -464,9 +464,9 @@ def e2e_smollm2(threads: int, max_tokens: int, decode_repeats: int = 3) -> None:
     import copy
 
     from bench.common.perplexity import text_perplexity
-    from bench.common.reference_models import load_smollm2, smollm2_gguf_path
     from bench.common.timing import decode_tokens_per_s
     from efficient.quant import quantize
+    from eval.reference_models import load_smollm2, smollm2_gguf_path
     from eval.textdata import offline_english_text
 
     torch.set_num_threads(threads)

@@ -168,8 +168,8 @@ def speed(args: argparse.Namespace) -> None:
 def quality(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     from bench.common.perplexity import perplexity
-    from bench.common.reference_models import load_smollm2
     from efficient.moe import MemoryExpertStore, distill_pregates, fit_routers, make_pregates, moefy, offload_moe
+    from eval.reference_models import load_smollm2
     from eval.textdata import offline_english_text
 
     model, tok = load_smollm2()

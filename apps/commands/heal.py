@@ -61,10 +61,8 @@ def _load_model(name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name == "smollm2":
-        try:
-            from efficient.reference_models import smollm2_dir
-        except ImportError:  # moved out of the backend
-            from bench.common import smollm2_dir  # type: ignore[import-not-found]
+        from eval.reference_models import smollm2_dir
+
         path = smollm2_dir()
     else:
         path = Path(name)
@@ -84,10 +82,8 @@ def _text(args: argparse.Namespace) -> tuple[str, str]:
         text = path.read_text(encoding="utf-8")
         cut = int(len(text) * 0.95)
         return text[:cut], text[cut:]
-    try:
-        from eval.textdata import offline_english_text
-    except ImportError:
-        from efficient.textdata import offline_english_text
+    from eval.textdata import offline_english_text
+
     return offline_english_text("train")[:600_000], offline_english_text("test")[:100_000]
 
 

@@ -11,7 +11,7 @@ from efficient.spec import CausalLMTarget, load_mtp
 def test_training_script_runs_resumes_and_saves(tmp_path):
     """Two steps, then a resumed third, on a tiny model with the real tokenizer and offline text."""
     from apps.train import mtp_text as train_mod
-    from bench.common.reference_models import smollm2_dir, smollm2_gguf_path
+    from eval.reference_models import smollm2_dir, smollm2_gguf_path
 
     try:
         smollm2_gguf_path()

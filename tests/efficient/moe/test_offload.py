@@ -155,7 +155,7 @@ def test_moefied_offload_on_off_identical_and_pregates(tmp_path):
 
 def test_moefied_smollm2_oracle():
     """Real weights: SmolLM2 split into 8 experts per layer; route-all == dense, offload == in memory."""
-    from bench.common.reference_models import load_smollm2, smollm2_gguf_path
+    from eval.reference_models import load_smollm2, smollm2_gguf_path
 
     try:
         smollm2_gguf_path()
