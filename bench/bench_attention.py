@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import random
 import statistics
 import time
 
 import torch
 from transformers import DynamicCache
 
+from bench.common.passkey import passkey_prompts
 from bench.common.perplexity import perplexity
 from efficient._hf import cache_kwargs
 from efficient.attention import HybridAttentionCache, apply_attention, heal, kv_cache_bytes
@@ -111,28 +111,6 @@ def held_out_perplexity(model, ids: torch.Tensor, seq_len: int) -> float:
     return perplexity(model, [ids[:, :seq_len]])
 
 
-def passkey_prompts(tok, filler: str, length: int, trials: int, seed: int) -> list[tuple[torch.Tensor, str]]:
-    rng = random.Random(seed)
-    head = ("There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it. "
-            "I will quiz you about the pass key.\n\n")
-    filler_ids = tok(filler, add_special_tokens=False).input_ids
-    out = []
-    for _ in range(trials):
-        key = str(rng.randint(10000, 99999))
-        needle = tok(f"\n\nThe pass key is {key}. Remember it. {key} is the pass key.\n\n",
-                     add_special_tokens=False).input_ids
-        tail = tok("\n\nWhat is the pass key? The pass key is", add_special_tokens=False).input_ids
-        head_ids = tok(head, add_special_tokens=False).input_ids
-        budget = length - len(head_ids) - len(needle) - len(tail)
-        start = rng.randint(0, len(filler_ids) - budget - 1)
-        body = filler_ids[start : start + budget]
-        depth = rng.randint(int(0.1 * budget), int(0.9 * budget))
-        ids = head_ids + body[:depth] + needle + body[depth:] + tail
-        out.append((torch.tensor([ids]), key))
-    return out
-
-
-@torch.no_grad()
 def passkey_accuracy(model, prompts, new_tokens: int = 8) -> float:
     hits = 0
     for ids, key in prompts:

@@ -16,14 +16,9 @@ import argparse
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 TEXTS = ("please bring me a cup of tea", "the cat sat on the warm mat", "we will meet at the station",
          "she painted the fence green", "a cold wind blew all night", "he read the old map",

@@ -28,20 +28,17 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from efficient.distill import (  # noqa: E402
+from bench.common.passkey import passkey_prompts
+from bench.common.perplexity import chained_windows
+from bench.common.perplexity import perplexity as window_perplexity
+from efficient.distill import (
     DistillConfig,
     Distiller,
     MTPSelfDistiller,
@@ -49,7 +46,7 @@ from efficient.distill import (  # noqa: E402
     sample_continuations,
     target_rollouts,
 )
-from efficient.distill.recipes import convert_student  # noqa: E402
+from efficient.distill.recipes import convert_student
 
 
 def english(split: str) -> str:
@@ -65,40 +62,9 @@ def load_model():
 
 
 # ------------------------------------------------------------------------------------------------ measures
-@torch.no_grad()
 def perplexity(model, ids: torch.Tensor, seq_len: int, max_tokens: int) -> float:
     """Non-overlapping windows of ``seq_len`` over the first ``max_tokens`` tokens of ``ids`` (1-D)."""
-    nll, count = 0.0, 0
-    ids = ids[:max_tokens]
-    for i in range(0, ids.numel() - 1, seq_len):
-        chunk = ids[i : i + seq_len + 1]
-        if chunk.numel() < 2:
-            break
-        logits = model(input_ids=chunk[None, :-1], use_cache=False).logits[0].float()
-        nll += float(torch.nn.functional.cross_entropy(logits, chunk[1:], reduction="sum"))
-        count += chunk.numel() - 1
-    return math.exp(nll / count)
-
-
-def passkey_prompts(tok, filler: str, length: int, trials: int, seed: int) -> list[tuple[torch.Tensor, str]]:
-    """Pass-key prompts of ``length`` tokens: a 5-digit key hidden at a random depth of ``filler``."""
-    rng = random.Random(seed)
-    head = ("There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it. "
-            "I will quiz you about the pass key.\n\n")
-    filler_ids = tok(filler, add_special_tokens=False).input_ids
-    out = []
-    for _ in range(trials):
-        key = str(rng.randint(10000, 99999))
-        needle = tok(f"\n\nThe pass key is {key}. Remember it. {key} is the pass key.\n\n",
-                     add_special_tokens=False).input_ids
-        tail = tok("\n\nWhat is the pass key? The pass key is", add_special_tokens=False).input_ids
-        head_ids = tok(head, add_special_tokens=False).input_ids
-        budget = length - len(head_ids) - len(needle) - len(tail)
-        start = rng.randint(0, len(filler_ids) - budget - 1)
-        body = filler_ids[start : start + budget]
-        depth = rng.randint(int(0.1 * budget), int(0.9 * budget))
-        out.append((torch.tensor([head_ids + body[:depth] + needle + body[depth:] + tail]), key))
-    return out
+    return window_perplexity(model, chained_windows(ids[:max_tokens], seq_len))
 
 
 def passkey_accuracy(model, tok, prompts, new_tokens: int = 8) -> float:

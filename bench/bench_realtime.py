@@ -37,15 +37,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from efficient.fastpath import PackedMatrix, random_packed  # noqa: E402
-from efficient.quant import native  # noqa: E402
-from efficient.quant.formats import parse_scheme  # noqa: E402
-from mimo_audio import SpeechLMConfig  # noqa: E402
-from mimo_audio.delay_pattern import DelayPattern  # noqa: E402
-from mimo_audio.fast_decoder import FastLayer, FastPatchDecoder, FastSpeechLM  # noqa: E402
-from mimo_audio.sampling import Sampler  # noqa: E402
+from efficient.fastpath import PackedMatrix, random_packed
+from efficient.quant import native
+from efficient.quant.formats import parse_scheme
+from mimo_audio import SpeechLMConfig
+from mimo_audio.delay_pattern import DelayPattern
+from mimo_audio.fast_decoder import FastLayer, FastPatchDecoder, FastSpeechLM
+from mimo_audio.sampling import Sampler
 
 EMPTY_TEXT_ID = 151667
 PATCHES_PER_SECOND = 6.25

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "bench" / "bench_realtime.py"), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "bench.bench_realtime", *args], capture_output=True,
                           text=True, timeout=120, cwd=ROOT)
 
 
