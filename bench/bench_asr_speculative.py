@@ -12,7 +12,6 @@ Run: ``PYTHONPATH=. python bench/bench_asr_speculative.py [--repeats 3]``.
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import statistics
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from bench.common.machine import cpu_name
 from mimo_audio import MimoAudio
 
 SENTENCES = [
@@ -32,16 +32,6 @@ SENTENCES = [
 ]
 MODES = {"plain": {}, "spec3": {"speculative": 3, "adaptive_draft": False},
          "spec3-adaptive": {"speculative": 3, "adaptive_draft": True}}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

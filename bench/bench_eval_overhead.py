@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common.machine import cpu_name
+
 TEXTS = ("please bring me a cup of tea", "the cat sat on the warm mat", "we will meet at the station",
          "she painted the fence green", "a cold wind blew all night", "he read the old map",
          "the boat drifted toward the harbor", "close the window before you leave")
@@ -97,7 +99,7 @@ def main() -> int:
         instant.append((time.perf_counter() - t0) / len(paths))
     d, rr, i = sum(direct) / len(direct), sum(runner) / len(runner), statistics.median(instant)
     ratios = [b / a for a, b in zip(direct, runner)]
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    cpu = cpu_name()
     print(f"\nCPU: {cpu} (shared, loaded by other jobs); torch threads 1; {args.samples} ASR samples x "
           f"{args.rounds} rounds, paired and interleaved")
     print("| path | mean s / sample | vs direct |\n|---|---|---|")

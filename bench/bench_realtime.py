@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from bench.common.machine import cpu_name
 from efficient.fastpath import PackedMatrix, random_packed
 from efficient.quant import native
 from efficient.quant.formats import parse_scheme
@@ -47,13 +46,6 @@ from mimo_audio.sampling import Sampler
 
 EMPTY_TEXT_ID = 151667
 PATCHES_PER_SECOND = 6.25
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "?"
 
 
 def peak_rss_gb() -> float:

@@ -34,6 +34,8 @@ import httpx
 import numpy as np
 import soundfile as sf
 
+from bench.common.machine import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("tts_stream", "tts", "asr", "asr_stream", "chat", "chat_stream", "chat_audio_stream")
 
@@ -322,8 +324,7 @@ def main() -> int:
             proc.terminate()
             proc.wait(30)
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "unknown CPU")
+    cpu = cpu_name()
     load = os.getloadavg()
     ok = [s for s in samples if s.ok]
     errors = [s for s in samples if not s.ok]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,20 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common.machine import cpu_name
 from tokenizer import AudioTokenizer, TokenizerConfig
 from tokenizer.checkpoint import load_into
 from tokenizer.model import MiMoAudioTokenizerModel
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f" {f}" in flags]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -22,13 +22,14 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+
+from bench.common.machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 STRONG_RANGE_NATS = 6.9  # 60 dB below the loudest log-mel entry (magnitude mel: 20 * log10(e) * 6.9 = 60)
@@ -50,16 +51,6 @@ SETTINGS: dict[str, dict[str, str]] = {
 # Not a CPU difference: what a user's torch.set_float32_matmul_precision("medium") (bf16 on AMX/AVX512-BF16
 # CPUs) would do. Run it with --settings default bf16-matmul.
 OPTIONAL_SETTINGS = {"bf16-matmul": {"CPU_SPREAD_MATMUL_PRECISION": "medium"}}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def cpu_flags() -> set[str]:
