@@ -11,6 +11,8 @@ import os
 import sys
 import time
 
+from .options import port_number
+
 logger = logging.getLogger("mimo-audio")
 
 LM_ENV = "MIMO_AUDIO_LM_PATH"
@@ -109,7 +111,7 @@ def register(subparsers) -> None:
         description="Serve the Gradio demo (TTS, voice cloning, ASR, understanding, dialogue, few-shot, continuation, "
                     "tokenizer round trip) and print its URL. Without --lm-path it runs the embedded default model.")
     p.add_argument("--host", default="127.0.0.1", help="interface to serve on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
+    p.add_argument("--port", type=port_number, default=7860, help="port (default 7860; 0 picks a free one)")
     p.add_argument("--smoke", action="store_true",
                    help="non-interactive check: start on a free port, call ASR, TTS and the round trip, exit")
     g = p.add_argument_group("model")

@@ -29,3 +29,14 @@ def torch_dtype(name: str) -> Any:
     import torch
 
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": None}[name]
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0-65535 (0 lets the system pick a free one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {value}")
+    return value

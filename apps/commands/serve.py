@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from .options import dtype_option, torch_dtype
+from .options import dtype_option, port_number, torch_dtype
 from .speech import LM_ENV, TOKENIZER_ENV
 
 log = logging.getLogger("mimo-audio.serve")
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Without --lm-path the embedded default model is served.",
     )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 exposes it)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=port_number, default=8000, help="port (default 8000)")
     m = p.add_argument_group("model")
     m.add_argument("--lm-path", default=os.environ.get(LM_ENV),
                    help=f"speech-LM directory (default ${LM_ENV}, else the embedded default model)")

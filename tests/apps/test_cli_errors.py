@@ -217,3 +217,13 @@ def test_folder_outputs_are_checked(workdir, caplog):
     _one_line_error(caplog, main(["corpus", "build", "--out", str(workdir / "file")]), "is not a directory")
     caplog.clear()
     _one_line_error(caplog, main(["corpus", "build", "--out", "/proc/corpus"]), "not writable")
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_port_out_of_range_is_a_usage_error(command, capsys):
+    from apps.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--port", "99999"])
+    assert exc.value.code == 2
+    assert "a port is 0-65535, got 99999" in capsys.readouterr().err
