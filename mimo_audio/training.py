@@ -28,6 +28,7 @@ class LossOutput:
     channels: list[torch.Tensor]  # mean cross-entropy per RVQ channel (0 when no speech target)
     text_tokens: int
     speech_patches: int
+    local_hidden: torch.Tensor | None = None  # [B, T/4, local_dim]: the backbone's output (for auxiliary losses)
 
 
 def speech_lm_loss(
@@ -37,13 +38,16 @@ def speech_lm_loss(
     attention_mask: torch.Tensor | None = None,
     text_weight: float = PAPER_TEXT_WEIGHT,
     channel_weights: Sequence[float] = PAPER_CHANNEL_WEIGHTS,
+    inputs: torch.Tensor | None = None,
 ) -> LossOutput:
     """``ids [B, 9, T]``; ``target_mask [B, T/4]`` marks the patches to learn (default: all but the first).
 
     ``attention_mask [B, T/4]`` marks real patches (left padding = 0), as in :meth:`SpeechLM.forward`.
+    ``inputs`` (same shape as ``ids``): what the model reads when it differs from the targets ``ids``, e.g. with
+    some teacher-forced speech patches blanked (patch dropout).
     """
     G = model.config.group_size
-    out = model(ids, attention_mask=attention_mask)
+    out = model(ids if inputs is None else inputs, attention_mask=attention_mask)
     text = ids[:, 0, ::G]  # [B, Tg]
     B, Tg = text.shape
     if target_mask is None:
@@ -69,4 +73,4 @@ def speech_lm_loss(
     w = torch.tensor(list(channel_weights), dtype=torch.float32)
     audio = sum(wc * lc for wc, lc in zip((w / w.sum()).tolist(), channels))
     total = (text_weight * text_loss + audio) / (text_weight + 1.0)
-    return LossOutput(total, text_loss, channels, int(tgt.sum()), n_speech)
+    return LossOutput(total, text_loss, channels, int(tgt.sum()), n_speech, out.local_hidden)

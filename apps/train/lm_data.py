@@ -14,8 +14,10 @@ learned. Tasks (weights in :data:`TASK_WEIGHTS`):
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,23 @@ from mimo_audio.prompts import PromptRenderer, Stream, Text
 log = logging.getLogger("mimo-audio.train")
 
 TASK_WEIGHTS = {"tts": 0.3, "asr": 0.3, "continuation": 0.1, "fewshot": 0.2, "text": 0.1}
+
+
+def bpe_training_texts(seed: int = 0) -> list[str]:
+    """Text to train the BPE vocabulary on: every corpus-source sentence that the corpus puts in its training
+    split (the same seeded hash as :func:`apps.corpus.plan.split_sentences`, so no validation or test sentence
+    is seen), in both cases the models read (as written, and case-normalised as in TTS streams), plus the
+    English prompt templates."""
+    from apps.corpus.plan import stable_hash
+    from apps.corpus.text import load_sentences
+
+    texts = []
+    for sentence in load_sentences():
+        if stable_hash(seed, "split", sentence.key) % 100 >= 10:  # < 5: test, < 10: validation
+            texts += [sentence.text, formats.normalize_case(sentence.text)]
+    templates = [formats.ASR_INSTRUCTION["en"], formats.TTS_INSTRUCTION["en"], formats.THINK_HINT,
+                 formats.ICL_PREFIX, formats.SPEECH_ONLY_PREFIX, formats.DIALOGUE_VOICE_SYSTEM, "user", "assistant"]
+    return texts + templates * 50
 
 
 def select_sentences(rows: list[dict], max_sentences: int | None, seed: int = 0) -> list[dict]:
@@ -84,6 +103,13 @@ class LMExamples:
         self.tasks = sorted(weights)
         w = np.array([weights[t] for t in self.tasks], dtype=np.float64)
         self.probs = w / w.sum()
+        # Curriculum: utterances of at most `max_frames` frames (None: all); rows sorted by length to pick from.
+        self.max_frames: int | None = None
+        self._by_length = {name: sorted(rs, key=lambda r: self.codes[r["id"]].shape[1])
+                           for name, rs in (("plain", self.plain), ("all", self.rows))}
+        self._lengths = {name: [self.codes[r["id"]].shape[1] for r in rs] for name, rs in self._by_length.items()}
+        # Share of the teacher-forced speech patches of a TTS answer whose input codes are blanked (targets kept).
+        self.patch_dropout = 0.0
 
     @staticmethod
     def _direction(task: str, pair: tuple[dict, dict]) -> str:
@@ -113,45 +139,97 @@ class LMExamples:
         target[head.shape[1] // G + skip :] = True
         return ids[:, : self.max_patches * G], target[: self.max_patches]
 
+    def _pick_row(self, task: str, gen: np.random.Generator) -> dict:
+        """A random utterance for a single-utterance task, no longer than the curriculum allows."""
+        name = "all" if task == "asr" else "plain"
+        rows, lengths = self._by_length[name], self._lengths[name]
+        n = len(rows) if self.max_frames is None else max(1, bisect.bisect_right(lengths, self.max_frames))
+        return rows[int(gen.integers(0, n))]
+
     def example(self, task: str, gen: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        pick = lambda seq: seq[int(gen.integers(0, len(seq)))]  # noqa: E731
+        ids, target, _ = self._example(task, gen)
+        return ids, target
+
+    def _example(self, task: str, gen: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, dict | None]:
+        """(ids, target, the utterance row for tts/asr examples, else None)."""
         if task == "fewshot":
             (ex_in, ex_out), (q_in, q_out) = self.fewshot_pairs(gen)
             c = self.codes
             prompt = formats.in_context_s2s([formats.SpeechPair(c[ex_in["id"]], c[ex_out["id"]], ex_out["text"])],
                                             c[q_in["id"]])
-            return self._render(prompt[:-1], [Stream(q_out["text"], c[q_out["id"]]), Text(formats.IM_END)])
-        row = pick(self.plain if task != "asr" else self.rows)
+            return (*self._render(prompt[:-1], [Stream(q_out["text"], c[q_out["id"]]), Text(formats.IM_END)]), None)
+        row = self._pick_row(task, gen)
         codes, text = self.codes[row["id"]], row["text"]
         if task == "tts":
             prompt = formats.tts(text)  # ends with <|sostm|>: the stream segment starts with it
-            return self._render(prompt[:-1], [Stream(formats.normalize_case(text), codes), Text(formats.IM_END)])
+            return (*self._render(prompt[:-1], [Stream(formats.normalize_case(text), codes), Text(formats.IM_END)]),
+                    row)
         if task == "asr":
-            return self._render(formats.asr(codes), [Text(text), Text(formats.IM_END)])
+            return (*self._render(formats.asr(codes), [Text(text), Text(formats.IM_END)]), row)
         if task == "continuation":
             cut = max(4, int(codes.shape[1] * gen.uniform(0.3, 0.6))) // 4 * 4
             cut = min(cut, codes.shape[1] - 1)
             prompt = formats.speech_continuation(codes[:, :cut])
-            return self._render(prompt[:-1], [Stream("", codes[:, cut:])])
+            return (*self._render(prompt[:-1], [Stream("", codes[:, cut:])]), None)
         if task == "text":
             ids = self.renderer.render([Text(text + "\n")])
             return ids[:, : self.max_patches * self.renderer.group_size], torch.ones(
-                min(ids.shape[1] // self.renderer.group_size, self.max_patches), dtype=torch.bool)
+                min(ids.shape[1] // self.renderer.group_size, self.max_patches), dtype=torch.bool), None
         raise ValueError(f"unknown LM training task {task!r}")
 
     def batch(self, batch_size: int, gen: np.random.Generator, pad_id: int):
         """Left-padded batch: ids [B, 9, T], target [B, T/4], attention_mask [B, T/4], task names."""
+        b = self.training_batch(batch_size, gen, pad_id)
+        return b.ids, b.target, b.mask, b.tasks
+
+    def training_batch(self, batch_size: int, gen: np.random.Generator, pad_id: int) -> LMBatch:
+        """:meth:`batch` plus what the training-only losses need: the inputs with patch dropout applied and, for
+        the tts/asr items whose whole utterance fits, the transcript's token ids (CTC targets)."""
         tasks = [self.tasks[int(i)] for i in gen.choice(len(self.tasks), size=batch_size, p=self.probs)]
-        items = [self.example(t, gen) for t in tasks]
+        items = [self._example(t, gen) for t in tasks]
         G = self.renderer.group_size
-        n = max(t.shape[0] for _, t in items)
+        n = max(t.shape[0] for _, t, _ in items)
         pad = self.renderer.text_patches([pad_id])
         ids = pad.repeat(1, n)[None].repeat(batch_size, 1, 1)
         target = torch.zeros(batch_size, n, dtype=torch.bool)
         mask = torch.zeros(batch_size, n, dtype=torch.long)
-        for b, (x, t) in enumerate(items):
+        ctc: list[list[int] | None] = []
+        for b, (x, t, row) in enumerate(items):
             k = t.shape[0]
             ids[b, :, (n - k) * G :] = x
             target[b, n - k :] = t
             mask[b, n - k :] = 1
-        return ids, target, mask, tasks
+            ctc.append(self._ctc_labels(x, row))
+        inputs = ids
+        if self.patch_dropout > 0:
+            inputs = ids.clone()
+            empty = self.renderer.special.empty
+            for b, task in enumerate(tasks):
+                if task != "tts":
+                    continue
+                speech = (ids[b, 0, ::G] == empty) & target[b]
+                drop = speech & torch.from_numpy(gen.random(n) < self.patch_dropout)
+                for p in torch.nonzero(drop).flatten().tolist():
+                    inputs[b, 1:, p * G : (p + 1) * G] = self.renderer.empty_ids[:, None]
+        return LMBatch(ids, inputs, target, mask, tasks, ctc)
+
+    def _ctc_labels(self, x: torch.Tensor, row: dict | None) -> list[int] | None:
+        """Token ids of the utterance's transcript when all of its speech is in ``x`` (not truncated)."""
+        if row is None:
+            return None
+        G = self.renderer.group_size
+        frames = self.codes[row["id"]].shape[1]
+        speech_patches = int((x[0, ::G] == self.renderer.special.empty).sum())
+        if speech_patches != -(-frames // G):
+            return None
+        return self.renderer.tokenize(formats.normalize_case(row["text"]))
+
+
+@dataclass
+class LMBatch:
+    ids: torch.Tensor  # [B, 9, T]: the targets (and the inputs, when no patch dropout)
+    inputs: torch.Tensor  # [B, 9, T]: what the model reads (speech patches blanked by patch dropout)
+    target: torch.Tensor  # [B, T/4] bool: patches to learn
+    mask: torch.Tensor  # [B, T/4] long: real patches (1) vs left padding (0)
+    tasks: list[str]
+    ctc: list[list[int] | None]  # transcript token ids per item (tts/asr with the whole utterance) or None

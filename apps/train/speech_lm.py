@@ -4,7 +4,12 @@ Data: corpus utterances tokenised by an audio tokenizer (a trained one, ``--toke
 weights of a preset for smoke tests), rendered as TTS, ASR, speech continuation, few-shot speech-to-speech
 and plain-text examples in the official prompt formats (:mod:`apps.train.lm_data`). Loss: the next-patch
 loss of :func:`mimo_audio.training.speech_lm_loss` (text + teacher-forced RVQ channels) on answer patches.
-The text tokenizer is byte-level (256 bytes + the MiMo-Audio special tokens). MTP heads: not yet.
+The text tokenizer is a byte-level BPE trained on the corpus text (``--text-vocab bpe:N``; ``bytes`` for the
+old byte vocabulary). Training-only alignment help, inference formats unchanged: an auxiliary CTC head on the
+25 Hz frames (``--ctc-weight``, :mod:`apps.train.ctc`), dropout of teacher-forced past speech patches in TTS
+(``--patch-dropout``) and a short-utterances-first curriculum (``--curriculum-steps``). ``--init-from DIR``
+starts from a trained model (the embedded default: ``--init-from default``), also across vocabularies
+(:mod:`apps.train.warm_start`). MTP heads: ``mimo-audio train mtp``.
 
     PYTHONPATH=. python -m apps.train.speech_lm --corpus corpus-small --tokenizer runs/tok/model --out runs/lm
 """
@@ -12,6 +17,7 @@ The text tokenizer is byte-level (256 bytes + the MiMo-Audio special tokens). MT
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -22,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.train.lm_data import LMExamples, encode_corpus
+from apps.train.ctc import CTCHead, FrameCapture, ctc_loss
+from apps.train.lm_data import LMExamples, bpe_training_texts, encode_corpus
 from apps.train.state import (
     load_optimizer_tensors,
     progress,
@@ -32,17 +39,18 @@ from apps.train.state import (
     save_checkpoint,
     seed_step,
 )
+from apps.train.warm_start import warm_start
 from mimo_audio.config import SpeechLMConfig
 from mimo_audio.modeling import SpeechLM
 from mimo_audio.prompts import PromptRenderer
 from mimo_audio.text_tokenizer import SpecialTokens, load_text_tokenizer
-from mimo_audio.text_vocab import make_byte_text_tokenizer
+from mimo_audio.text_vocab import make_bpe_text_tokenizer, make_byte_text_tokenizer
 from mimo_audio.training import speech_lm_loss
 
 log = logging.getLogger("mimo-audio.train")
 
 # The embedded default's LM: the official layout (Qwen2 backbone, 4-frame patches, 8 RVQ channels with the
-# official vocabularies, delay-pattern patch decoder) at a CPU-trainable size, with a byte-level vocabulary.
+# official vocabularies, delay-pattern patch decoder) at a CPU-trainable size; vocab_size follows the text tokenizer.
 SMALL = dict(
     vocab_size=320, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
     num_key_value_heads=2, head_dim=64, max_position_embeddings=2048, local_dim=128, local_layers=2,
@@ -50,12 +58,27 @@ SMALL = dict(
 )
 
 
-def lm_config(preset: str) -> SpeechLMConfig:
+def lm_config(preset: str, vocab_size: int | None = None) -> SpeechLMConfig:
+    """The preset, with ``vocab_size`` rounded up to a multiple of 64 when given (the text tokenizer's size)."""
     if preset == "small":
-        return SpeechLMConfig(**SMALL)
-    if preset == "tiny":
-        return SpeechLMConfig.named("tiny")
-    raise ValueError(f"unknown LM training preset {preset!r}; choose 'small' or 'tiny'")
+        config = SpeechLMConfig(**SMALL)
+    elif preset == "tiny":
+        config = SpeechLMConfig.named("tiny")
+    else:
+        raise ValueError(f"unknown LM training preset {preset!r}; choose 'small' or 'tiny'")
+    if vocab_size is not None:
+        config = dataclasses.replace(config, vocab_size=-(-vocab_size // 64) * 64)
+    return config
+
+
+def parse_text_vocab(spec: str) -> int | None:
+    """``bytes`` -> None; ``bpe:N`` -> N."""
+    if spec == "bytes":
+        return None
+    kind, _, size = spec.partition(":")
+    if kind != "bpe" or not size.isdigit():
+        raise ValueError(f"--text-vocab must be 'bytes' or 'bpe:N' (e.g. bpe:1024), got {spec!r}")
+    return int(size)
 
 
 @dataclass
@@ -82,6 +105,12 @@ class LMTrainConfig:
     max_sentences: int | None = None  # train on the utterances of this many sentences (all their voices)
     eval_sentences: int = 12  # test-split sentences for the held-out loss
     bf16: bool = False  # bf16 autocast for the matmuls (fp32 weights and losses): ~1.5x on AVX512-BF16 CPUs
+    text_vocab: str = "bpe:1024"  # "bytes" or "bpe:N" (a BPE of N symbols trained on the corpus text)
+    init_from: str | None = None  # a speech-LM folder (or "default") to start from; the vocabulary may differ
+    ctc_weight: float = 0.0  # weight of the auxiliary CTC loss (0: no CTC head)
+    patch_dropout: float = 0.0  # share of teacher-forced past speech patches of TTS answers blanked in the input
+    curriculum_steps: int = 0  # utterances grow from curriculum_start_s to all over this many steps (0: off)
+    curriculum_start_s: float = 3.0
 
 
 def _lr(tc: LMTrainConfig, step: int) -> float:
@@ -104,7 +133,15 @@ def load_audio_tokenizer(tc: LMTrainConfig, device: torch.device):
                                       seed=tc.seed, device=device)
 
 
-def _optimizer(model: SpeechLM, tc: LMTrainConfig) -> torch.optim.Optimizer:
+def _source(init_from: str) -> Path:
+    if init_from == "default":
+        from mimo_audio import default_model_dir
+
+        return Path(default_model_dir())
+    return Path(init_from)
+
+
+def _optimizer(model: torch.nn.Module, tc: LMTrainConfig) -> torch.optim.Optimizer:
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     rest = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": rest, "weight_decay": 0.0}]
@@ -118,16 +155,29 @@ def prepare(tc: LMTrainConfig, device: torch.device):
     model_dir = out / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     if not (model_dir / "tokenizer.json").is_file():
-        make_byte_text_tokenizer(model_dir)
+        bpe = parse_text_vocab(tc.text_vocab)
+        if bpe is None:
+            make_byte_text_tokenizer(model_dir)
+        else:
+            make_bpe_text_tokenizer(bpe_training_texts(tc.seed), bpe, model_dir)
     text_tok = load_text_tokenizer(model_dir)
     special = SpecialTokens.from_tokenizer(text_tok)
-    config = lm_config(tc.preset)
+    config = lm_config(tc.preset, len(text_tok))
     renderer = PromptRenderer(text_tok, special, config.speech_zeroemb_idx, config.group_size)
     audio_tok = load_audio_tokenizer(tc, device)
     codes = encode_corpus(audio_tok, tc.corpus, "train", out / "codes-train.safetensors", config.audio_channels,
                           tc.progress, tc.max_sentences)
     data = LMExamples(tc.corpus, "train", codes, renderer, tc.max_patches)
-    return config, special, data
+    data.patch_dropout = tc.patch_dropout
+    return config, special, data, text_tok
+
+
+def curriculum_frames(tc: LMTrainConfig, step: int) -> int | None:
+    """Longest utterance (frames at 25 Hz) allowed at ``step``: linear from the start length to all."""
+    if not tc.curriculum_steps or step >= tc.curriculum_steps:
+        return None
+    start = tc.curriculum_start_s * 25
+    return int(start + (step / tc.curriculum_steps) * (30 * 25 - start))
 
 
 @torch.no_grad()
@@ -155,21 +205,31 @@ def train_lm(tc: LMTrainConfig) -> dict:
     """Train (or resume from ``out/last``); writes ``out/model`` (official layout + text tokenizer)."""
     device = resolve_device(tc.device)
     out = Path(tc.out)
-    config, special, data = prepare(tc, device)
+    config, special, data, text_tok = prepare(tc, device)
     torch.manual_seed(tc.seed)
     model = SpeechLM(config, special.empty).to(device)
     model.init_weights(seed=tc.seed)
     model.speech_buffer_dtype = None  # fp32 training: no bf16 rounding of the summed speech embeddings
     state = {"step": 0, "seed": tc.seed, "history": [], "config": asdict(tc)}
     last = out / "last"
-    opt = _optimizer(model, tc)
-    names = {p: n for n, p in model.named_parameters()}
+    ctc_head = CTCHead(config.local_dim, config.input_local_dim, config.vocab_size).to(device) \
+        if tc.ctc_weight > 0 else None
+    capture = FrameCapture(model) if ctc_head is not None else None
+    trainable = torch.nn.ModuleDict({"lm": model, **({"ctc": ctc_head} if ctc_head is not None else {})})
+    opt = _optimizer(trainable, tc)
+    names = {p: n for n, p in trainable.named_parameters()}
     if (last / "state.json").is_file():
         state = read_state(last)
         resumed = SpeechLM.from_pretrained(last / "model", device=device, empty_token_id=special.empty)
         model.load_state_dict(resumed.state_dict())
+        if ctc_head is not None and (last / "ctc.safetensors").is_file():
+            ctc_head.load(last / "ctc.safetensors")
         load_optimizer_tensors(opt, names, read_optimizer(last))
         log.info("resuming from %s at step %d", last, state["step"])
+    elif tc.init_from:
+        state["warm_start"] = {k: v for k, v in warm_start(model, _source(tc.init_from), text_tok).items()
+                               if k != "skipped"}
+        state["warm_start"]["from"] = str(_source(tc.init_from))
     model.train()
     log.info("speech LM %s: %.2f M parameters on %s; tasks %s", tc.preset, model.num_parameters() / 1e6, device,
              data.tasks)
@@ -181,14 +241,22 @@ def train_lm(tc: LMTrainConfig) -> dict:
         while state["step"] < end:
             step = state["step"]
             s = seed_step(tc.seed, step)
-            ids, target, mask, tasks = data.batch(tc.batch_size, np.random.default_rng(s), special.eos)
+            data.max_frames = curriculum_frames(tc, step)
+            batch = data.training_batch(tc.batch_size, np.random.default_rng(s), special.eos)
+            ids, target, mask, tasks = batch.ids, batch.target, batch.mask, batch.tasks
             for g in opt.param_groups:
                 g["lr"] = _lr(tc, step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-                res = speech_lm_loss(model, ids.to(device), target.to(device), mask.to(device))
+                res = speech_lm_loss(model, ids.to(device), target.to(device), mask.to(device),
+                                     inputs=batch.inputs.to(device))
+                ctc = None
+                if ctc_head is not None and capture.frames is not None:
+                    is_speech = batch.inputs[:, 0, :: config.group_size].to(device) == special.empty
+                    ctc = ctc_loss(ctc_head, res.local_hidden, capture.frames, is_speech, batch.ctc)
+            loss = res.loss if ctc is None else res.loss + tc.ctc_weight * ctc
             opt.zero_grad(set_to_none=True)
-            res.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable.parameters(), tc.grad_clip)
             opt.step()
             state["step"] = step + 1
             steps_run += 1
@@ -196,6 +264,8 @@ def train_lm(tc: LMTrainConfig) -> dict:
                    "text": round(float(res.text.detach()), 5),
                    "audio0": round(float(res.channels[0].detach()), 5), "speech_patches": res.speech_patches,
                    "text_tokens": res.text_tokens}
+            if ctc is not None:
+                row["ctc"] = round(float(ctc.detach()), 5)
             state["history"].append(row)
             metrics_file.write(json.dumps(row) + "\n")
             bar.update(1)
@@ -205,11 +275,16 @@ def train_lm(tc: LMTrainConfig) -> dict:
                          row["audio0"], ",".join(tasks))
             if (step + 1) % tc.save_every == 0 or step + 1 == end:
                 save_checkpoint(last, model.save_pretrained, opt, names, state)
+                if ctc_head is not None:
+                    ctc_head.save(last / "ctc.safetensors")
     finally:
         bar.close()
         metrics_file.close()
     state["seconds_per_step"] = (time.perf_counter() - t_start) / max(1, steps_run)
     model.save_pretrained(out / "model")
+    if ctc_head is not None:
+        ctc_head.save(out / "ctc.safetensors")  # training-only head: beside the model, not inside it
+        capture.remove()
     if tc.eval_items:
         device_ = next(model.parameters()).device
         test = LMExamples(tc.corpus, "test", encode_corpus(load_audio_tokenizer(tc, device_), tc.corpus, "test",
@@ -223,8 +298,8 @@ def train_lm(tc: LMTrainConfig) -> dict:
 
 
 _INT = ("steps", "batch_size", "max_patches", "warmup", "seed", "save_every", "log_every", "eval_items",
-        "eval_sentences")
-_FLOAT = ("lr", "weight_decay")
+        "eval_sentences", "curriculum_steps")
+_FLOAT = ("lr", "weight_decay", "ctc_weight", "patch_dropout", "curriculum_start_s")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -247,11 +322,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train on the utterances of this many sentences (all voices; default: all)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights and losses); ~1.5x faster on "
                    "CPUs with AVX512-BF16 / AMX and on GPUs")
+    p.add_argument("--text-vocab", default=d.text_vocab,
+                   help="text vocabulary of a new run: 'bpe:N' (byte-level BPE of N symbols trained on the corpus "
+                   f"sources' training sentences) or 'bytes' (default {d.text_vocab})")
+    p.add_argument("--init-from", default=None,
+                   help="start from this speech-LM folder ('default': the embedded model); the text vocabulary "
+                   "may differ (rows are rebuilt from the old tokens)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def config_from_args(args: argparse.Namespace) -> LMTrainConfig:
     names = ("corpus", "out", "tokenizer", "tokenizer_preset", "preset", "device", "stop_at", "bf16", "max_sentences",
+             "text_vocab", "init_from",
              *_INT, *_FLOAT)
     return LMTrainConfig(**{n: getattr(args, n) for n in names}, progress=not args.no_progress)
 

@@ -1,0 +1,94 @@
+"""Auxiliary CTC head for speech-LM training: transcript tokens from the 25 Hz frames of the speech patches.
+
+Training only; the inference formats and the official weights are unchanged. For every frame of a speech patch
+the head reads the patch encoder's output for that frame (local acoustics) and the backbone's output at the
+patch (context, causal), and predicts the transcript's BPE tokens with a blank, aligned by CTC. The gradient
+teaches the backbone to know, at each speech position, which words are being spoken: what ASR reads from
+and what TTS has to track. Its greedy output also gives the number of transcript tokens of an utterance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from mimo_audio.modeling import SpeechLM
+
+
+class CTCHead(nn.Module):
+    def __init__(self, local_dim: int, frame_dim: int, vocab_size: int):
+        super().__init__()
+        self.blank = vocab_size
+        self.proj = nn.Linear(local_dim + frame_dim, vocab_size + 1)
+
+    def forward(self, local_hidden: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """``local_hidden [N, local_dim]`` (one per patch), ``frames [N, G, frame_dim]`` -> log-probs [N*G, V+1]."""
+        ctx = local_hidden[:, None, :].expand(-1, frames.shape[1], -1)
+        x = torch.cat([ctx, frames.to(ctx.dtype)], dim=-1)
+        return F.log_softmax(self.proj(x).float(), dim=-1).reshape(-1, self.blank + 1)
+
+    def save(self, path: str | Path) -> None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(path))
+
+    def load(self, path: str | Path) -> None:
+        self.load_state_dict(load_file(str(path)), strict=True)
+
+
+class FrameCapture:
+    """Keeps the patch encoder's per-frame output of the last forward (``[N_speech_patches, G, D]``, patches in
+    row-major ``[B, T/4]`` order, as :meth:`SpeechLM.embed` runs them)."""
+
+    def __init__(self, model: SpeechLM):
+        self.frames: torch.Tensor | None = None
+        self._handle = model.input_local_transformer.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output) -> None:
+        self.frames = output.last_hidden_state
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def ctc_loss(head: CTCHead, local_hidden: torch.Tensor, frames: torch.Tensor, is_speech: torch.Tensor,
+             labels: Sequence[Sequence[int] | None]) -> torch.Tensor | None:
+    """Mean CTC loss over the batch items that have ``labels``; ``is_speech [B, T/4]`` marks the speech patches of
+    the inputs (those the patch encoder ran on, in that order). None when no item has labels."""
+    index = torch.nonzero(is_speech)  # [(b, p)] in the order of `frames`
+    log_probs, targets, in_lens, tgt_lens = [], [], [], []
+    for b, lab in enumerate(labels):
+        if not lab:
+            continue
+        rows = torch.nonzero(index[:, 0] == b).flatten()
+        if rows.numel() == 0:
+            continue
+        patches = index[rows, 1]
+        lp = head(local_hidden[b, patches], frames[rows])
+        if lp.shape[0] < len(lab):
+            continue
+        log_probs.append(lp)
+        targets += list(lab)
+        in_lens.append(lp.shape[0])
+        tgt_lens.append(len(lab))
+    if not log_probs:
+        return None
+    T = max(in_lens)
+    padded = torch.stack([F.pad(lp, (0, 0, 0, T - lp.shape[0])) for lp in log_probs], dim=1)  # [T, N, V+1]
+    return F.ctc_loss(padded, torch.tensor(targets), torch.tensor(in_lens), torch.tensor(tgt_lens),
+                      blank=head.blank, reduction="mean", zero_infinity=True)
+
+
+@torch.no_grad()
+def ctc_greedy(head: CTCHead, local_hidden: torch.Tensor, frames: torch.Tensor) -> list[int]:
+    """Best-path decoding of one utterance: ``local_hidden [N, D]``, ``frames [N, G, Df]`` -> token ids."""
+    best = head(local_hidden, frames).argmax(-1).tolist()
+    out, prev = [], head.blank
+    for t in best:
+        if t != prev and t != head.blank:
+            out.append(t)
+        prev = t
+    return out

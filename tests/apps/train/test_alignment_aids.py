@@ -1,0 +1,128 @@
+"""Training-only alignment aids of the speech-LM recipe: BPE vocabulary, text lead, patch dropout, curriculum,
+CTC head, warm start across vocabularies."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from apps.train.ctc import CTCHead, FrameCapture, ctc_greedy, ctc_loss
+from apps.train.speech_lm import LMTrainConfig, curriculum_frames, lm_config, parse_text_vocab, prepare, train_lm
+from apps.train.text_lead import chunk_leads, text_lead
+from apps.train.warm_start import warm_start
+from mimo_audio.modeling import SpeechLM
+from mimo_audio.text_tokenizer import SpecialTokens, load_text_tokenizer
+from mimo_audio.text_vocab import make_bpe_text_tokenizer, make_byte_text_tokenizer
+from mimo_audio.training import speech_lm_loss
+
+TEXTS = ["the quick brown fox jumps over the lazy dog", "a dog and a fox are friends", "the dog sleeps"] * 40
+
+
+def _cfg(corpus, out, **kw):
+    base = dict(preset="tiny", tokenizer_preset="tiny", steps=2, batch_size=4, max_patches=192, warmup=1,
+                save_every=2, log_every=100, progress=False, device="cpu", eval_items=0)
+    return LMTrainConfig(corpus=str(corpus), out=str(out), **{**base, **kw})
+
+
+def test_bpe_vocabulary_round_trips_and_merges(tmp_path):
+    tok = make_bpe_text_tokenizer(TEXTS, 320, tmp_path)
+    special = SpecialTokens.from_tokenizer(tok)  # every MiMo-Audio special is there
+    assert special.empty != special.eot
+    for text in ("the quick brown fox", "Zebra? 42 — ünïcode"):  # unseen characters fall back to bytes
+        assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    assert len(tok.encode("the quick brown fox", add_special_tokens=False)) < len("the quick brown fox") / 2
+    with pytest.raises(ValueError, match="at least"):
+        make_bpe_text_tokenizer(TEXTS, 100, tmp_path / "x")
+    assert parse_text_vocab("bytes") is None and parse_text_vocab("bpe:2048") == 2048
+    with pytest.raises(ValueError, match="bpe:N"):
+        parse_text_vocab("bpe")
+    assert lm_config("tiny", 300).vocab_size == 320
+
+
+def test_text_lead_bytes_fall_behind_bpe_leads(tmp_path):
+    # 3 s of speech for 45 characters (15 chars/s): bytes are 5 chars per 0.8 s chunk, behind by more each chunk.
+    byte_leads = chunk_leads(list("x" * 45), 3.0)
+    assert byte_leads[0] < 0 and byte_leads[1] < byte_leads[0]
+    bpe_leads = chunk_leads(["xxxx"] * 11 + ["x"], 3.0)  # ~4 chars a token: all text read within 2 chunks
+    assert all(v >= 0 for v in bpe_leads) and math.isinf(bpe_leads[-1])
+    rows = [{"text": t} for t in TEXTS[:3]]
+    bytes_tok = make_byte_text_tokenizer(tmp_path / "b")
+    bpe_tok = make_bpe_text_tokenizer(TEXTS, 320, tmp_path / "p")
+    a, b = text_lead(rows, [2.6, 1.7, 1.1], bytes_tok), text_lead(rows, [2.6, 1.7, 1.1], bpe_tok)
+    assert b["chars_per_token"] > 2 * a["chars_per_token"]
+    assert b["chunks_leading"] > a["chunks_leading"]
+
+
+def test_patch_dropout_blanks_only_tts_inputs_and_curriculum_caps_length(mini_corpus, tmp_path):
+    _, special, data, _ = prepare(_cfg(mini_corpus, tmp_path, text_vocab="bytes"), torch.device("cpu"))
+    data.patch_dropout = 0.5
+    data.probs = np.array([0.5 if t in ("tts", "asr") else 0.0 for t in data.tasks])
+    batch = data.training_batch(8, np.random.default_rng(0), special.eos)
+    changed = (batch.inputs != batch.ids).any(dim=1).reshape(8, -1, 4).any(-1)  # [B, patches]
+    assert bool(changed.any())
+    for b, task in enumerate(batch.tasks):
+        speech = batch.ids[b, 0, ::4] == special.empty
+        assert not bool((changed[b] & ~(speech & batch.target[b])).any())  # only learned speech patches
+        if task != "tts":
+            assert not bool(changed[b].any())
+        assert batch.ctc[b] is not None  # whole utterances: CTC labels present
+    lengths = sorted(v.shape[1] for v in data.codes.values())
+    data.max_frames = lengths[0]
+    for _ in range(10):
+        row = data._pick_row("tts", np.random.default_rng(_))
+        assert data.codes[row["id"]].shape[1] <= lengths[0]
+    tc = _cfg(mini_corpus, tmp_path, curriculum_steps=100, curriculum_start_s=2.0)
+    assert curriculum_frames(tc, 0) == 50 and curriculum_frames(tc, 50) > 50 and curriculum_frames(tc, 100) is None
+
+
+def test_ctc_head_learns_only_through_its_inputs(mini_corpus, tmp_path):
+    config, special, data, _ = prepare(_cfg(mini_corpus, tmp_path, text_vocab="bytes"), torch.device("cpu"))
+    torch.manual_seed(0)
+    model = SpeechLM(config, special.empty).init_weights(seed=0)
+    head = CTCHead(config.local_dim, config.input_local_dim, config.vocab_size)
+    capture = FrameCapture(model)
+    data.probs = np.array([1.0 if t == "asr" else 0.0 for t in data.tasks])
+    batch = data.training_batch(2, np.random.default_rng(0), special.eos)
+    res = speech_lm_loss(model, batch.ids, batch.target, batch.mask, inputs=batch.inputs)
+    is_speech = batch.inputs[:, 0, ::4] == special.empty
+    loss = ctc_loss(head, res.local_hidden, capture.frames, is_speech, batch.ctc)
+    assert loss is not None and float(loss.detach()) > 0
+    loss.backward()
+    assert head.proj.weight.grad.abs().sum() > 0
+    assert model.input_local_transformer.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0  # patch encoder
+    assert model.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0  # backbone
+    assert all(h.weight.grad is None for h in model.local_transformer_lm_heads)  # the patch decoder is untouched
+    assert ctc_loss(head, res.local_hidden, capture.frames, is_speech, [None, None]) is None
+    # Greedy decoding collapses repeats and drops blanks.
+    head.proj.weight.data.zero_()
+    head.proj.bias.data.fill_(-10)
+    head.proj.bias.data[7] = 10
+    frames = capture.frames[:1]
+    assert ctc_greedy(head, res.local_hidden[0, :1], frames) == [7]
+    capture.remove()
+
+
+def test_warm_start_moves_a_byte_model_to_bpe(mini_corpus, tmp_path):
+    byte_run = tmp_path / "bytes"
+    train_lm(_cfg(mini_corpus, byte_run, text_vocab="bytes", steps=1))
+    bpe_run = tmp_path / "bpe"
+    state = train_lm(_cfg(mini_corpus, bpe_run, text_vocab="bpe:400", init_from=str(byte_run / "model"), steps=1,
+                          lr=0.0))
+    assert state["warm_start"]["remapped_rows"] > 300
+    src = SpeechLM.from_pretrained(byte_run / "model")
+    dst = SpeechLM.from_pretrained(bpe_run / "model")
+    old_tok, new_tok = load_text_tokenizer(byte_run / "model"), load_text_tokenizer(bpe_run / "model")
+    torch.testing.assert_close(dst.model.layers[0].mlp.up_proj.weight, src.model.layers[0].mlp.up_proj.weight)
+    merged = next(t for t, i in new_tok.get_vocab().items() if len(new_tok.convert_tokens_to_string([t])) >= 3
+                  and t not in new_tok.get_added_vocab())
+    new_id = new_tok.convert_tokens_to_ids(merged)
+    old_ids = old_tok.encode(new_tok.convert_tokens_to_string([merged]), add_special_tokens=False)
+    torch.testing.assert_close(dst.model.embed_tokens.weight[new_id], src.model.embed_tokens.weight[old_ids].mean(0))
+    eot_new, eot_old = new_tok.convert_tokens_to_ids("<|eot|>"), old_tok.convert_tokens_to_ids("<|eot|>")
+    torch.testing.assert_close(dst.lm_head.weight[eot_new], src.lm_head.weight[eot_old])
+    model = SpeechLM(lm_config("tiny", len(new_tok)), SpecialTokens.from_tokenizer(new_tok).empty)
+    counts = warm_start(model, byte_run / "model", new_tok)
+    assert counts["copied"] > 10 and not counts["skipped"]
