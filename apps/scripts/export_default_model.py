@@ -115,6 +115,13 @@ def _corpus_info(corpus: Path) -> dict[str, Any]:
 def _origin(src: Path, run: dict[str, Any], placeholder: bool) -> dict[str, Any]:
     if placeholder:
         return {"source": "random initialisation (export_default_model --random)", "training": {"steps": 0}}
+    installed = src / "provenance.json"
+    if "note" in run and installed.is_file():  # re-exporting an exported folder (e.g. the installed default)
+        try:
+            prov = json.loads(installed.read_text())
+            return {"source": prov.get("source", str(src)), "training": prov.get("training", run)}
+        except json.JSONDecodeError:
+            pass
     return {"source": str(src), "training": run}
 
 
@@ -217,13 +224,19 @@ def export_default_model(
     budget_mb: float = BUDGET_MB,
     placeholder: bool = False,
     note: str | None = None,
+    lm_dtype: str | None = None,
 ) -> dict[str, Any]:
-    """Copy trained checkpoints into the asset directories (default: the package's). Returns a summary."""
+    """Copy trained checkpoints into the asset directories (default: the package's). Returns a summary.
+
+    ``lm_dtype`` (default: ``dtype``) stores the speech LM in another dtype than the tokenizer, e.g. a bf16 LM
+    next to an fp32 tokenizer whose codes must not change."""
     import mimo_audio.defaults
     import tokenizer.defaults
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    lm_dtype = lm_dtype or dtype
+    for d in (dtype, lm_dtype):
+        if d not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {d!r}")
     tok_src, lm_src = Path(tokenizer_src), Path(lm_src)
     for what, src in (("tokenizer", tok_src), ("speech-LM", lm_src)):
         if not src.is_dir():
@@ -246,7 +259,7 @@ def export_default_model(
     try:
         tok_stage, lm_stage = stage_root / "tokenizer", stage_root / "lm"
         tok_tensors, tok_params = _stage_tokenizer(tok_src, tok_stage, DTYPES[dtype])
-        lm_tensors, lm_params = _stage_lm(lm_src, lm_stage, DTYPES[dtype], mtp)
+        lm_tensors, lm_params = _stage_lm(lm_src, lm_stage, DTYPES[lm_dtype], mtp)
         what = "RANDOM placeholder weights (not a trained model)" if placeholder else "trained here"
         tok_preset = (tok_run.get("recipe") or {}).get("preset", "small")
         lm_preset = (lm_run.get("recipe") or {}).get("preset", "small")
@@ -262,7 +275,7 @@ def export_default_model(
             "name": "mimo-audio embedded default speech LM", "component": "speech_lm",
             "description": f"MiMo-Audio patch speech LM architecture (Qwen2 backbone, 4-frame patches), {lm_preset} "
                            f"preset; {what}",
-            "placeholder": placeholder, "parameters": lm_params, "dtype": dtype, "mtp_heads": mtp is not None,
+            "placeholder": placeholder, "parameters": lm_params, "dtype": lm_dtype, "mtp_heads": mtp is not None,
             **_origin(lm_src, lm_run, placeholder),
             "audio_tokenizer_sha256": tok_prov["files"][WEIGHTS]["sha256"], **({"note": note} if note else {}),
         })
@@ -283,7 +296,8 @@ def export_default_model(
         _swap_in(lm_stage, lm_out)
     finally:
         shutil.rmtree(stage_root, ignore_errors=True)
-    summary = {"tokenizer": str(tok_out), "lm": str(lm_out), "dtype": dtype, "placeholder": placeholder,
+    summary = {"tokenizer": str(tok_out), "lm": str(lm_out), "dtype": dtype, "lm_dtype": lm_dtype,
+               "placeholder": placeholder,
                "tokenizer_mb": round(sizes["tokenizer"] / MB, 2), "lm_mb": round(sizes["lm"] / MB, 2),
                "total_mb": round(sum(sizes.values()) / MB, 2), "budget_mb": budget_mb,
                "tokenizer_params_m": round(tok_params / 1e6, 2), "lm_params_m": round(lm_params / 1e6, 2)}
@@ -318,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="MTP heads (safetensors) to ship as mtp.safetensors (default: LM/mtp.safetensors if present)")
     p.add_argument("--dtype", type=dtype_option(tuple(DTYPES)), default="fp32",
                    help="weights dtype of the export (bf16 halves the size; RVQ codebooks stay fp32)")
+    p.add_argument("--lm-dtype", type=dtype_option(tuple(DTYPES)), default=None,
+                   help="the speech LM's dtype when it differs from --dtype (e.g. a bf16 LM beside an fp32 tokenizer, "
+                   "whose codes then stay exactly as trained)")
     p.add_argument("--random", action="store_true",
                    help="export RANDOM placeholder weights of --size instead (development only; output is noise)")
     p.add_argument("--size", "--preset", dest="preset", choices=("small", "tiny"), default="small",
@@ -332,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(min(torch.get_num_threads(), 4))
-    kwargs = dict(dtype=args.dtype, tokenizer_out=args.tokenizer_out, lm_out=args.lm_out, budget_mb=args.budget_mb,
-                  note=args.note)
+    kwargs = dict(dtype=args.dtype, lm_dtype=args.lm_dtype, tokenizer_out=args.tokenizer_out, lm_out=args.lm_out,
+                  budget_mb=args.budget_mb, note=args.note)
     try:
         if args.random:
             if args.tokenizer or args.lm:

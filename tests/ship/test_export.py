@@ -76,6 +76,25 @@ def test_bf16_export_halves_the_weights_and_keeps_codebooks_fp32(tiny_runs, defa
     assert MimoAudio.from_pretrained(device="cpu").lm.dtype == torch.float32
 
 
+def test_bf16_lm_beside_an_unchanged_fp32_tokenizer(tiny_runs, tmp_path):
+    """A new LM is shipped in bf16 next to the installed fp32 tokenizer: the tokenizer's weights (so its codes)
+    stay bit-identical and re-exporting an exported folder keeps its training provenance."""
+    first_tok, first_lm = tmp_path / "tok1", tmp_path / "lm1"
+    export_default_model(*tiny_runs, tokenizer_out=first_tok, lm_out=first_lm)
+    tok_dir, lm_dir = tmp_path / "tok2", tmp_path / "lm2"
+    summary = export_default_model(first_tok, tiny_runs[1], dtype="fp32", lm_dtype="bf16", tokenizer_out=tok_dir,
+                                   lm_out=lm_dir)
+    assert summary["dtype"] == "fp32" and summary["lm_dtype"] == "bf16"
+    assert (tok_dir / "model.safetensors").read_bytes() == (first_tok / "model.safetensors").read_bytes()
+    lm = _tensors(lm_dir / "model.safetensors")
+    assert all(v.dtype == torch.bfloat16 for v in lm.values() if v.is_floating_point())
+    tok_prov = json.loads((tok_dir / "provenance.json").read_text())
+    assert tok_prov["training"]["steps"] == 7  # carried over from the exported folder's provenance
+    lm_prov = json.loads((lm_dir / "provenance.json").read_text())
+    assert lm_prov["dtype"] == "bf16" and lm_prov["audio_tokenizer_sha256"] == tok_prov["files"]["model.safetensors"][
+        "sha256"]
+
+
 def test_over_budget_export_installs_nothing(tiny_runs, tmp_path):
     tok_dir, lm_dir = tmp_path / "tok", tmp_path / "lm"
     lm_dir.mkdir()
