@@ -63,22 +63,29 @@ def select_sentences(rows: list[dict], max_sentences: int | None, seed: int = 0)
 @torch.no_grad()
 def encode_corpus(tokenizer, corpus: str | Path, split: str, cache: Path | None, n_q: int,
                   progress: bool = True, max_sentences: int | None = None) -> dict[str, torch.Tensor]:
-    """Codes [n_q, T] of the utterances of ``split`` (of at most ``max_sentences`` sentences; cached as
-    safetensors keyed by row index)."""
+    """Codes [n_q, T] of the utterances of ``split`` (of at most ``max_sentences`` sentences), keyed by row id.
+
+    The cache (safetensors keyed by row id) is extended, not rebuilt, when the corpus grows: only utterances
+    it lacks are encoded. Caches of older runs (keyed by row index) are read when their row count matches."""
     rows = select_sentences(corpus_rows(corpus, split), max_sentences)
+    codes: dict[str, torch.Tensor] = {}
     if cache is not None and cache.is_file():
         stored = load_file(str(cache))
-        if len(stored) == len(rows):
-            return {rows[int(k)]["id"]: v for k, v in stored.items()}
+        if stored and all(k.isdigit() for k in stored):  # index-keyed (older runs)
+            stored = {rows[int(k)]["id"]: v for k, v in stored.items()} if len(stored) == len(rows) else {}
+        codes = {r["id"]: stored[r["id"]] for r in rows if r["id"] in stored}
+    missing = [r for r in rows if r["id"] not in codes]
+    if not missing:
+        return codes
     from tqdm import tqdm
 
-    codes = {}
-    for i, r in enumerate(tqdm(rows, desc=f"encode {split}", disable=not progress)):
+    for r in tqdm(missing, desc=f"encode {split}", disable=not progress):
         wav = read_wav(corpus, r, tokenizer.sample_rate)
-        codes[str(i)] = tokenizer.encode(wav, tokenizer.sample_rate, n_q=n_q, progress=False).cpu().contiguous()
+        codes[r["id"]] = tokenizer.encode(wav, tokenizer.sample_rate, n_q=n_q, progress=False).cpu().contiguous()
     if cache is not None:
         save_file(codes, str(cache))
-    return {rows[int(k)]["id"]: v for k, v in codes.items()}
+    log.info("encoded %d %s utterances (%d from the cache)", len(missing), split, len(rows) - len(missing))
+    return codes
 
 
 class LMExamples:

@@ -105,7 +105,7 @@ class LMTrainConfig:
     max_sentences: int | None = None  # train on the utterances of this many sentences (all their voices)
     eval_sentences: int = 12  # test-split sentences for the held-out loss
     bf16: bool = False  # bf16 autocast for the matmuls (fp32 weights and losses): ~1.5x on AVX512-BF16 CPUs
-    text_vocab: str = "bpe:1024"  # "bytes" or "bpe:N" (a BPE of N symbols trained on the corpus text)
+    text_vocab: str = "bpe:2048"  # "bytes" or "bpe:N" (a BPE of N symbols trained on the corpus text)
     init_from: str | None = None  # a speech-LM folder (or "default") to start from; the vocabulary may differ
     ctc_weight: float = 0.0  # weight of the auxiliary CTC loss (0: no CTC head)
     patch_dropout: float = 0.0  # share of teacher-forced past speech patches of TTS answers blanked in the input
