@@ -57,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.suite:
         from eval.suites import suite_tasks
 
-        tasks, roots = suite_tasks(args.suite, out, args.corpus, args.items)
+        tasks, roots = suite_tasks(args.suite, out, args.corpus, args.items, args.split)
         if args.tasks:
             wanted = set(args.tasks.split(","))
             tasks = [t for t in tasks if t.name in wanted]

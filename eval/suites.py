@@ -83,13 +83,18 @@ def build_flite_set(dest: Path) -> Path:
     return dest
 
 
-def suite_tasks(name: str, out: Path, corpus: Path | None = None, items: int | None = None
-                ) -> tuple[list[TaskSpec], dict[str, Path]]:
-    """The suite's tasks and the data folder of each (tasks whose data is missing are left out, with a log)."""
+def suite_tasks(name: str, out: Path, corpus: Path | None = None, items: int | None = None,
+                split: str | None = None) -> tuple[list[TaskSpec], dict[str, Path]]:
+    """The suite's tasks and the data folder of each (tasks whose data is missing are left out, with a log).
+
+    ``split`` (e.g. ``valid``) reads another split of ``corpus`` in the corpus tasks; the flite set has only a
+    test split."""
     from dataclasses import replace
 
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; known: {', '.join(SUITES)}")
+    if split and split != "test" and not corpus:
+        raise ValueError(f"--split {split} needs --corpus DIR: the built-in flite set has only a test split")
     tasks = [t for t in load_tasks().values() if t.suite == name]
     corpus_dir = Path(corpus) if corpus else build_flite_set(Path(out) / "_data" / "flite_set")
     real = real_speech_dir()
@@ -104,5 +109,7 @@ def suite_tasks(name: str, out: Path, corpus: Path | None = None, items: int | N
             roots[t.name] = real
         else:
             roots[t.name] = corpus_dir
+            if split:
+                t = t.with_split(split)
         chosen.append(t)
     return chosen, roots
