@@ -6,8 +6,10 @@ kernel, its pointers and the thread count are resolved once, the output goes to 
 several projections that read the same input share one packed matrix (their packed rows are concatenated:
 the kernels compute every output row independently, so the result equals the separate products exactly).
 
-Kinds: ``lut`` (uniform ``w{b}g{g}``, T-MAC LUT kernel), ``i2s`` (ternary), ``dense`` (fp32 or bf16 torch
-weight: oneDNN, AMX when the CPU has it), ``fallback`` (other schemes, through ``formats.gemm``).
+Kinds: ``lut`` (uniform ``w{b}g{g}``, T-MAC LUT kernel; on AVX512-VNNI CPUs the int8-activation kernel
+for the bit widths :func:`efficient.quant.native.int8_kernel_for` selects, at every M),
+``i2s`` (ternary), ``dense`` (fp32 or bf16 torch weight: oneDNN, AMX when the CPU has it), ``fallback``
+(other schemes, through ``formats.gemm``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ class PackedMatrix:
                 self._tmode = native.TABLES.index(native.table_mode())
                 self._w = self.t["qweight"].data_ptr()
                 self._s = self.t["wscale"].data_ptr() if kind == "i2s" else 0
+                self._i8 = None  # int8-activation kernel layout (AVX512-VNNI)
+                if kind == "lut" and self._tmode == 0 and native.int8_kernel_for(scheme.bits):
+                    self._i8 = formats.int8_layout(self.t["qweight"], N, self.kp, scheme.bits, scheme.group_size)
+                    self._i8p = self._i8.data_ptr()
 
     # ------------------------------------------------------------------------------------------ builders
     @classmethod
@@ -81,7 +87,7 @@ class PackedMatrix:
             raise ValueError(f"fusing LUT matrices needs row counts that are multiples of 16, got {list(rows)}")
         if scheme.kernel == "tl" and len(parts) > 1:
             raise ValueError("ternary-tl matrices cannot be fused (32-row blocks); use 'ternary'")
-        names = [k for k in parts[0] if k != "tl"]
+        names = [k for k in parts[0] if k not in ("tl", "int8")]  # derived layouts are rebuilt for the fusion
         t = {k: torch.cat([p[k].reshape(-1) if k == "qweight" and kind == "lut" else p[k] for p in parts])
              .contiguous() for k in names}
         if scheme.kernel == "tl":
@@ -130,7 +136,10 @@ class PackedMatrix:
             nt = self.threads or _threads()
             if self.kp != self.K:  # K not a multiple of the group: zero-pad the activations
                 x = F.pad(x, (0, self.kp - self.K))
-            if self.kind == "lut":
+            if self.kind == "lut" and self._i8 is not None:
+                rc = self._lib.lk_int8_gemm(self._i8p, x.data_ptr(), out.data_ptr(), M, self.N, self.kp,
+                                            self.scheme.group_size, self.scheme.bits, nt)
+            elif self.kind == "lut":
                 rc = self._lib.lk_lut_gemm(self._w, x.data_ptr(), out.data_ptr(), M, self.N,
                                            self.kp, self.scheme.group_size, self.scheme.bits, self._pid, nt,
                                            self._tmode)

@@ -300,6 +300,44 @@ def unpack_uniform(packed: torch.Tensor, N: int, kp: int, bits: int, g: int):
     return codes.view(npad, kp)[:N], s16[:N].float(), m16[:N].float()
 
 
+def int8_layout(qweight: torch.Tensor, N: int, kp: int, bits: int, g: int) -> torch.Tensor:
+    """The int8 kernel's layout (csrc/int8kernels.cpp) of a canonical uniform ``qweight``; the same size.
+    Per 16-row block, per group: ``g / 4 / F`` vectors of 64 bytes (``F = 8 / bits``), byte ``j`` of vector
+    ``v`` holding in bits ``[bits*i, bits*i + bits)`` the code of row ``j // 4``, column ``4 * (v*F + i) + j % 4``;
+    then the group's 16 fp16 scales and 16 fp16 mins."""
+    if bits not in (2, 4):
+        raise ValueError(f"the int8 kernel takes 2- or 4-bit weights, not {bits}-bit")
+    codes, s, m = unpack_uniform(qweight, N, kp, bits, g)
+    npad = (N + 15) // 16 * 16
+    nR, nG, F = npad // 16, kp // g, 8 // bits
+    nv = g // 4 // F
+    q = torch.zeros(npad, kp, dtype=torch.uint8)
+    q[:N] = codes
+    c = q.view(nR, 16, nG, nv, F, 4).permute(0, 2, 3, 4, 1, 5).to(torch.int32)  # [nR, nG, nv, F, 16, 4]
+    shifts = torch.tensor([bits * i for i in range(F)], dtype=torch.int32).view(1, 1, 1, F, 1, 1)
+    byte = (c << shifts).sum(3).to(torch.uint8).reshape(nR, nG, nv * 64)
+    s16 = torch.zeros(npad, nG, dtype=torch.float16)
+    m16 = torch.zeros(npad, nG, dtype=torch.float16)
+    s16[:N], m16[:N] = s.half(), m.half()
+    sc = s16.view(nR, 16, nG).transpose(1, 2).contiguous().view(torch.uint8)  # [nR, nG, 32]
+    mb = m16.view(nR, 16, nG).transpose(1, 2).contiguous().view(torch.uint8)
+    return torch.cat([byte, sc, mb], dim=-1).reshape(-1).contiguous()
+
+
+def int8_gemm_reference(scheme: Scheme, qweight: torch.Tensor, x: torch.Tensor, N: int) -> torch.Tensor:
+    """What the int8 kernel computes, in float64 (x: float32 [M, Kp], padded): activations rounded to int8
+    per weight group (scale max|x| / 127, round half to even), integer dot products, the group's scale and
+    ascale applied per group, the min term with the float activation sum."""
+    M, kp = x.shape
+    g = scheme.group_size
+    codes, s, mn = unpack_uniform(qweight, N, kp, scheme.bits, g)
+    a, asc = _quant_act(x, g)  # [M, kp], [M, nG]
+    dot = (a.double().view(M, 1, kp // g, g) * codes.double().view(1, N, kp // g, g)).sum(-1)  # [M, N, nG]
+    sx = x.double().view(M, kp // g, g).sum(-1)  # [M, nG]
+    y = dot * s.double().unsqueeze(0) * asc.double().unsqueeze(1) + mn.double().unsqueeze(0) * sx.unsqueeze(1)
+    return y.sum(-1).float()
+
+
 def _pack_i2s(codes: torch.Tensor) -> torch.Tensor:
     N, kp = codes.shape
     c = (codes.to(torch.int16) + 1).to(torch.uint8).view(N, kp // 128, 4, 32)
@@ -381,6 +419,9 @@ def gemm(
     """x: float32 [M, K] contiguous (zero-padded to the scheme's K multiple here). Returns float32 [M, N].
 
     ``tables`` (uniform formats): ``int8`` (fast) or ``float`` (exact); default from ``MIMO_QUANT_TABLES``.
+    Uniform weights whose ``packed`` also holds an ``int8`` layout (:func:`int8_layout`, added by
+    ``QuantLinear`` where :func:`native.int8_kernel_for` says so) run the int8-activation kernel instead of
+    the int8 LUT tables on the avx512 path (for every M, so that a layer computes the same at any M).
     """
     path = path or native.kernel_path()
     mode = native.table_mode(tables)
@@ -391,13 +432,16 @@ def gemm(
     if scheme.kind != "ternary" and kp != K:
         x = torch.nn.functional.pad(x, (0, kp - K))
     if path == "torch":
-        return _gemm_torch(scheme, packed, x, N, K, mode)
+        return _gemm_torch(scheme, packed, x, N, K, mode)  # the canonical layout: LUT arithmetic
     lib = native.library()
     pid = native.PATHS.index(path)
     nt = threads or native.num_threads()
     M = x.shape[0]
     y = torch.empty(M, N, dtype=torch.float32)
-    if scheme.kind == "uniform":
+    if scheme.kind == "uniform" and "int8" in packed and mode == "int8" and path == "avx512":
+        rc = lib.lk_int8_gemm(packed["int8"].data_ptr(), x.data_ptr(), y.data_ptr(), M, N, kp, scheme.group_size,
+                              scheme.bits, nt)
+    elif scheme.kind == "uniform":
         rc = lib.lk_lut_gemm(packed["qweight"].data_ptr(), x.data_ptr(), y.data_ptr(), M, N, kp,
                              scheme.group_size, scheme.bits, pid, nt, native.TABLES.index(mode))
     elif scheme.kernel == "i2s":
