@@ -43,7 +43,7 @@ POOL_BYTES = 128 << 20  # distinct weight bytes rotated per measurement ("cold":
 OUR_SCHEMES = ["w1g128", "w2g128", "w3g128", "w4g128", "w4g32", "ternary", "ternary-tl", "afpq4g128", "afpq3g128",
                "w2g128:float", "w4g128:float"]
 if native.int8_supported():  # AVX512-VNNI: the int8-activation kernel's rows (skipped on other CPUs)
-    OUR_SCHEMES += ["w4g32:int8", "w4g128:int8", "w2g128:int8"]
+    OUR_SCHEMES += ["w4g32:int8", "w4g128:int8", "w2g128:int8", "ternary:int8"]
 GGML_TYPES = {"Q4_0": 2, "Q4_K": 12, "Q3_K": 11, "Q2_K": 10, "TQ2_0": 35, "TQ1_0": 34}
 GGML_BPW = {"Q4_0": 4.5, "Q4_K": 4.5, "Q3_K": 3.4375, "Q2_K": 2.625, "TQ2_0": 2.0625, "TQ1_0": 1.6875}
 GGML_SELECTED = list(GGML_TYPES)
@@ -111,6 +111,8 @@ def our_call(name: str, pk: dict, x: torch.Tensor, y: torch.Tensor, N: int, K: i
     xp, yp = x.data_ptr(), y.data_ptr()
     if tables == "int8":
         w = pk["int8"].data_ptr()
+        if sch.kind == "ternary":
+            return lambda: lib.lk_int8_ternary_gemm(w, xp, yp, M, N, K, threads)
         return lambda: lib.lk_int8_gemm(w, xp, yp, M, N, K, sch.group_size, sch.bits, threads)
     tmode = native.TABLES.index(tables or "int8")
     if sch.kind == "uniform":
@@ -150,7 +152,8 @@ def pool_ours(name: str, N: int, K: int, M: int) -> Pool:
     pk0 = random_packed(base, N, K)
     if variant == "int8":  # the int8 kernel's layout instead of the LUT one (same bytes)
         sch = parse_scheme(base)
-        pk0 = {"int8": formats.int8_layout(pk0["qweight"], N, K, sch.bits, sch.group_size)}
+        pk0 = {"int8": formats.int8_ternary_layout(pk0["qweight"], pk0["wscale"]) if sch.kind == "ternary"
+               else formats.int8_layout(pk0["qweight"], N, K, sch.bits, sch.group_size)}
     nbytes = sum(t.numel() * t.element_size() for t in pk0.values())
     copies = [pk0] + [{k: v.clone() for k, v in pk0.items()} for _ in range(max(1, POOL_BYTES // nbytes) - 1)]
     x, y = torch.randn(M, K), torch.empty(M, N)

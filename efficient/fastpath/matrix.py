@@ -56,6 +56,9 @@ class PackedMatrix:
                 if kind == "lut" and self._tmode == 0 and native.int8_kernel_for(scheme.bits):
                     self._i8 = formats.int8_layout(self.t["qweight"], N, self.kp, scheme.bits, scheme.group_size)
                     self._i8p = self._i8.data_ptr()
+                if kind == "i2s" and native.int8_kernel_for("ternary"):
+                    self._i8 = formats.int8_ternary_layout(self.t["qweight"], self.t["wscale"])
+                    self._i8p = self._i8.data_ptr()
 
     # ------------------------------------------------------------------------------------------ builders
     @classmethod
@@ -143,6 +146,8 @@ class PackedMatrix:
                 rc = self._lib.lk_lut_gemm(self._w, x.data_ptr(), out.data_ptr(), M, self.N,
                                            self.kp, self.scheme.group_size, self.scheme.bits, self._pid, nt,
                                            self._tmode)
+            elif self._i8 is not None:  # ternary through the int8 kernel (same integers as I2_S)
+                rc = self._lib.lk_int8_ternary_gemm(self._i8p, x.data_ptr(), out.data_ptr(), M, self.N, self.K, nt)
             else:
                 rc = self._lib.lk_i2s_gemm(self._w, self._s, x.data_ptr(), out.data_ptr(), M, self.N, self.K,
                                            self._pid, nt)

@@ -324,6 +324,23 @@ def int8_layout(qweight: torch.Tensor, N: int, kp: int, bits: int, g: int) -> to
     return torch.cat([byte, sc, mb], dim=-1).reshape(-1).contiguous()
 
 
+def int8_ternary_layout(qweight: torch.Tensor, wscale: torch.Tensor) -> torch.Tensor:
+    """The ternary int8 kernel's layout of I2_S weights (``qweight`` [N, Kp / 4], ``wscale`` [N]), the same
+    size: per 16-row block ``Kp / 16`` vectors of 64 bytes (2-bit codes ``w + 1``, arranged as in
+    :func:`int8_layout`), then the 16 rows' fp32 scales."""
+    N, kp = qweight.shape[0], qweight.shape[1] * 4
+    npad = (N + 15) // 16 * 16
+    nR, nv = npad // 16, kp // 16
+    q = torch.zeros(npad, kp, dtype=torch.int32)
+    q[:N] = (unpack_i2s(qweight) + 1).to(torch.int32)
+    c = q.view(nR, 16, nv, 4, 4).permute(0, 2, 3, 1, 4)  # [nR, nv, F, 16, 4]
+    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.int32).view(1, 1, 4, 1, 1)
+    byte = (c << shifts).sum(2).to(torch.uint8).reshape(nR, nv * 64)
+    ws = torch.zeros(npad, dtype=torch.float32)
+    ws[:N] = wscale.float()
+    return torch.cat([byte, ws.view(nR, 16).view(torch.uint8)], dim=1).reshape(-1).contiguous()
+
+
 def int8_gemm_reference(scheme: Scheme, qweight: torch.Tensor, x: torch.Tensor, N: int) -> torch.Tensor:
     """What the int8 kernel computes, in float64 (x: float32 [M, Kp], padded): activations rounded to int8
     per weight group (scale max|x| / 127, round half to even), integer dot products, the group's scale and
@@ -444,6 +461,8 @@ def gemm(
     elif scheme.kind == "uniform":
         rc = lib.lk_lut_gemm(packed["qweight"].data_ptr(), x.data_ptr(), y.data_ptr(), M, N, kp,
                              scheme.group_size, scheme.bits, pid, nt, native.TABLES.index(mode))
+    elif scheme.kernel == "i2s" and "int8" in packed and path == "avx512":  # same integers as I2_S, faster
+        rc = lib.lk_int8_ternary_gemm(packed["int8"].data_ptr(), x.data_ptr(), y.data_ptr(), M, N, K, nt)
     elif scheme.kernel == "i2s":
         rc = lib.lk_i2s_gemm(packed["qweight"].data_ptr(), packed["wscale"].data_ptr(), x.data_ptr(),
                              y.data_ptr(), M, N, K, pid, nt)

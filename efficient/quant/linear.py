@@ -60,6 +60,10 @@ class QuantLinear(nn.Module):
             if self._tl is None:
                 self._tl = formats.tl_layout(formats.unpack_i2s(self.qweight), self.in_features)
             d["tl"] = self._tl
+        if self.scheme.kernel == "i2s" and native.int8_kernel_for("ternary"):
+            if self._i8 is None:
+                self._i8 = formats.int8_ternary_layout(self.qweight, self.wscale)
+            d["int8"] = self._i8
         if self.scheme.kind == "uniform" and native.int8_kernel_for(self.scheme.bits):
             if self._i8 is None:
                 kp = formats.padded_k(self.scheme, self.in_features)

@@ -31,8 +31,8 @@ ENV_TABLES = "MIMO_QUANT_TABLES"
 ENV_INT8 = "MIMO_QUANT_INT8"
 # Bit widths the int8 kernel takes, and those where it beats the LUT kernel by default (bench/bench_lut.py,
 # Xeon with AMX/VNNI, 1 thread, 4096x4096: see the README's int8 section).
-INT8_BITS = (2, 4)
-INT8_DEFAULT_BITS = (2, 4)
+INT8_BITS = (2, 4, "ternary")
+INT8_DEFAULT_BITS = (2, 4, "ternary")
 TABLES = ("int8", "float")  # index = native table mode
 
 _lib: ctypes.CDLL | None = None
@@ -87,6 +87,8 @@ def library() -> ctypes.CDLL | None:
         lib.lk_int8_supported.restype = I32
         lib.lk_int8_gemm.argtypes = [P, P, P, I64, I64, I64, I64, I64, I32]
         lib.lk_int8_gemm.restype = I32
+        lib.lk_int8_ternary_gemm.argtypes = [P, P, P, I64, I64, I64, I32]
+        lib.lk_int8_ternary_gemm.restype = I32
     if hasattr(lib, "lk_attn_step"):  # batch-1 step glue (stepglue.cpp); optional: older builds lack it
         lib.lk_add_rmsnorm.argtypes = [P, P, P, F32, I64, P]
         lib.lk_silu_mul.argtypes = [P, I64, P]
@@ -146,10 +148,11 @@ def int8_supported() -> bool:
     return lib is not None and hasattr(lib, "lk_int8_gemm") and lib.lk_int8_supported() == 1
 
 
-def int8_kernel_for(bits: int) -> bool:
-    """Whether uniform ``bits``-bit layers should use the int8-activation kernel on this machine: the CPU
-    supports it, the kernel path is ``avx512`` (forcing avx2 / scalar / torch keeps the LUT kernels), and
-    ``MIMO_QUANT_INT8`` is ``on`` (bits 2, 4) or ``auto`` (the widths where it wins, ``INT8_DEFAULT_BITS``)."""
+def int8_kernel_for(bits: int | str) -> bool:
+    """Whether uniform ``bits``-bit layers (``bits="ternary"``: I2_S ternary ones) should use the int8-activation
+    kernel on this machine: the CPU supports it, the kernel path is ``avx512`` (forcing avx2 / scalar / torch
+    keeps the LUT kernels), and ``MIMO_QUANT_INT8`` is ``on`` (any of ``INT8_BITS``) or ``auto`` (those where
+    it wins, ``INT8_DEFAULT_BITS``)."""
     want = os.environ.get(ENV_INT8, "auto").strip().lower() or "auto"
     if want not in ("auto", "on", "off"):
         raise ValueError(f"{ENV_INT8}={want!r}: expected auto, on or off")

@@ -13,6 +13,7 @@
 // vector v holds, in bits [bits*i, bits*i + bits), the code of row j / 4, column 4 * (v * F + i) + j % 4; then
 // the group's 16 fp16 scales and 16 fp16 mins. Lane j / 4 of a vpdpbusd accumulator is row j / 4 of the
 // block, so no horizontal sums are needed; four row blocks run together for independent dependency chains.
+// Ternary weights (I2_S codes) get the same treatment below (lk_int8_ternary_gemm).
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -135,6 +136,98 @@ V512 void rows_task(void *vctx, int64_t rb0, int64_t rb1) {
         rows_task_t<4>(a, rb0, rb1);
 }
 
+// ---- Ternary (BitNet I2_S arithmetic, other layout): per 16-row block Kp / 16 vectors of 64 bytes as above
+// with 2-bit codes w + 1 (the whole row is one group), then the 16 rows' fp32 scales. Activations per row
+// (absmax int8, as lk_i2s_gemm), y = (dot - sum a) * (wscale * ascale): bit-identical to lk_i2s_gemm.
+struct TArgs {
+    const uint8_t *w;
+    const int8_t *act;     // [M][Kp]
+    const float *ascale;   // [M]
+    const int32_t *asum;   // [M]
+    float *y;
+    int64_t N, Kp, M;
+};
+
+template <int R>
+V512 inline void trows(const TArgs *a, int64_t rb, int64_t m) {
+    const int64_t nv = a->Kp / 16, blk = a->Kp * 4 + 64;
+    const __m512i mask = _mm512_set1_epi8(3);
+    const int32_t *aq = (const int32_t *)(a->act + m * a->Kp);
+    const uint8_t *p[R];
+    __m512i acc0[R], acc1[R];
+    for (int r = 0; r < R; r++) {
+        p[r] = a->w + (rb + r) * blk;
+        acc0[r] = acc1[r] = _mm512_setzero_si512();
+    }
+    for (int64_t v = 0; v < nv; v++) {
+        __m512i V[R];
+        for (int r = 0; r < R; r++) {
+            _mm_prefetch((const char *)(p[r] + v * 64 + PREFETCH), _MM_HINT_T0);
+            V[r] = _mm512_loadu_si512(p[r] + v * 64);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            const __m512i ab = _mm512_set1_epi32(aq[v * 4 + i]);
+            for (int r = 0; r < R; r++) {
+                __m512i c = i == 0 ? _mm512_and_si512(V[r], mask)
+                                   : _mm512_and_si512(_mm512_srli_epi16(V[r], 2 * i), mask);
+                if (i & 1)
+                    acc1[r] = _mm512_dpbusd_epi32(acc1[r], c, ab);
+                else
+                    acc0[r] = _mm512_dpbusd_epi32(acc0[r], c, ab);
+            }
+        }
+    }
+    const __m512i asum = _mm512_set1_epi32(a->asum[m]);
+    const __m512 asc = _mm512_set1_ps(a->ascale[m]);
+    for (int r = 0; r < R; r++) {
+        __m512 ws = _mm512_loadu_ps((const float *)(p[r] + nv * 64));
+        __m512i dot = _mm512_sub_epi32(_mm512_add_epi32(acc0[r], acc1[r]), asum);
+        __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(ws, asc));
+        int64_t n0 = (rb + r) * 16, left = a->N - n0;
+        __mmask16 km = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        _mm512_mask_storeu_ps(a->y + m * a->N + n0, km, y);
+    }
+}
+
+V512 void trows_task(void *vctx, int64_t rb0, int64_t rb1) {
+    const TArgs *a = (const TArgs *)vctx;
+    int64_t rb = rb0;
+    for (; rb + 4 <= rb1; rb += 4)
+        for (int64_t m = 0; m < a->M; m++) trows<4>(a, rb, m);
+    for (; rb < rb1; rb++)
+        for (int64_t m = 0; m < a->M; m++) trows<1>(a, rb, m);
+}
+
+// Per-row absmax int8 (as lk_i2s_gemm's quant_act_row: rint(x * (127 / max)), clamped), zero padding to Kp.
+V512 void quant_row(const float *x, int64_t K, int64_t Kp, int8_t *q, float *scale, int32_t *sum) {
+    __m512 mx = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+    float m = _mm512_reduce_max_ps(mx);
+    for (; k < K; k++) m = fmaxf(m, fabsf(x[k]));
+    float inv = m > 0.f ? 127.0f / m : 0.f;
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    __m512i vs = _mm512_setzero_si512();
+    for (k = 0; k + 16 <= K; k += 16) {  // vcvtps2dq rounds to nearest even, as nearbyintf
+        __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k), vinv));
+        r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
+        vs = _mm512_add_epi32(vs, r);
+        _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtepi32_epi8(r));
+    }
+    int32_t s = _mm512_reduce_add_epi32(vs);
+    for (; k < K; k++) {
+        float r = nearbyintf(x[k] * inv);
+        r = r > 127.f ? 127.f : (r < -127.f ? -127.f : r);
+        q[k] = (int8_t)r;
+        s += (int32_t)r;
+    }
+    for (; k < Kp; k++) q[k] = 0;
+    *scale = m / 127.0f;
+    *sum = s;
+}
+
 bool cpu_ok() {
     static int v = -1;
     if (v < 0) {
@@ -169,6 +262,27 @@ int lk_int8_gemm(const uint8_t *w, const float *x, float *y, int64_t M, int64_t 
     int64_t chunk = lk::pick_chunk(nrb, nthreads);
     if (chunk > 4) chunk = chunk / 4 * 4;  // whole groups of four row blocks
     lk::parallel_for(nthreads, nrb, chunk, rows_task, &a);
+    lk::unlock_call();
+    return 0;
+}
+
+// Ternary: y[M][N] = x[M][K] @ W^T, W in the ternary int8-kernel layout (Kp = K rounded up to 128).
+int lk_int8_ternary_gemm(const uint8_t *w, const float *x, float *y, int64_t M, int64_t N, int64_t K,
+                         int nthreads) {
+    if (!cpu_ok() || M < 1 || K < 1) return -1;
+    int64_t Kp = (K + 127) / 128 * 128;
+    size_t qb = ((size_t)M * Kp + 63) / 64 * 64;
+    lk::lock_call();
+    char *s = (char *)lk::scratch(qb + 8 * M + 64);
+    int8_t *q = (int8_t *)s;
+    float *asc = (float *)(s + qb);
+    int32_t *asum = (int32_t *)(asc + M);
+    for (int64_t m = 0; m < M; m++) quant_row(x + m * K, K, Kp, q + m * Kp, asc + m, asum + m);
+    TArgs a{w, q, asc, asum, y, N, Kp, M};
+    int64_t nrb = (N + 15) / 16;
+    int64_t chunk = lk::pick_chunk(nrb, nthreads);
+    if (chunk > 4) chunk = chunk / 4 * 4;
+    lk::parallel_for(nthreads, nrb, chunk, trows_task, &a);
     lk::unlock_call();
     return 0;
 }

@@ -97,3 +97,21 @@ def test_lut_fallback_when_off_or_not_supported(monkeypatch) -> None:
     with pytest.raises(ValueError, match="MIMO_QUANT_INT8"):
         native.int8_kernel_for(4)
     assert torch.isfinite(y_torch).all()
+
+
+@needs_vnni
+@pytest.mark.parametrize("N,K,M", [(37, 320, 1), (100, 1024, 3), (64, 128, 17)])
+def test_ternary_is_bit_identical_to_i2s(N: int, K: int, M: int) -> None:
+    """Same activation rounding (per row) and the same integer dot products as the I2_S kernel."""
+    sch = formats.parse_scheme("ternary")
+    w = torch.randn(N, K, generator=torch.Generator().manual_seed(2)) * 0.05
+    pk = formats.pack(sch, formats.rtn_quantize(sch, w), N, K)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(3))
+    i2s = formats.gemm(sch, pk, x, N, K, path="avx512", threads=1)
+    pk["int8"] = formats.int8_ternary_layout(pk["qweight"], pk["wscale"])
+    assert pk["int8"].numel() == (N + 15) // 16 * 16 * (pk["qweight"].shape[1] + 4)
+    for threads in (1, 2):
+        assert torch.equal(formats.gemm(sch, pk, x, N, K, path="avx512", threads=threads), i2s)
+    q = QuantLinear.from_linear(nn.Linear(K, N, bias=False), "ternary")
+    assert ("int8" in q.packed()) == native.int8_kernel_for("ternary")
+    assert torch.equal(PackedMatrix.from_modules([q])(x), q(x))
