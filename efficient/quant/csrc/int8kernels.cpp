@@ -119,13 +119,85 @@ V512 inline void rows(const I8Args *a, int64_t rb, int64_t m) {
     }
 }
 
+// Small-M GEMM (prefill): R row blocks x MB activation rows at m0; each weight vector is loaded and unpacked
+// once for the MB rows (the weights are read from memory once per call whatever M, as in a GEMV).
+template <int B, int R, int MB>
+V512 inline void rows_mb(const I8Args *a, int64_t rb, int64_t m0) {
+    constexpr int F = 8 / B;
+    const int64_t g = a->g, nG = a->K / g, gb = group_bytes(g, B), nv = g / 4 / F;
+    const __m512i mask = _mm512_set1_epi8((char)((1 << B) - 1));
+    const int32_t *act[MB];
+    for (int j = 0; j < MB; j++) act[j] = (const int32_t *)(a->act + (m0 + j) * a->K);
+    const uint8_t *p[R];
+    __m512 y[R][MB];
+    for (int r = 0; r < R; r++) {
+        p[r] = a->w + (rb + r) * nG * gb;
+        for (int j = 0; j < MB; j++) y[r][j] = _mm512_setzero_ps();
+    }
+    for (int64_t G = 0; G < nG; G++) {
+        __m512i acc[R][MB];
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < MB; j++) acc[r][j] = _mm512_setzero_si512();
+        const int64_t t0 = G * (g / 4);
+        for (int64_t v = 0; v < nv; v++) {
+            __m512i V[R];
+            for (int r = 0; r < R; r++) {
+                _mm_prefetch((const char *)(p[r] + v * 64 + PREFETCH), _MM_HINT_T0);
+                V[r] = _mm512_loadu_si512(p[r] + v * 64);
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < F; i++) {
+                __m512i c[R];
+                for (int r = 0; r < R; r++)
+                    c[r] = i == 0 ? _mm512_and_si512(V[r], mask) : _mm512_and_si512(_mm512_srli_epi16(V[r], B * i), mask);
+                for (int j = 0; j < MB; j++) {
+                    const __m512i ab = _mm512_set1_epi32(act[j][t0 + v * F + i]);
+                    for (int r = 0; r < R; r++) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], c[r], ab);
+                }
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            const uint8_t *t = p[r] + nv * 64;
+            __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)t));
+            __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(t + 32)));
+            for (int j = 0; j < MB; j++) {
+                const int64_t m = m0 + j;
+                y[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][j]),
+                                          _mm512_mul_ps(s, _mm512_set1_ps(a->ascale[m * nG + G])), y[r][j]);
+                y[r][j] = _mm512_fmadd_ps(mn, _mm512_set1_ps(a->sumx[m * nG + G]), y[r][j]);
+            }
+            p[r] += gb;
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        int64_t n0 = (rb + r) * 16, left = a->N - n0;
+        __mmask16 km = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        for (int j = 0; j < MB; j++) _mm512_mask_storeu_ps(a->y + (m0 + j) * a->N + n0, km, y[r][j]);
+    }
+}
+
+template <int B, int R>
+V512 inline void rows_m(const I8Args *a, int64_t rb) {
+    int64_t m = 0;
+    for (; m + 4 <= a->M; m += 4) rows_mb<B, R, 4>(a, rb, m);
+    switch (a->M - m) {
+        case 3: rows_mb<B, R, 3>(a, rb, m); break;
+        case 2: rows_mb<B, R, 2>(a, rb, m); break;
+        case 1: rows<B, R>(a, rb, m); break;
+        default: break;
+    }
+}
+
 template <int B>
 V512 void rows_task_t(const I8Args *a, int64_t rb0, int64_t rb1) {
     int64_t rb = rb0;
-    for (; rb + 4 <= rb1; rb += 4)
-        for (int64_t m = 0; m < a->M; m++) rows<B, 4>(a, rb, m);
-    for (; rb < rb1; rb++)
-        for (int64_t m = 0; m < a->M; m++) rows<B, 1>(a, rb, m);
+    if (a->M == 1) {  // GEMV: four row blocks at a time, two accumulators each
+        for (; rb + 4 <= rb1; rb += 4) rows<B, 4>(a, rb, 0);
+        for (; rb < rb1; rb++) rows<B, 1>(a, rb, 0);
+        return;
+    }
+    for (; rb + 2 <= rb1; rb += 2) rows_m<B, 2>(a, rb);
+    for (; rb < rb1; rb++) rows_m<B, 1>(a, rb);
 }
 
 V512 void rows_task(void *vctx, int64_t rb0, int64_t rb1) {

@@ -44,7 +44,7 @@ def test_layout_has_the_canonical_size_and_keeps_every_code() -> None:
 
 @needs_vnni
 @pytest.mark.parametrize("name", ["w4g32", "w4g128", "w2g64", "w2g128"])
-@pytest.mark.parametrize("M", [1, 3, 17])
+@pytest.mark.parametrize("M", [1, 2, 3, 17])
 def test_kernel_matches_same_rounding_reference_and_float_bound(name: str, M: int) -> None:
     N, K = 100, 320  # 7 row blocks (a group of four + three single ones), a partial last block, padded K
     sch, pk, kp = _case(name, N, K)
