@@ -256,15 +256,16 @@ def reference_decoder(cfg: SpeechLMConfig, fast: FastPatchDecoder):
         a, m = layer.self_attn, layer.mlp
         for mods, pm in (([a.q_proj, a.k_proj, a.v_proj], fl.qkv), ([a.o_proj], fl.o),
                          ([m.gate_proj, m.up_proj], fl.gate_up), ([m.down_proj], fl.down)):
-            per_row = pm.t["qweight"].numel() // ((pm.N + 15) // 16) if pm.kind == "lut" else None
+            t = pm.canonical()  # the checkpoint layout (PackedMatrix may keep only the int8-kernel one)
+            per_row = t["qweight"].numel() // ((pm.N + 15) // 16) if pm.kind == "lut" else None
             r0 = 0
             for mod in mods:
                 q = QuantLinear(mod.in_features, mod.out_features, pm.scheme, bias=mod.bias is not None)
                 n = mod.out_features
                 if pm.kind == "lut":
-                    q.qweight = pm.t["qweight"][r0 // 16 * per_row : (r0 + n) // 16 * per_row]
+                    q.qweight = t["qweight"][r0 // 16 * per_row : (r0 + n) // 16 * per_row]
                 else:
-                    q.qweight, q.wscale = pm.t["qweight"][r0 : r0 + n], pm.t["wscale"][r0 : r0 + n]
+                    q.qweight, q.wscale = t["qweight"][r0 : r0 + n], t["wscale"][r0 : r0 + n]
                 if q.bias is not None:
                     q.bias = pm.bias[r0 : r0 + n]
                 r0 += n
@@ -279,7 +280,7 @@ def reference_decoder(cfg: SpeechLMConfig, fast: FastPatchDecoder):
             lm.local_transformer_lm_heads[ch].weight = torch.nn.Parameter(fh.t["w"])
         else:
             q = QuantLinear(fh.K, fh.N, fh.scheme, bias=False)
-            for k, v in fh.t.items():
+            for k, v in fh.canonical().items():
                 setattr(q, k, v)
             lm.local_transformer_lm_heads[ch] = q
     for e, fe in zip(lm.speech_embeddings, fast.emb):

@@ -50,15 +50,30 @@ class PackedMatrix:
             else:
                 self._pid = native.PATHS.index(path)
                 self._tmode = native.TABLES.index(native.table_mode())
-                self._w = self.t["qweight"].data_ptr()
-                self._s = self.t["wscale"].data_ptr() if kind == "i2s" else 0
-                self._i8 = None  # int8-activation kernel layout (AVX512-VNNI)
+                # The int8-activation kernel (AVX512-VNNI) where it is chosen: only its layout is kept (the same
+                # bytes; canonical() rebuilds the checkpoint layout when something needs it).
+                self._i8 = None
                 if kind == "lut" and self._tmode == 0 and native.int8_kernel_for(scheme.bits):
                     self._i8 = formats.int8_layout(self.t["qweight"], N, self.kp, scheme.bits, scheme.group_size)
-                    self._i8p = self._i8.data_ptr()
-                if kind == "i2s" and native.int8_kernel_for("ternary"):
+                elif kind == "i2s" and native.int8_kernel_for("ternary"):
                     self._i8 = formats.int8_ternary_layout(self.t["qweight"], self.t["wscale"])
+                if self._i8 is not None:
+                    self.t = {"int8": self._i8}
                     self._i8p = self._i8.data_ptr()
+                else:
+                    self._w = self.t["qweight"].data_ptr()
+                    self._s = self.t["wscale"].data_ptr() if kind == "i2s" else 0
+
+    def canonical(self) -> dict[str, torch.Tensor]:
+        """The packed tensors in the checkpoint layout (``formats.pack``), rebuilt exactly from the int8-kernel
+        layout when only that one is kept."""
+        if "int8" not in self.t:
+            return self.t
+        sch = self.scheme
+        if sch.kind == "ternary":
+            q, ws = formats.int8_ternary_layout_inverse(self.t["int8"], self.N, formats.padded_k(sch, self.K))
+            return {"qweight": q, "wscale": ws}
+        return {"qweight": formats.int8_layout_inverse(self.t["int8"], self.N, self.kp, sch.bits, sch.group_size)}
 
     # ------------------------------------------------------------------------------------------ builders
     @classmethod

@@ -341,6 +341,35 @@ def int8_ternary_layout(qweight: torch.Tensor, wscale: torch.Tensor) -> torch.Te
     return torch.cat([byte, ws.view(nR, 16).view(torch.uint8)], dim=1).reshape(-1).contiguous()
 
 
+def int8_layout_inverse(layout: torch.Tensor, N: int, kp: int, bits: int, g: int) -> torch.Tensor:
+    """The canonical ``qweight`` back from :func:`int8_layout` (exact: codes and fp16 parameters are kept)."""
+    npad = (N + 15) // 16 * 16
+    nR, nG, F = npad // 16, kp // g, 8 // bits
+    nv = g // 4 // F
+    blk = layout.view(nR, nG, nv * 64 + 64)
+    byte = blk[..., : nv * 64].reshape(nR, nG, nv, 1, 16, 4).to(torch.int32)
+    shifts = torch.tensor([bits * i for i in range(F)], dtype=torch.int32).view(1, 1, 1, F, 1, 1)
+    c = ((byte >> shifts) & ((1 << bits) - 1)).to(torch.uint8)  # [nR, nG, nv, F, 16, 4]
+    codes = c.permute(0, 4, 1, 2, 3, 5).reshape(npad, kp)
+    tail = blk[..., nv * 64 :].contiguous()
+    s16 = tail[..., :32].contiguous().view(torch.float16).view(nR, nG, 16).transpose(1, 2).reshape(npad, nG)
+    m16 = tail[..., 32:].contiguous().view(torch.float16).view(nR, nG, 16).transpose(1, 2).reshape(npad, nG)
+    return _pack_uniform(codes[:N], s16[:N].float(), m16[:N].float(), bits, g)
+
+
+def int8_ternary_layout_inverse(layout: torch.Tensor, N: int, kp: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """I2_S ``qweight`` [N, kp / 4] and ``wscale`` [N] back from :func:`int8_ternary_layout` (exact)."""
+    npad = (N + 15) // 16 * 16
+    nR, nv = npad // 16, kp // 16
+    blk = layout.view(nR, nv * 64 + 64)
+    byte = blk[:, : nv * 64].reshape(nR, nv, 1, 16, 4).to(torch.int32)
+    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.int32).view(1, 1, 4, 1, 1)
+    c = (byte >> shifts) & 3  # [nR, nv, F, 16, 4]
+    codes = (c.permute(0, 3, 1, 2, 4).reshape(npad, kp)[:N] - 1).to(torch.int8)
+    ws = blk[:, nv * 64 :].contiguous().view(torch.float32).reshape(npad)[:N].clone()
+    return _pack_i2s(codes), ws
+
+
 def int8_gemm_reference(scheme: Scheme, qweight: torch.Tensor, x: torch.Tensor, N: int) -> torch.Tensor:
     """What the int8 kernel computes, in float64 (x: float32 [M, Kp], padded): activations rounded to int8
     per weight group (scale max|x| / 127, round half to even), integer dot products, the group's scale and

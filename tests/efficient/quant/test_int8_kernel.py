@@ -115,3 +115,25 @@ def test_ternary_is_bit_identical_to_i2s(N: int, K: int, M: int) -> None:
     q = QuantLinear.from_linear(nn.Linear(K, N, bias=False), "ternary")
     assert ("int8" in q.packed()) == native.int8_kernel_for("ternary")
     assert torch.equal(PackedMatrix.from_modules([q])(x), q(x))
+
+
+@pytest.mark.parametrize("name,N,K", [("w4g32", 37, 320), ("w2g128", 100, 512), ("ternary", 37, 320)])
+def test_layouts_invert_exactly(name: str, N: int, K: int) -> None:
+    sch = formats.parse_scheme(name)
+    pk = formats.pack(sch, formats.rtn_quantize(sch, torch.randn(N, K)), N, K)
+    kp = formats.padded_k(sch, K)
+    if sch.kind == "ternary":
+        q, ws = formats.int8_ternary_layout_inverse(formats.int8_ternary_layout(pk["qweight"], pk["wscale"]), N, kp)
+        assert torch.equal(q, pk["qweight"]) and torch.equal(ws, pk["wscale"])
+    else:
+        lay = formats.int8_layout(pk["qweight"], N, kp, sch.bits, sch.group_size)
+        assert torch.equal(formats.int8_layout_inverse(lay, N, kp, sch.bits, sch.group_size), pk["qweight"])
+
+
+@needs_vnni
+def test_packedmatrix_keeps_only_the_int8_layout() -> None:
+    sch = formats.parse_scheme("w2g128")
+    pk = formats.pack(sch, formats.rtn_quantize(sch, torch.randn(64, 256)), 64, 256)
+    pm = PackedMatrix.from_packed(sch, [pk], [64], 256)
+    assert list(pm.t) == ["int8"] and pm.nbytes() == pk["qweight"].numel()
+    assert torch.equal(pm.canonical()["qweight"], pk["qweight"])
