@@ -307,6 +307,12 @@ def int8_layout(qweight: torch.Tensor, N: int, kp: int, bits: int, g: int) -> to
     then the group's 16 fp16 scales and 16 fp16 mins."""
     if bits not in (2, 4):
         raise ValueError(f"the int8 kernel takes 2- or 4-bit weights, not {bits}-bit")
+    rows = 1024  # converted in slices of 64 row blocks: bounded temporary memory for 150k-row heads
+    if N > rows:
+        blk = uniform_packed_bytes(16, kp, g, bits)  # bytes per 16-row block, the same in both layouts
+        flat = qweight.reshape(-1)
+        return torch.cat([int8_layout(flat[r // 16 * blk : (min(r + rows, N) + 15) // 16 * blk],
+                                      min(rows, N - r), kp, bits, g) for r in range(0, N, rows)])
     codes, s, m = unpack_uniform(qweight, N, kp, bits, g)
     npad = (N + 15) // 16 * 16
     nR, nG, F = npad // 16, kp // g, 8 // bits
@@ -329,6 +335,8 @@ def int8_ternary_layout(qweight: torch.Tensor, wscale: torch.Tensor) -> torch.Te
     size: per 16-row block ``Kp / 16`` vectors of 64 bytes (2-bit codes ``w + 1``, arranged as in
     :func:`int8_layout`), then the 16 rows' fp32 scales."""
     N, kp = qweight.shape[0], qweight.shape[1] * 4
+    if N > 1024:  # in slices of 64 row blocks: bounded temporary memory
+        return torch.cat([int8_ternary_layout(qweight[r : r + 1024], wscale[r : r + 1024]) for r in range(0, N, 1024)])
     npad = (N + 15) // 16 * 16
     nR, nv = npad // 16, kp // 16
     q = torch.zeros(npad, kp, dtype=torch.int32)
