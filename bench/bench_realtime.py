@@ -182,10 +182,11 @@ def tts_run(lm: FastSpeechLM, tok, cfg: SpeechLMConfig, args) -> dict:
     lm.forward(torch.cat([text_patch(1000 + i, empty, G) for i in range(16)], dim=2))
     wav = speech_like(args.prompt_seconds, sr)
     chunk_s = args.prompt_chunk
-    chunk_times = []
+    chunk_times, enc_times = [], []
     for start in range(0, len(wav), int(chunk_s * sr)):
         t0 = time.perf_counter()
         codes = tok.encode(wav[start : start + int(chunk_s * sr)], sr)  # [8, frames]
+        enc_times.append(time.perf_counter() - t0)
         frames = codes.shape[1] // G * G
         if frames:
             text_logits, local = lm.forward(speech_ids(codes[:C, :frames], G))
@@ -238,7 +239,8 @@ def tts_run(lm: FastSpeechLM, tok, cfg: SpeechLMConfig, args) -> dict:
     total = time.perf_counter() - t_start
     return {"total": total, "speech": made_speech, "text": made_text, "parts": parts,
             "first_audio": None if first_audio is None else first_audio + prompt_lag, "prompt_lag": prompt_lag,
-            "chunk_ms": 1e3 * statistics.median(chunk_times), "lookahead": stream.lookahead}
+            "chunk_ms": 1e3 * statistics.median(chunk_times), "encode_ms": 1e3 * statistics.median(enc_times),
+            "lookahead": stream.lookahead}
 
 
 # ----------------------------------------------------------------------------------------------- before/after
@@ -485,6 +487,7 @@ def report(args, th, r, bw, cmp, bb_bytes, enc_bytes, dec_bytes, per_patch, step
         ("LM patches/s (backbone + encoder + decoder only)", f"{lm_rate:.2f}"),
         ("LM fraction of the bandwidth bound", f"{lm_rate / bound:.0%}"),
         (f"prompt chunk ({args.prompt_chunk:g} s audio: encode + prefill), ms (median)", f"{r['chunk_ms']:.0f}"),
+        ("  of which the tokenizer's encode, ms (median)", f"{r['encode_ms']:.0f}"),
         ("prompt work left when the prompt ends, s", f"{r['prompt_lag']:.2f}"),
         (f"first audio after the prompt ends, s (lookahead {r['lookahead']} frames)",
          "-" if r["first_audio"] is None else f"{r['first_audio']:.2f}"),
