@@ -142,10 +142,16 @@ def num_threads() -> int:
 
 
 
+_int8_ok: bool | None = None
+
+
 def int8_supported() -> bool:
     """True when the native int8-activation kernel runs on this CPU (AVX512-VNNI) and the library has it."""
-    lib = library()
-    return lib is not None and hasattr(lib, "lk_int8_gemm") and lib.lk_int8_supported() == 1
+    global _int8_ok
+    if _int8_ok is None:  # asked on every QuantLinear forward: the answer cannot change within a process
+        lib = library()
+        _int8_ok = lib is not None and hasattr(lib, "lk_int8_gemm") and lib.lk_int8_supported() == 1
+    return _int8_ok
 
 
 def int8_kernel_for(bits: int | str) -> bool:
