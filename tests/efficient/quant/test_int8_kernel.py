@@ -137,3 +137,17 @@ def test_packedmatrix_keeps_only_the_int8_layout() -> None:
     pm = PackedMatrix.from_packed(sch, [pk], [64], 256)
     assert list(pm.t) == ["int8"] and pm.nbytes() == pk["qweight"].numel()
     assert torch.equal(pm.canonical()["qweight"], pk["qweight"])
+
+
+def test_a_cpu_without_vnni_keeps_the_lut_layouts(monkeypatch) -> None:
+    """As on an AVX2-only CPU (the kernel reports no VNNI): nothing derives or calls the int8 layouts."""
+    monkeypatch.setattr(native, "_int8_ok", False)
+    monkeypatch.delenv(native.ENV_INT8, raising=False)
+    assert not any(native.int8_kernel_for(b) for b in native.INT8_BITS)
+    for name in ("w4g32", "w2g128", "ternary"):
+        q = QuantLinear.from_linear(nn.Linear(128, 32), name)
+        assert "int8" not in q.packed()
+        pm = PackedMatrix.from_modules([q])
+        assert "int8" not in pm.t and pm.canonical() is pm.t
+        x = torch.randn(2, 128)
+        assert torch.equal(pm(x), q(x))
