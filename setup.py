@@ -26,7 +26,8 @@ setup(
     ext_modules=[
         Extension(
             "efficient.quant._lutkernels",
-            sources=["efficient/quant/csrc/lutkernels.cpp", "efficient/quant/csrc/stepglue.cpp"],
+            sources=["efficient/quant/csrc/lutkernels.cpp", "efficient/quant/csrc/stepglue.cpp",
+                     "efficient/quant/csrc/int8kernels.cpp"],
             language="c++",
             extra_compile_args=["-O3", "-std=c++17", "-fPIC", "-ffp-contract=off", "-fno-strict-aliasing"],
             extra_link_args=["-lpthread"],

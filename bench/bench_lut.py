@@ -42,13 +42,18 @@ from efficient.quant.formats import QuantResult, parse_scheme
 POOL_BYTES = 128 << 20  # distinct weight bytes rotated per measurement ("cold": >> 32 MiB L3)
 OUR_SCHEMES = ["w1g128", "w2g128", "w3g128", "w4g128", "w4g32", "ternary", "ternary-tl", "afpq4g128", "afpq3g128",
                "w2g128:float", "w4g128:float"]
+if native.int8_supported():  # AVX512-VNNI: the int8-activation kernel's rows (skipped on other CPUs)
+    OUR_SCHEMES += ["w4g32:int8", "w4g128:int8", "w2g128:int8", "ternary:int8"]
 GGML_TYPES = {"Q4_0": 2, "Q4_K": 12, "Q3_K": 11, "Q2_K": 10, "TQ2_0": 35, "TQ1_0": 34}
 GGML_BPW = {"Q4_0": 4.5, "Q4_K": 4.5, "Q3_K": 3.4375, "Q2_K": 2.625, "TQ2_0": 2.0625, "TQ1_0": 1.6875}
 GGML_SELECTED = list(GGML_TYPES)
 BEST_GGML = True  # also run llama.cpp's best path (AMX / repacked extra buffer types), see Ggml.pool_best
 WITH_TORCH = True
-EQUAL_BITS = {"w4g128": "Q4_K", "w4g32": "Q4_0", "w2g128": "Q2_K", "ternary": "TQ2_0", "ternary-tl": "TQ2_0",
-              "afpq4g128": "Q4_K", "afpq3g128": "Q3_K", "w3g128": "Q3_K"}
+EQUAL_BITS = [("w4g128", "Q4_K"), ("w4g32", "Q4_0"), ("w2g128", "Q2_K"), ("ternary", "TQ2_0"), ("ternary-tl", "TQ2_0"),
+              ("afpq4g128", "Q4_K"), ("afpq3g128", "Q3_K"), ("w3g128", "Q3_K"),
+              # the int8-activation kernel (":int8", AVX512-VNNI) against llama.cpp's 4-bit and 2-bit formats
+              ("w4g32:int8", "Q4_0"), ("w4g128:int8", "Q4_0"), ("w4g128:int8", "Q4_K"), ("w2g128:int8", "Q2_K"),
+              ("ternary:int8", "TQ2_0")]
 
 
 def read_bandwidth(threads: int) -> float:
@@ -100,11 +105,16 @@ def _random_packed_rows(name: str, N: int, K: int) -> dict[str, torch.Tensor]:
 
 def our_call(name: str, pk: dict, x: torch.Tensor, y: torch.Tensor, N: int, K: int, threads: int):
     """A zero-overhead closure around the native kernel (pointers resolved once)."""
-    name, _, tables = name.partition(":")  # "w2g128:float" = float (exact) LUT tables
-    tmode = native.TABLES.index(tables or "int8")
+    name, _, tables = name.partition(":")  # "w2g128:float" = float (exact) LUT tables, ":int8" the int8 kernel
     lib, sch = native.library(), parse_scheme(name)
     M, path = x.shape[0], native.PATHS.index(native.kernel_path())
     xp, yp = x.data_ptr(), y.data_ptr()
+    if tables == "int8":
+        w = pk["int8"].data_ptr()
+        if sch.kind == "ternary":
+            return lambda: lib.lk_int8_ternary_gemm(w, xp, yp, M, N, K, threads)
+        return lambda: lib.lk_int8_gemm(w, xp, yp, M, N, K, sch.group_size, sch.bits, threads)
+    tmode = native.TABLES.index(tables or "int8")
     if sch.kind == "uniform":
         w = pk["qweight"].data_ptr()
         return lambda: lib.lk_lut_gemm(w, xp, yp, M, N, K, sch.group_size, sch.bits, path, threads, tmode)
@@ -138,7 +148,12 @@ class Pool:
 
 
 def pool_ours(name: str, N: int, K: int, M: int) -> Pool:
-    pk0 = random_packed(name.partition(":")[0], N, K)
+    base, _, variant = name.partition(":")
+    pk0 = random_packed(base, N, K)
+    if variant == "int8":  # the int8 kernel's layout instead of the LUT one (same bytes)
+        sch = parse_scheme(base)
+        pk0 = {"int8": formats.int8_ternary_layout(pk0["qweight"], pk0["wscale"]) if sch.kind == "ternary"
+               else formats.int8_layout(pk0["qweight"], N, K, sch.bits, sch.group_size)}
     nbytes = sum(t.numel() * t.element_size() for t in pk0.values())
     copies = [pk0] + [{k: v.clone() for k, v in pk0.items()} for _ in range(max(1, POOL_BYTES // nbytes) - 1)]
     x, y = torch.randn(M, K), torch.empty(M, N)
@@ -442,7 +457,7 @@ def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | Non
             if ggml is not None:
                 print("speed-up vs llama.cpp at equal bits (their time / ours):")
                 res = results[(N, K, M)]
-                for ours, theirs in EQUAL_BITS.items():
+                for ours, theirs in EQUAL_BITS:
                     a = res.get(f"ours {ours}")
                     best = [k for k in res if k.startswith(f"llama.cpp best {theirs} [")]
                     for label, key in (("generic", f"llama.cpp {theirs}"), ("best", best[0] if best else None)):

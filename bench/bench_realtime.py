@@ -182,10 +182,11 @@ def tts_run(lm: FastSpeechLM, tok, cfg: SpeechLMConfig, args) -> dict:
     lm.forward(torch.cat([text_patch(1000 + i, empty, G) for i in range(16)], dim=2))
     wav = speech_like(args.prompt_seconds, sr)
     chunk_s = args.prompt_chunk
-    chunk_times = []
+    chunk_times, enc_times = [], []
     for start in range(0, len(wav), int(chunk_s * sr)):
         t0 = time.perf_counter()
         codes = tok.encode(wav[start : start + int(chunk_s * sr)], sr)  # [8, frames]
+        enc_times.append(time.perf_counter() - t0)
         frames = codes.shape[1] // G * G
         if frames:
             text_logits, local = lm.forward(speech_ids(codes[:C, :frames], G))
@@ -238,7 +239,8 @@ def tts_run(lm: FastSpeechLM, tok, cfg: SpeechLMConfig, args) -> dict:
     total = time.perf_counter() - t_start
     return {"total": total, "speech": made_speech, "text": made_text, "parts": parts,
             "first_audio": None if first_audio is None else first_audio + prompt_lag, "prompt_lag": prompt_lag,
-            "chunk_ms": 1e3 * statistics.median(chunk_times), "lookahead": stream.lookahead}
+            "chunk_ms": 1e3 * statistics.median(chunk_times), "encode_ms": 1e3 * statistics.median(enc_times),
+            "lookahead": stream.lookahead}
 
 
 # ----------------------------------------------------------------------------------------------- before/after
@@ -256,15 +258,16 @@ def reference_decoder(cfg: SpeechLMConfig, fast: FastPatchDecoder):
         a, m = layer.self_attn, layer.mlp
         for mods, pm in (([a.q_proj, a.k_proj, a.v_proj], fl.qkv), ([a.o_proj], fl.o),
                          ([m.gate_proj, m.up_proj], fl.gate_up), ([m.down_proj], fl.down)):
-            per_row = pm.t["qweight"].numel() // ((pm.N + 15) // 16) if pm.kind == "lut" else None
+            t = pm.canonical()  # the checkpoint layout (PackedMatrix may keep only the int8-kernel one)
+            per_row = t["qweight"].numel() // ((pm.N + 15) // 16) if pm.kind == "lut" else None
             r0 = 0
             for mod in mods:
                 q = QuantLinear(mod.in_features, mod.out_features, pm.scheme, bias=mod.bias is not None)
                 n = mod.out_features
                 if pm.kind == "lut":
-                    q.qweight = pm.t["qweight"][r0 // 16 * per_row : (r0 + n) // 16 * per_row]
+                    q.qweight = t["qweight"][r0 // 16 * per_row : (r0 + n) // 16 * per_row]
                 else:
-                    q.qweight, q.wscale = pm.t["qweight"][r0 : r0 + n], pm.t["wscale"][r0 : r0 + n]
+                    q.qweight, q.wscale = t["qweight"][r0 : r0 + n], t["wscale"][r0 : r0 + n]
                 if q.bias is not None:
                     q.bias = pm.bias[r0 : r0 + n]
                 r0 += n
@@ -279,7 +282,7 @@ def reference_decoder(cfg: SpeechLMConfig, fast: FastPatchDecoder):
             lm.local_transformer_lm_heads[ch].weight = torch.nn.Parameter(fh.t["w"])
         else:
             q = QuantLinear(fh.K, fh.N, fh.scheme, bias=False)
-            for k, v in fh.t.items():
+            for k, v in fh.canonical().items():
                 setattr(q, k, v)
             lm.local_transformer_lm_heads[ch] = q
     for e, fe in zip(lm.speech_embeddings, fast.emb):
@@ -484,6 +487,7 @@ def report(args, th, r, bw, cmp, bb_bytes, enc_bytes, dec_bytes, per_patch, step
         ("LM patches/s (backbone + encoder + decoder only)", f"{lm_rate:.2f}"),
         ("LM fraction of the bandwidth bound", f"{lm_rate / bound:.0%}"),
         (f"prompt chunk ({args.prompt_chunk:g} s audio: encode + prefill), ms (median)", f"{r['chunk_ms']:.0f}"),
+        ("  of which the tokenizer's encode, ms (median)", f"{r['encode_ms']:.0f}"),
         ("prompt work left when the prompt ends, s", f"{r['prompt_lag']:.2f}"),
         (f"first audio after the prompt ends, s (lookahead {r['lookahead']} frames)",
          "-" if r["first_audio"] is None else f"{r['first_audio']:.2f}"),

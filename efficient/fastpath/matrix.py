@@ -6,8 +6,10 @@ kernel, its pointers and the thread count are resolved once, the output goes to 
 several projections that read the same input share one packed matrix (their packed rows are concatenated:
 the kernels compute every output row independently, so the result equals the separate products exactly).
 
-Kinds: ``lut`` (uniform ``w{b}g{g}``, T-MAC LUT kernel), ``i2s`` (ternary), ``dense`` (fp32 or bf16 torch
-weight: oneDNN, AMX when the CPU has it), ``fallback`` (other schemes, through ``formats.gemm``).
+Kinds: ``lut`` (uniform ``w{b}g{g}``, T-MAC LUT kernel; on AVX512-VNNI CPUs the int8-activation kernel
+for the bit widths :func:`efficient.quant.native.int8_kernel_for` selects, at every M),
+``i2s`` (ternary), ``dense`` (fp32 or bf16 torch weight: oneDNN, AMX when the CPU has it), ``fallback``
+(other schemes, through ``formats.gemm``).
 """
 
 from __future__ import annotations
@@ -48,8 +50,30 @@ class PackedMatrix:
             else:
                 self._pid = native.PATHS.index(path)
                 self._tmode = native.TABLES.index(native.table_mode())
-                self._w = self.t["qweight"].data_ptr()
-                self._s = self.t["wscale"].data_ptr() if kind == "i2s" else 0
+                # The int8-activation kernel (AVX512-VNNI) where it is chosen: only its layout is kept (the same
+                # bytes; canonical() rebuilds the checkpoint layout when something needs it).
+                self._i8 = None
+                if kind == "lut" and self._tmode == 0 and native.int8_kernel_for(scheme.bits):
+                    self._i8 = formats.int8_layout(self.t["qweight"], N, self.kp, scheme.bits, scheme.group_size)
+                elif kind == "i2s" and native.int8_kernel_for("ternary"):
+                    self._i8 = formats.int8_ternary_layout(self.t["qweight"], self.t["wscale"])
+                if self._i8 is not None:
+                    self.t = {"int8": self._i8}
+                    self._i8p = self._i8.data_ptr()
+                else:
+                    self._w = self.t["qweight"].data_ptr()
+                    self._s = self.t["wscale"].data_ptr() if kind == "i2s" else 0
+
+    def canonical(self) -> dict[str, torch.Tensor]:
+        """The packed tensors in the checkpoint layout (``formats.pack``), rebuilt exactly from the int8-kernel
+        layout when only that one is kept."""
+        if "int8" not in self.t:
+            return self.t
+        sch = self.scheme
+        if sch.kind == "ternary":
+            q, ws = formats.int8_ternary_layout_inverse(self.t["int8"], self.N, formats.padded_k(sch, self.K))
+            return {"qweight": q, "wscale": ws}
+        return {"qweight": formats.int8_layout_inverse(self.t["int8"], self.N, self.kp, sch.bits, sch.group_size)}
 
     # ------------------------------------------------------------------------------------------ builders
     @classmethod
@@ -81,7 +105,7 @@ class PackedMatrix:
             raise ValueError(f"fusing LUT matrices needs row counts that are multiples of 16, got {list(rows)}")
         if scheme.kernel == "tl" and len(parts) > 1:
             raise ValueError("ternary-tl matrices cannot be fused (32-row blocks); use 'ternary'")
-        names = [k for k in parts[0] if k != "tl"]
+        names = [k for k in parts[0] if k not in ("tl", "int8")]  # derived layouts are rebuilt for the fusion
         t = {k: torch.cat([p[k].reshape(-1) if k == "qweight" and kind == "lut" else p[k] for p in parts])
              .contiguous() for k in names}
         if scheme.kernel == "tl":
@@ -130,10 +154,15 @@ class PackedMatrix:
             nt = self.threads or _threads()
             if self.kp != self.K:  # K not a multiple of the group: zero-pad the activations
                 x = F.pad(x, (0, self.kp - self.K))
-            if self.kind == "lut":
+            if self.kind == "lut" and self._i8 is not None:
+                rc = self._lib.lk_int8_gemm(self._i8p, x.data_ptr(), out.data_ptr(), M, self.N, self.kp,
+                                            self.scheme.group_size, self.scheme.bits, nt)
+            elif self.kind == "lut":
                 rc = self._lib.lk_lut_gemm(self._w, x.data_ptr(), out.data_ptr(), M, self.N,
                                            self.kp, self.scheme.group_size, self.scheme.bits, self._pid, nt,
                                            self._tmode)
+            elif self._i8 is not None:  # ternary through the int8 kernel (same integers as I2_S)
+                rc = self._lib.lk_int8_ternary_gemm(self._i8p, x.data_ptr(), out.data_ptr(), M, self.N, self.K, nt)
             else:
                 rc = self._lib.lk_i2s_gemm(self._w, self._s, x.data_ptr(), out.data_ptr(), M, self.N, self.K,
                                            self._pid, nt)

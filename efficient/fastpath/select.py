@@ -61,7 +61,7 @@ def dense_candidate(pm: PackedMatrix, kind: str, allow_requant: bool = False):
     """The ``bf16`` / ``int8`` twin of a low-bit matrix (same dequantized weights), or None if not offered."""
     if pm.scheme is None or pm.kind == "dense":
         return None
-    w = formats.dequantize(pm.scheme, pm.t, pm.N, pm.K)
+    w = formats.dequantize(pm.scheme, pm.canonical(), pm.N, pm.K)
     if kind == "bf16":
         d = PackedMatrix.dense([w], dtype=torch.bfloat16)
         d.bias = pm.bias

@@ -300,6 +300,98 @@ def unpack_uniform(packed: torch.Tensor, N: int, kp: int, bits: int, g: int):
     return codes.view(npad, kp)[:N], s16[:N].float(), m16[:N].float()
 
 
+def int8_layout(qweight: torch.Tensor, N: int, kp: int, bits: int, g: int) -> torch.Tensor:
+    """The int8 kernel's layout (csrc/int8kernels.cpp) of a canonical uniform ``qweight``; the same size.
+    Per 16-row block, per group: ``g / 4 / F`` vectors of 64 bytes (``F = 8 / bits``), byte ``j`` of vector
+    ``v`` holding in bits ``[bits*i, bits*i + bits)`` the code of row ``j // 4``, column ``4 * (v*F + i) + j % 4``;
+    then the group's 16 fp16 scales and 16 fp16 mins."""
+    if bits not in (2, 4):
+        raise ValueError(f"the int8 kernel takes 2- or 4-bit weights, not {bits}-bit")
+    rows = 1024  # converted in slices of 64 row blocks: bounded temporary memory for 150k-row heads
+    if N > rows:
+        blk = uniform_packed_bytes(16, kp, g, bits)  # bytes per 16-row block, the same in both layouts
+        flat = qweight.reshape(-1)
+        return torch.cat([int8_layout(flat[r // 16 * blk : (min(r + rows, N) + 15) // 16 * blk],
+                                      min(rows, N - r), kp, bits, g) for r in range(0, N, rows)])
+    codes, s, m = unpack_uniform(qweight, N, kp, bits, g)
+    npad = (N + 15) // 16 * 16
+    nR, nG, F = npad // 16, kp // g, 8 // bits
+    nv = g // 4 // F
+    q = torch.zeros(npad, kp, dtype=torch.uint8)
+    q[:N] = codes
+    c = q.view(nR, 16, nG, nv, F, 4).permute(0, 2, 3, 4, 1, 5).to(torch.int32)  # [nR, nG, nv, F, 16, 4]
+    shifts = torch.tensor([bits * i for i in range(F)], dtype=torch.int32).view(1, 1, 1, F, 1, 1)
+    byte = (c << shifts).sum(3).to(torch.uint8).reshape(nR, nG, nv * 64)
+    s16 = torch.zeros(npad, nG, dtype=torch.float16)
+    m16 = torch.zeros(npad, nG, dtype=torch.float16)
+    s16[:N], m16[:N] = s.half(), m.half()
+    sc = s16.view(nR, 16, nG).transpose(1, 2).contiguous().view(torch.uint8)  # [nR, nG, 32]
+    mb = m16.view(nR, 16, nG).transpose(1, 2).contiguous().view(torch.uint8)
+    return torch.cat([byte, sc, mb], dim=-1).reshape(-1).contiguous()
+
+
+def int8_ternary_layout(qweight: torch.Tensor, wscale: torch.Tensor) -> torch.Tensor:
+    """The ternary int8 kernel's layout of I2_S weights (``qweight`` [N, Kp / 4], ``wscale`` [N]), the same
+    size: per 16-row block ``Kp / 16`` vectors of 64 bytes (2-bit codes ``w + 1``, arranged as in
+    :func:`int8_layout`), then the 16 rows' fp32 scales."""
+    N, kp = qweight.shape[0], qweight.shape[1] * 4
+    if N > 1024:  # in slices of 64 row blocks: bounded temporary memory
+        return torch.cat([int8_ternary_layout(qweight[r : r + 1024], wscale[r : r + 1024]) for r in range(0, N, 1024)])
+    npad = (N + 15) // 16 * 16
+    nR, nv = npad // 16, kp // 16
+    q = torch.zeros(npad, kp, dtype=torch.int32)
+    q[:N] = (unpack_i2s(qweight) + 1).to(torch.int32)
+    c = q.view(nR, 16, nv, 4, 4).permute(0, 2, 3, 1, 4)  # [nR, nv, F, 16, 4]
+    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.int32).view(1, 1, 4, 1, 1)
+    byte = (c << shifts).sum(2).to(torch.uint8).reshape(nR, nv * 64)
+    ws = torch.zeros(npad, dtype=torch.float32)
+    ws[:N] = wscale.float()
+    return torch.cat([byte, ws.view(nR, 16).view(torch.uint8)], dim=1).reshape(-1).contiguous()
+
+
+def int8_layout_inverse(layout: torch.Tensor, N: int, kp: int, bits: int, g: int) -> torch.Tensor:
+    """The canonical ``qweight`` back from :func:`int8_layout` (exact: codes and fp16 parameters are kept)."""
+    npad = (N + 15) // 16 * 16
+    nR, nG, F = npad // 16, kp // g, 8 // bits
+    nv = g // 4 // F
+    blk = layout.view(nR, nG, nv * 64 + 64)
+    byte = blk[..., : nv * 64].reshape(nR, nG, nv, 1, 16, 4).to(torch.int32)
+    shifts = torch.tensor([bits * i for i in range(F)], dtype=torch.int32).view(1, 1, 1, F, 1, 1)
+    c = ((byte >> shifts) & ((1 << bits) - 1)).to(torch.uint8)  # [nR, nG, nv, F, 16, 4]
+    codes = c.permute(0, 4, 1, 2, 3, 5).reshape(npad, kp)
+    tail = blk[..., nv * 64 :].contiguous()
+    s16 = tail[..., :32].contiguous().view(torch.float16).view(nR, nG, 16).transpose(1, 2).reshape(npad, nG)
+    m16 = tail[..., 32:].contiguous().view(torch.float16).view(nR, nG, 16).transpose(1, 2).reshape(npad, nG)
+    return _pack_uniform(codes[:N], s16[:N].float(), m16[:N].float(), bits, g)
+
+
+def int8_ternary_layout_inverse(layout: torch.Tensor, N: int, kp: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """I2_S ``qweight`` [N, kp / 4] and ``wscale`` [N] back from :func:`int8_ternary_layout` (exact)."""
+    npad = (N + 15) // 16 * 16
+    nR, nv = npad // 16, kp // 16
+    blk = layout.view(nR, nv * 64 + 64)
+    byte = blk[:, : nv * 64].reshape(nR, nv, 1, 16, 4).to(torch.int32)
+    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.int32).view(1, 1, 4, 1, 1)
+    c = (byte >> shifts) & 3  # [nR, nv, F, 16, 4]
+    codes = (c.permute(0, 3, 1, 2, 4).reshape(npad, kp)[:N] - 1).to(torch.int8)
+    ws = blk[:, nv * 64 :].contiguous().view(torch.float32).reshape(npad)[:N].clone()
+    return _pack_i2s(codes), ws
+
+
+def int8_gemm_reference(scheme: Scheme, qweight: torch.Tensor, x: torch.Tensor, N: int) -> torch.Tensor:
+    """What the int8 kernel computes, in float64 (x: float32 [M, Kp], padded): activations rounded to int8
+    per weight group (scale max|x| / 127, round half to even), integer dot products, the group's scale and
+    ascale applied per group, the min term with the float activation sum."""
+    M, kp = x.shape
+    g = scheme.group_size
+    codes, s, mn = unpack_uniform(qweight, N, kp, scheme.bits, g)
+    a, asc = _quant_act(x, g)  # [M, kp], [M, nG]
+    dot = (a.double().view(M, 1, kp // g, g) * codes.double().view(1, N, kp // g, g)).sum(-1)  # [M, N, nG]
+    sx = x.double().view(M, kp // g, g).sum(-1)  # [M, nG]
+    y = dot * s.double().unsqueeze(0) * asc.double().unsqueeze(1) + mn.double().unsqueeze(0) * sx.unsqueeze(1)
+    return y.sum(-1).float()
+
+
 def _pack_i2s(codes: torch.Tensor) -> torch.Tensor:
     N, kp = codes.shape
     c = (codes.to(torch.int16) + 1).to(torch.uint8).view(N, kp // 128, 4, 32)
@@ -381,6 +473,9 @@ def gemm(
     """x: float32 [M, K] contiguous (zero-padded to the scheme's K multiple here). Returns float32 [M, N].
 
     ``tables`` (uniform formats): ``int8`` (fast) or ``float`` (exact); default from ``MIMO_QUANT_TABLES``.
+    Uniform weights whose ``packed`` also holds an ``int8`` layout (:func:`int8_layout`, added by
+    ``QuantLinear`` where :func:`native.int8_kernel_for` says so) run the int8-activation kernel instead of
+    the int8 LUT tables on the avx512 path (for every M, so that a layer computes the same at any M).
     """
     path = path or native.kernel_path()
     mode = native.table_mode(tables)
@@ -391,15 +486,20 @@ def gemm(
     if scheme.kind != "ternary" and kp != K:
         x = torch.nn.functional.pad(x, (0, kp - K))
     if path == "torch":
-        return _gemm_torch(scheme, packed, x, N, K, mode)
+        return _gemm_torch(scheme, packed, x, N, K, mode)  # the canonical layout: LUT arithmetic
     lib = native.library()
     pid = native.PATHS.index(path)
     nt = threads or native.num_threads()
     M = x.shape[0]
     y = torch.empty(M, N, dtype=torch.float32)
-    if scheme.kind == "uniform":
+    if scheme.kind == "uniform" and "int8" in packed and mode == "int8" and path == "avx512":
+        rc = lib.lk_int8_gemm(packed["int8"].data_ptr(), x.data_ptr(), y.data_ptr(), M, N, kp, scheme.group_size,
+                              scheme.bits, nt)
+    elif scheme.kind == "uniform":
         rc = lib.lk_lut_gemm(packed["qweight"].data_ptr(), x.data_ptr(), y.data_ptr(), M, N, kp,
                              scheme.group_size, scheme.bits, pid, nt, native.TABLES.index(mode))
+    elif scheme.kernel == "i2s" and "int8" in packed and path == "avx512":  # same integers as I2_S, faster
+        rc = lib.lk_int8_ternary_gemm(packed["int8"].data_ptr(), x.data_ptr(), y.data_ptr(), M, N, K, nt)
     elif scheme.kernel == "i2s":
         rc = lib.lk_i2s_gemm(packed["qweight"].data_ptr(), packed["wscale"].data_ptr(), x.data_ptr(),
                              y.data_ptr(), M, N, K, pid, nt)

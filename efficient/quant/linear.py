@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from efficient.quant import formats
+from efficient.quant import formats, native
 from efficient.quant.formats import QuantResult, Scheme, parse_scheme
 
 
@@ -40,6 +40,7 @@ class QuantLinear(nn.Module):
         else:
             self.bias = None
         self._tl: torch.Tensor | None = None
+        self._i8: torch.Tensor | None = None  # int8-kernel layout (AVX512-VNNI CPUs), derived from qweight
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, scheme: str | Scheme, result: QuantResult | None = None) -> QuantLinear:
@@ -59,10 +60,20 @@ class QuantLinear(nn.Module):
             if self._tl is None:
                 self._tl = formats.tl_layout(formats.unpack_i2s(self.qweight), self.in_features)
             d["tl"] = self._tl
+        if self.scheme.kernel == "i2s" and native.int8_kernel_for("ternary"):
+            if self._i8 is None:
+                self._i8 = formats.int8_ternary_layout(self.qweight, self.wscale)
+            d["int8"] = self._i8
+        if self.scheme.kind == "uniform" and native.int8_kernel_for(self.scheme.bits):
+            if self._i8 is None:
+                kp = formats.padded_k(self.scheme, self.in_features)
+                self._i8 = formats.int8_layout(self.qweight, self.out_features, kp, self.scheme.bits,
+                                               self.scheme.group_size)
+            d["int8"] = self._i8
         return d
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-        self._tl = None  # derived layout is rebuilt from the new codes
+        self._tl = self._i8 = None  # derived layouts are rebuilt from the new codes
         super()._load_from_state_dict(*args, **kwargs)
 
     def dequantize(self) -> torch.Tensor:
@@ -81,7 +92,8 @@ class QuantLinear(nn.Module):
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
     def packed_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (getattr(self, n) for n in self.packed() if n != "tl"))
+        names = [n for n in self.packed() if n not in ("tl", "int8")]  # derived layouts are not stored
+        return sum(t.numel() * t.element_size() for t in (getattr(self, n) for n in names))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme.name}"

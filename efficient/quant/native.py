@@ -3,6 +3,8 @@
 The library is a plain shared object driven through :mod:`ctypes` with raw tensor data pointers. The path
 is chosen at run time from the CPU (AVX-512 VNNI/VBMI, else AVX2, else scalar) and can be forced with the
 environment variable ``MIMO_QUANT_KERNEL`` = ``avx512`` | ``avx2`` | ``scalar`` | ``torch`` (``auto`` default).
+``MIMO_QUANT_INT8`` = ``auto`` (default) | ``on`` | ``off``: the int8-activation kernel for uniform 2- and 4-bit
+weights on CPUs with AVX512-VNNI (see :func:`int8_kernel_for`).
 ``MIMO_QUANT_THREADS`` sets the thread count (default: ``torch.get_num_threads()``), ``MIMO_QUANT_TABLES`` the
 LUT table precision of the uniform formats (``int8``, the fast default, or ``float``, exact).
 If the library is missing, every kernel runs as PyTorch code that gives the same results (slower), and a
@@ -26,6 +28,11 @@ ABI_VERSION = 2  # must equal lk_abi_version() of the built library
 ENV_PATH = "MIMO_QUANT_KERNEL"
 ENV_THREADS = "MIMO_QUANT_THREADS"
 ENV_TABLES = "MIMO_QUANT_TABLES"
+ENV_INT8 = "MIMO_QUANT_INT8"
+# Bit widths the int8 kernel takes, and those where it beats the LUT kernel by default (bench/bench_lut.py,
+# Xeon with AMX/VNNI, 1 thread, 4096x4096: see the README's int8 section).
+INT8_BITS = (2, 4, "ternary")
+INT8_DEFAULT_BITS = (2, 4, "ternary")
 TABLES = ("int8", "float")  # index = native table mode
 
 _lib: ctypes.CDLL | None = None
@@ -76,6 +83,12 @@ def library() -> ctypes.CDLL | None:
     lib.lk_fp_gemm.restype = I32
     lib.lk_read_bw.argtypes = [P, I64, I32]
     lib.lk_read_bw.restype = I64
+    if hasattr(lib, "lk_int8_gemm"):  # int8-activation kernel (int8kernels.cpp); optional: older builds lack it
+        lib.lk_int8_supported.restype = I32
+        lib.lk_int8_gemm.argtypes = [P, P, P, I64, I64, I64, I64, I64, I32]
+        lib.lk_int8_gemm.restype = I32
+        lib.lk_int8_ternary_gemm.argtypes = [P, P, P, I64, I64, I64, I32]
+        lib.lk_int8_ternary_gemm.restype = I32
     if hasattr(lib, "lk_attn_step"):  # batch-1 step glue (stepglue.cpp); optional: older builds lack it
         lib.lk_add_rmsnorm.argtypes = [P, P, P, F32, I64, P]
         lib.lk_silu_mul.argtypes = [P, I64, P]
@@ -127,3 +140,30 @@ def num_threads() -> int:
     env = os.environ.get(ENV_THREADS)
     return max(1, int(env)) if env else max(1, torch.get_num_threads())
 
+
+
+_int8_ok: bool | None = None
+
+
+def int8_supported() -> bool:
+    """True when the native int8-activation kernel runs on this CPU (AVX512-VNNI) and the library has it."""
+    global _int8_ok
+    if _int8_ok is None:  # asked on every QuantLinear forward: the answer cannot change within a process
+        lib = library()
+        _int8_ok = lib is not None and hasattr(lib, "lk_int8_gemm") and lib.lk_int8_supported() == 1
+    return _int8_ok
+
+
+def int8_kernel_for(bits: int | str) -> bool:
+    """Whether uniform ``bits``-bit layers (``bits="ternary"``: I2_S ternary ones) should use the int8-activation
+    kernel on this machine: the CPU supports it, the kernel path is ``avx512`` (forcing avx2 / scalar / torch
+    keeps the LUT kernels), and ``MIMO_QUANT_INT8`` is ``on`` (any of ``INT8_BITS``) or ``auto`` (those where
+    it wins, ``INT8_DEFAULT_BITS``)."""
+    want = os.environ.get(ENV_INT8, "auto").strip().lower() or "auto"
+    if want not in ("auto", "on", "off"):
+        raise ValueError(f"{ENV_INT8}={want!r}: expected auto, on or off")
+    if want == "off" or bits not in INT8_BITS:
+        return False
+    if want == "auto" and bits not in INT8_DEFAULT_BITS:
+        return False
+    return int8_supported() and kernel_path() == "avx512"

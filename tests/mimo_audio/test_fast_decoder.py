@@ -14,6 +14,14 @@ EMPTY = 300
 PARTS = ["model", "local_transformer", "input_local_transformer", "speech_group_downcast", "hidden_states_downcast"]
 
 
+@pytest.fixture(autouse=True)
+def _lut_arithmetic(monkeypatch) -> None:
+    """The LUT kernels: the int8-activation kernel (AVX512-VNNI) rounds activations, so an fp32 ulp of the glue
+    can flip one rounding and move logits by ~1e-2 (measured) where these tests assert 1e-5 (its products
+    are bit-identical for equal inputs: tests/efficient/quant/test_int8_kernel.py)."""
+    monkeypatch.setenv("MIMO_QUANT_INT8", "off")
+
+
 def tiny_lm(scheme: str | None) -> SpeechLM:
     lm = SpeechLM(SpeechLMConfig.preset("tiny"), EMPTY).init_weights(std=0.2, seed=0).eval()
     lm.speech_buffer_dtype = None  # sum the speech embeddings in fp32, as the fast path does

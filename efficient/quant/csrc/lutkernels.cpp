@@ -663,6 +663,17 @@ int64_t pick_chunk(int64_t nblocks, int nthreads) {
 }
 }  // namespace
 
+// Shared with the other kernel files of this library (csrc/pool.h).
+namespace lk {
+void parallel_for(int nthreads, int64_t total, int64_t chunk, task_fn fn, void *ctx) {
+    ::parallel_for(nthreads, total, chunk, fn, ctx);
+}
+void lock_call(void) { pthread_mutex_lock(&g_call_mu); }
+void unlock_call(void) { pthread_mutex_unlock(&g_call_mu); }
+void *scratch(size_t bytes) { return g_scratch.get(bytes); }
+int64_t pick_chunk(int64_t nblocks, int nthreads) { return ::pick_chunk(nblocks, nthreads); }
+}  // namespace lk
+
 extern "C" {
 
 // Packed size in bytes of an N x K uniform LUT weight (K multiple of g, g multiple of 32).

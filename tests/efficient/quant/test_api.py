@@ -177,6 +177,7 @@ def test_cli_quantize(tmp_path, capsys):
 def test_quantlinear_same_output_on_every_forced_path(monkeypatch, scheme):
     from efficient.quant import native
 
+    monkeypatch.setenv(native.ENV_INT8, "off")  # the LUT arithmetic on every path (int8 kernel: test_int8_kernel)
     q = QuantLinear.from_linear(nn.Linear(96, 40), scheme)
     x = torch.randn(4, 96)
     paths = ["torch"] + ([] if native.library() is None else
