@@ -158,10 +158,15 @@ def test_speculative_job_runs_alone(served, speech_codes):
 
 
 @pytest.mark.parametrize("quant,attention,batch", [("w4g64", None, 4), (None, "hysparse-1:3", 1)])
-def test_composed_backbones(quant, attention, batch):
-    """--quant batches like the float model; --sparse (hybrid cache) is served one request at a time."""
+def test_composed_backbones(quant, attention, batch, monkeypatch):
+    """--quant batches like the float model; --sparse (hybrid cache) is served one request at a time.
+
+    On the LUT kernels: the int8-activation kernel (AVX512-VNNI CPUs) rounds each row's activations, so the last-bit
+    differences between a padded batch and a lone request can flip a rounding and a greedy token (docs/realtime.md).
+    """
     from mimo_audio.compose import compose_backbone
 
+    monkeypatch.setenv("MIMO_QUANT_INT8", "off")
     if quant:
         from efficient.quant import native
 
