@@ -114,6 +114,42 @@ def _rows(t: int, window: int, n: int, tail: int, gen: torch.Generator) -> tuple
     return rows, weights
 
 
+@torch.no_grad()
+def _fit_gates(m: EfficientAttention, mods: list[EfficientAttention], data, cfg) -> float:
+    """Constant per-head gates by least squares against the original head outputs (as :mod:`.calibrate` does
+    for the plain layers), the branches weighted by their joint-softmax shares: where the borrowed values are
+    read less faithfully the gate turns that branch down. Returns the relative output error after the fit."""
+    from .calibrate import _logit
+    from .kernels import attend, attend_blocks, attend_window, select_blocks
+
+    skip = cfg.window if cfg.sparse_skip_window else None
+    aa = ab = bb = ao = bo = oo = 0.0
+    for x, rope, q, k, kf, _, _, v, vf, _, sel_q in data:
+        t = q.shape[2]
+        pos = torch.arange(t, device=q.device)
+        full = attend(q, k, v, pos, pos, scale=m.scaling).out
+        sq = m._sparse_query(x, rope, q)
+        # the blocks the selecting layer (the full layer, or an R layer) picks at inference
+        scores = attend(sel_q, kf, None, pos, pos, scale=m.scaling, block_size=cfg.block_size).block_max
+        blocks = select_blocks(scores, cfg.top_k, pos, cfg.block_size, skip)
+        far = attend_blocks(sq, kf, vf, pos, t, blocks, block_size=cfg.block_size, scale=m.scaling,
+                            sink=m.sink_sparse, exclude_window=skip)
+        near, lse = attend_window(q, None, k, v, pos, window=cfg.window, scale=m.scaling, sink=m.sink_swa,
+                                  return_lse=True)
+        share = torch.sigmoid(far.lse - lse).unsqueeze(-1)
+        a, b = (1 - share) * near, share * m._map_values(far.out)
+        dims = (0, 2, 3)
+        aa, ab, bb = aa + (a * a).sum(dims), ab + (a * b).sum(dims), bb + (b * b).sum(dims)
+        ao, bo, oo = ao + (a * full).sum(dims), bo + (b * full).sum(dims), oo + (full * full).sum(dims)
+    det = (aa * bb - ab * ab).clamp_min(1e-12)
+    g_a = ((bb * ao - ab * bo) / det).clamp(1e-3, 1 - 1e-3)
+    g_b = ((aa * bo - ab * ao) / det).clamp(1e-3, 1 - 1e-3)
+    err = g_a**2 * aa + g_b**2 * bb + 2 * g_a * g_b * ab - 2 * g_a * ao - 2 * g_b * bo + oo
+    m.gate_swa.bias.copy_(_logit(g_a))
+    m.gate_sparse.bias.copy_(_logit(g_b))
+    return float((err / oo.clamp_min(1e-12)).mean())
+
+
 def reconstruct(
     base: nn.Module,
     captures: list[tuple[list[torch.Tensor], tuple]],
@@ -124,6 +160,7 @@ def reconstruct(
     lr: float = 3e-3,
     layers: list[int] | None = None,
     seed: int = 0,
+    fit_gates: bool = True,
 ) -> dict[int, tuple[float, float]]:
     """Fit the adapters of every sparse layer (or of ``layers``); returns ``{layer: (KL before, KL after)}``.
 
@@ -148,7 +185,10 @@ def reconstruct(
                 q, k, v = m._project(inputs[i], rope)
                 _, kf, vf = mods[m.kv_source]._project(inputs[m.kv_source], rope)
                 fixed = _rows(q.shape[2], cfg.window, rows, tail, torch.Generator().manual_seed(seed + 1))
-                data.append((inputs[i], rope, q, k, kf, *fixed, v, vf, tail))
+                sel = mods[m.selection_source]
+                sel_q = (sel._project(inputs[m.selection_source], rope)[0] if sel.kind == "F"
+                         else sel._sparse_query(inputs[m.selection_source], rope, None))
+                data.append((inputs[i], rope, q, k, kf, *fixed, v, vf, tail, sel_q))
             _init_value_map(m, [d[8] for d in data], [d[7] for d in data])
             _init_query(m, mods[m.kv_source], data, cfg.window)
             m.sink_swa.fill_(-60.0)
@@ -175,9 +215,10 @@ def reconstruct(
         for p, r in zip(everything, saved):
             p.requires_grad_(r)
             p.grad = None
+        err = _fit_gates(m, mods, data, cfg) if fit_gates else float("nan")
         report[i] = (before, after)
-        log.info("layer %d (%s): attention KL to the original %.3f -> %.3f (%.0f s)", i, m.kind, before, after,
-                 time.perf_counter() - t0)
+        log.info("layer %d (%s): attention KL to the original %.3f -> %.3f, output error %.3f (%.0f s)", i, m.kind,
+                 before, after, err, time.perf_counter() - t0)
     return report
 
 
