@@ -94,6 +94,8 @@ class EfficientAttention(nn.Module):
                 # values into this layer's (start: the layer's own query, identity)
                 self.q_sparse = nn.Linear(hidden_size, num_heads * head_dim, bias=True)
                 self.v_sparse = nn.Parameter(torch.eye(self.v_head_dim).repeat(num_heads, 1, 1))
+                # per head: 1 = branches weighted by their joint-softmax shares, 0 = plain gated sum
+                self.register_buffer("sparse_merge", torch.ones(num_heads))
                 with torch.no_grad():
                     self.q_sparse.weight.copy_(self.q_proj.weight)
                     self.q_sparse.bias.copy_(self.q_proj.bias if self.q_proj.bias is not None else 0.0)
@@ -160,8 +162,11 @@ class EfficientAttention(nn.Module):
         g_swa = torch.sigmoid(self.gate_swa(x)).transpose(1, 2).unsqueeze(-1)
         if self.has_sparse_adapter:
             share = torch.sigmoid(lse_sparse.view(b, self.num_heads, -1) - lse_local.view(b, self.num_heads, -1))
-            share = share.unsqueeze(-1)
-            g_sparse, g_swa = g_sparse * share, g_swa * (1 - share)
+            merge = self.sparse_merge.view(1, -1, 1).to(share.dtype)
+            share = share.nan_to_num(0.0).unsqueeze(-1)
+            merge = merge.unsqueeze(-1)
+            g_sparse = g_sparse * (merge * share + 1 - merge)
+            g_swa = g_swa * (merge * (1 - share) + 1 - merge)
         return g_sparse * self._map_values(sparse) + g_swa * local
 
     def forward(

@@ -116,14 +116,17 @@ def _rows(t: int, window: int, n: int, tail: int, gen: torch.Generator) -> tuple
 
 @torch.no_grad()
 def _fit_gates(m: EfficientAttention, mods: list[EfficientAttention], data, cfg) -> float:
-    """Constant per-head gates by least squares against the original head outputs (as :mod:`.calibrate` does
-    for the plain layers), the branches weighted by their joint-softmax shares: where the borrowed values are
-    read less faithfully the gate turns that branch down. Returns the relative output error after the fit."""
+    """Per head: constant gates by least squares against the original head outputs (as :mod:`.calibrate`
+    does), once with the branches weighted by their joint-softmax shares (``merge``) and once as the plain gated
+    sum with the calibrated window sink; each head keeps whichever reproduces the original better (retrieval
+    heads need the query-dependent shares, heads whose borrowed reads stay rough do better plain). Returns the
+    mean relative output error."""
     from .calibrate import _logit
     from .kernels import attend, attend_blocks, attend_window, select_blocks
 
     skip = cfg.window if cfg.sparse_skip_window else None
-    aa = ab = bb = ao = bo = oo = 0.0
+    sink_plain = m.sink_swa.clone()  # the calibrated window sink, kept by the heads that stay plain
+    stats = {"merge": [0.0] * 6, "plain": [0.0] * 6}
     for x, rope, q, k, kf, _, _, v, vf, _, sel_q in data:
         t = q.shape[2]
         pos = torch.arange(t, device=q.device)
@@ -134,20 +137,33 @@ def _fit_gates(m: EfficientAttention, mods: list[EfficientAttention], data, cfg)
         blocks = select_blocks(scores, cfg.top_k, pos, cfg.block_size, skip)
         far = attend_blocks(sq, kf, vf, pos, t, blocks, block_size=cfg.block_size, scale=m.scaling,
                             sink=m.sink_sparse, exclude_window=skip)
-        near, lse = attend_window(q, None, k, v, pos, window=cfg.window, scale=m.scaling, sink=m.sink_swa,
-                                  return_lse=True)
-        share = torch.sigmoid(far.lse - lse).unsqueeze(-1)
-        a, b = (1 - share) * near, share * m._map_values(far.out)
+        mapped = m._map_values(far.out)
         dims = (0, 2, 3)
-        aa, ab, bb = aa + (a * a).sum(dims), ab + (a * b).sum(dims), bb + (b * b).sum(dims)
-        ao, bo, oo = ao + (a * full).sum(dims), bo + (b * full).sum(dims), oo + (full * full).sum(dims)
-    det = (aa * bb - ab * ab).clamp_min(1e-12)
-    g_a = ((bb * ao - ab * bo) / det).clamp(1e-3, 1 - 1e-3)
-    g_b = ((aa * bo - ab * ao) / det).clamp(1e-3, 1 - 1e-3)
-    err = g_a**2 * aa + g_b**2 * bb + 2 * g_a * g_b * ab - 2 * g_a * ao - 2 * g_b * bo + oo
-    m.gate_swa.bias.copy_(_logit(g_a))
-    m.gate_sparse.bias.copy_(_logit(g_b))
-    return float((err / oo.clamp_min(1e-12)).mean())
+        for mode, sink in (("merge", m.sink_sparse.new_full(m.sink_swa.shape, -60.0)), ("plain", sink_plain)):
+            near, lse = attend_window(q, None, k, v, pos, window=cfg.window, scale=m.scaling, sink=sink,
+                                      return_lse=True)
+            if mode == "merge":
+                share = torch.sigmoid(far.lse - lse).unsqueeze(-1)
+                a, b = (1 - share) * near, share * mapped
+            else:
+                a, b = near, mapped
+            st = stats[mode]
+            for j, val in enumerate((a * a, a * b, b * b, a * full, b * full, full * full)):
+                st[j] = st[j] + val.sum(dims)
+    best = {}
+    for mode, (aa, ab, bb, ao, bo, oo) in stats.items():
+        det = (aa * bb - ab * ab).clamp_min(1e-12)
+        g_a = ((bb * ao - ab * bo) / det).clamp(1e-3, 1 - 1e-3)
+        g_b = ((aa * bo - ab * ao) / det).clamp(1e-3, 1 - 1e-3)
+        err = g_a**2 * aa + g_b**2 * bb + 2 * g_a * g_b * ab - 2 * g_a * ao - 2 * g_b * bo + oo
+        best[mode] = (err / oo.clamp_min(1e-12), g_a, g_b)
+    merge = best["merge"][0] <= best["plain"][0]  # per head, whichever reproduces the original better
+    pick = lambda j: torch.where(merge, best["merge"][j], best["plain"][j])  # noqa: E731
+    m.sparse_merge.copy_(merge.to(m.sparse_merge.dtype))
+    m.sink_swa.copy_(torch.where(merge, torch.full_like(sink_plain, -60.0), sink_plain))
+    m.gate_swa.bias.copy_(_logit(pick(1)))
+    m.gate_sparse.bias.copy_(_logit(pick(2)))
+    return float(pick(0).mean())
 
 
 def reconstruct(
@@ -191,6 +207,7 @@ def reconstruct(
                 data.append((inputs[i], rope, q, k, kf, *fixed, v, vf, tail, sel_q))
             _init_value_map(m, [d[8] for d in data], [d[7] for d in data])
             _init_query(m, mods[m.kv_source], data, cfg.window)
+            sink_calibrated = m.sink_swa.clone()
             m.sink_swa.fill_(-60.0)
             m.sink_sparse.fill_(-60.0)
             for gate in (m.gate_swa, m.gate_sparse):
@@ -215,7 +232,11 @@ def reconstruct(
         for p, r in zip(everything, saved):
             p.requires_grad_(r)
             p.grad = None
-        err = _fit_gates(m, mods, data, cfg) if fit_gates else float("nan")
+        err = float("nan")
+        if fit_gates:
+            with torch.no_grad():
+                m.sink_swa.copy_(sink_calibrated)
+            err = _fit_gates(m, mods, data, cfg)
         report[i] = (before, after)
         log.info("layer %d (%s): attention KL to the original %.3f -> %.3f, output error %.3f (%.0f s)", i, m.kind,
                  before, after, err, time.perf_counter() - t0)
