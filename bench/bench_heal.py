@@ -159,11 +159,11 @@ def _mean(rows: list[dict], key: str) -> float:
 
 def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> None:
     from efficient.quant import save_quantized
-    from efficient.quant.api import default_calibration
+    from efficient.quant.api import text_calibration
 
     r = results.setdefault("lowbit", {}).setdefault(scheme, {})
     t0 = time.perf_counter()
-    calib = default_calibration(model, tok) if args.quant_method == "gptq" else None
+    calib = text_calibration(model, tok, english("train")[:40_000]) if args.quant_method == "gptq" else None
     student, params = convert_student(model, scheme, quant_method=args.quant_method, quant_calib_fn=calib,
                                       quant_train=args.quant_train, lora_rank=args.lora_rank)
     r["convert_s"] = time.perf_counter() - t0

@@ -151,9 +151,9 @@ def _heal_conversion(args, spec, model, tok, src, ids, held, out: Path, t0: floa
     train = args.train or ("sparse" if attention else "scales")
     calib_fn = None
     if spec.quant and args.quant_method == "gptq":
-        from efficient.quant.api import default_calibration
+        from efficient.quant.api import text_calibration
 
-        calib_fn = default_calibration(model, tok)
+        calib_fn = text_calibration(model, tok, tok.decode(ids[:8192].tolist()))
     adapter = None
     if attention and args.adapter_steps:
         from efficient.attention.reconstruct import retrieval_sequences
