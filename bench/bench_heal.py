@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-2, help="sinks and gates; projections get --proj-lr-mult x")
     ap.add_argument("--proj-lr-mult", type=float, default=0.02)
     ap.add_argument("--attention-train", default="sparse", choices=["gates", "sparse"])
-    ap.add_argument("--adapter-steps", type=int, default=30,
+    ap.add_argument("--adapter-steps", type=int, default=10,
                     help="fit the sparse layers' K/V adapters for this many steps per layer (0: no adapters)")
     ap.add_argument("--adapter-len", type=int, default=2048, help="tokens per adapter-fit sequence")
     ap.add_argument("--adapter-retrieval", type=int, default=4, help="retrieval-curriculum sequences for the fit")

@@ -42,10 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per on-policy sample (default 128)")
     p.add_argument("--gen-len", type=int, default=32, help="tokens the student writes per prompt (default 32)")
     p.add_argument("--text-len", type=int, default=256, help="tokens per off-policy text window (default 256)")
-    p.add_argument("--adapter-steps", type=int, default=30,
+    p.add_argument("--adapter-steps", type=int, default=10,
                    help="HySparse layouts: first fit the sparse layers' adapters for the K/V they borrow to the "
                    "original attention, this many steps per layer, on the text and a synthetic retrieval "
-                   "curriculum over it (0: no adapters; default 30)")
+                   "curriculum over it (0: no adapters; default 10)")
     p.add_argument("--quant-method", choices=("rtn", "gptq"), default="rtn", help="low-bit start (default rtn)")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--heads", type=int, default=3, help="MTP heads (--convert mtp; default 3)")

@@ -67,7 +67,7 @@ def convert_student(
     lora_rank: int = 16,
     attention_options: dict | None = None,
     adapter_sequences: list[tuple[torch.Tensor, int]] | None = None,
-    adapter_steps: int = 30,
+    adapter_steps: int = 10,
 ) -> tuple[nn.Module, list[tuple[str, nn.Parameter]]]:
     """A converted copy of ``teacher`` and the parameters healing should train (the teacher is untouched).
 
