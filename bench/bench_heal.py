@@ -163,7 +163,7 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
 
     r = results.setdefault("lowbit", {}).setdefault(scheme, {})
     t0 = time.perf_counter()
-    calib = text_calibration(model, tok, english("train")[:40_000]) if args.quant_method == "gptq" else None
+    calib = text_calibration(model, tok, english("train")[:40_000]) if args.quant_method != "rtn" else None
     student, params = convert_student(model, scheme, quant_method=args.quant_method, quant_calib_fn=calib,
                                       quant_train=args.quant_train, lora_rank=args.lora_rank)
     r["convert_s"] = time.perf_counter() - t0
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapter-retrieval", type=int, default=4, help="retrieval-curriculum sequences for the fit")
     ap.add_argument("--retrieval-domain", action="store_true",
                     help="second teacher domain of synthetic pass-key prompts over the training text (MOPD)")
-    ap.add_argument("--quant-method", default="rtn", choices=["rtn", "gptq"])
+    ap.add_argument("--quant-method", default="rtn", choices=["rtn", "rtn-act", "gptq"])
     ap.add_argument("--quant-train", default="scales", choices=["scales", "lora"])
     ap.add_argument("--quant-lr", type=float, default=5e-3)
     ap.add_argument("--quant-mix", type=float, default=0.5)

@@ -46,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="HySparse layouts: first fit the sparse layers' adapters for the K/V they borrow to the "
                    "original attention, this many steps per layer, on the text and a synthetic retrieval "
                    "curriculum over it (0: no adapters; default 10)")
-    p.add_argument("--quant-method", choices=("rtn", "gptq"), default="rtn", help="low-bit start (default rtn)")
+    p.add_argument("--quant-method", choices=("rtn", "rtn-act", "gptq"), default="rtn",
+                   help="low-bit start: rtn, rtn-act (clip search weighted by the activations) or gptq (default rtn)")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--heads", type=int, default=3, help="MTP heads (--convert mtp; default 3)")
     p.add_argument("--rollouts", type=int, default=64,
@@ -150,7 +151,7 @@ def _heal_conversion(args, spec, model, tok, src, ids, held, out: Path, t0: floa
     attention = spec.attention is not None
     train = args.train or ("sparse" if attention else "scales")
     calib_fn = None
-    if spec.quant and args.quant_method == "gptq":
+    if spec.quant and args.quant_method != "rtn":
         from efficient.quant.api import text_calibration
 
         calib_fn = text_calibration(model, tok, tok.decode(ids[:8192].tolist()))

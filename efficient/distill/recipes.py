@@ -71,8 +71,8 @@ def convert_student(
 ) -> tuple[nn.Module, list[tuple[str, nn.Parameter]]]:
     """A converted copy of ``teacher`` and the parameters healing should train (the teacher is untouched).
 
-    ``calibration_ids [1, T]`` fit the new sinks and gates (training-free start). ``quant_method`` ``rtn`` or
-    ``gptq`` (``quant_calib_fn(model)`` runs the calibration forwards). ``attention_train``: ``gates`` or
+    ``calibration_ids [1, T]`` fit the new sinks and gates (training-free start). ``quant_method`` ``rtn``,
+    ``rtn-act`` or ``gptq`` (``quant_calib_fn(model)`` runs the calibration forwards). ``attention_train``: ``gates`` or
     ``sparse``; ``quant_train``: ``scales`` or ``lora``. ``adapter_sequences`` (``(ids [1, T], tail)`` pairs:
     text and a retrieval curriculum, see :func:`efficient.attention.reconstruct.retrieval_sequences`) give the
     sparse layers adapters for the K/V they borrow, fitted to the teacher's attention for ``adapter_steps``
