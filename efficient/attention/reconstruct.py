@@ -172,7 +172,7 @@ def reconstruct(
     *,
     tails: list[int] | None = None,
     steps: int = 40,
-    rows: int = 256,
+    rows: int = 128,
     lr: float = 3e-3,
     layers: list[int] | None = None,
     seed: int = 0,
