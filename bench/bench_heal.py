@@ -95,11 +95,21 @@ def stream(tok, text: str) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ sections
 def attention_section(layout: str, model, tok, data: dict, args, results: dict) -> None:
     t0 = time.perf_counter()
+    adapter = None
+    if args.adapter_steps > 0:  # the sparse layers' adapters: text + a retrieval curriculum over the training text
+        from efficient.attention.reconstruct import retrieval_sequences
+
+        n = args.adapter_len
+        adapter = [(data["train"][None, -n:], 0)] + retrieval_sequences(
+            tok, english("train")[:400_000], n, args.adapter_retrieval, seed=1)
     student, params = convert_student(model, layout, calibration_ids=data["train"][None, : args.calib_tokens],
-                                      attention_train=args.attention_train)
+                                      attention_train=args.attention_train, adapter_sequences=adapter,
+                                      adapter_steps=args.adapter_steps)
     r = results.setdefault("attention", {}).setdefault(layout, {})
     r["layout"] = student.config.efficient_attention["layout"]
     r["convert_s"] = time.perf_counter() - t0
+    print(f"{layout}: converted in {r['convert_s']:.0f} s (adapters: {args.adapter_steps} steps per sparse layer)",
+          flush=True)
     mine, full = kv_saving(student, 4096)
     r["kv_4k_mib"], r["kv_full_4k_mib"] = mine / 2**20, full / 2**20
 
@@ -149,11 +159,11 @@ def _mean(rows: list[dict], key: str) -> float:
 
 def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> None:
     from efficient.quant import save_quantized
-    from efficient.quant.api import default_calibration
+    from efficient.quant.api import text_calibration
 
     r = results.setdefault("lowbit", {}).setdefault(scheme, {})
     t0 = time.perf_counter()
-    calib = default_calibration(model, tok) if args.quant_method == "gptq" else None
+    calib = text_calibration(model, tok, english("train")[:40_000]) if args.quant_method != "rtn" else None
     student, params = convert_student(model, scheme, quant_method=args.quant_method, quant_calib_fn=calib,
                                       quant_train=args.quant_train, lora_rank=args.lora_rank)
     r["convert_s"] = time.perf_counter() - t0
@@ -389,9 +399,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-2, help="sinks and gates; projections get --proj-lr-mult x")
     ap.add_argument("--proj-lr-mult", type=float, default=0.02)
     ap.add_argument("--attention-train", default="sparse", choices=["gates", "sparse"])
+    ap.add_argument("--adapter-steps", type=int, default=10,
+                    help="fit the sparse layers' K/V adapters for this many steps per layer (0: no adapters)")
+    ap.add_argument("--adapter-len", type=int, default=2048, help="tokens per adapter-fit sequence")
+    ap.add_argument("--adapter-retrieval", type=int, default=4, help="retrieval-curriculum sequences for the fit")
     ap.add_argument("--retrieval-domain", action="store_true",
                     help="second teacher domain of synthetic pass-key prompts over the training text (MOPD)")
-    ap.add_argument("--quant-method", default="rtn", choices=["rtn", "gptq"])
+    ap.add_argument("--quant-method", default="rtn", choices=["rtn", "rtn-act", "gptq"])
     ap.add_argument("--quant-train", default="scales", choices=["scales", "lora"])
     ap.add_argument("--quant-lr", type=float, default=5e-3)
     ap.add_argument("--quant-mix", type=float, default=0.5)

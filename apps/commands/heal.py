@@ -42,7 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per on-policy sample (default 128)")
     p.add_argument("--gen-len", type=int, default=32, help="tokens the student writes per prompt (default 32)")
     p.add_argument("--text-len", type=int, default=256, help="tokens per off-policy text window (default 256)")
-    p.add_argument("--quant-method", choices=("rtn", "gptq"), default="rtn", help="low-bit start (default rtn)")
+    p.add_argument("--adapter-steps", type=int, default=10,
+                   help="HySparse layouts: first fit the sparse layers' adapters for the K/V they borrow to the "
+                   "original attention, this many steps per layer, on the text and a synthetic retrieval "
+                   "curriculum over it (0: no adapters; default 10)")
+    p.add_argument("--quant-method", choices=("rtn", "rtn-act", "gptq"), default="rtn",
+                   help="low-bit start: rtn, rtn-act (clip search weighted by the activations) or gptq (default rtn)")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--heads", type=int, default=3, help="MTP heads (--convert mtp; default 3)")
     p.add_argument("--rollouts", type=int, default=64,
@@ -93,6 +98,8 @@ def _check(args: argparse.Namespace) -> None:
     for name in ("steps", "batch", "prompt_len", "gen_len", "text_len", "heads", "rollouts"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.adapter_steps < 0:
+        raise ValueError("--adapter-steps must be >= 0")
     if not 0 <= args.mix <= 1:
         raise ValueError(f"--mix must be between 0 and 1, got {args.mix}")
     out = Path(args.out)
@@ -144,14 +151,21 @@ def _heal_conversion(args, spec, model, tok, src, ids, held, out: Path, t0: floa
     attention = spec.attention is not None
     train = args.train or ("sparse" if attention else "scales")
     calib_fn = None
-    if spec.quant and args.quant_method == "gptq":
-        from efficient.quant.api import default_calibration
+    if spec.quant and args.quant_method != "rtn":
+        from efficient.quant.api import text_calibration
 
-        calib_fn = default_calibration(model, tok)
+        calib_fn = text_calibration(model, tok, tok.decode(ids[:8192].tolist()))
+    adapter = None
+    if attention and args.adapter_steps:
+        from efficient.attention.reconstruct import retrieval_sequences
+
+        n = min(2048, getattr(model.config, "max_position_embeddings", 2048) or 2048, ids.numel() // 4)
+        text = tok.decode(ids[: ids.numel() // 2].tolist())
+        adapter = [(ids[None, -n:], 0)] + retrieval_sequences(tok, text, n, 4, seed=args.seed)
     student, params = convert_student(
         model, spec, calibration_ids=ids[None, :1024], quant_method=args.quant_method, quant_calib_fn=calib_fn,
         attention_train=train if attention else "sparse", quant_train=train if spec.quant else "scales",
-        lora_rank=args.lora_rank)
+        lora_rank=args.lora_rank, adapter_sequences=adapter, adapter_steps=args.adapter_steps)
     n = ids.numel() // args.prompt_len
     prompts = ids[: n * args.prompt_len].view(n, args.prompt_len)
     cfg = DistillConfig(steps=args.steps, lr=args.lr or (1e-2 if attention else 5e-3), batch=args.batch,

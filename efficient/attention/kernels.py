@@ -136,6 +136,8 @@ def attend(
             o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                 q[:, :, t0:t1], kk, vv, 0.0, False, attn_mask=bias, scale=scale
             )
+            # the fused kernel reports 0, not -inf, for a row that sees no key: it has no mass to merge
+            lse = lse.masked_fill(~m.any(-1).expand(lse.shape), NEG_INF)
             if sink is not None:
                 lse_s = torch.logaddexp(lse, sink.to(lse.dtype).view(1, hq, 1))
                 o = o * torch.exp(lse - lse_s).unsqueeze(-1)
@@ -176,13 +178,15 @@ def attend_window(
     scale: float | None = None,
     sink: torch.Tensor | None = None,
     rows: int = 256,
-) -> torch.Tensor:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sliding-window attention of new queries over a ring's ``old`` ``(k, v, pos)`` plus the new ``k``/``v``.
 
     The new keys sit at ``q_pos`` (contiguous); each chunk of ``rows`` queries reads only the ring and the new
-    keys within its reach, so a long prefill costs ``O(T * (window + rows))``, not ``O(T^2)``.
+    keys within its reach, so a long prefill costs ``O(T * (window + rows))``, not ``O(T^2)``. With
+    ``return_lse`` also the log-denominators ``[B, Hq, T]``.
     """
-    outs = []
+    outs, lses = [], []
     for t0 in range(0, q.shape[2], rows):
         t1 = min(q.shape[2], t0 + rows)
         lo = max(0, t0 - window + 1)
@@ -190,9 +194,16 @@ def attend_window(
         if old is not None:
             keys, values = torch.cat([old[0], keys], 2), torch.cat([old[1], values], 2)
             k_pos = torch.cat([old[2], k_pos])
+        if return_lse:  # a sink-free call would take the SDPA path, which has no log-denominator
+            no_sink = torch.full((q.shape[1],), float("-inf"), dtype=q.dtype, device=q.device)
+            res = attend(q[:, :, t0:t1], keys, values, q_pos[t0:t1], k_pos, scale=scale, window=window,
+                         sink=no_sink if sink is None else sink)
+            outs.append(res.out)
+            lses.append(res.lse)
+            continue
         outs.append(attend(q[:, :, t0:t1], keys, values, q_pos[t0:t1], k_pos, scale=scale, window=window,
                            sink=sink).out)
-    return torch.cat(outs, 2)
+    return (torch.cat(outs, 2), torch.cat(lses, 2)) if return_lse else torch.cat(outs, 2)
 
 
 def select_blocks(
@@ -367,11 +378,13 @@ def attend_decode(
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q.view(b, hkv, g, dk), k, v, 0.0, False, attn_mask=bias, scale=scale
         )
+        if bias is not None:  # the fused kernel reports 0, not -inf, for a row that sees no key
+            lse = lse.masked_fill(~torch.isfinite(bias).any(-1).expand(lse.shape), NEG_INF)
         if sink is not None:
-            share = torch.sigmoid(lse.sub_(sink.view(1, hkv, g) if sink.dtype == lse.dtype else sink.to(lse.dtype)
-                                           .view(1, hkv, g)))
-            out = out.mul_(share.unsqueeze_(-1))
-        return AttentionOutput(out.view(b, hq, 1, v.shape[-1]))
+            s_ = sink.view(1, hkv, g) if sink.dtype == lse.dtype else sink.to(lse.dtype).view(1, hkv, g)
+            out = out.mul_(torch.sigmoid(lse - s_).unsqueeze_(-1))
+            lse = torch.logaddexp(lse, s_)
+        return AttentionOutput(out.view(b, hq, 1, v.shape[-1]), lse.reshape(b, hq, 1))
     logits = torch.matmul(q.view(b, hkv, g, dk), k.transpose(-1, -2)).mul_(scale)  # [B, Hkv, G, S]
     if bias is not None:
         logits.add_(bias)

@@ -128,6 +128,9 @@ class AttentionConfig:
     rollback_slack: int = 16  # extra ring-buffer slots: the most tokens `cache.crop` can take back
     full_sink: bool = False  # per-head sink on full layers too (MiMo-V2-Flash keeps it off)
     sparse_skip_window: bool = False  # sparse branch skips keys the window branch covers (set by conversion)
+    # S/R layers get their own query projection and a per-head value map for the borrowed K/V (converted
+    # pretrained models: the full layer's keys and values live in another layer's space; see .reconstruct)
+    sparse_adapter: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

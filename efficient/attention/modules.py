@@ -89,6 +89,16 @@ class EfficientAttention(nn.Module):
             for gate in (self.gate_swa, self.gate_sparse):
                 nn.init.normal_(gate.weight, std=0.02)
                 nn.init.zeros_(gate.bias)
+            if config.sparse_adapter:
+                # the borrowed keys and values are another layer's: a query of their space and a map of their
+                # values into this layer's (start: the layer's own query, identity)
+                self.q_sparse = nn.Linear(hidden_size, num_heads * head_dim, bias=True)
+                self.v_sparse = nn.Parameter(torch.eye(self.v_head_dim).repeat(num_heads, 1, 1))
+                # per head: 1 = branches weighted by their joint-softmax shares, 0 = plain gated sum
+                self.register_buffer("sparse_merge", torch.ones(num_heads))
+                with torch.no_grad():
+                    self.q_sparse.weight.copy_(self.q_proj.weight)
+                    self.q_sparse.bias.copy_(self.q_proj.bias if self.q_proj.bias is not None else 0.0)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, layer={self.layer_idx}, heads={self.num_heads}/{self.num_kv_heads}"
@@ -97,7 +107,31 @@ class EfficientAttention(nn.Module):
         """Parameters that the conversion adds (what healing trains, with the S/R window projections)."""
         names = [n for n, _ in self.named_parameters() if n.split(".")[0] in ("sink", "sink_swa", "sink_sparse")]
         names += [n for n, _ in self.named_parameters() if n.split(".")[0] in ("gate_swa", "gate_sparse")]
+        names += [n for n, _ in self.named_parameters() if n.split(".")[0] in ("q_sparse", "v_sparse")]
         return names
+
+    @property
+    def has_sparse_adapter(self) -> bool:
+        return hasattr(self, "q_sparse")
+
+    def _sparse_query(self, x: torch.Tensor, position_embeddings, q: torch.Tensor) -> torch.Tensor:
+        """The query that reads the borrowed keys: the layer's own ``q`` or, with an adapter, ``q_sparse(x)``."""
+        if not self.has_sparse_adapter:
+            return q
+        b, t, _ = x.shape
+        qs = self.q_sparse(x).view(b, t, self.num_heads, self.head_dim)
+        if self.q_norm is not None:
+            qs = self.q_norm(qs)
+        qs = qs.transpose(1, 2)
+        if position_embeddings is not None:
+            qs = apply_rope(qs, *position_embeddings)
+        return qs
+
+    def _map_values(self, out: torch.Tensor) -> torch.Tensor:
+        """``[B, H, T, Dv]`` read from borrowed values -> this layer's value space (identity without adapter)."""
+        if not self.has_sparse_adapter:
+            return out
+        return torch.einsum("bhtd,hde->bhte", out, self.v_sparse)
 
     def _project(self, x: torch.Tensor, position_embeddings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, t, _ = x.shape
@@ -114,11 +148,26 @@ class EfficientAttention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v
 
-    def _window(self, q, k, v, pos, ring: RingKVLayer, sink: torch.Tensor):
+    def _window(self, q, k, v, pos, ring: RingKVLayer, sink: torch.Tensor, return_lse: bool = False):
         out = attend_window(q, ring.contents(), k, v, pos, window=self.attn_config.window, scale=self.scaling,
-                            sink=sink)
+                            sink=sink, return_lse=return_lse)
         ring.write(k, v, pos)
         return out
+
+    def _combine(self, x, sparse, lse_sparse, local, lse_local) -> torch.Tensor:
+        """Gated sum of the branches; with an adapter each branch is first weighted by its share of the joint
+        softmax (``sigmoid(lse_sparse - lse_local)``), which is exactly attention over both key sets at once."""
+        b = x.shape[0]
+        g_sparse = torch.sigmoid(self.gate_sparse(x)).transpose(1, 2).unsqueeze(-1)  # [B, H, T, 1]
+        g_swa = torch.sigmoid(self.gate_swa(x)).transpose(1, 2).unsqueeze(-1)
+        if self.has_sparse_adapter:
+            share = torch.sigmoid(lse_sparse.view(b, self.num_heads, -1) - lse_local.view(b, self.num_heads, -1))
+            merge = self.sparse_merge.view(1, -1, 1).to(share.dtype)
+            share = share.nan_to_num(0.0).unsqueeze(-1)
+            merge = merge.unsqueeze(-1)
+            g_sparse = g_sparse * (merge * share + 1 - merge)
+            g_swa = g_swa * (merge * (1 - share) + 1 - merge)
+        return g_sparse * self._map_values(sparse) + g_swa * local
 
     def forward(
         self,
@@ -145,7 +194,8 @@ class EfficientAttention(nn.Module):
         layer = cache.layers[self.layer_idx]
         if t == 1 and not torch.is_grad_enabled():
             pos = layer.get_seq_length() if cache_position is None else int(cache_position[0])
-            out = self._decode(hidden_states, q, k, v, pos, layer, cache)
+            qs = self._sparse_query(hidden_states, position_embeddings, q) if self.kind in "SR" else q
+            out = self._decode(hidden_states, q, k, v, pos, layer, cache, qs)
             return self.o_proj(out.view(b, 1, self.num_heads * self.v_head_dim)), None
         pos = cache_position
         if pos is None:
@@ -166,12 +216,14 @@ class EfficientAttention(nn.Module):
         elif self.kind == "W":
             out = self._window(q, k, v, pos, layer, self.sink)
         else:
-            out = self._sparse(hidden_states, q, k, v, pos, layer, cache)
+            out = self._sparse(hidden_states, q, k, v, pos, layer, cache,
+                               self._sparse_query(hidden_states, position_embeddings, q))
         out = out.transpose(1, 2).reshape(b, t, self.num_heads * self.v_head_dim)
         return self.o_proj(out), None
 
-    def _sparse(self, x, q, k, v, pos, ring: RingKVLayer, cache: HybridAttentionCache) -> torch.Tensor:
+    def _sparse(self, x, q, k, v, pos, ring: RingKVLayer, cache: HybridAttentionCache, qs=None) -> torch.Tensor:
         cfg = self.attn_config
+        qs = q if qs is None else qs
         src = cache.layers[self.kv_source]
         if src.seen != int(pos[-1]) + 1:
             raise RuntimeError(
@@ -182,22 +234,23 @@ class EfficientAttention(nn.Module):
         skip = cfg.window if cfg.sparse_skip_window else None
         if self.kind == "R":
             k_pos = torch.arange(n_valid, device=q.device)
-            scores = attend(q, k_full[:, :, :n_valid], None, pos, k_pos, scale=self.scaling, block_size=cfg.block_size)
+            scores = attend(qs, k_full[:, :, :n_valid], None, pos, k_pos, scale=self.scaling, block_size=cfg.block_size)
             cache.set_selection(self.layer_idx, select_blocks(scores.block_max, cfg.top_k, pos, cfg.block_size, skip))
         blocks = cache.selection.get(self.selection_source)
         if blocks is None or blocks.shape[2] != q.shape[2]:
             raise RuntimeError(f"layer {self.layer_idx}: no block selection from layer {self.selection_source} "
                                "for this forward (the full layer must run first in the same forward)")
         sparse = attend_blocks(
-            q, k_full, v_full, pos, n_valid, blocks, block_size=cfg.block_size, scale=self.scaling,
+            qs, k_full, v_full, pos, n_valid, blocks, block_size=cfg.block_size, scale=self.scaling,
             sink=self.sink_sparse, exclude_window=skip,
-        ).out
-        local = self._window(q, k, v, pos, ring, self.sink_swa)
-        g_sparse = torch.sigmoid(self.gate_sparse(x)).transpose(1, 2).unsqueeze(-1)  # [B, H, T, 1]
-        g_swa = torch.sigmoid(self.gate_swa(x)).transpose(1, 2).unsqueeze(-1)
-        return g_sparse * sparse + g_swa * local
+        )
+        if self.has_sparse_adapter:
+            local, lse_local = self._window(q, k, v, pos, ring, self.sink_swa, return_lse=True)
+        else:
+            local, lse_local = self._window(q, k, v, pos, ring, self.sink_swa), None
+        return self._combine(x, sparse.out, sparse.lse, local, lse_local)
 
-    def _decode(self, x, q, k, v, pos: int, layer, cache: HybridAttentionCache) -> torch.Tensor:
+    def _decode(self, x, q, k, v, pos: int, layer, cache: HybridAttentionCache, qs=None) -> torch.Tensor:
         """One token without autograd: no position masks, in-place ring writes, one gather per selection."""
         cfg = self.attn_config
         if self.kind == "F":
@@ -216,6 +269,7 @@ class EfficientAttention(nn.Module):
         if self.kind == "W":
             bias = cache.write_window(self.layer_idx, k, v, pos)
             return attend_decode(q, layer.keys, layer.values, scale=self.scaling, sink=self.sink, bias=bias).out
+        qs = q if qs is None else qs
         src = cache.layers[self.kv_source]
         if src.seen != pos + 1:
             raise RuntimeError(
@@ -225,7 +279,7 @@ class EfficientAttention(nn.Module):
         skip = cfg.window if cfg.sparse_skip_window else None
         if self.kind == "R":
             n_blk = -(-src.seen // cfg.block_size) * cfg.block_size
-            scores = attend_decode(q, src.keys[:, :, :n_blk], None, scale=self.scaling, n_valid=src.seen,
+            scores = attend_decode(qs, src.keys[:, :, :n_blk], None, scale=self.scaling, n_valid=src.seen,
                                    block_size=cfg.block_size).block_max
             q_pos = torch.tensor([pos], device=q.device)
             cache.set_selection(self.layer_idx, select_blocks(scores, cfg.top_k, q_pos, cfg.block_size, skip))
@@ -238,10 +292,12 @@ class EfficientAttention(nn.Module):
             gathered = gather_blocks(src.keys, src.values, blocks, pos, src.seen, block_size=cfg.block_size,
                                      exclude_window=skip)
             cache.gathered[self.selection_source] = gathered
-        sparse = attend_decode(q, gathered.keys, gathered.values, scale=self.scaling, sink=self.sink_sparse,
-                               bias=gathered.bias).out
+        sparse = attend_decode(qs, gathered.keys, gathered.values, scale=self.scaling, sink=self.sink_sparse,
+                               bias=gathered.bias)
         bias = cache.write_window(self.layer_idx, k, v, pos)
-        local = attend_decode(q, layer.keys, layer.values, scale=self.scaling, sink=self.sink_swa, bias=bias).out
+        local = attend_decode(q, layer.keys, layer.values, scale=self.scaling, sink=self.sink_swa, bias=bias)
+        if self.has_sparse_adapter:
+            return self._combine(x, sparse.out, sparse.lse, local.out, local.lse)
         g_sparse = torch.sigmoid(self.gate_sparse(x)).view(-1, self.num_heads, 1, 1)
         g_swa = torch.sigmoid(self.gate_swa(x)).view(-1, self.num_heads, 1, 1)
-        return local.mul_(g_swa).addcmul_(g_sparse, sparse)
+        return local.out.mul_(g_swa).addcmul_(g_sparse, sparse.out)

@@ -66,12 +66,17 @@ def convert_student(
     quant_train: str = "scales",
     lora_rank: int = 16,
     attention_options: dict | None = None,
+    adapter_sequences: list[tuple[torch.Tensor, int]] | None = None,
+    adapter_steps: int = 10,
 ) -> tuple[nn.Module, list[tuple[str, nn.Parameter]]]:
     """A converted copy of ``teacher`` and the parameters healing should train (the teacher is untouched).
 
-    ``calibration_ids [1, T]`` fit the new sinks and gates (training-free start). ``quant_method`` ``rtn`` or
-    ``gptq`` (``quant_calib_fn(model)`` runs the calibration forwards). ``attention_train``: ``gates`` or
-    ``sparse``; ``quant_train``: ``scales`` or ``lora``.
+    ``calibration_ids [1, T]`` fit the new sinks and gates (training-free start). ``quant_method`` ``rtn``,
+    ``rtn-act`` or ``gptq`` (``quant_calib_fn(model)`` runs the calibration forwards). ``attention_train``: ``gates`` or
+    ``sparse``; ``quant_train``: ``scales`` or ``lora``. ``adapter_sequences`` (``(ids [1, T], tail)`` pairs:
+    text and a retrieval curriculum, see :func:`efficient.attention.reconstruct.retrieval_sequences`) give the
+    sparse layers adapters for the K/V they borrow, fitted to the teacher's attention for ``adapter_steps``
+    steps per layer (:mod:`efficient.attention.reconstruct`) before healing.
     """
     from efficient.attention import apply_attention
     from efficient.quant import quantize
@@ -80,7 +85,15 @@ def convert_student(
     student = copy.deepcopy(teacher)
     params: list[tuple[str, nn.Parameter]] = []
     if conv.attention:
-        apply_attention(student, conv.attention, calibration_ids=calibration_ids, **(attention_options or {}))
+        options = dict(attention_options or {})
+        if adapter_sequences:
+            options["sparse_adapter"] = True
+        apply_attention(student, conv.attention, calibration_ids=calibration_ids, **options)
+        if adapter_sequences and any(k in "SR" for k in student.config.efficient_attention["layout"]):
+            from efficient.attention.reconstruct import fit_sparse_adapters
+
+            fit_sparse_adapters(student, teacher, [ids for ids, _ in adapter_sequences],
+                                tails=[tail for _, tail in adapter_sequences], steps=adapter_steps)
         params += attention_parameters(student, attention_train)
     if conv.quant:
         quantize(student, conv.quant, method=quant_method, calib_fn=quant_calib_fn)

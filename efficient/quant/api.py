@@ -126,6 +126,9 @@ def collect_hessians(model: nn.Module, targets: list[tuple[str, nn.Linear]], cal
         yield from hs.items()
 
 
+METHODS = ("rtn", "rtn-act", "gptq")
+
+
 @torch.no_grad()
 def quantize(
     model: nn.Module,
@@ -140,21 +143,23 @@ def quantize(
 ) -> list[LayerReport]:
     """Quantize the selected ``nn.Linear`` layers of ``model`` in place; returns a per-layer report.
 
-    ``method``: ``rtn`` (round to nearest, per-group clip search) or ``gptq`` (calibrated; needs
-    ``calib_fn(model)`` that runs forward passes, or a ``tokenizer`` and ``calib_text`` for a transformers LM,
-    which then runs over that text; see :func:`text_calibration`).
+    ``method``: ``rtn`` (round to nearest, per-group clip search), ``rtn-act`` (the same with the clip search
+    weighted by each input column's mean squared activation on calibration text, i.e. the diagonal of the
+    GPTQ Hessian: the codes stay round-to-nearest, the group ranges are chosen for the inputs the layer sees)
+    or ``gptq``. The calibrated methods need ``calib_fn(model)`` that runs forward passes, or a ``tokenizer``
+    and ``calib_text`` for a transformers LM, which then runs over that text; see :func:`text_calibration`.
     """
     sch = scheme if isinstance(scheme, Scheme) else parse_scheme(scheme)
-    if method not in ("rtn", "gptq"):
-        raise ValueError(f"unknown quantization method {method!r}: expected 'rtn' or 'gptq'")
+    if method not in METHODS:
+        raise ValueError(f"unknown quantization method {method!r}: expected one of {', '.join(METHODS)}")
     targets = select_linears(model, include, exclude)
     if not targets:
         raise ValueError("no nn.Linear layer matches the include/exclude patterns")
     hessians: dict[str, torch.Tensor] = {}
-    if method == "gptq":
+    if method != "rtn":
         if calib_fn is None:
             if tokenizer is None or calib_text is None:
-                raise ValueError("method='gptq' needs calib_fn, or a tokenizer and calib_text to calibrate on")
+                raise ValueError(f"method={method!r} needs calib_fn, or a tokenizer and calib_text to calibrate on")
             calib_fn = text_calibration(model, tokenizer, calib_text)
         hessians = dict(collect_hessians(model, targets, calib_fn))
     reports = []
@@ -166,7 +171,12 @@ def quantize(
     for name, lin in it:
         w = lin.weight.detach().float()
         H = hessians.get(name)
-        res = gptq_quantize(sch, w, H) if H is not None else formats.rtn_quantize(sch, w)
+        if H is None:
+            res = formats.rtn_quantize(sch, w)
+        elif method == "rtn-act":
+            res = formats.rtn_quantize(sch, w, col_weight=H.diagonal())
+        else:
+            res = gptq_quantize(sch, w, H)
         q = QuantLinear.from_linear(lin, sch, res)
         dw = res.dequant - w
         out_err = None

@@ -63,6 +63,16 @@ def test_heal_low_bit_repacks_into_the_lut_format(model_dir, tmp_path):
         assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
 
 
+def test_heal_low_bit_from_gptq(model_dir, tmp_path):
+    """--quant-method gptq calibrates on the healing text (it used to import a helper that did not exist)."""
+    from efficient.quant import load_quantized_causal_lm
+
+    out = tmp_path / "g"
+    assert _heal(model_dir, out, "w4g32", "--quant-method", "gptq") == 0
+    assert json.loads((out / "quant_config.json").read_text())["method"] == "gptq"
+    assert load_quantized_causal_lm(out) is not None
+
+
 def test_heal_mtp_writes_heads(model_dir, tmp_path):
     from efficient.spec import CausalLMTarget, load_mtp
 

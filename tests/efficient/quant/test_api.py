@@ -124,6 +124,32 @@ def test_gptq_beats_rtn_on_calibration_error():
     assert gptq < 0.8 * rtn, (rtn, gptq)
 
 
+def test_activation_weighted_rtn_beats_rtn_on_outlier_columns():
+    """rtn-act keeps round-to-nearest codes but picks each group's range for the inputs the layer sees."""
+    torch.manual_seed(0)
+    lin = nn.Linear(128, 64)
+    scale = torch.ones(128)
+    scale[::16] = 30.0  # a few loud input channels, as LLM activations have
+    calib = torch.randn(512, 128) * scale
+
+    class Wrap(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(128, 64)
+            self.lin.load_state_dict(lin.state_dict())
+
+    def errors(method):
+        m = Wrap()
+        quantize(m, "w3g64", method=method, calib_fn=lambda mod: mod.lin(calib))
+        with torch.no_grad():
+            return ((m.lin(calib) - lin(calib)).norm() / lin(calib).norm()).item()
+
+    rtn, act = errors("rtn"), errors("rtn-act")
+    assert act < 0.95 * rtn, (rtn, act)
+    with pytest.raises(ValueError, match="needs calib_fn"):
+        quantize(Wrap(), "w4g64", method="rtn-act")
+
+
 def test_bad_checkpoints_give_clear_errors(tmp_path):
     model = tiny_llama()
     quantize(model, "w2g64")
