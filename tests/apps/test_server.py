@@ -86,8 +86,10 @@ def test_contract_with_the_openai_client(cli_server, tmp_path):
     client = openai.OpenAI(base_url=cli_server + "/v1", api_key="unused", max_retries=0)
     ids = [m.id for m in client.models.list().data]
     assert ids == [MODEL_ID]
+    # A fixed seed: the embedded model ends ~10% of sampled TTS calls before any speech (3 of 30 seeds measured),
+    # which made this contract test flaky.
     speech = client.audio.speech.create(model=ids[0], voice="default", input="Hello there, how are you?",
-                                        response_format="wav")
+                                        response_format="wav", extra_body={"seed": 0})
     wav_path = tmp_path / "reply.wav"
     speech.write_to_file(wav_path)
     audio, sr = sf.read(wav_path)
@@ -205,7 +207,7 @@ def test_speech_formats_and_streaming(client, served):
     t0 = time.monotonic()
     first = None
     with client.audio.speech.with_streaming_response.create(model=MODEL_ID, voice="default", input="Streaming.",
-                                                            response_format="wav") as resp:
+                                                            response_format="wav", extra_body={"seed": 0}) as resp:
         total = 0
         for chunk in resp.iter_bytes():
             total += len(chunk)
