@@ -9,6 +9,7 @@ One forward + backward + AdamW step of the embedded default's preset on batches 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -18,10 +19,6 @@ from bench.common.machine import cpu_name
 from mimo_audio.config import SpeechLMConfig
 from mimo_audio.modeling import SpeechLM
 from mimo_audio.training import speech_lm_loss
-
-SMALL = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-             head_dim=64, max_position_embeddings=2048, local_dim=128, local_layers=2, local_attn_heads=4,
-             local_ffn_dim=384, input_local_layers=2, input_local_dim=128)
 
 
 def _batch(config: SpeechLMConfig, empty: int, batch: int, patches: int, gen: torch.Generator) -> torch.Tensor:
@@ -47,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", type=int, default=2048)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = SpeechLMConfig(vocab_size=args.vocab, **SMALL)
+    config = dataclasses.replace(SpeechLMConfig.named("small"), vocab_size=args.vocab)
     empty = args.vocab - 1
     model = SpeechLM(config, empty).init_weights(seed=0)
     model.speech_buffer_dtype = None

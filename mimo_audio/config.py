@@ -109,12 +109,30 @@ class SpeechLMConfig:
     # (In mimo_audio "preset" means a sampler preset only: mimo_audio.sampling.PRESETS.)
     @classmethod
     def named(cls, name: str) -> SpeechLMConfig:
-        """Named sizes: ``official`` (MiMo-Audio-7B, 8.0 B parameters) and ``tiny`` (tests, 0.3 M).
+        """Named sizes: ``official`` (MiMo-Audio-7B, 8.0 B parameters), ``small`` (the embedded default's size, 5 M
+        with a 320-symbol text vocabulary) and ``tiny`` (tests, 0.3 M).
 
         ``tiny`` keeps the official codebook sizes so that it pairs with any audio tokenizer, tiny or real.
         """
         if name == "official":
             return cls()
+        if name == "small":
+            return cls(
+                vocab_size=320,
+                hidden_size=256,
+                intermediate_size=768,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                head_dim=64,
+                max_position_embeddings=2048,
+                local_dim=128,
+                local_layers=2,
+                local_attn_heads=4,
+                local_ffn_dim=384,
+                input_local_layers=2,
+                input_local_dim=128,
+            )
         if name == "tiny":
             return cls(
                 vocab_size=320,
@@ -132,7 +150,7 @@ class SpeechLMConfig:
                 input_local_layers=2,
                 input_local_dim=32,
             )
-        raise ValueError(f"unknown SpeechLMConfig size {name!r}; choose 'official' or 'tiny'")
+        raise ValueError(f"unknown SpeechLMConfig size {name!r}; choose 'official', 'small' or 'tiny'")
 
     @classmethod
     def preset(cls, name: str) -> SpeechLMConfig:

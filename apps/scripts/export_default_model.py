@@ -116,7 +116,7 @@ def _origin(src: Path, run: dict[str, Any], placeholder: bool) -> dict[str, Any]
     if placeholder:
         return {"source": "random initialisation (export_default_model --random)", "training": {"steps": 0}}
     installed = src / "provenance.json"
-    if "note" in run and installed.is_file():  # re-exporting an exported folder (e.g. the installed default)
+    if "from" not in run and installed.is_file():  # no run beside it: an exported folder (e.g. the installed default)
         try:
             prov = json.loads(installed.read_text())
             return {"source": prov.get("source", str(src)), "training": prov.get("training", run)}

@@ -49,23 +49,12 @@ from mimo_audio.training import speech_lm_loss
 
 log = logging.getLogger("mimo-audio.train")
 
-# The embedded default's LM: the official layout (Qwen2 backbone, 4-frame patches, 8 RVQ channels with the
-# official vocabularies, delay-pattern patch decoder) at a CPU-trainable size; vocab_size follows the text tokenizer.
-SMALL = dict(
-    vocab_size=320, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-    num_key_value_heads=2, head_dim=64, max_position_embeddings=2048, local_dim=128, local_layers=2,
-    local_attn_heads=4, local_ffn_dim=384, input_local_layers=2, input_local_dim=128,
-)
-
-
 def lm_config(preset: str, vocab_size: int | None = None) -> SpeechLMConfig:
-    """The preset, with ``vocab_size`` rounded up to a multiple of 64 when given (the text tokenizer's size)."""
-    if preset == "small":
-        config = SpeechLMConfig(**SMALL)
-    elif preset == "tiny":
-        config = SpeechLMConfig.named("tiny")
-    else:
+    """The named size (``small``: the embedded default's, ``tiny``: tests), with ``vocab_size`` rounded up to a
+    multiple of 64 when given (the text tokenizer's size)."""
+    if preset not in ("small", "tiny"):
         raise ValueError(f"unknown LM training preset {preset!r}; choose 'small' or 'tiny'")
+    config = SpeechLMConfig.named(preset)
     if vocab_size is not None:
         config = dataclasses.replace(config, vocab_size=-(-vocab_size // 64) * 64)
     return config
@@ -151,11 +140,11 @@ def _optimizer(model: torch.nn.Module, tc: LMTrainConfig) -> torch.optim.Optimiz
 
 def prepare(tc: LMTrainConfig, device: torch.device):
     """Text tokenizer (written into ``out/model``), audio codes of the corpus, the example sampler."""
+    bpe = parse_text_vocab(tc.text_vocab)  # a bad spec fails before any folder is made
     out = Path(tc.out)
     model_dir = out / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     if not (model_dir / "tokenizer.json").is_file():
-        bpe = parse_text_vocab(tc.text_vocab)
         if bpe is None:
             make_byte_text_tokenizer(model_dir)
         else:

@@ -24,18 +24,17 @@ _TEXT_ROWS = ("model.embed_tokens.weight", "lm_head.weight")
 def _row_map(old_tok, new_tok) -> list[list[int]]:
     """For each new token id: the old ids whose mean initialises it."""
     old_vocab = old_tok.get_vocab()
-    out: list[list[int]] = []
-    specials = set(new_tok.all_special_tokens) | set(new_tok.get_added_vocab())
+    specials = set(new_tok.get_added_vocab())  # kept whole: their text must not be split into bytes
     id_to_token = {i: t for t, i in new_tok.get_vocab().items()}
+    out: list[list[int]] = []
     for i in range(len(new_tok)):
         token = id_to_token.get(i)
         if token is None:
             out.append([])
-        elif token in specials or token in old_vocab and len(token) == 1:
+        elif token in specials:
             out.append([old_vocab[token]] if token in old_vocab else [])
         else:
-            text = new_tok.convert_tokens_to_string([token])
-            out.append([j for j in old_tok.encode(text, add_special_tokens=False)])
+            out.append(old_tok.encode(new_tok.convert_tokens_to_string([token]), add_special_tokens=False))
     return out
 
 
