@@ -63,8 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     build = sub.add_parser("build", help="synthesise the corpus (resumes: files already there are kept)")
     build.add_argument("--out", required=True, help="output directory")
-    build.add_argument("--size", choices=("small", "full"), default="small",
-                       help="small: ~200 utterances in under a minute; full: about 14 h of audio")
+    build.add_argument("--size", choices=("small", "full", "wide"), default="small",
+                       help="small: ~200 utterances in under a minute; full: about 14 h of audio; wide: full plus "
+                            "13,000 training sentences read once (text variety for ASR and TTS)")
     build.add_argument("--jobs", type=int, default=2, help="parallel synthesis jobs (default 2)")
     build.add_argument("--seed", type=int, default=None, help="seed for the plan and the noise (default 0)")
     build.add_argument("--engines", default=None, help="comma-separated subset of flite,festival,espeak")

@@ -45,6 +45,9 @@ class CorpusConfig:
     engine_weights: dict[str, float] = field(default_factory=lambda: {"flite": 0.4, "festival": 0.3, "espeak": 0.3})
     engines: tuple[str, ...] | None = None  # restrict to these engines (None = all installed)
     seed: int = 0
+    # More training sentences, each read once, plain: text variety for ASR/TTS at a low synthesis cost. They come
+    # after the first `train_sentences` in the seeded order, so a corpus with extras is a superset of one without.
+    extra_train_sentences: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +58,8 @@ SIZES: dict[str, CorpusConfig] = {
     "small": CorpusConfig(train_sentences=16, valid_sentences=3, test_sentences=6, voices_per_train_sentence=2),
     # about 14 hours of audio (docs/corpus.md has the measured numbers)
     "full": CorpusConfig(train_sentences=2400, valid_sentences=60, test_sentences=120),
+    # `full` plus 13,000 more training sentences read once (same validation and test rows as `full`)
+    "wide": CorpusConfig(train_sentences=2400, valid_sentences=60, test_sentences=120, extra_train_sentences=13000),
 }
 
 
@@ -100,7 +105,7 @@ def text_id(sentence: Sentence) -> str:
 
 def split_sentences(sentences: Sequence[Sentence], config: CorpusConfig) -> dict[str, list[Sentence]]:
     """Assign sentences to splits by a seeded hash (5% test, 5% validation), take the first N of each."""
-    wanted = {"train": config.train_sentences, "valid": config.valid_sentences, "test": config.test_sentences}
+    wanted = {"train": config.train_sentences + config.extra_train_sentences, "valid": config.valid_sentences, "test": config.test_sentences}
     buckets: dict[str, list[tuple[int, Sentence]]] = {s: [] for s in SPLITS}
     for sentence in sentences:
         h = stable_hash(config.seed, "split", sentence.key)
@@ -162,16 +167,19 @@ def plan_corpus(sentences: Sequence[Sentence], voices: list[Voice], config: Corp
     panel = [v for v in trained if v.speaker_id in EVAL_PANEL] or trained[:2]
     rows: list[Utterance] = []
     for split in SPLITS:
-        for sentence in by_split[split]:
+        for index, sentence in enumerate(by_split[split]):
             rng = random.Random(stable_hash(config.seed, "voices", split, sentence.key))
+            extra = split == "train" and index >= config.train_sentences
             if split == "train":
-                speakers = [(v, True) for v in _weighted_choice(rng, trained, config.voices_per_train_sentence,
-                                                               config.engine_weights)]
+                k = 1 if extra else config.voices_per_train_sentence
+                speakers = [(v, True) for v in _weighted_choice(rng, trained, k, config.engine_weights)]
             else:
                 speakers = [(v, True) for v in panel] + [(v, False) for v in voice_split[split]]
             for voice, seen in speakers:
                 clean = _row(split, sentence, voice, seen, "plain")
                 rows.append(clean)
+                if extra:
+                    continue
                 r = random.Random(stable_hash(config.seed, "styles", clean.id))
                 if r.random() < config.speed_fraction:
                     for speed in config.speeds:
