@@ -105,7 +105,8 @@ def text_id(sentence: Sentence) -> str:
 
 def split_sentences(sentences: Sequence[Sentence], config: CorpusConfig) -> dict[str, list[Sentence]]:
     """Assign sentences to splits by a seeded hash (5% test, 5% validation), take the first N of each."""
-    wanted = {"train": config.train_sentences + config.extra_train_sentences, "valid": config.valid_sentences, "test": config.test_sentences}
+    wanted = {"train": config.train_sentences + config.extra_train_sentences, "valid": config.valid_sentences,
+              "test": config.test_sentences}
     buckets: dict[str, list[tuple[int, Sentence]]] = {s: [] for s in SPLITS}
     for sentence in sentences:
         h = stable_hash(config.seed, "split", sentence.key)

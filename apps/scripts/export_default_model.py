@@ -88,11 +88,12 @@ def _run_info(model_dir: Path) -> dict[str, Any]:
             info: dict[str, Any] = {"run": str(run), "from": candidate.name, "steps": state.get("step")}
             cfg = state.get("config") or {}
             info["recipe"] = {k: cfg[k] for k in RECIPE_KEYS if k in cfg}
-            for key in ("seconds_per_step", "eval"):
+            for key in ("seconds_per_step", "eval", "train_hours", "stretches", "warm_start"):
                 if key in state:
                     info[key] = state[key]
-            if cfg.get("corpus"):
-                info["corpus"] = _corpus_info(Path(cfg["corpus"]))
+            corpus = (state.get("stretches") or [{}])[-1].get("corpus") or cfg.get("corpus")  # the latest data
+            if corpus:
+                info["corpus"] = _corpus_info(Path(corpus))
             return info
     return {"run": str(run), "note": "no summary.json or last/state.json next to the checkpoint"}
 

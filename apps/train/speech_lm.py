@@ -225,6 +225,12 @@ def train_lm(tc: LMTrainConfig) -> dict:
     metrics_file = open(out / "metrics.jsonl", "a", buffering=1)
     bar = progress(tc.steps, state["step"], "speech LM", tc.progress)
     t_start, steps_run = time.perf_counter(), 0
+    # Provenance across resumed stretches: each invocation's steps, wall time, data and device; the total hours.
+    stretch = {"from_step": state["step"], "to_step": state["step"], "seconds": 0.0, "corpus": str(tc.corpus),
+               "device": str(device), "threads": torch.get_num_threads(), "bf16": tc.bf16, "lr": tc.lr,
+               "steps": tc.steps}
+    state.setdefault("stretches", []).append(stretch)
+    hours_before = state.get("train_hours", 0.0)
     try:
         end = min(tc.steps, tc.stop_at or tc.steps)
         while state["step"] < end:
@@ -262,6 +268,8 @@ def train_lm(tc: LMTrainConfig) -> dict:
             if (step + 1) % tc.log_every == 0:
                 log.info("step %d loss %.4f text %.4f audio[0] %.4f (%s)", step + 1, row["loss"], row["text"],
                          row["audio0"], ",".join(tasks))
+            stretch["to_step"], stretch["seconds"] = step + 1, round(time.perf_counter() - t_start, 1)
+            state["train_hours"] = round(hours_before + stretch["seconds"] / 3600, 4)
             if (step + 1) % tc.save_every == 0 or step + 1 == end:
                 save_checkpoint(last, model.save_pretrained, opt, names, state)
                 if ctc_head is not None:

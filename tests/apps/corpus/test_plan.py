@@ -86,5 +86,17 @@ def test_engine_weights_shape_the_training_mix() -> None:
 
 
 def test_size_presets() -> None:
-    assert set(SIZES) == {"small", "full"}
+    assert set(SIZES) == {"small", "full", "wide"}
     assert SIZES["small"].train_sentences < SIZES["full"].train_sentences
+
+
+def test_extra_sentences_extend_the_plan_once_each_plain() -> None:
+    base = _rows()
+    wide = _rows(replace(CONFIG, extra_train_sentences=30))
+    assert {r.id for r in base} < {r.id for r in wide}  # a superset: an existing corpus is reused as it is
+    assert [asdict(r) for r in wide if r.split != "train"] == [asdict(r) for r in base if r.split != "train"]
+    extra = [r for r in wide if r.id not in {b.id for b in base}]
+    assert len(extra) == 30 and len({r.text_id for r in extra}) == 30
+    assert {r.style for r in extra} == {"plain"} and all(r.split == "train" for r in extra)
+    assert SIZES["wide"].extra_train_sentences > 0
+    assert replace(SIZES["wide"], extra_train_sentences=0) == SIZES["full"]

@@ -66,6 +66,9 @@ def test_resume_continues_exactly(straight, mini_corpus, tmp_path):
     train_lm(_cfg(mini_corpus, tmp_path, 8, stop_at=3))
     resumed = train_lm(_cfg(mini_corpus, tmp_path, 8))
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in state["history"]]
+    # provenance: two stretches (3 + 5 steps) whose hours add up
+    assert [(s["from_step"], s["to_step"]) for s in resumed["stretches"]] == [(0, 3), (3, 8)]
+    assert resumed["train_hours"] == pytest.approx(sum(s["seconds"] for s in resumed["stretches"]) / 3600, abs=1e-3)
     a = load_file(str(out / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "model" / "model.safetensors"))
     for k in a:
