@@ -30,6 +30,7 @@ import torch
 
 from apps.train.ctc import CTCHead, FrameCapture, ctc_loss
 from apps.train.lm_data import LMExamples, bpe_training_texts, encode_corpus
+from apps.train.reliance import input_reliance
 from apps.train.state import (
     load_optimizer_tensors,
     progress,
@@ -288,8 +289,10 @@ def train_lm(tc: LMTrainConfig) -> dict:
                           out / "codes-test.safetensors", config.audio_channels, tc.progress,
                                                    tc.eval_sentences),
                           data.renderer, tc.max_patches)
-        state["eval"] = {"test": heldout_loss(model, test, special.eos, tc.eval_items)}
+        state["eval"] = {"test": heldout_loss(model, test, special.eos, tc.eval_items),
+                         "reliance": input_reliance(model, test.renderer, test.plain, test.codes, tc.eval_items)}
         log.info("held-out (test split) loss per task: %s", state["eval"]["test"])
+        log.info("input reliance (CE with another item's input minus with its own): %s", state["eval"]["reliance"])
     (out / "summary.json").write_text(json.dumps({k: v for k, v in state.items() if k != "history"}, indent=1))
     return state
 

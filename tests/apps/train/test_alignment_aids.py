@@ -126,3 +126,18 @@ def test_warm_start_moves_a_byte_model_to_bpe(mini_corpus, tmp_path):
     model = SpeechLM(lm_config("tiny", len(new_tok)), SpecialTokens.from_tokenizer(new_tok).empty)
     counts = warm_start(model, byte_run / "model", new_tok)
     assert counts["copied"] > 10 and not counts["skipped"]
+
+
+def test_input_reliance_compares_right_and_other_inputs(mini_corpus, tmp_path):
+    from apps.train.reliance import input_reliance
+
+    config, special, data, _ = prepare(_cfg(mini_corpus, tmp_path), torch.device("cpu"))
+    model = SpeechLM(config, special.empty)
+    model.init_weights(seed=0)
+    same = input_reliance(model, data.renderer, data.plain, data.codes, items=4, shift=0)
+    assert same["items"] == 4 and same["asr"]["gap"] == 0.0 and same["tts"]["gap"] == 0.0
+    other = input_reliance(model, data.renderer, data.plain, data.codes, items=4, shift=1)
+    assert other["asr"]["text_ce"] == same["asr"]["text_ce"]  # the right-input losses do not depend on the swap
+    assert other["asr"]["text_ce_other_audio"] != other["asr"]["text_ce"]  # a random model still sees its input
+    assert all(math.isfinite(v) for task in ("asr", "tts") for v in other[task].values())
+    assert model.training  # restored

@@ -58,6 +58,7 @@ def test_loss_decreases_and_checkpoint_loads(straight):
     assert m.lm.config.hidden_size == 64
     heldout = state["eval"]["test"]  # teacher-forced loss per task on the held-out split
     assert set(heldout) == {"asr", "continuation", "fewshot", "text", "tts"}
+    assert set(state["eval"]["reliance"]) == {"items", "asr", "tts"}
     assert all(v["text_ce"] > 0 for v in heldout.values()) and heldout["tts"]["audio0_ce"] > 0
 
 
