@@ -122,9 +122,42 @@ def build(cfg: SpeechLMConfig, scheme: str, head_scheme: str, layers: int, max_l
                         rope(lhd, cfg.group_size, theta), emb_scale)
 
 
-def build_tokenizer(kind: str, prepack: bool):
+@torch.no_grad()
+def fast_random(model, seed: int = 0) -> None:
+    """Random weights at the scales of :func:`tokenizer.api.init_random` (norms 1, biases 0, weights
+    N(0, 1/fan_in), codebooks shrinking), filled by tiling one random block: seconds instead of minutes for the
+    1.28 B official shape. Speed does not depend on the values."""
+    g = torch.Generator().manual_seed(seed)
+    block = torch.randn(1 << 20, generator=g)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.fill_(1.0)
+        elif p.dim() == 1:
+            p.zero_()
+        else:
+            fan_in = p.shape[0] if ".dconv" in name and name.endswith("conv.weight") else p[0].numel()
+            flat = p.view(-1)
+            for i in range(0, flat.numel(), block.numel()):
+                n = min(block.numel(), flat.numel() - i)
+                flat[i : i + n].copy_(block[:n] * fan_in**-0.5)
+            block = block.roll(7919)  # distinct neighbouring matrices
+    for name, b in model.named_buffers():
+        if name.endswith("_codebook.embed"):
+            layer = int(name.split(".layers.")[1].split(".")[0])
+            b.normal_(0.0, 0.6**layer, generator=g)
+        elif name.endswith("istft.window"):
+            b.copy_(torch.hann_window(b.shape[0]))
+        else:
+            b.zero_()
+    model.decoder.vocoder.head.out.weight.mul_(0.1)
+
+
+def build_tokenizer(kind: str, pack: str = "packed"):
+    """The audio tokenizer in bf16 (``embedded``: fp32). ``pack``: ``packed`` = oneDNN pre-packed linear
+    weights with the plain copies released (no extra memory), ``plain`` = unpacked (the per-call weight
+    re-layout of ``F.linear``: the path before the packing), ``copy`` = packed copies next to the plain
+    weights (+2.6 GB at full size)."""
     from tokenizer import AudioTokenizer, TokenizerConfig
-    from tokenizer.api import init_random
     from tokenizer.model import MiMoAudioTokenizerModel
 
     if kind == "embedded":
@@ -136,17 +169,19 @@ def build_tokenizer(kind: str, prepack: bool):
     state = {k: torch.empty(v.shape, dtype=v.dtype if any(s in k for s in keep) else torch.bfloat16)
              for k, v in model.state_dict().items()}
     model.load_state_dict(state, assign=True)
-    init_random(model, 0)
-    if prepack:
+    fast_random(model, 0)
+    if pack == "copy":
         return AudioTokenizer(model, device="cpu", dtype=torch.bfloat16)
-    # the oneDNN pre-packed copies double the tokenizer's memory (2.6 -> 5.2 GB at full size): skip them
     import tokenizer.api as tapi
 
     saved, tapi.prepack_linears = tapi.prepack_linears, lambda *_a, **_k: 0
     try:
-        return AudioTokenizer(model, device="cpu", dtype=torch.bfloat16)
+        tok = AudioTokenizer(model, device="cpu", dtype=torch.bfloat16)
     finally:
         tapi.prepack_linears = saved
+    if pack == "packed":
+        tok.pack_weights()
+    return tok
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -387,8 +422,9 @@ def main() -> None:
                     help="seconds of spoken prompt encoded and prefilled at a time while it arrives")
     ap.add_argument("--text-rate", type=float, default=3.0, help="text patches per second of audio")
     ap.add_argument("--tokenizer", choices=("official", "tiny", "embedded"), default="official")
-    ap.add_argument("--tokenizer-prepack", action="store_true",
-                    help="keep the tokenizer's oneDNN pre-packed bf16 weights (faster streaming, +2.6 GB at full size)")
+    ap.add_argument("--tokenizer-pack", choices=("packed", "plain", "copy"), default="packed",
+                    help="tokenizer linears: oneDNN pre-packed in place (default, no extra memory), plain (the "
+                         "per-call re-layout), or packed copies beside the plain weights (+2.6 GB at full size)")
     ap.add_argument("--lookahead", type=int, default=4, help="stream decoder lookahead in code frames")
     ap.add_argument("--push-every", type=int, default=3,
                     help="patches per audio-decoder push after the first (larger = fewer weight passes, more delay)")
@@ -416,7 +452,7 @@ def main() -> None:
     t0 = time.perf_counter()
     lm = build(cfg, args.quant, args.head_quant or args.quant, args.layers, max_len, args.local_head_quant)
     t_build = time.perf_counter() - t0
-    tok = build_tokenizer(args.tokenizer, args.tokenizer_prepack)
+    tok = build_tokenizer(args.tokenizer, args.tokenizer_pack)
     picked = {}
     if args.kernel_choice != "off":
         torch.set_num_threads(args.threads[-1])
@@ -425,7 +461,7 @@ def main() -> None:
           f"torch {torch.__version__}; kernel path {native.kernel_path()}")
     print(f"built official-shape LM with {args.layers}/36 backbone layers in {args.quant} "
           f"(text head {args.head_quant or args.quant}) in {t_build:.1f} s; tokenizer {args.tokenizer}"
-          f"{' (pre-packed)' if args.tokenizer_prepack else ''}; "
+          f" (linears {args.tokenizer_pack}); "
           f"peak RSS so far {peak_rss_gb():.2f} GB; patch encoder kernels chosen: {picked or 'lut (no choice)'}")
     if args.kernel_table:
         kernel_table(args.quant, args.threads)
