@@ -7,9 +7,10 @@
 What a spoken prompt and the first audio cost the tokenizer (random weights, speed does not depend on them):
 * encode of one prompt chunk (``--chunk`` s), done while the next chunk is spoken; the last one is on the
   first-audio path;
-* the streaming decoder at the start of the answer: the pushes until audio first comes out. *Before*: the first
-  patch (4 code frames) pushed alone (with lookahead 4 it yields no audio yet), then the next patches; *after*:
-  patches held until the decoder can emit audio (:meth:`StreamDecoder.frames_to_first_audio`), then one push;
+* the streaming decoder at the start of the answer: the pushes until audio first comes out. *Before*: each patch
+  (4 code frames) pushed as it is made (with lookahead 4 the first yields no audio: a pass over the decoder's
+  weights for nothing); *after*: patches held until the decoder can emit audio
+  (:meth:`StreamDecoder.frames_to_first_audio`), then one push;
 * a steady-state push of ``--push-every`` patches.
 
 Before = the linears as ``F.linear`` runs them on bf16 CPU tensors (the weight re-laid out on every call);
@@ -49,9 +50,8 @@ def run_stage(tok, wav: torch.Tensor, codes: torch.Tensor, args, schedule: str) 
     stream = tok.stream_decoder(lookahead=args.lookahead)
     wall = cpu = 0.0
     sent = 0
-    # before: the first patch alone, then --push-every patches; after: hold until audio can come out
-    plan = ([GROUP, GROUP * args.push_every] if schedule == "before"
-            else [-(-stream.frames_to_first_audio() // GROUP) * GROUP])
+    # before: each patch pushed as it is made; after: held until audio can come out, then one push
+    plan = ([GROUP] * 16 if schedule == "before" else [-(-stream.frames_to_first_audio() // GROUP) * GROUP])
     for n in plan:
         w, c, audio = clock(lambda n=n, s=sent: stream.push(codes[:, s : s + n]))
         wall, cpu, sent = wall + w, cpu + c, sent + n

@@ -14,9 +14,11 @@ What runs (batch 1, greedy, random weights: speed does not depend on the values)
   it is spoken (:func:`spoken_prompt`: pieces of at least ``--prompt-chunk`` s, each encoded independently - the
   tokenizer has no streaming encoder - larger when the work falls behind), on a clock that starts with the
   speaker; first audio is timed from the end of the prompt to the first decoded audio; then patches are
-  generated (``--text-rate`` text patches per second of audio interleaved, the rest speech patches), each speech patch's 4 frames pushed
-  through the tokenizer's incremental decoder (``stream_decoder(lookahead)``), audio out: the first push as soon
-  as it can return audio (``--first-push``), then every ``--push-every`` patches.
+  generated (``--text-rate`` text patches per second of audio interleaved, the rest speech patches), each
+  speech patch's 4 frames pushed through the tokenizer's incremental decoder (``stream_decoder(lookahead)``),
+  audio out: the first push as soon as it can return audio (``--first-push``), then every ``--push-every``
+  patches. ``--compare-first-audio`` also runs the loop as before (tokenizer linears plain, first patch pushed
+  alone) and prints first audio before/after side by side.
 * ``--tokenizer official``: the official tokenizer shape (1.28 B) with random weights in bf16; ``tiny``: the test
   preset; ``embedded``: the small tokenizer shipped with the package.
 
@@ -264,7 +266,7 @@ def tts_run(lm: FastSpeechLM, tok, cfg: SpeechLMConfig, args) -> dict:
     text_every = (n_speech + n_text) / max(n_text, 1)
     parts = {"backbone step (36 layers + heads)": 0.0, "patch encoder (fed-back patch)": 0.0,
              "patch decoder (11 steps)": 0.0, "audio decode (stream)": 0.0}
-    first_audio = None
+    first_audio = patches_to_audio = None
     pending: list[torch.Tensor] = []  # patches not yet pushed to the audio decoder
     t_start = now()
     made_speech = made_text = 0
@@ -281,7 +283,7 @@ def tts_run(lm: FastSpeechLM, tok, cfg: SpeechLMConfig, args) -> dict:
             t1 = now()
             pending.append(codes[0].T)
             audio = torch.empty(0)
-            if first_audio is None:  # at once: the first patch alone; audible: hold until audio can come out
+            if first_audio is None:  # at once: each patch as made; audible: hold until audio can come out
                 push = args.first_push == "at-once" or len(pending) * G >= stream.frames_to_first_audio()
             else:
                 push = len(pending) >= args.push_every
@@ -291,6 +293,7 @@ def tts_run(lm: FastSpeechLM, tok, cfg: SpeechLMConfig, args) -> dict:
             t2 = now()
             if first_audio is None and audio.numel():
                 first_audio = t2 - t_start
+                patches_to_audio = made_speech + 1
             x = lm.encode_speech(codes.transpose(1, 2))  # the patch encoder, timed apart from the backbone
             t3 = now()
             text_logits, local = lm.forward_embeds(x)
@@ -305,7 +308,8 @@ def tts_run(lm: FastSpeechLM, tok, cfg: SpeechLMConfig, args) -> dict:
     return {"total": total, "speech": made_speech, "text": made_text, "parts": parts,
             "first_audio": None if first_audio is None else first_audio + prompt_lag, "prompt_lag": prompt_lag,
             "chunk_ms": 1e3 * statistics.median(chunk_times), "encode_ms": 1e3 * statistics.median(enc_times),
-            "chunks": len(chunk_times), "chunk_audio_s": statistics.median(chunk_audio),
+            "chunks": len(chunk_times), "patches_to_audio": patches_to_audio,
+            "chunk_audio_s": statistics.median(chunk_audio),
             "lookahead": stream.lookahead}
 
 
@@ -464,8 +468,12 @@ def main() -> None:
     ap.add_argument("--push-every", type=int, default=3,
                     help="patches per audio-decoder push after the first (larger = fewer weight passes, more delay)")
     ap.add_argument("--first-push", choices=("audible", "at-once"), default="audible",
-                    help="first push to the audio decoder: once it can return audio (audible), or the first patch "
-                         "alone (at-once: with lookahead 4 it returns nothing, a decoder pass spent for no audio)")
+                    help="until audio comes out: push once it can return audio (audible), or every patch at once "
+                         "(at-once: with lookahead 4 the first patch alone returns nothing, a decoder pass spent "
+                         "for no audio)")
+    ap.add_argument("--compare-first-audio", action="store_true",
+                    help="also run the loop as before this work (tokenizer linears plain, first patch pushed at once) "
+                         "and print first audio before/after side by side")
     ap.add_argument("--kernel-choice", choices=("off", "lut-bf16", "all"), default="all",
                     help="patch encoder (M=4): time LUT / bf16 / int8 (all; int8 re-quantizes per row), keep the best")
     ap.add_argument("--kernel-table", action="store_true",
@@ -491,6 +499,7 @@ def main() -> None:
     lm = build(cfg, args.quant, args.head_quant or args.quant, args.layers, max_len, args.local_head_quant)
     t_build = time.perf_counter() - t0
     tok = build_tokenizer(args.tokenizer, args.tokenizer_pack)
+    tok_before = build_tokenizer(args.tokenizer, "plain") if args.compare_first_audio else None
     picked = {}
     if args.kernel_choice != "off":
         torch.set_num_threads(args.threads[-1])
@@ -521,6 +530,9 @@ def main() -> None:
             del ref
         results[th] = (r, bw, cmp)
         report(args, th, r, bw, cmp, bb_bytes, enc_bytes, dec_bytes, per_patch, steps, scale)
+        if tok_before is not None:
+            old = tts_run(lm, tok_before, cfg, argparse.Namespace(**{**vars(args), "first_push": "at-once"}))
+            first_audio_table(args, th, old, r)
         sp = speculative_model(lm, r, args.accept)
         print(f"speculative patch decoding with the patch MTP head (acceptance {args.accept}), {th} thread(s): "
               f"backbone 2 positions / 1 = {sp['c2']:.2f}x, B = {sp['B'] * 1e3:.0f} ms, D = {sp['D'] * 1e3:.0f} ms "
@@ -528,6 +540,26 @@ def main() -> None:
     th = args.threads[-1]
     r = results[th][0]
     print(f"\npatches/s {args.quant} threads={th}: {r['speech'] / r['total']:.2f}")
+
+
+def first_audio_table(args, th, before: dict, after: dict) -> None:
+    """The first-audio path before this work (plain tokenizer linears, first patch pushed alone) and now."""
+    rows = [("tokenizer encode per prompt piece, ms (median)", "encode_ms", 1),
+            ("encode + prefill per prompt piece, ms (median)", "chunk_ms", 1),
+            ("prompt work left when the prompt ends, s", "prompt_lag", 1),
+            ("patches decoded before first audio", "patches_to_audio", 1),
+            ("first audio after the prompt ends, s", "first_audio", 1)]
+    print(f"\nfirst audio, {th} thread(s), {args.clock} clock: before (plain tokenizer linears, first patch pushed "
+          f"alone) / after (packed, first push when audible), same run")
+    print("| quantity | before | after | before/after |")
+    print("|---|---|---|---|")
+    for name, key, mul in rows:
+        b, a = before.get(key), after.get(key)
+        if b is None or a is None:
+            print(f"| {name} | {b} | {a} | |")
+            continue
+        ratio = f"{b / a:.2f}x" if a else ""
+        print(f"| {name} | {b * mul:.2f} | {a * mul:.2f} | {ratio} |")
 
 
 def report(args, th, r, bw, cmp, bb_bytes, enc_bytes, dec_bytes, per_patch, steps, scale) -> None:
