@@ -10,11 +10,15 @@ What runs (batch 1, greedy, random weights: speed does not depend on the values)
   (``--head-quant`` for the 151680-row text head), speech embeddings and the patch decoder's per-channel heads
   dense fp32, token embedding bf16. Built layer by layer from random packed weights
   (:func:`efficient.fastpath.random_packed`): no float copy of the model ever exists.
-* the TTS loop: a 10 s spoken prompt (``--prompt-seconds``) arrives in 0.5 s chunks (``--prompt-chunk``); each
-  chunk is encoded by the audio tokenizer (independently: it has no streaming encoder) and prefilled while the
-  next one is "spoken"; first audio is timed from the end of the prompt; then patches are generated (``--text-rate``
-  text patches per second of audio interleaved, the rest speech patches), each speech patch's 4 frames pushed
-  through the tokenizer's incremental decoder (``stream_decoder(lookahead)``), audio out.
+* the TTS loop: a 10 s spoken prompt (``--prompt-seconds``) encoded by the audio tokenizer and prefilled while
+  it is spoken (:func:`spoken_prompt`: pieces of at least ``--prompt-chunk`` s, each encoded independently - the
+  tokenizer has no streaming encoder - larger when the work falls behind), on a clock that starts with the
+  speaker; first audio is timed from the end of the prompt to the first decoded audio; then patches are
+  generated (``--text-rate`` text patches per second of audio interleaved, the rest speech patches), each
+  speech patch's 4 frames pushed through the tokenizer's incremental decoder (``stream_decoder(lookahead)``),
+  audio out: the first push as soon as it can return audio (``--first-push``), then every ``--push-every``
+  patches. ``--compare-first-audio`` also runs the loop as before (tokenizer linears plain, first patch pushed
+  alone) and prints first audio before/after side by side.
 * ``--tokenizer official``: the official tokenizer shape (1.28 B) with random weights in bf16; ``tiny``: the test
   preset; ``embedded``: the small tokenizer shipped with the package.
 
@@ -122,9 +126,42 @@ def build(cfg: SpeechLMConfig, scheme: str, head_scheme: str, layers: int, max_l
                         rope(lhd, cfg.group_size, theta), emb_scale)
 
 
-def build_tokenizer(kind: str, prepack: bool):
+@torch.no_grad()
+def fast_random(model, seed: int = 0) -> None:
+    """Random weights at the scales of :func:`tokenizer.api.init_random` (norms 1, biases 0, weights
+    N(0, 1/fan_in), codebooks shrinking), filled by tiling one random block: seconds instead of minutes for the
+    1.28 B official shape. Speed does not depend on the values."""
+    g = torch.Generator().manual_seed(seed)
+    block = torch.randn(1 << 20, generator=g)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.fill_(1.0)
+        elif p.dim() == 1:
+            p.zero_()
+        else:
+            fan_in = p.shape[0] if ".dconv" in name and name.endswith("conv.weight") else p[0].numel()
+            flat = p.view(-1)
+            for i in range(0, flat.numel(), block.numel()):
+                n = min(block.numel(), flat.numel() - i)
+                flat[i : i + n].copy_(block[:n] * fan_in**-0.5)
+            block = block.roll(7919)  # distinct neighbouring matrices
+    for name, b in model.named_buffers():
+        if name.endswith("_codebook.embed"):
+            layer = int(name.split(".layers.")[1].split(".")[0])
+            b.normal_(0.0, 0.6**layer, generator=g)
+        elif name.endswith("istft.window"):
+            b.copy_(torch.hann_window(b.shape[0]))
+        else:
+            b.zero_()
+    model.decoder.vocoder.head.out.weight.mul_(0.1)
+
+
+def build_tokenizer(kind: str, pack: str = "packed"):
+    """The audio tokenizer in bf16 (``embedded``: fp32). ``pack``: ``packed`` = oneDNN pre-packed linear
+    weights with the plain copies released (no extra memory), ``plain`` = unpacked (the per-call weight
+    re-layout of ``F.linear``: the path before the packing), ``copy`` = packed copies next to the plain
+    weights (+2.6 GB at full size)."""
     from tokenizer import AudioTokenizer, TokenizerConfig
-    from tokenizer.api import init_random
     from tokenizer.model import MiMoAudioTokenizerModel
 
     if kind == "embedded":
@@ -136,17 +173,19 @@ def build_tokenizer(kind: str, prepack: bool):
     state = {k: torch.empty(v.shape, dtype=v.dtype if any(s in k for s in keep) else torch.bfloat16)
              for k, v in model.state_dict().items()}
     model.load_state_dict(state, assign=True)
-    init_random(model, 0)
-    if prepack:
+    fast_random(model, 0)
+    if pack == "copy":
         return AudioTokenizer(model, device="cpu", dtype=torch.bfloat16)
-    # the oneDNN pre-packed copies double the tokenizer's memory (2.6 -> 5.2 GB at full size): skip them
     import tokenizer.api as tapi
 
     saved, tapi.prepack_linears = tapi.prepack_linears, lambda *_a, **_k: 0
     try:
-        return AudioTokenizer(model, device="cpu", dtype=torch.bfloat16)
+        tok = AudioTokenizer(model, device="cpu", dtype=torch.bfloat16)
     finally:
         tapi.prepack_linears = saved
+    if pack == "packed":
+        tok.pack_weights()
+    return tok
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -171,6 +210,44 @@ def speech_ids(codes: torch.Tensor, G: int) -> torch.Tensor:
     return ids
 
 
+def spoken_prompt(lm: FastSpeechLM, tok, wav: torch.Tensor, G: int, C: int, args, now) -> tuple:
+    """Encode and prefill a spoken prompt while it is spoken, on a simulated clock (no sleeping).
+
+    The clock starts when the speaker starts. Work starts once ``--prompt-chunk`` s of new audio have arrived
+    (or the prompt has ended), or when the previous piece is done if that is later, and then takes *all* the
+    audio that has arrived by then: a prompt that falls behind catches up in larger pieces, paying the
+    encoder's fixed per-call cost (one pass over its weights) less often. Codes that do not fill a patch wait
+    for the next piece. The work itself is real and timed with ``now``; the clock only skips the idle waits.
+    Returns the last logits, the prompt's lag after its end, and per-piece times / audio seconds.
+    """
+    sr = tok.sample_rate
+    step, patch_samples = int(args.prompt_chunk * sr), G * tok.samples_per_frame
+    n, seconds = len(wav), len(wav) / sr
+    clock, pos = 0.0, 0
+    carry = torch.zeros(C, 0, dtype=torch.long)
+    chunk_times, enc_times, chunk_audio = [], [], []
+    text_logits = local = None
+    while pos < n:
+        clock = max(clock, min((pos + step) / sr, seconds))  # wait for a chunk of new audio
+        end = max(pos + step, int(clock * sr) // patch_samples * patch_samples)  # all that has arrived
+        if n - end < tok.mel_frontend.min_samples:  # never leave a sliver the front-end cannot take
+            end = n
+        t0 = now()
+        codes = tok.encode(wav[pos:end], sr)[:C]  # [C, frames]
+        enc_times.append(now() - t0)
+        codes = torch.cat([carry, codes], dim=1)
+        frames = codes.shape[1] // G * G
+        if frames:
+            text_logits, local = lm.forward(speech_ids(codes[:, :frames], G))
+        carry = codes[:, frames:]
+        dt = now() - t0
+        chunk_times.append(dt)
+        chunk_audio.append((end - pos) / sr)
+        clock += dt
+        pos = end
+    return text_logits, local, clock - seconds, chunk_times, enc_times, chunk_audio
+
+
 @torch.no_grad()
 def tts_run(lm: FastSpeechLM, tok, cfg: SpeechLMConfig, args) -> dict:
     G, C = cfg.group_size, cfg.audio_channels
@@ -178,68 +255,61 @@ def tts_run(lm: FastSpeechLM, tok, cfg: SpeechLMConfig, args) -> dict:
     sr = tok.sample_rate
     greedy = Sampler.greedy()
     lm.reset()
-    # prompt: 16 text patches (instruction + transcript), then the spoken prompt in 1 s chunks
+    now = time.process_time if args.clock == "cpu" else time.perf_counter
+    # prompt: 16 text patches (instruction + transcript), then the spoken prompt, encoded while it is spoken
     lm.forward(torch.cat([text_patch(1000 + i, empty, G) for i in range(16)], dim=2))
     wav = speech_like(args.prompt_seconds, sr)
-    chunk_s = args.prompt_chunk
-    chunk_times, enc_times = [], []
-    for start in range(0, len(wav), int(chunk_s * sr)):
-        t0 = time.perf_counter()
-        codes = tok.encode(wav[start : start + int(chunk_s * sr)], sr)  # [8, frames]
-        enc_times.append(time.perf_counter() - t0)
-        frames = codes.shape[1] // G * G
-        if frames:
-            text_logits, local = lm.forward(speech_ids(codes[:C, :frames], G))
-        chunk_times.append(time.perf_counter() - t0)
-    # Chunk i arrives when it has been spoken; its work starts then or when the previous chunk is done. The lag
-    # after the prompt's end (the last chunk's work plus any backlog) is part of the first-audio latency.
-    done = 0.0
-    for i, c in enumerate(chunk_times):
-        done = max(done, min((i + 1) * chunk_s, args.prompt_seconds)) + c
-    prompt_lag = done - args.prompt_seconds
+    text_logits, local, prompt_lag, chunk_times, enc_times, chunk_audio = spoken_prompt(lm, tok, wav, G, C, args, now)
     stream = tok.stream_decoder(lookahead=args.lookahead)
     n_speech = round(args.seconds * PATCHES_PER_SECOND)
     n_text = round(args.seconds * args.text_rate)
     text_every = (n_speech + n_text) / max(n_text, 1)
     parts = {"backbone step (36 layers + heads)": 0.0, "patch encoder (fed-back patch)": 0.0,
              "patch decoder (11 steps)": 0.0, "audio decode (stream)": 0.0}
-    first_audio = None
+    first_audio = patches_to_audio = None
     pending: list[torch.Tensor] = []  # patches not yet pushed to the audio decoder
-    t_start = time.perf_counter()
+    t_start = now()
     made_speech = made_text = 0
     i = 0
     while made_speech < n_speech:
         if made_text < n_text and i >= (made_text + 1) * text_every - 1:
-            t0 = time.perf_counter()
+            t0 = now()
             text_logits, local = lm.forward(text_patch(int(text_logits.argmax()), empty, G))
-            parts["backbone step (36 layers + heads)"] += time.perf_counter() - t0
+            parts["backbone step (36 layers + heads)"] += now() - t0
             made_text += 1
         else:
-            t0 = time.perf_counter()
+            t0 = now()
             codes = lm.decoder.decode_patch(local, greedy)  # [1, G, C]
-            t1 = time.perf_counter()
+            t1 = now()
             pending.append(codes[0].T)
             audio = torch.empty(0)
-            if first_audio is None or len(pending) >= args.push_every or made_speech + 1 == n_speech:
+            if first_audio is None:  # at once: each patch as made; audible: hold until audio can come out
+                push = args.first_push == "at-once" or len(pending) * G >= stream.frames_to_first_audio()
+            else:
+                push = len(pending) >= args.push_every
+            if push or made_speech + 1 == n_speech:
                 audio = stream.push(torch.cat(pending, dim=1).contiguous())
                 pending.clear()
-            t2 = time.perf_counter()
+            t2 = now()
             if first_audio is None and audio.numel():
                 first_audio = t2 - t_start
+                patches_to_audio = made_speech + 1
             x = lm.encode_speech(codes.transpose(1, 2))  # the patch encoder, timed apart from the backbone
-            t3 = time.perf_counter()
+            t3 = now()
             text_logits, local = lm.forward_embeds(x)
-            t4 = time.perf_counter()
+            t4 = now()
             parts["patch decoder (11 steps)"] += t1 - t0
             parts["audio decode (stream)"] += t2 - t1
             parts["patch encoder (fed-back patch)"] += t3 - t2
             parts["backbone step (36 layers + heads)"] += t4 - t3
             made_speech += 1
         i += 1
-    total = time.perf_counter() - t_start
+    total = now() - t_start
     return {"total": total, "speech": made_speech, "text": made_text, "parts": parts,
             "first_audio": None if first_audio is None else first_audio + prompt_lag, "prompt_lag": prompt_lag,
             "chunk_ms": 1e3 * statistics.median(chunk_times), "encode_ms": 1e3 * statistics.median(enc_times),
+            "chunks": len(chunk_times), "patches_to_audio": patches_to_audio,
+            "chunk_audio_s": statistics.median(chunk_audio),
             "lookahead": stream.lookahead}
 
 
@@ -384,14 +454,26 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0, help="seconds of audio to generate per run")
     ap.add_argument("--prompt-seconds", type=float, default=10.0, help="spoken prompt length")
     ap.add_argument("--prompt-chunk", type=float, default=0.5,
-                    help="seconds of spoken prompt encoded and prefilled at a time while it arrives")
+                    help="least seconds of new spoken prompt encoded and prefilled at a time while it arrives (a "
+                         "prompt that fell behind takes all that has arrived)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="time every part by wall clock, or by this process's CPU time (1 thread on a shared "
+                         "machine: the time it would take with its core to itself)")
     ap.add_argument("--text-rate", type=float, default=3.0, help="text patches per second of audio")
     ap.add_argument("--tokenizer", choices=("official", "tiny", "embedded"), default="official")
-    ap.add_argument("--tokenizer-prepack", action="store_true",
-                    help="keep the tokenizer's oneDNN pre-packed bf16 weights (faster streaming, +2.6 GB at full size)")
+    ap.add_argument("--tokenizer-pack", choices=("packed", "plain", "copy"), default="packed",
+                    help="tokenizer linears: oneDNN pre-packed in place (default, no extra memory), plain (the "
+                         "per-call re-layout), or packed copies beside the plain weights (+2.6 GB at full size)")
     ap.add_argument("--lookahead", type=int, default=4, help="stream decoder lookahead in code frames")
     ap.add_argument("--push-every", type=int, default=3,
                     help="patches per audio-decoder push after the first (larger = fewer weight passes, more delay)")
+    ap.add_argument("--first-push", choices=("audible", "at-once"), default="audible",
+                    help="until audio comes out: push once it can return audio (audible), or every patch at once "
+                         "(at-once: with lookahead 4 the first patch alone returns nothing, a decoder pass spent "
+                         "for no audio)")
+    ap.add_argument("--compare-first-audio", action="store_true",
+                    help="also run the loop as before this work (tokenizer linears plain, first patch pushed at once) "
+                         "and print first audio before/after side by side")
     ap.add_argument("--kernel-choice", choices=("off", "lut-bf16", "all"), default="all",
                     help="patch encoder (M=4): time LUT / bf16 / int8 (all; int8 re-quantizes per row), keep the best")
     ap.add_argument("--kernel-table", action="store_true",
@@ -416,7 +498,8 @@ def main() -> None:
     t0 = time.perf_counter()
     lm = build(cfg, args.quant, args.head_quant or args.quant, args.layers, max_len, args.local_head_quant)
     t_build = time.perf_counter() - t0
-    tok = build_tokenizer(args.tokenizer, args.tokenizer_prepack)
+    tok = build_tokenizer(args.tokenizer, args.tokenizer_pack)
+    tok_before = build_tokenizer(args.tokenizer, "plain") if args.compare_first_audio else None
     picked = {}
     if args.kernel_choice != "off":
         torch.set_num_threads(args.threads[-1])
@@ -425,7 +508,7 @@ def main() -> None:
           f"torch {torch.__version__}; kernel path {native.kernel_path()}")
     print(f"built official-shape LM with {args.layers}/36 backbone layers in {args.quant} "
           f"(text head {args.head_quant or args.quant}) in {t_build:.1f} s; tokenizer {args.tokenizer}"
-          f"{' (pre-packed)' if args.tokenizer_prepack else ''}; "
+          f" (linears {args.tokenizer_pack}); "
           f"peak RSS so far {peak_rss_gb():.2f} GB; patch encoder kernels chosen: {picked or 'lut (no choice)'}")
     if args.kernel_table:
         kernel_table(args.quant, args.threads)
@@ -447,6 +530,9 @@ def main() -> None:
             del ref
         results[th] = (r, bw, cmp)
         report(args, th, r, bw, cmp, bb_bytes, enc_bytes, dec_bytes, per_patch, steps, scale)
+        if tok_before is not None:
+            old = tts_run(lm, tok_before, cfg, argparse.Namespace(**{**vars(args), "first_push": "at-once"}))
+            first_audio_table(args, th, old, r)
         sp = speculative_model(lm, r, args.accept)
         print(f"speculative patch decoding with the patch MTP head (acceptance {args.accept}), {th} thread(s): "
               f"backbone 2 positions / 1 = {sp['c2']:.2f}x, B = {sp['B'] * 1e3:.0f} ms, D = {sp['D'] * 1e3:.0f} ms "
@@ -454,6 +540,26 @@ def main() -> None:
     th = args.threads[-1]
     r = results[th][0]
     print(f"\npatches/s {args.quant} threads={th}: {r['speech'] / r['total']:.2f}")
+
+
+def first_audio_table(args, th, before: dict, after: dict) -> None:
+    """The first-audio path before this work (plain tokenizer linears, first patch pushed alone) and now."""
+    rows = [("tokenizer encode per prompt piece, ms (median)", "encode_ms", 1),
+            ("encode + prefill per prompt piece, ms (median)", "chunk_ms", 1),
+            ("prompt work left when the prompt ends, s", "prompt_lag", 1),
+            ("patches decoded before first audio", "patches_to_audio", 1),
+            ("first audio after the prompt ends, s", "first_audio", 1)]
+    print(f"\nfirst audio, {th} thread(s), {args.clock} clock: before (plain tokenizer linears, first patch pushed "
+          f"alone) / after (packed, first push when audible), same run")
+    print("| quantity | before | after | before/after |")
+    print("|---|---|---|---|")
+    for name, key, mul in rows:
+        b, a = before.get(key), after.get(key)
+        if b is None or a is None:
+            print(f"| {name} | {b} | {a} | |")
+            continue
+        ratio = f"{b / a:.2f}x" if a else ""
+        print(f"| {name} | {b * mul:.2f} | {a * mul:.2f} | {ratio} |")
 
 
 def report(args, th, r, bw, cmp, bb_bytes, enc_bytes, dec_bytes, per_patch, steps, scale) -> None:
@@ -468,7 +574,7 @@ def report(args, th, r, bw, cmp, bb_bytes, enc_bytes, dec_bytes, per_patch, step
     lm_rate = n / lm_time  # speech patches/s of the LM alone (text patches and audio decoding excluded)
     note = f"; {36 / scale:.0f} backbone layers built (not scaled)" if scale != 1 else ""
     print(f"\n{args.quant}, {th} thread(s): {n} speech + {r['text']} text patches "
-          f"({args.seconds:.1f} s of audio) in {r['total']:.2f} s{note}")
+          f"({args.seconds:.1f} s of audio) in {r['total']:.2f} s ({args.clock} clock){note}")
     rows = [
         ("speech patches/s (real time = 6.25)", f"{rate:.2f}"),
         ("x real time", f"{rate / PATCHES_PER_SECOND:.2f}"),
@@ -486,7 +592,9 @@ def report(args, th, r, bw, cmp, bb_bytes, enc_bytes, dec_bytes, per_patch, step
          f"{bw * 1e9 / (per_patch - (steps - 1) * dec_bytes):.2f}"),
         ("LM patches/s (backbone + encoder + decoder only)", f"{lm_rate:.2f}"),
         ("LM fraction of the bandwidth bound", f"{lm_rate / bound:.0%}"),
-        (f"prompt chunk ({args.prompt_chunk:g} s audio: encode + prefill), ms (median)", f"{r['chunk_ms']:.0f}"),
+        (f"prompt pieces encoded + prefilled while spoken (>= {args.prompt_chunk:g} s each)", f"{r['chunks']}"),
+        ("  audio per piece, s (median)", f"{r['chunk_audio_s']:.2f}"),
+        ("  encode + prefill per piece, ms (median)", f"{r['chunk_ms']:.0f}"),
         ("  of which the tokenizer's encode, ms (median)", f"{r['encode_ms']:.0f}"),
         ("prompt work left when the prompt ends, s", f"{r['prompt_lag']:.2f}"),
         (f"first audio after the prompt ends, s (lookahead {r['lookahead']} frames)",

@@ -20,7 +20,7 @@ from tokenizer.codes import check_codes
 from tokenizer.config import TokenizerConfig
 from tokenizer.mel import LogMel
 from tokenizer.model import MiMoAudioTokenizerModel
-from tokenizer.modules.prepack import prepack_linears
+from tokenizer.modules.prepack import is_released, prepack_linears
 from tokenizer.streaming import StreamDecoder
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,14 @@ class AudioTokenizer:
         if packed:
             log.debug("pre-packed %d bf16 linear layers for oneDNN", packed)
 
+    def pack_weights(self) -> int:
+        """Keep only oneDNN pre-packed copies of the bf16 linear weights (bf16 model on CPU): outputs unchanged,
+        faster small products, and none of the memory a second copy costs. The tokenizer can then no longer be
+        saved or moved to another device. Returns the number of packed linears (0 where unsupported)."""
+        if self.dtype != torch.bfloat16 or self.device.type != "cpu":
+            return 0
+        return prepack_linears(self.model, enable=True, release_plain=True)
+
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: torch.device | str | None = None,
@@ -117,6 +125,8 @@ class AudioTokenizer:
 
     def save_pretrained(self, path: str | Path, max_shard_bytes: int | None = None) -> None:
         """Write config.json + model.safetensors (official names; shards + index with ``max_shard_bytes``)."""
+        if any(isinstance(m, nn.Linear) and is_released(m) for m in self.model.modules()):
+            raise ValueError("this tokenizer keeps only pre-packed weights (pack_weights): it cannot be saved")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.config.save_json(path / checkpoint.CONFIG)

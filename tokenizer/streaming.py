@@ -119,6 +119,18 @@ class StreamDecoder:
     def exact(self) -> bool:
         return self.lookahead == self.full_lookahead
 
+    def frames_to_first_audio(self) -> int:
+        """Code frames still to push before :meth:`push` returns audio (0 once the segment's audio has begun).
+
+        With lookahead ``L`` the vocoder holds back ``L`` code frames and the iSTFT its overlap: pushing the
+        first patch alone may return nothing yet and cost a pass over the decoder's weights for no audio."""
+        if self.istft.emitted:
+            return 0
+        held = sum(self.layer_lookahead)  # vocoder frames held back for right context
+        ist = self.istft.m
+        need_voc = held + ist.pad // ist.hop_length + 1  # + frames the overlap-add needs before a sample is final
+        return max(0, -(-need_voc // self.voc_per_code) - self.frames_in_segment)
+
     def _reset_segment(self) -> None:
         dec = self.model.decoder
         self.frames_in_segment = 0

@@ -188,3 +188,28 @@ def test_bf16_prepacked_linears_are_bit_identical(signal):
     assert not any("forward" in m.__dict__ for m in tok.model.modules())
     assert torch.equal(tok.encode(x, 24000), codes)
     assert torch.equal(tok.decode(torch.zeros(8, 6, dtype=torch.long)), wav)
+
+
+def test_pack_weights_keeps_outputs_and_frees_the_plain_copies(signal, tmp_path):
+    from tokenizer import AudioTokenizer, TokenizerConfig
+    from tokenizer.modules.prepack import _available
+
+    if not _available():
+        pytest.skip("oneDNN bf16 pre-packing is not available on this CPU")
+    cfg = TokenizerConfig.preset("tiny")
+    plain = AudioTokenizer.from_config(cfg, seed=0, dtype="bf16")
+    packed = AudioTokenizer.from_config(cfg, seed=0, dtype="bf16")
+    n = packed.pack_weights()
+    linears = [m for m in packed.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert n == len(linears) and all(m.weight.is_meta for m in linears)
+    x = signal(0.8)
+    codes = plain.encode(x, 24000)
+    assert torch.equal(packed.encode(x, 24000), codes)
+    assert torch.equal(packed.decode(codes), plain.decode(codes))
+    a, b = plain.stream_decoder(2), packed.stream_decoder(2)
+    assert torch.equal(torch.cat([a.push(codes), a.flush()]), torch.cat([b.push(codes), b.flush()]))
+    assert packed.pack_weights() == n  # idempotent
+    with pytest.raises(ValueError, match="cannot be saved"):
+        packed.save_pretrained(tmp_path / "t")
+    assert not (tmp_path / "t").exists()
+    assert AudioTokenizer.from_config(cfg, seed=0).pack_weights() == 0  # fp32: nothing to pack

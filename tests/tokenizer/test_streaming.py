@@ -85,3 +85,17 @@ def test_split_lookahead():
     assert split_lookahead(160, 16, 10) == [10] * 16
     assert split_lookahead(8, 16, 10) == [1] * 8 + [0] * 8
     assert sum(split_lookahead(37, 16, 10)) == 37
+
+
+@pytest.mark.parametrize("lookahead", [0, 2, 4, None])
+def test_frames_to_first_audio_is_exact(tok, codes, lookahead):
+    dec = tok.stream_decoder(lookahead=lookahead)
+    need = dec.frames_to_first_audio()
+    assert need >= 1
+    got = [dec.push(codes[:, i : i + 1]).numel() for i in range(need)]
+    # silent until exactly the announced frame, which brings audio; then nothing more to wait for
+    assert got[:-1] == [0] * (need - 1) and got[-1] > 0
+    assert dec.frames_to_first_audio() == 0
+    # one push of all but the last of them: still silent, one frame to go
+    held = tok.stream_decoder(lookahead=lookahead)
+    assert held.push(codes[:, : need - 1]).numel() == 0 and held.frames_to_first_audio() == 1
