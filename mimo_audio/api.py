@@ -300,8 +300,9 @@ class MimoAudio:
         ``speculative``: MTP drafting for text-only outputs (True = 3 draft tokens, or a number); needs
         ``mtp.safetensors`` beside the LM (or :meth:`load_mtp`). Greedy output is unchanged by it.
         ``task`` is any name of the task table (a prompt task or a few-shot library task).
-        ``min_speech_patches``: stop tokens are blocked until the output holds this many speech patches
-        (TTS sets it from the text's length by default: :func:`mimo_audio.tasks.tts_min_speech_patches`).
+        ``min_speech_patches`` (speech output): a stop token sampled before the output holds this many speech
+        patches becomes a speech patch (TTS sets it from the text's length by default:
+        :func:`mimo_audio.tasks.tts_min_speech_patches`).
         """
         return build_config(
             self.task_table.get(task).spec, self.special, output, preset=preset, max_new_patches=max_new_patches,
@@ -551,8 +552,8 @@ class MimoAudio:
     def tts(self, text: str, instruct: str | None = None, voice: str | AudioInput | None = None, **gen) -> ChatResult:
         """Text to speech; ``instruct`` describes the style, ``voice`` is a registry name or audio to clone.
 
-        The reply cannot end before it has spoken: stop tokens are blocked until it holds at least
-        ``min_speech_patches`` speech patches (default: 0.1 per non-space character of ``text``, see
+        The reply cannot end before it has spoken: a stop token sampled before it holds ``min_speech_patches``
+        speech patches becomes a speech patch (default: 0.1 per non-space character of ``text``, see
         :func:`mimo_audio.tasks.tts_min_speech_patches`; pass 0 to turn the floor off).
         """
         return self.tts_batch([text], instruct=instruct, voice=voice, **gen)[0]

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .batch_cache import BatchState, rebuild
-from .generation import SpeechTally, left_pad, removed_tokens
+from .generation import SpeechTally, left_pad, removed_tokens, speak_instead_of_stopping
 from .sampling import code_chooser
 from .tasks import Job
 
@@ -508,12 +508,14 @@ class Engine:
         groups: dict[Any, list[int]] = {}
         for i, r in enumerate(batch.rows):
             cfg = r.config
-            removed = removed_tokens(cfg, r.n, r.speech.count)
+            removed = removed_tokens(cfg, r.n)
             groups.setdefault((cfg.text_sampler, removed, r.seeded(cfg.text_sampler)), []).append(i)
         for (sampler, removed, _), rows in groups.items():
             gens = [batch.rows[i].generator for i in rows] if batch.rows[rows[0]].seeded(sampler) else None
             logits = batch.text_logits[rows] if len(rows) < B else batch.text_logits
             text[rows] = sampler(logits, removed=list(removed), generator=gens).cpu()
+        for i, r in enumerate(batch.rows):  # the speech floor (min_speech_patches): speak instead of ending
+            text[i : i + 1] = speak_instead_of_stopping(r.config, text[i : i + 1], [r.speech.count], lm.empty_token_id)
         codes = lm.empty_ids.cpu().view(1, 1, C).expand(B, G, C).clone()
         groups = {}
         for i, r in enumerate(batch.rows):

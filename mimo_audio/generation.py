@@ -33,8 +33,9 @@ class GenerationConfig:
 
     max_new_patches: int = 1024
     min_new_patches: int = 0
-    # Stop tokens are also removed until the output holds this many speech patches, counted as the output
-    # parser keeps them (see SpeechTally): a TTS request cannot end before it has spoken. max_new_patches wins.
+    # Until the output holds this many speech patches (counted as the output parser keeps them: SpeechTally), a
+    # sampled stop token is replaced by <|empty|>, a speech patch: a TTS request cannot end before it has
+    # spoken (speak_instead_of_stopping). max_new_patches still ends it.
     min_speech_patches: int = 0
     # (<|sostm|>, <|eostm|>) ids: speech counts toward min_speech_patches only inside the stream, as the parser
     # keeps it; None counts every speech patch.
@@ -104,13 +105,29 @@ class SpeechTally:
             self.ended = True
 
 
-def removed_tokens(config: GenerationConfig, step: int, speech: int) -> tuple[int, ...]:
-    """Text tokens a row may not sample at ``step`` with ``speech`` kept speech patches so far: the
-    suppressed tokens, plus the stop tokens while the row is under ``min_new_patches`` or
-    ``min_speech_patches``."""
-    if step < config.min_new_patches or speech < config.min_speech_patches:
+def removed_tokens(config: GenerationConfig, step: int) -> tuple[int, ...]:
+    """Text tokens no row may sample at ``step``: the suppressed tokens, plus the stop tokens before
+    ``min_new_patches`` (the official rule)."""
+    if step < config.min_new_patches:
         return tuple(config.suppress_tokens) + tuple(config.stop_tokens)
     return tuple(config.suppress_tokens)
+
+
+def speak_instead_of_stopping(config: GenerationConfig, text: torch.Tensor, speech: Sequence[int],
+                              empty: int) -> torch.Tensor:
+    """Rows whose sampled token ``text [B]`` is a stop token while they hold fewer than ``min_speech_patches``
+    kept speech patches (``speech``, per row) get ``<|empty|>`` instead: they speak a patch rather than end.
+
+    The draw is the same as without the floor, so a row differs from its unfloored run only from the step where
+    it would have ended too early. Each replaced stop adds a speech patch, so at most ``min_speech_patches``
+    stops are replaced; the stop tokens are never taken out of the draw (removing them let the embedded model
+    write text up to the length limit), and after a replaced stop the run goes on as the model chooses.
+    """
+    if not config.min_speech_patches or not config.stop_tokens:
+        return text
+    short = torch.tensor([n < config.min_speech_patches for n in speech], device=text.device)
+    stop = torch.isin(text, torch.tensor(config.stop_tokens, device=text.device))
+    return torch.where(short & stop, torch.full_like(text, empty), text)
 
 
 @dataclass
@@ -195,25 +212,17 @@ def decode_one(model: SpeechLM, state: DecodeState, text: torch.Tensor, codes: t
 @torch.no_grad()
 def sample_patch(
     model: SpeechLM, state: DecodeState, config: GenerationConfig, step: int, finished: torch.Tensor,
-    generators: list[torch.Generator] | None, speech: Sequence[int] | None = None,
+    generators: list[torch.Generator] | None, kept_speech: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample the next patch: the text token, then (for rows whose token is ``<|empty|>``) its codes.
 
-    ``speech``: each row's kept speech patches so far (:class:`SpeechTally`), for ``min_speech_patches``.
+    ``kept_speech``: each row's kept speech patches so far (:class:`SpeechTally`), for ``min_speech_patches``.
     """
     B = state.text_logits.shape[0]
     G, C = model.config.group_size, model.config.audio_channels
-    speech = list(speech) if speech is not None else [0] * B
-    removed = {removed_tokens(config, step, n) for n in speech}
-    if len(removed) == 1:  # the usual case: every row has the same removed tokens
-        text = config.text_sampler(state.text_logits, removed=list(removed.pop()), generator=generators)
-    else:  # rows on either side of min_speech_patches: sample them separately (each with its own generator)
-        text = torch.empty(B, dtype=torch.long, device=state.text_logits.device)
-        for b in range(B):
-            gen = [generators[b]] if generators is not None else None
-            text[b : b + 1] = config.text_sampler(state.text_logits[b : b + 1],
-                                                  removed=list(removed_tokens(config, step, speech[b])),
-                                                  generator=gen)
+    text = config.text_sampler(state.text_logits, removed=list(removed_tokens(config, step)), generator=generators)
+    if kept_speech is not None:
+        text = speak_instead_of_stopping(config, text, kept_speech, model.empty_token_id)
     text = text.to(state.mask.device)
     codes = model.empty_ids.to(text.device).view(1, 1, C).expand(B, G, C).clone()
     speech = (text == model.empty_token_id) & ~finished

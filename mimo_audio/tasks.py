@@ -173,8 +173,8 @@ def prepare_tts(
     m: TaskModel, text: str, instruct: str | None = None, voice: str | AudioInput | None = None, **gen: Any
 ) -> Job:
     """A TTS job (plain, style-instructed, or in a cloned voice). Unless the caller sets ``min_speech_patches``
-    (0 turns the floor off), the stop tokens are blocked until the output holds
-    :func:`tts_min_speech_patches` speech patches: a sampled run cannot end before it has spoken.
+    (0 turns the floor off), a stop token sampled before the output holds :func:`tts_min_speech_patches` speech
+    patches becomes a speech patch: a sampled run cannot end before it has spoken.
     """
     if not isinstance(text, str):
         raise UserError(f"TTS text must be a string, got {type(text).__name__}")
