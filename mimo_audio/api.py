@@ -301,8 +301,8 @@ class MimoAudio:
         ``mtp.safetensors`` beside the LM (or :meth:`load_mtp`). Greedy output is unchanged by it.
         ``task`` is any name of the task table (a prompt task or a few-shot library task).
         ``min_speech_patches`` (speech output): a stop token sampled before the output holds this many speech
-        patches becomes a speech patch (TTS sets it from the text's length by default:
-        :func:`mimo_audio.tasks.tts_min_speech_patches`).
+        patches becomes a speech patch. ``tts`` / ``prepare_tts`` set it from the text's length by default
+        (:func:`mimo_audio.tasks.tts_min_speech_patches`); a config built here has no floor unless given one.
         """
         return build_config(
             self.task_table.get(task).spec, self.special, output, preset=preset, max_new_patches=max_new_patches,
