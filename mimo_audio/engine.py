@@ -515,7 +515,8 @@ class Engine:
             logits = batch.text_logits[rows] if len(rows) < B else batch.text_logits
             text[rows] = sampler(logits, removed=list(removed), generator=gens).cpu()
         for i, r in enumerate(batch.rows):  # the speech floor (min_speech_patches): speak instead of ending
-            text[i : i + 1] = speak_instead_of_stopping(r.config, text[i : i + 1], [r.speech.count], lm.empty_token_id)
+            text[i : i + 1] = speak_instead_of_stopping(r.config, text[i : i + 1], [r.speech.toward_floor],
+                                                       lm.empty_token_id)
         codes = lm.empty_ids.cpu().view(1, 1, C).expand(B, G, C).clone()
         groups = {}
         for i, r in enumerate(batch.rows):

@@ -96,6 +96,12 @@ class SpeechTally:
         """A tally for the ``[9, T]`` prompt (open stream if its last text token is ``<|sostm|>``)."""
         return cls(empty, marks, started=marks is not None and int(prompt[0, -1]) == marks[0])
 
+    @property
+    def toward_floor(self) -> int:
+        """The count that ``min_speech_patches`` compares: once the stream has ended no later speech is kept,
+        so the floor no longer applies (a huge count), else the speech kept so far."""
+        return 1 << 30 if self.ended else self.count
+
     def push(self, token: int) -> None:
         if token == self.empty:
             self.count += not self.ended
@@ -119,9 +125,10 @@ def speak_instead_of_stopping(config: GenerationConfig, text: torch.Tensor, spee
     kept speech patches (``speech``, per row) get ``<|empty|>`` instead: they speak a patch rather than end.
 
     The draw is the same as without the floor, so a row differs from its unfloored run only from the step where
-    it would have ended too early. Each replaced stop adds a speech patch, so at most ``min_speech_patches``
-    stops are replaced; the stop tokens are never taken out of the draw (removing them let the embedded model
-    write text up to the length limit), and after a replaced stop the run goes on as the model chooses.
+    it would have ended too early. Each replaced stop adds a kept speech patch, so a speech stream sees at most
+    ``min_speech_patches`` replaced stops; the stop tokens are never taken out of the draw (removing them let
+    the embedded model write text up to the length limit), and after a replaced stop the run goes on as the
+    model chooses.
     """
     if not config.min_speech_patches or not config.stop_tokens:
         return text
@@ -269,7 +276,8 @@ def iter_patches(model: SpeechLM, prompts: Sequence[torch.Tensor], config: Gener
     state = prefill(model, ids.to(device), mask.to(device))
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(max_new):
-        text, codes = sample_patch(model, state, config, step, finished, generators, [t.count for t in tallies])
+        text, codes = sample_patch(model, state, config, step, finished, generators,
+                                   [t.toward_floor for t in tallies])
         for t, tok in zip(tallies, text.tolist()):
             t.push(tok)
         stopped = torch.isin(text, stop) & ~finished

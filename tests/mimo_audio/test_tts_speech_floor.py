@@ -47,9 +47,10 @@ def test_tally_counts_speech_as_the_parser_keeps_it():
     for tok in (empty, 7, empty, sostm, empty):  # a later <|sostm|> does not reset an open stream
         t.push(tok)
     assert t.count == 3
+    assert t.toward_floor == 3
     t.push(eostm)
     t.push(empty)  # after <|eostm|>: not kept
-    assert t.count == 3
+    assert t.count == 3 and t.toward_floor > 1000  # an ended stream no longer holds a stop back
     closed = SpeechTally.for_prompt(torch.tensor([[9, 9, 9, 8]]), empty, (sostm, eostm))
     for tok in (empty, empty, sostm, empty):  # speech before the stream start is dropped by the parser
         closed.push(tok)
