@@ -281,6 +281,7 @@ class MimoAudio:
         preset: str | None = None,
         max_new_patches: int | None = None,
         min_new_patches: int = 0,
+        min_speech_patches: int | None = 0,
         seed: int | None = None,
         text_sampler: Sampler | None = None,
         audio_sampler: Sampler | None = None,
@@ -299,12 +300,15 @@ class MimoAudio:
         ``speculative``: MTP drafting for text-only outputs (True = 3 draft tokens, or a number); needs
         ``mtp.safetensors`` beside the LM (or :meth:`load_mtp`). Greedy output is unchanged by it.
         ``task`` is any name of the task table (a prompt task or a few-shot library task).
+        ``min_speech_patches`` (speech output): a stop token sampled before the output holds this many speech
+        patches becomes a speech patch. ``tts`` / ``prepare_tts`` set it from the text's length by default
+        (:func:`mimo_audio.tasks.tts_min_speech_patches`); a config built here has no floor unless given one.
         """
         return build_config(
             self.task_table.get(task).spec, self.special, output, preset=preset, max_new_patches=max_new_patches,
-            min_new_patches=min_new_patches, seed=seed, text_sampler=text_sampler, audio_sampler=audio_sampler,
-            stop=stop, speculative=speculative, adaptive_draft=adaptive_draft, temperature=temperature,
-            top_k=top_k, top_p=top_p,
+            min_new_patches=min_new_patches, min_speech_patches=min_speech_patches, seed=seed,
+            text_sampler=text_sampler, audio_sampler=audio_sampler, stop=stop, speculative=speculative,
+            adaptive_draft=adaptive_draft, temperature=temperature, top_k=top_k, top_p=top_p,
         )
 
     def render(self, segments: Sequence[Segment]) -> torch.Tensor:
@@ -546,7 +550,12 @@ class MimoAudio:
 
     # ------------------------------------------------------------------ task helpers (prepare + run)
     def tts(self, text: str, instruct: str | None = None, voice: str | AudioInput | None = None, **gen) -> ChatResult:
-        """Text to speech; ``instruct`` describes the style, ``voice`` is a registry name or audio to clone."""
+        """Text to speech; ``instruct`` describes the style, ``voice`` is a registry name or audio to clone.
+
+        The reply cannot end before it has spoken: a stop token sampled before it holds ``min_speech_patches``
+        speech patches becomes a speech patch (default: 0.1 per non-space character of ``text``, see
+        :func:`mimo_audio.tasks.tts_min_speech_patches`; pass 0 to turn the floor off).
+        """
         return self.tts_batch([text], instruct=instruct, voice=voice, **gen)[0]
 
     def tts_batch(

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .batch_cache import BatchState, rebuild
-from .generation import left_pad
+from .generation import SpeechTally, left_pad, removed_tokens, speak_instead_of_stopping
 from .sampling import code_chooser
 from .tasks import Job
 
@@ -92,7 +92,7 @@ class EngineConfig:
 
 
 class _Request:
-    def __init__(self, rid: int, job: Job, max_new: int, deadline: float | None):
+    def __init__(self, rid: int, job: Job, max_new: int, deadline: float | None, empty_id: int):
         self.id = rid
         self.job = job
         self.config = job.config
@@ -101,6 +101,7 @@ class _Request:
         self.submitted = time.monotonic()
         self.first_patch: float | None = None
         self.n = 0  # patches generated
+        self.speech = SpeechTally.for_prompt(job.prompt, empty_id, job.config.stream_marks)  # min_speech_patches
         # A seeded row has its own random stream (same draws alone or batched); others use the global one.
         self.generator = torch.Generator().manual_seed(self.config.seed) if self.config.seed is not None else None
         self.events: queue.SimpleQueue = queue.SimpleQueue()
@@ -311,7 +312,8 @@ class Engine:
                 self._counters["rejected"] += 1
                 raise QueueFull(f"the request queue is full ({self.config.max_queue} waiting); retry later")
             self._next_id += 1
-            req = _Request(self._next_id, job, max_new, time.monotonic() + timeout if timeout else None)
+            req = _Request(self._next_id, job, max_new, time.monotonic() + timeout if timeout else None,
+                           lm.empty_token_id)
             self._pending.append(req)
             self._counters["submitted"] += 1
             self._lock.notify_all()
@@ -457,6 +459,7 @@ class Engine:
         alive = 0
         for i, r in enumerate(batch.rows):
             tok = int(text[i])
+            r.speech.push(tok)
             stopped = tok in r.config.stop_tokens
             if r.first_patch is None:
                 r.first_patch = now
@@ -505,12 +508,15 @@ class Engine:
         groups: dict[Any, list[int]] = {}
         for i, r in enumerate(batch.rows):
             cfg = r.config
-            removed = tuple(cfg.suppress_tokens) + (tuple(cfg.stop_tokens) if r.n < cfg.min_new_patches else ())
+            removed = removed_tokens(cfg, r.n)
             groups.setdefault((cfg.text_sampler, removed, r.seeded(cfg.text_sampler)), []).append(i)
         for (sampler, removed, _), rows in groups.items():
             gens = [batch.rows[i].generator for i in rows] if batch.rows[rows[0]].seeded(sampler) else None
             logits = batch.text_logits[rows] if len(rows) < B else batch.text_logits
             text[rows] = sampler(logits, removed=list(removed), generator=gens).cpu()
+        for i, r in enumerate(batch.rows):  # the speech floor (min_speech_patches): speak instead of ending
+            text[i : i + 1] = speak_instead_of_stopping(r.config, text[i : i + 1], [r.speech.toward_floor],
+                                                       lm.empty_token_id)
         codes = lm.empty_ids.cpu().view(1, 1, C).expand(B, G, C).clone()
         groups = {}
         for i, r in enumerate(batch.rows):

@@ -33,6 +33,13 @@ class GenerationConfig:
 
     max_new_patches: int = 1024
     min_new_patches: int = 0
+    # Until the output holds this many speech patches (counted as the output parser keeps them: SpeechTally), a
+    # sampled stop token is replaced by <|empty|>, a speech patch: a TTS request cannot end before it has
+    # spoken (speak_instead_of_stopping). max_new_patches still ends it.
+    min_speech_patches: int = 0
+    # (<|sostm|>, <|eostm|>) ids: speech counts toward min_speech_patches only inside the stream, as the parser
+    # keeps it; None counts every speech patch.
+    stream_marks: tuple[int, int] | None = None
     stop_tokens: tuple[int, ...] = ()
     text_sampler: Sampler = field(default_factory=Sampler.greedy)
     audio_sampler: Sampler = field(default_factory=Sampler.greedy)
@@ -58,6 +65,8 @@ class GenerationConfig:
             raise ValueError(
                 f"min_new_patches must be in [0, max_new_patches={self.max_new_patches}], got {self.min_new_patches}"
             )
+        if self.min_speech_patches < 0:
+            raise ValueError(f"min_speech_patches must be >= 0, got {self.min_speech_patches}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> GenerationConfig:
@@ -66,6 +75,66 @@ class GenerationConfig:
 
     def with_(self, **changes) -> GenerationConfig:
         return replace(self, **changes)
+
+
+@dataclass
+class SpeechTally:
+    """The speech patches of one output row that the output parser will keep (mimo_audio.postprocess).
+
+    A speech patch counts until ``<|eostm|>``; a generated ``<|sostm|>`` opening the stream (when the prompt
+    did not) drops the speech before it, as the parser does.
+    """
+
+    empty: int  # the <|empty|> id: a speech patch
+    marks: tuple[int, int] | None = None  # (<|sostm|>, <|eostm|>), or None: every speech patch counts
+    started: bool = False  # the speech stream is open (the prompt ended with <|sostm|>, or one was generated)
+    ended: bool = False
+    count: int = 0
+
+    @classmethod
+    def for_prompt(cls, prompt: torch.Tensor, empty: int, marks: tuple[int, int] | None) -> SpeechTally:
+        """A tally for the ``[9, T]`` prompt (open stream if its last text token is ``<|sostm|>``)."""
+        return cls(empty, marks, started=marks is not None and int(prompt[0, -1]) == marks[0])
+
+    @property
+    def toward_floor(self) -> int:
+        """The count that ``min_speech_patches`` compares: once the stream has ended no later speech is kept,
+        so the floor no longer applies (a huge count), else the speech kept so far."""
+        return 1 << 30 if self.ended else self.count
+
+    def push(self, token: int) -> None:
+        if token == self.empty:
+            self.count += not self.ended
+        elif self.marks is not None and token == self.marks[0] and not self.started:
+            self.started, self.count = True, 0
+        elif self.marks is not None and token == self.marks[1]:
+            self.ended = True
+
+
+def removed_tokens(config: GenerationConfig, step: int) -> tuple[int, ...]:
+    """Text tokens no row may sample at ``step``: the suppressed tokens, plus the stop tokens before
+    ``min_new_patches`` (the official rule)."""
+    if step < config.min_new_patches:
+        return tuple(config.suppress_tokens) + tuple(config.stop_tokens)
+    return tuple(config.suppress_tokens)
+
+
+def speak_instead_of_stopping(config: GenerationConfig, text: torch.Tensor, speech: Sequence[int],
+                              empty: int) -> torch.Tensor:
+    """Rows whose sampled token ``text [B]`` is a stop token while they hold fewer than ``min_speech_patches``
+    kept speech patches (``speech``, per row) get ``<|empty|>`` instead: they speak a patch rather than end.
+
+    The draw is the same as without the floor, so a row differs from its unfloored run only from the step where
+    it would have ended too early. Each replaced stop adds a kept speech patch, so a speech stream sees at most
+    ``min_speech_patches`` replaced stops; the stop tokens are never taken out of the draw (removing them let
+    the embedded model write text up to the length limit), and after a replaced stop the run goes on as the
+    model chooses.
+    """
+    if not config.min_speech_patches or not config.stop_tokens:
+        return text
+    short = torch.tensor([n < config.min_speech_patches for n in speech], device=text.device)
+    stop = torch.isin(text, torch.tensor(config.stop_tokens, device=text.device))
+    return torch.where(short & stop, torch.full_like(text, empty), text)
 
 
 @dataclass
@@ -150,15 +219,18 @@ def decode_one(model: SpeechLM, state: DecodeState, text: torch.Tensor, codes: t
 @torch.no_grad()
 def sample_patch(
     model: SpeechLM, state: DecodeState, config: GenerationConfig, step: int, finished: torch.Tensor,
-    generators: list[torch.Generator] | None,
+    generators: list[torch.Generator] | None, kept_speech: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample the next patch: the text token, then (for rows whose token is ``<|empty|>``) its codes."""
+    """Sample the next patch: the text token, then (for rows whose token is ``<|empty|>``) its codes.
+
+    ``kept_speech``: each row's kept speech patches so far (:class:`SpeechTally`), for ``min_speech_patches``.
+    """
     B = state.text_logits.shape[0]
     G, C = model.config.group_size, model.config.audio_channels
-    removed = list(config.suppress_tokens)
-    if step < config.min_new_patches:
-        removed += list(config.stop_tokens)
-    text = config.text_sampler(state.text_logits, removed=removed, generator=generators).to(state.mask.device)
+    text = config.text_sampler(state.text_logits, removed=list(removed_tokens(config, step)), generator=generators)
+    if kept_speech is not None:
+        text = speak_instead_of_stopping(config, text, kept_speech, model.empty_token_id)
+    text = text.to(state.mask.device)
     codes = model.empty_ids.to(text.device).view(1, 1, C).expand(B, G, C).clone()
     speech = (text == model.empty_token_id) & ~finished
     if bool(speech.any()):
@@ -199,10 +271,15 @@ def iter_patches(model: SpeechLM, prompts: Sequence[torch.Tensor], config: Gener
     # One random stream per row, all seeded alike: a row samples the same with or without other rows.
     generators = [torch.Generator().manual_seed(config.seed) for _ in range(B)] if config.seed is not None else None
 
+    tallies = [SpeechTally.for_prompt(p, model.empty_token_id, config.stream_marks) for p in prompts]
+
     state = prefill(model, ids.to(device), mask.to(device))
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(max_new):
-        text, codes = sample_patch(model, state, config, step, finished, generators)
+        text, codes = sample_patch(model, state, config, step, finished, generators,
+                                   [t.toward_floor for t in tallies])
+        for t, tok in zip(tallies, text.tolist()):
+            t.push(tok)
         stopped = torch.isin(text, stop) & ~finished
         yield PatchStep(index=step, text=text, codes=codes, active=~finished, stopped=stopped)
         finished = finished | stopped

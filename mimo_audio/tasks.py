@@ -33,6 +33,10 @@ OUTPUTS = ("text", "audio", "both")
 # Few-shot conversion output defaults to at most this multiple of the query's length, plus a margin
 VC_LENGTH_FACTOR = 2.0
 VC_MARGIN_PATCHES = 25  # 4 s
+# Default floor on the speech of a TTS request: it cannot end before this many speech patches (0.16 s each) per
+# non-space character of its text. Normal English speech is ~0.45 patches a character (~14 characters a second);
+# the floor is under a quarter of that, so it only blocks an early end, never cuts or pads real speech.
+TTS_MIN_SPEECH_PER_CHAR = 0.1
 # The few-shot library's modalities run on these prompt tasks.
 FEW_SHOT_BASE = {"speech_to_speech": "in_context_learning_s2s", "speech_to_text": "few_shot_qa"}
 
@@ -98,6 +102,7 @@ def build_config(
     preset: str | None = None,
     max_new_patches: int | None = None,
     min_new_patches: int = 0,
+    min_speech_patches: int | None = 0,
     seed: int | None = None,
     text_sampler: Sampler | None = None,
     audio_sampler: Sampler | None = None,
@@ -117,10 +122,16 @@ def build_config(
     suppress = (special.empty, special.sostm) if output == "text" else ()
     if max_new_patches is not None and max_new_patches < 1:  # 0 is not "the default": say so
         raise UserError(f"max_new_patches must be >= 1, got {max_new_patches}")
+    if min_speech_patches and output == "text":  # speech is suppressed: the stop would never come
+        raise UserError("min_speech_patches applies to speech output; this request's output is text")
+    if min_speech_patches is not None and min_speech_patches < 0:
+        raise UserError(f"min_speech_patches must be >= 0, got {min_speech_patches}")
     return GenerationConfig(
         max_new_patches=spec.max_new_patches if max_new_patches is None else max_new_patches,
         length_is_default=max_new_patches is None,
         min_new_patches=min_new_patches,
+        min_speech_patches=min_speech_patches or 0,
+        stream_marks=(special.sostm, special.eostm),
         stop_tokens=tuple(special.by_string(s) for s in (stop or spec.stop)),
         text_sampler=(text_sampler or p.text).with_overrides(temperature, top_k, top_p),
         audio_sampler=audio_sampler or p.audio,
@@ -152,11 +163,23 @@ def _job(m: TaskModel, task: str, segs, output: str, gen: dict[str, Any], **extr
     return Job(task, m.render(segs), config, decode_audio=output != "text", output=output, **extra)
 
 
+def tts_min_speech_patches(text: str) -> int:
+    """The default ``min_speech_patches`` of a TTS request: ``TTS_MIN_SPEECH_PER_CHAR`` speech patches per
+    non-space character of ``text``, rounded up (so any text gets at least one patch)."""
+    return math.ceil(TTS_MIN_SPEECH_PER_CHAR * sum(not c.isspace() for c in text))
+
+
 def prepare_tts(
     m: TaskModel, text: str, instruct: str | None = None, voice: str | AudioInput | None = None, **gen: Any
 ) -> Job:
+    """A TTS job (plain, style-instructed, or in a cloned voice). Unless the caller sets ``min_speech_patches``
+    (0 turns the floor off), a stop token sampled before the output holds :func:`tts_min_speech_patches` speech
+    patches becomes a speech patch: a sampled run cannot end before it has spoken.
+    """
     if not isinstance(text, str):
         raise UserError(f"TTS text must be a string, got {type(text).__name__}")
+    if gen.get("min_speech_patches") is None:
+        gen["min_speech_patches"] = tts_min_speech_patches(text)
     segs = formats.tts(text, instruct=instruct, voice=m._voice_codes(voice))
     return _job(m, "tts", segs, "audio", gen)
 

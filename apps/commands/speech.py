@@ -42,6 +42,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser, needs_audio_tokenizer: bool = True, length_default: str = "",
             output_help: str = "write the generated audio to this file (.wav or .flac)") -> None:
     g = p.add_argument_group("model")
@@ -162,7 +173,10 @@ def _tts(args: argparse.Namespace) -> int:
     check_outputs(args, inputs=[args.voice])
     m = _load(args, need_tokenizer=True)
     t0 = time.perf_counter()
-    r = m.tts(args.text, instruct=args.instruct, voice=args.voice, **_gen(args))
+    gen = _gen(args)
+    if args.min_speech_patches is not None:
+        gen["min_speech_patches"] = args.min_speech_patches
+    r = m.tts(args.text, instruct=args.instruct, voice=args.voice, **gen)
     return _emit(args, r, time.perf_counter() - t0)
 
 
@@ -297,6 +311,9 @@ def register(subparsers) -> None:
     p.add_argument("--instruct", default=None, help="style description, e.g. 'whispering, slowly'")
     p.add_argument("--voice", default=None, help="registered voice name or a wav file to clone")
     _common(p)
+    p.add_argument("--min-speech-patches", type=non_negative_int, default=None,
+                   help="the reply cannot end before this much speech (6.25 patches = 1 s); default: 0.1 per "
+                   "non-space character of the text, a fifth of a normal speaking rate; 0 = no floor")
     p.set_defaults(func=_tts)
 
     p = subparsers.add_parser("asr", help="speech recognition with the speech LM",

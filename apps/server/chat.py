@@ -52,7 +52,8 @@ def resolve_voice(voice: Any, known: list[str]) -> str | None:
 
 
 def sampling(body: dict, max_patches_key: tuple[str, ...]) -> dict[str, Any]:
-    """OpenAI sampling fields (plus the extensions ``max_new_patches`` / ``min_new_patches``) -> overrides."""
+    """OpenAI sampling fields (plus the extensions ``max_new_patches`` / ``min_new_patches`` /
+    ``min_speech_patches``) -> overrides."""
     gen: dict[str, Any] = {}
     for key in (*max_patches_key, "max_new_patches"):
         if body.get(key) is not None:
@@ -65,6 +66,11 @@ def sampling(body: dict, max_patches_key: tuple[str, ...]) -> dict[str, Any]:
         if not isinstance(n, int) or n < 0:
             raise ApiError(400, "min_new_patches must be a non-negative integer", param="min_new_patches")
         gen["min_new_patches"] = min(n, gen.get("max_new_patches", n))
+    if body.get("min_speech_patches") is not None:  # TTS: the speech floor (default: from the input's length)
+        n = body["min_speech_patches"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ApiError(400, "min_speech_patches must be a non-negative integer", param="min_speech_patches")
+        gen["min_speech_patches"] = n
     temperature, top_p = body.get("temperature"), body.get("top_p")
     if temperature is not None or top_p is not None:
         try:

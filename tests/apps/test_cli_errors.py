@@ -132,6 +132,9 @@ def test_zero_length_is_rejected(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["tts", "hi", "--max-new-patches", "0"])
     assert exc.value.code == 2 and "--max-new-patches: must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["tts", "hi", "--min-speech-patches", "-1"])
+    assert exc.value.code == 2 and "--min-speech-patches: must be >= 0, got -1" in capsys.readouterr().err
 
 
 def _long_wav(path, seconds: float, sr: int = 16000) -> None:
@@ -206,7 +209,8 @@ def test_speculative_asr_is_adaptive_by_default(workdir, flite_wav, capsys):
 
 
 def test_help_states_the_default_lengths(capsys):
-    for argv, expect in ((["vc"], "2 x the query's length + 25 patches"), (["continue"], "125 patches (20 s)")):
+    for argv, expect in ((["vc"], "2 x the query's length + 25 patches"), (["continue"], "125 patches (20 s)"),
+                         (["tts"], "default: 0.1 per non-space character of the text")):
         with pytest.raises(SystemExit):
             main([*argv, "--help"])
         assert expect in " ".join(capsys.readouterr().out.split())

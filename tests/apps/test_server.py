@@ -86,8 +86,8 @@ def test_contract_with_the_openai_client(cli_server, tmp_path):
     client = openai.OpenAI(base_url=cli_server + "/v1", api_key="unused", max_retries=0)
     ids = [m.id for m in client.models.list().data]
     assert ids == [MODEL_ID]
-    # A fixed seed: the embedded model ends ~10% of sampled TTS calls before any speech (3 of 30 seeds measured),
-    # which made this contract test flaky.
+    # A fixed seed keeps the reply's length (and the test's time) the same on every run. (Before the TTS speech
+    # floor, min_speech_patches, the embedded model ended 3 of 30 sampled calls before any speech.)
     speech = client.audio.speech.create(model=ids[0], voice="default", input="Hello there, how are you?",
                                         response_format="wav", extra_body={"seed": 0})
     wav_path = tmp_path / "reply.wav"
@@ -259,6 +259,9 @@ def test_faults_get_clear_answers_and_the_server_keeps_serving(client, served, e
     # malformed JSON -> 400, never a traceback
     r = httpx.post(served.url + "/v1/chat/completions", content=b"{nope", timeout=10)
     assert r.status_code == 400 and "error" in r.json() and "Traceback" not in r.text
+    # a bad speech floor -> 400 naming it
+    r = httpx.post(served.url + "/v1/audio/speech", json={"input": "Hi.", "min_speech_patches": -1}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "min_speech_patches"
     # full queue -> 503 at once (2 running + 2 waiting, filled directly through the engine)
     m = engine.model
     job = m.prepare_tts("Hold.", max_new_patches=60, min_new_patches=60, preset="greedy")

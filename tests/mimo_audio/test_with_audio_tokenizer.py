@@ -11,6 +11,7 @@ import torch
 
 from apps.cli import main
 from mimo_audio import MimoAudio, formats
+from mimo_audio.tasks import tts_min_speech_patches
 from tokenizer import AudioTokenizer, TokenizerConfig
 
 G = {"preset": "greedy", "max_new_patches": 8}
@@ -47,7 +48,9 @@ def test_tts_audio_and_streaming_audio(mimo_tok):
     seed = _speaking_seed(mimo_tok, "hello there")
     r = mimo_tok.tts("hello there", max_new_patches=40, seed=seed)
     assert r.audio is not None and r.audio.numel() == r.codes.shape[1] * 960 and r.sample_rate == 24000
-    cfg = mimo_tok.generation_config("tts", "audio", max_new_patches=40, seed=seed)
+    # The TTS speech floor comes from the text (prepare_tts sets it): a config for raw segments takes it explicitly.
+    cfg = mimo_tok.generation_config("tts", "audio", max_new_patches=40, seed=seed,
+                                     min_speech_patches=tts_min_speech_patches("hello there"))
     events = list(mimo_tok.stream(formats.tts("hello there"), cfg))
     streamed = torch.cat([e.audio for e in events if e.audio is not None])
     assert torch.equal(events[-1].result.codes, r.codes)
