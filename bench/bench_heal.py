@@ -201,7 +201,13 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
         results["float_ppl"] = perplexity(model, data["test"], 512, args.ppl_tokens)
     packed = copy.deepcopy(student)
     repack(packed)
+    r["kernel"] = _kernel(int(scheme[1]))
     r["ppl_before"] = perplexity(packed, data["test"], 512, args.ppl_tokens)
+    if "int8" in r["kernel"]:  # the same packed codes on the LUT-table kernel too
+        with _env("MIMO_QUANT_INT8", "off"):
+            r["kernel_lut"] = _kernel(int(scheme[1]))
+            r["ppl_before_lut"] = perplexity(packed, data["test"], 512, args.ppl_tokens)
+        print(f"{scheme} packed before healing: ppl {r['ppl_before_lut']:.2f} on {r['kernel_lut']}", flush=True)
     del packed
     print(f"{scheme} ({args.quant_method}) before healing: ppl {r['ppl_before']:.2f} "
           f"(float {results['float_ppl']:.2f})", flush=True)
@@ -230,11 +236,9 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
         d.run(min(args.steps, d.step + chunk), save_dir=state, save_every=5, max_seconds=left)
     d.close()
     repack(student)
-    r["kernel"] = _kernel(int(scheme[1]))
     r["ppl_after"] = perplexity(student, data["test"], 512, args.ppl_tokens)
     if "int8" in r["kernel"]:  # the same packed codes on the LUT-table kernel too
         with _env("MIMO_QUANT_INT8", "off"):
-            r["kernel_lut"] = _kernel(int(scheme[1]))
             r["ppl_after_lut"] = perplexity(student, data["test"], 512, args.ppl_tokens)
         print(f"{scheme} healed, packed: ppl {r['ppl_after']:.2f} on {r['kernel']}, {r['ppl_after_lut']:.2f} on "
               f"{r['kernel_lut']}", flush=True)
