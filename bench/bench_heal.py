@@ -413,9 +413,15 @@ def summary(results: dict, args) -> None:
         print(f"\n| scheme | ppl before | ppl after | float ppl {results['float_ppl']:.2f} | file MiB | steps (min) |")
         print("|---|---|---|---|---|---|")
         for name, r in results["lowbit"].items():
-            if "ppl_after" in r:
-                print(f"| {name} {args.quant_method} + {args.quant_train} | {r['ppl_before']:.2f} | "
-                      f"{r['ppl_after']:.2f} | {100 * (r['ppl_after'] / results['float_ppl'] - 1):+.1f}% | "
+            if "ppl_after" not in r:
+                continue
+            rows = [("", "ppl_before", "ppl_after")]
+            if "ppl_after_lut" in r:  # default int8-activation kernel, then the LUT-table kernel
+                rows = [(" (int8-act kernel)", "ppl_before", "ppl_after"),
+                        (" (LUT kernel)", "ppl_before_lut", "ppl_after_lut")]
+            for tag, before, after in rows:
+                print(f"| {name} {args.quant_method} + {args.quant_train}{tag} | {r[before]:.2f} | "
+                      f"{r[after]:.2f} | {100 * (r[after] / results['float_ppl'] - 1):+.1f}% | "
                       f"{r['file_mib']:.1f} | {r['heal']['steps']} ({r['heal']['seconds'] / 60:.1f}) |")
     m = results.get("mtp")
     if m and "accept_after" in m:
