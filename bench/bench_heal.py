@@ -8,7 +8,9 @@ Sections (``--sections``, each printed as soon as it is done; every figure is me
   KL on text; a second domain of synthetic pass-key prompts over the training text when
   ``--retrieval-domain``), and the healing time.
 - ``lowbit``: per scheme (``--schemes``): perplexity of the packed model before and after healing the group
-  scales (or group-wise LoRA) over frozen codes, re-packed into the LUT format, and the checkpoint size.
+  scales (or group-wise LoRA) over frozen codes, re-packed into the LUT format, and the checkpoint size;
+  the held-out KL to the float model every ``--eval-every`` steps, and which kernel the packed model ran on
+  (where that is the int8-activation kernel, the perplexity on the LUT-table kernel too).
 - ``speech``: the embedded speech LM with its composed LUT + sparse backbone: text and speech (patch decoder)
   cross-entropy on held-out flite sentences, float vs composed before vs after healing (text-head and
   patch-decoder KL).
@@ -26,8 +28,10 @@ and pass-key filler). The CPU is shared: times are wall times of a loaded machin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import os
 import random
 import tempfile
 import time
@@ -42,6 +46,7 @@ from efficient.distill import (
     DistillConfig,
     Distiller,
     MTPSelfDistiller,
+    kl_report,
     repack,
     sample_continuations,
     target_rollouts,
@@ -157,6 +162,31 @@ def _mean(rows: list[dict], key: str) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
+def _kernel(bits: int) -> str:
+    """Which kernel the packed uniform layers of ``bits`` run on now."""
+    from efficient.quant import native
+
+    path = native.kernel_path()
+    if path == "torch":
+        return "PyTorch fallback (native kernels not built)"
+    if native.int8_kernel_for(bits):
+        return f"native int8-activation kernel ({path}) on the packed LUT codes"
+    return f"native LUT kernel ({path}, {native.table_mode()} tables)"
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> None:
     from efficient.quant import save_quantized
     from efficient.quant.api import text_calibration
@@ -171,7 +201,13 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
         results["float_ppl"] = perplexity(model, data["test"], 512, args.ppl_tokens)
     packed = copy.deepcopy(student)
     repack(packed)
+    r["kernel"] = _kernel(int(scheme[1]))
     r["ppl_before"] = perplexity(packed, data["test"], 512, args.ppl_tokens)
+    if "int8" in r["kernel"]:  # the same packed codes on the LUT-table kernel too
+        with _env("MIMO_QUANT_INT8", "off"):
+            r["kernel_lut"] = _kernel(int(scheme[1]))
+            r["ppl_before_lut"] = perplexity(packed, data["test"], 512, args.ppl_tokens)
+        print(f"{scheme} packed before healing: ppl {r['ppl_before_lut']:.2f} on {r['kernel_lut']}", flush=True)
     del packed
     print(f"{scheme} ({args.quant_method}) before healing: ppl {r['ppl_before']:.2f} "
           f"(float {results['float_ppl']:.2f})", flush=True)
@@ -182,10 +218,30 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
     state = Path(args.state_dir) / f"lowbit-{scheme}" if args.state_dir else None
     if state and args.resume and (state / "distill_state.json").is_file():
         d.load(state)
-    d.run(save_dir=state, save_every=5, max_seconds=args.max_minutes * 60)
+    # held-out KL to the float model (teacher forced, past the perplexity tokens) every --eval-every steps
+    held = data["test"][args.ppl_tokens : args.ppl_tokens + 2 * 512]
+    curve = r.setdefault("heldout_kl", [])
+    t_end = time.perf_counter() + args.max_minutes * 60
+    while True:
+        if not curve or curve[-1]["step"] != d.step:
+            curve.append({"step": d.step, "minutes": d.seconds / 60, **kl_report(student, model, held, 512, 2)})
+            print(f"{scheme} step {d.step} ({d.seconds / 60:.1f} min): held-out KL fwd {curve[-1]['fwd_kl']:.4f} "
+                  f"rev {curve[-1]['rev_kl']:.4f}", flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        left = t_end - time.perf_counter()
+        if d.step >= args.steps or left <= 0:
+            break
+        chunk = args.eval_every if args.eval_every > 0 else args.steps
+        d.run(min(args.steps, d.step + chunk), save_dir=state, save_every=5, max_seconds=left)
     d.close()
     repack(student)
     r["ppl_after"] = perplexity(student, data["test"], 512, args.ppl_tokens)
+    if "int8" in r["kernel"]:  # the same packed codes on the LUT-table kernel too
+        with _env("MIMO_QUANT_INT8", "off"):
+            r["ppl_after_lut"] = perplexity(student, data["test"], 512, args.ppl_tokens)
+        print(f"{scheme} healed, packed: ppl {r['ppl_after']:.2f} on {r['kernel']}, {r['ppl_after_lut']:.2f} on "
+              f"{r['kernel_lut']}", flush=True)
     r["heal"] = {"steps": d.step, "seconds": d.seconds, "mode": args.quant_train,
                  "loss_first5": _mean(d.history[:5], "loss"), "loss_last5": _mean(d.history[-5:], "loss")}
     with tempfile.TemporaryDirectory() as tmp:
@@ -357,9 +413,15 @@ def summary(results: dict, args) -> None:
         print(f"\n| scheme | ppl before | ppl after | float ppl {results['float_ppl']:.2f} | file MiB | steps (min) |")
         print("|---|---|---|---|---|---|")
         for name, r in results["lowbit"].items():
-            if "ppl_after" in r:
-                print(f"| {name} {args.quant_method} + {args.quant_train} | {r['ppl_before']:.2f} | "
-                      f"{r['ppl_after']:.2f} | {100 * (r['ppl_after'] / results['float_ppl'] - 1):+.1f}% | "
+            if "ppl_after" not in r:
+                continue
+            rows = [("", "ppl_before", "ppl_after")]
+            if "ppl_after_lut" in r:  # default int8-activation kernel, then the LUT-table kernel
+                rows = [(" (int8-act kernel)", "ppl_before", "ppl_after"),
+                        (" (LUT kernel)", "ppl_before_lut", "ppl_after_lut")]
+            for tag, before, after in rows:
+                print(f"| {name} {args.quant_method} + {args.quant_train}{tag} | {r[before]:.2f} | "
+                      f"{r[after]:.2f} | {100 * (r[after] / results['float_ppl'] - 1):+.1f}% | "
                       f"{r['file_mib']:.1f} | {r['heal']['steps']} ({r['heal']['seconds'] / 60:.1f}) |")
     m = results.get("mtp")
     if m and "accept_after" in m:
@@ -423,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speech-quant", default="w4g64")
     ap.add_argument("--speech-window", type=int, default=16, help="window of the composed speech backbone")
     ap.add_argument("--calib-tokens", type=int, default=1024)
+    ap.add_argument("--eval-every", type=int, default=10, help="held-out KL every N low-bit healing steps (0: ends)")
     ap.add_argument("--ppl-len", type=int, default=2048, help="perplexity window (attention; low-bit uses 512)")
     ap.add_argument("--ppl-tokens", type=int, default=4096)
     ap.add_argument("--passkey-lengths", default="2048,4096")
