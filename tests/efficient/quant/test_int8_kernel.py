@@ -69,7 +69,7 @@ def test_kernel_matches_same_rounding_reference_and_float_bound(name: str, M: in
 
 @needs_vnni
 def test_quantlinear_and_packedmatrix_use_it_and_agree(monkeypatch) -> None:
-    monkeypatch.setenv(native.ENV_INT8, "auto")
+    monkeypatch.setenv(native.ENV_INT8, "on")  # 4-bit is opt-in
     lin = nn.Linear(256, 48)
     q = QuantLinear.from_linear(lin, "w4g32")
     assert "int8" in q.packed() and q.packed_bytes() == q.qweight.numel()  # the derived layout is not counted
@@ -92,6 +92,9 @@ def test_lut_fallback_when_off_or_not_supported(monkeypatch) -> None:
     assert not native.int8_kernel_for(4)
     y_torch = q(torch.ones(1, 64))
     monkeypatch.delenv(native.ENV_PATH)
+    assert not native.int8_kernel_for(4)  # auto: 4-bit keeps the LUT kernel (int8 activations cost perplexity)
+    assert native.int8_kernel_for(2) == native.int8_kernel_for("ternary") == native.int8_supported()
+    monkeypatch.setenv(native.ENV_INT8, "on")
     assert native.int8_kernel_for(4) == native.int8_supported()
     monkeypatch.setenv(native.ENV_INT8, "bogus")
     with pytest.raises(ValueError, match="MIMO_QUANT_INT8"):
