@@ -4,10 +4,10 @@ A model that memorised its transcripts can reach a low ASR loss without listenin
 rest of a known sentence follows from the text alone. Teacher-forced cross-entropy on the *right* audio, set
 against the same transcripts conditioned on *another* utterance's audio, tells how much the audio is used
 (``asr`` gap, in nats per text token). The TTS mirror: the speech codes' cross-entropy after the right text
-vs after another sentence (``tts`` gap, nats per channel-0 code). A gap near 0 means the input is ignored.
+vs after another sentence, in the prompt and in the stream's text chunks (``tts`` gap, nats per channel-0 code).
+A gap near 0 means the input is ignored.
 
-    python -m apps.train.reliance --model runs/lm3/model --corpus corpus-full --codes runs/lm3/codes-train.safetensors \
-        --split train --items 24
+    python -m apps.train.reliance --model runs/lm3/model --corpus corpus-full --split valid --items 32
 """
 
 from __future__ import annotations
@@ -77,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", required=True, help="corpus directory")
     p.add_argument("--split", default="valid", help="train, valid or test (default valid)")
     p.add_argument("--codes", default=None, help="codes cache (safetensors keyed by row id); made when missing")
-    p.add_argument("--tokenizer", default="tokenizer/assets/default", help="audio tokenizer for missing codes")
+    p.add_argument("--tokenizer", default=None, help="audio tokenizer for missing codes (default: the embedded one)")
     p.add_argument("--items", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from tokenizer import AudioTokenizer
+    from tokenizer import AudioTokenizer, default_tokenizer_dir
 
     text_tok = load_text_tokenizer(args.model)
     special = SpecialTokens.from_tokenizer(text_tok)
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
         codes = load_file(str(cache))
     else:
-        codes = encode_corpus(AudioTokenizer.from_pretrained(args.tokenizer, device="cpu"), args.corpus, args.split,
+        audio_tok = AudioTokenizer.from_pretrained(args.tokenizer or default_tokenizer_dir(), device="cpu")
+        codes = encode_corpus(audio_tok, args.corpus, args.split,
                               cache, model.config.audio_channels, progress=False)
     rows = [r for r in corpus_rows(args.corpus, args.split) if r["style"] == "plain" and r["id"] in codes]
     if not rows:
