@@ -145,15 +145,9 @@ def fast_random(model, seed: int = 0) -> None:
                 n = min(block.numel(), flat.numel() - i)
                 flat[i : i + n].copy_(block[:n] * fan_in**-0.5)
             block = block.roll(7919)  # distinct neighbouring matrices
-    for name, b in model.named_buffers():
-        if name.endswith("_codebook.embed"):
-            layer = int(name.split(".layers.")[1].split(".")[0])
-            b.normal_(0.0, 0.6**layer, generator=g)
-        elif name.endswith("istft.window"):
-            b.copy_(torch.hann_window(b.shape[0]))
-        else:
-            b.zero_()
-    model.decoder.vocoder.head.out.weight.mul_(0.1)
+    from tokenizer.api import init_random_buffers
+
+    init_random_buffers(model, g)
 
 
 def build_tokenizer(kind: str, pack: str = "packed"):

@@ -274,6 +274,12 @@ def init_random(model: MiMoAudioTokenizerModel, seed: int) -> None:
         else:
             fan_in = p.shape[0] if ".dconv" in name and name.endswith("conv.weight") else p[0].numel()
             p.normal_(0.0, fan_in**-0.5, generator=g)
+    init_random_buffers(model, g)
+
+
+@torch.no_grad()
+def init_random_buffers(model: MiMoAudioTokenizerModel, g: torch.Generator) -> None:
+    """The buffers and output scale of :func:`init_random` (also used by benchmarks that fill weights faster)."""
     for name, b in model.named_buffers():
         if name.endswith("_codebook.embed"):  # shrinking scales, like the residuals they quantise
             layer = int(name.split(".layers.")[1].split(".")[0])

@@ -31,26 +31,21 @@ LM_ENV = "MIMO_AUDIO_LM_PATH"
 TOKENIZER_ENV = "MIMO_AUDIO_TOKENIZER_PATH"
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (0 is not "the default")."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+positive_int = _int_at_least(1)  # argparse type: an integer >= 1 (0 is not "the default")
+non_negative_int = _int_at_least(0)  # argparse type: an integer >= 0
 
 
 def _common(p: argparse.ArgumentParser, needs_audio_tokenizer: bool = True, length_default: str = "",
