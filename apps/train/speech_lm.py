@@ -231,7 +231,6 @@ def train_lm(tc: LMTrainConfig) -> dict:
                "device": str(device), "threads": torch.get_num_threads(), "bf16": tc.bf16, "lr": tc.lr,
                "steps": tc.steps}
     state.setdefault("stretches", []).append(stretch)
-    hours_before = state.get("train_hours", 0.0)
     try:
         end = min(tc.steps, tc.stop_at or tc.steps)
         while state["step"] < end:
@@ -270,7 +269,7 @@ def train_lm(tc: LMTrainConfig) -> dict:
                 log.info("step %d loss %.4f text %.4f audio[0] %.4f (%s)", step + 1, row["loss"], row["text"],
                          row["audio0"], ",".join(tasks))
             stretch["to_step"], stretch["seconds"] = step + 1, round(time.perf_counter() - t_start, 1)
-            state["train_hours"] = round(hours_before + stretch["seconds"] / 3600, 4)
+            state["train_hours"] = round(sum(s["seconds"] for s in state["stretches"]) / 3600, 4)
             if (step + 1) % tc.save_every == 0 or step + 1 == end:
                 save_checkpoint(last, model.save_pretrained, opt, names, state)
                 if ctc_head is not None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -19,14 +21,16 @@ def _tiny_llama(directory):
     return directory
 
 
-def test_gptq_calibrates_on_the_given_text(tmp_path):
+@pytest.mark.parametrize("method, scheme", [("gptq", "w2g64"), ("rtn-act", "w4g32")])
+def test_calibrated_methods_run_on_the_given_text_and_record_the_method(tmp_path, method, scheme):
+    """--method gptq, and rtn-act (round to nearest, clip search weighted by the calibration activations)."""
     model = _tiny_llama(tmp_path / "m")
     text = tmp_path / "calib.txt"
     text.write_text("A short paragraph of English text to calibrate on. " * 20, encoding="utf-8")
     out = tmp_path / "q"
-    assert main(["quantize", "--model", str(model), "--scheme", "w2g64", "--method", "gptq", "--text", str(text),
+    assert main(["quantize", "--model", str(model), "--scheme", scheme, "--method", method, "--text", str(text),
                  "--calib-tokens", "256", "--out", str(out)]) == 0
-    assert (out / "quant_config.json").is_file()
+    assert json.loads((out / "quant_config.json").read_text())["method"] == method
 
 
 def test_a_missing_calibration_text_is_one_clear_error(tmp_path, caplog):
@@ -35,16 +39,3 @@ def test_a_missing_calibration_text_is_one_clear_error(tmp_path, caplog):
         assert main(["quantize", "--model", str(model), "--scheme", "w2g64", "--method", "gptq",
                      "--text", str(tmp_path / "absent.txt"), "--out", str(tmp_path / "q")]) == 1
     assert "absent.txt: text file not found" in caplog.text and not (tmp_path / "q").exists()
-
-
-def test_rtn_act_calibrates_and_records_its_method(tmp_path):
-    """--method rtn-act: round to nearest with the clip search weighted by the calibration activations."""
-    import json
-
-    model = _tiny_llama(tmp_path / "m")
-    text = tmp_path / "calib.txt"
-    text.write_text("A short paragraph of English text to calibrate on. " * 20, encoding="utf-8")
-    out = tmp_path / "q"
-    assert main(["quantize", "--model", str(model), "--scheme", "w4g32", "--method", "rtn-act", "--text", str(text),
-                 "--calib-tokens", "256", "--out", str(out)]) == 0
-    assert json.loads((out / "quant_config.json").read_text())["method"] == "rtn-act"
