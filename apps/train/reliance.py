@@ -82,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = _run(args)
+    except (FileNotFoundError, ValueError, KeyError) as e:  # a wrong folder, a bad checkpoint or corpus
+        p.exit(2, f"{p.prog}: error: {e}\n")
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> dict:
     from tokenizer import AudioTokenizer, default_tokenizer_dir
 
     text_tok = load_text_tokenizer(args.model)
@@ -99,9 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                               cache, model.config.audio_channels, progress=False)
     rows = [r for r in corpus_rows(args.corpus, args.split) if r["style"] == "plain" and r["id"] in codes]
     if not rows:
-        p.error(f"no plain {args.split} utterance of {args.corpus} has codes")
-    print(json.dumps(input_reliance(model, renderer, rows, codes, args.items, args.seed), indent=1))
-    return 0
+        raise ValueError(f"no plain {args.split} utterance of {args.corpus} has codes")
+    return input_reliance(model, renderer, rows, codes, args.items, args.seed)
 
 
 if __name__ == "__main__":

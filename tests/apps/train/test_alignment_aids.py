@@ -141,3 +141,13 @@ def test_input_reliance_compares_right_and_other_inputs(mini_corpus, tmp_path):
     assert other["asr"]["text_ce_other_audio"] != other["asr"]["text_ce"]  # a random model still sees its input
     assert all(math.isfinite(v) for task in ("asr", "tts") for v in other[task].values())
     assert model.training  # restored
+
+
+def test_reliance_cli_bad_folder_is_one_clear_error(tmp_path, capsys):
+    from apps.train.reliance import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(tmp_path / "absent"), "--corpus", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"speech-LM directory not found: {tmp_path / 'absent'}") and "Traceback" not in err[0]
