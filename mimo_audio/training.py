@@ -4,7 +4,8 @@ For a sequence of patches ``p_0 .. p_{n-1}``, position ``t`` predicts patch ``t 
 from ``text_logits[t]`` and, when that patch is speech, its 4x8 codes from the patch decoder fed with
 ``local_hidden[t]`` (teacher forced, :meth:`SpeechLM.patch_decoder_logits`). Weights default to the
 paper's: text 100, RVQ channels 12-8-6-4-2-2-1-1 (the paper reports them; how they were normalised is not
-stated, so the default here divides by their sum).
+stated, so the default here divides by their sum; ``audio_weight`` scales that normalised speech loss against
+the text's, e.g. 36 = the channel weights unnormalised).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def speech_lm_loss(
     text_weight: float = PAPER_TEXT_WEIGHT,
     channel_weights: Sequence[float] = PAPER_CHANNEL_WEIGHTS,
     inputs: torch.Tensor | None = None,
+    audio_weight: float = 1.0,
 ) -> LossOutput:
     """``ids [B, 9, T]``; ``target_mask [B, T/4]`` marks the patches to learn (default: all but the first).
 
@@ -72,5 +74,5 @@ def speech_lm_loss(
         channels = [text_loss * 0 for _ in range(model.config.audio_channels)]
     w = torch.tensor(list(channel_weights), dtype=torch.float32)
     audio = sum(wc * lc for wc, lc in zip((w / w.sum()).tolist(), channels))
-    total = (text_weight * text_loss + audio) / (text_weight + 1.0)
+    total = (text_weight * text_loss + audio_weight * audio) / (text_weight + audio_weight)
     return LossOutput(total, text_loss, channels, int(tgt.sum()), n_speech, out.local_hidden)

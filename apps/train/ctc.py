@@ -2,9 +2,14 @@
 
 Training only; the inference formats and the official weights are unchanged. For every frame of a speech patch
 the head reads the patch encoder's output for that frame (local acoustics) and the backbone's output at the
-patch (context, causal), and predicts the transcript's BPE tokens with a blank, aligned by CTC. The gradient
+patch (context, causal), and predicts the transcript with a blank, aligned by CTC. The gradient
 teaches the backbone to know, at each speech position, which words are being spoken: what ASR reads from
 and what TTS has to track. Its greedy output also gives the number of transcript tokens of an utterance.
+
+Targets: the text vocabulary's tokens, or characters (``CHAR_ALPHABET``): a BPE token spans ~0.17 s, too coarse
+and too many classes (2k) for a small patch encoder to learn from acoustics, while characters are close to what
+one frame hears. ``upsample`` R emits R outputs per 25 Hz frame, so fast speech (more than 25 characters per
+second, or doubled letters that need a blank between them) still fits the CTC alignment.
 """
 
 from __future__ import annotations
@@ -19,18 +24,36 @@ from safetensors.torch import load_file, save_file
 
 from mimo_audio.modeling import SpeechLM
 
+CHAR_ALPHABET = " abcdefghijklmnopqrstuvwxyz'0123456789"
+_CHAR_INDEX = {c: i for i, c in enumerate(CHAR_ALPHABET)}
+
+
+def char_labels(text: str) -> list[int]:
+    """Character CTC targets: lower case, runs of anything outside the alphabet become one space."""
+    out: list[int] = []
+    for c in text.lower():
+        i = _CHAR_INDEX.get(c, 0)
+        if i or (out and out[-1]):  # no leading or repeated spaces
+            out.append(i)
+    while out and not out[-1]:
+        out.pop()
+    return out
+
 
 class CTCHead(nn.Module):
-    def __init__(self, local_dim: int, frame_dim: int, vocab_size: int):
+    def __init__(self, local_dim: int, frame_dim: int, vocab_size: int, upsample: int = 1):
         super().__init__()
         self.blank = vocab_size
-        self.proj = nn.Linear(local_dim + frame_dim, vocab_size + 1)
+        self.upsample = upsample
+        self.proj = nn.Linear(local_dim + frame_dim, (vocab_size + 1) * upsample)
 
     def forward(self, local_hidden: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """``local_hidden [N, local_dim]`` (one per patch), ``frames [N, G, frame_dim]`` -> log-probs [N*G, V+1]."""
+        """``local_hidden [N, local_dim]`` (one per patch), ``frames [N, G, frame_dim]`` -> log-probs
+        ``[N*G*upsample, V+1]`` in time order."""
         ctx = local_hidden[:, None, :].expand(-1, frames.shape[1], -1)
         x = torch.cat([ctx, frames.to(ctx.dtype)], dim=-1)
-        return F.log_softmax(self.proj(x).float(), dim=-1).reshape(-1, self.blank + 1)
+        logits = self.proj(x).float().reshape(-1, self.blank + 1)  # [N*G*R, V+1]: R outputs per frame
+        return F.log_softmax(logits, dim=-1)
 
     def save(self, path: str | Path) -> None:
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(path))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,8 @@ class LMExamples:
         self._lengths = {name: [self.codes[r["id"]].shape[1] for r in rs] for name, rs in self._by_length.items()}
         # Share of the teacher-forced speech patches of a TTS answer whose input codes are blanked (targets kept).
         self.patch_dropout = 0.0
+        # CTC targets from a transcript (None: the text vocabulary's token ids).
+        self.ctc_labeler: Callable[[str], list[int]] | None = None
 
     @staticmethod
     def _direction(task: str, pair: tuple[dict, dict]) -> str:
@@ -229,7 +232,8 @@ class LMExamples:
         speech_patches = int((x[0, ::G] == self.renderer.special.empty).sum())
         if speech_patches != -(-frames // G):
             return None
-        return self.renderer.tokenize(formats.normalize_case(row["text"]))
+        text = formats.normalize_case(row["text"])
+        return self.ctc_labeler(text) if self.ctc_labeler is not None else self.renderer.tokenize(text)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.train.ctc import CTCHead, FrameCapture, ctc_loss
+from apps.train.ctc import CHAR_ALPHABET, CTCHead, FrameCapture, char_labels, ctc_loss
 from apps.train.lm_data import LMExamples, bpe_training_texts, encode_corpus
 from apps.train.reliance import input_reliance
 from apps.train.state import (
@@ -101,6 +101,9 @@ class LMTrainConfig:
     patch_dropout: float = 0.0  # share of teacher-forced past speech patches of TTS answers blanked in the input
     curriculum_steps: int = 0  # utterances grow from curriculum_start_s to all over this many steps (0: off)
     curriculum_start_s: float = 3.0
+    ctc_target: str = "tokens"  # CTC targets: "tokens" (text vocabulary) or "chars" (apps.train.ctc.CHAR_ALPHABET)
+    ctc_upsample: int = 1  # CTC outputs per 25 Hz frame
+    audio_weight: float = 1.0  # speech loss (channel weights normalised to sum 1) against text weight 100
 
 
 def _lr(tc: LMTrainConfig, step: int) -> float:
@@ -202,7 +205,12 @@ def train_lm(tc: LMTrainConfig) -> dict:
     model.speech_buffer_dtype = None  # fp32 training: no bf16 rounding of the summed speech embeddings
     state = {"step": 0, "seed": tc.seed, "history": [], "config": asdict(tc)}
     last = out / "last"
-    ctc_head = CTCHead(config.local_dim, config.input_local_dim, config.vocab_size).to(device) \
+    if tc.ctc_target not in ("tokens", "chars"):
+        raise ValueError(f"ctc_target must be 'tokens' or 'chars', got {tc.ctc_target!r}")
+    if tc.ctc_target == "chars":
+        data.ctc_labeler = char_labels
+    ctc_classes = len(CHAR_ALPHABET) if tc.ctc_target == "chars" else config.vocab_size
+    ctc_head = CTCHead(config.local_dim, config.input_local_dim, ctc_classes, tc.ctc_upsample).to(device) \
         if tc.ctc_weight > 0 else None
     capture = FrameCapture(model) if ctc_head is not None else None
     trainable = torch.nn.ModuleDict({"lm": model, **({"ctc": ctc_head} if ctc_head is not None else {})})
@@ -243,7 +251,7 @@ def train_lm(tc: LMTrainConfig) -> dict:
                 g["lr"] = _lr(tc, step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
                 res = speech_lm_loss(model, ids.to(device), target.to(device), mask.to(device),
-                                     inputs=batch.inputs.to(device))
+                                     inputs=batch.inputs.to(device), audio_weight=tc.audio_weight)
                 ctc = None
                 if ctc_head is not None and capture.frames is not None:
                     is_speech = batch.inputs[:, 0, :: config.group_size].to(device) == special.empty
@@ -297,8 +305,8 @@ def train_lm(tc: LMTrainConfig) -> dict:
 
 
 _INT = ("steps", "batch_size", "max_patches", "warmup", "seed", "save_every", "log_every", "eval_items",
-        "eval_sentences", "curriculum_steps")
-_FLOAT = ("lr", "weight_decay", "ctc_weight", "patch_dropout", "curriculum_start_s")
+        "eval_sentences", "curriculum_steps", "ctc_upsample")
+_FLOAT = ("lr", "weight_decay", "ctc_weight", "patch_dropout", "curriculum_start_s", "audio_weight")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -327,12 +335,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", default=None,
                    help="start from this speech-LM folder ('default': the embedded model); the text vocabulary "
                    "may differ (rows are rebuilt from the old tokens)")
+    p.add_argument("--ctc-target", default=d.ctc_target, choices=["tokens", "chars"],
+                   help="targets of the auxiliary CTC head (--ctc-weight > 0): the text vocabulary's tokens or "
+                   "characters (a-z, digits, apostrophe, space)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def config_from_args(args: argparse.Namespace) -> LMTrainConfig:
     names = ("corpus", "out", "tokenizer", "tokenizer_preset", "preset", "device", "stop_at", "bf16", "max_sentences",
-             "text_vocab", "init_from",
+             "text_vocab", "init_from", "ctc_target",
              *_INT, *_FLOAT)
     return LMTrainConfig(**{n: getattr(args, n) for n in names}, progress=not args.no_progress)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from apps.train.ctc import CTCHead, FrameCapture, ctc_greedy, ctc_loss
+from apps.train.ctc import CHAR_ALPHABET, CTCHead, FrameCapture, char_labels, ctc_greedy, ctc_loss
 from apps.train.speech_lm import LMTrainConfig, curriculum_frames, lm_config, parse_text_vocab, prepare, train_lm
 from apps.train.text_lead import chunk_leads, text_lead
 from apps.train.warm_start import warm_start
@@ -103,6 +103,42 @@ def test_ctc_head_learns_only_through_its_inputs(mini_corpus, tmp_path):
     frames = capture.frames[:1]
     assert ctc_greedy(head, res.local_hidden[0, :1], frames) == [7]
     capture.remove()
+
+
+def test_character_ctc_targets_and_upsampled_head(mini_corpus, tmp_path):
+    assert "".join(CHAR_ALPHABET[i] for i in char_labels("  Hello, World! It's 42.  ")) == "hello world it's 42"
+    assert char_labels("?!") == []
+    config, special, data, _ = prepare(_cfg(mini_corpus, tmp_path), torch.device("cpu"))
+    data.ctc_labeler = char_labels
+    data.probs = np.array([1.0 if t == "asr" else 0.0 for t in data.tasks])
+    batch = data.training_batch(2, np.random.default_rng(0), special.eos)
+    assert all(lab and max(lab) < len(CHAR_ALPHABET) for lab in batch.ctc)  # characters, not BPE ids
+    torch.manual_seed(0)
+    model = SpeechLM(config, special.empty).init_weights(seed=0)
+    capture = FrameCapture(model)
+    res = speech_lm_loss(model, batch.ids, batch.target, batch.mask, inputs=batch.inputs)
+    is_speech = batch.inputs[:, 0, ::4] == special.empty
+    head = CTCHead(config.local_dim, config.input_local_dim, len(CHAR_ALPHABET), upsample=2)
+    n_frames = int(is_speech[0].sum()) * 4
+    assert head(res.local_hidden[0, is_speech[0]], capture.frames[: int(is_speech[0].sum())]).shape == (
+        2 * n_frames, len(CHAR_ALPHABET) + 1)
+    loss = ctc_loss(head, res.local_hidden, capture.frames, is_speech, batch.ctc)
+    assert loss is not None and math.isfinite(float(loss))
+    capture.remove()
+
+
+def test_audio_weight_scales_the_speech_loss_against_the_text(mini_corpus, tmp_path):
+    config, special, data, _ = prepare(_cfg(mini_corpus, tmp_path), torch.device("cpu"))
+    data.probs = np.array([1.0 if t == "tts" else 0.0 for t in data.tasks])
+    batch = data.training_batch(2, np.random.default_rng(0), special.eos)
+    model = SpeechLM(config, special.empty).init_weights(seed=0)
+    with torch.no_grad():
+        one = speech_lm_loss(model, batch.ids, batch.target, batch.mask)
+        ten = speech_lm_loss(model, batch.ids, batch.target, batch.mask, audio_weight=10.0)
+    w = torch.tensor([12.0, 8, 6, 4, 2, 2, 1, 1])
+    for res, aw in ((one, 1.0), (ten, 10.0)):
+        audio = float(sum(wc * c for wc, c in zip((w / w.sum()).tolist(), res.channels)))
+        assert float(res.loss) == pytest.approx((100 * float(res.text) + aw * audio) / (100 + aw), rel=1e-5)
 
 
 def test_warm_start_moves_a_byte_model_to_bpe(mini_corpus, tmp_path):
