@@ -103,6 +103,7 @@ class LMTrainConfig:
     curriculum_start_s: float = 3.0
     ctc_target: str = "tokens"  # CTC targets: "tokens" (text vocabulary) or "chars" (apps.train.ctc.CHAR_ALPHABET)
     ctc_upsample: int = 1  # CTC outputs per 25 Hz frame
+    ctc_lookahead: int = 0  # the CTC head reads the backbone this many patches later (it has heard more)
     audio_weight: float = 1.0  # speech loss (channel weights normalised to sum 1) against text weight 100
 
 
@@ -255,7 +256,7 @@ def train_lm(tc: LMTrainConfig) -> dict:
                 ctc = None
                 if ctc_head is not None and capture.frames is not None:
                     is_speech = batch.inputs[:, 0, :: config.group_size].to(device) == special.empty
-                    ctc = ctc_loss(ctc_head, res.local_hidden, capture.frames, is_speech, batch.ctc)
+                    ctc = ctc_loss(ctc_head, res.local_hidden, capture.frames, is_speech, batch.ctc, tc.ctc_lookahead)
             loss = res.loss if ctc is None else res.loss + tc.ctc_weight * ctc
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -305,7 +306,7 @@ def train_lm(tc: LMTrainConfig) -> dict:
 
 
 _INT = ("steps", "batch_size", "max_patches", "warmup", "seed", "save_every", "log_every", "eval_items",
-        "eval_sentences", "curriculum_steps", "ctc_upsample")
+        "eval_sentences", "curriculum_steps", "ctc_upsample", "ctc_lookahead")
 _FLOAT = ("lr", "weight_decay", "ctc_weight", "patch_dropout", "curriculum_start_s", "audio_weight")
 
 

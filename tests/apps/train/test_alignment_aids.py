@@ -123,7 +123,14 @@ def test_character_ctc_targets_and_upsampled_head(mini_corpus, tmp_path):
     assert head(res.local_hidden[0, is_speech[0]], capture.frames[: int(is_speech[0].sum())]).shape == (
         2 * n_frames, len(CHAR_ALPHABET) + 1)
     loss = ctc_loss(head, res.local_hidden, capture.frames, is_speech, batch.ctc)
-    assert loss is not None and math.isfinite(float(loss))
+    assert loss is not None and math.isfinite(float(loss.detach()))
+    # Lookahead: the frames of patch p are read with the backbone's output at p + k.
+    first = int(torch.nonzero(is_speech[0])[0])
+    for k in (0, 2):
+        hidden = res.local_hidden.detach().requires_grad_(True)
+        ctc_loss(head, hidden, capture.frames.detach(), is_speech, batch.ctc, lookahead=k).backward()
+        touched = hidden.grad[0].abs().sum(-1) > 0
+        assert bool(touched[first]) == (k == 0) and bool(touched[first + k])
     capture.remove()
 
 
