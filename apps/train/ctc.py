@@ -121,3 +121,30 @@ def ctc_greedy(head: CTCHead, local_hidden: torch.Tensor, frames: torch.Tensor) 
             out.append(t)
         prev = t
     return out
+
+
+@torch.no_grad()
+def ctc_char_error_rate(model: SpeechLM, head: CTCHead, renderer, rows: Sequence[dict],
+                        codes: dict[str, torch.Tensor], lookahead: int = 0) -> float:
+    """Greedy character error rate of a character CTC head on ``rows`` (ASR prompts): does the backbone know,
+    at the speech positions, which sounds it heard? (A probe of training, not an inference path.)"""
+    from jiwer import cer
+
+    from mimo_audio import formats
+
+    capture = FrameCapture(model)
+    was_training = model.training
+    model.eval()
+    refs, hyps = [], []
+    try:
+        for row in rows:
+            ids = renderer.render(formats.asr(codes[row["id"]]))[None].to(model.device)
+            hidden = model(ids).local_hidden[0]
+            is_speech = ids[0, 0, :: renderer.group_size] == renderer.special.empty
+            ctx = (torch.nonzero(is_speech).flatten() + lookahead).clamp(max=hidden.shape[0] - 1)
+            hyps.append("".join(CHAR_ALPHABET[t] for t in ctc_greedy(head, hidden[ctx], capture.frames)))
+            refs.append("".join(CHAR_ALPHABET[i] for i in char_labels(formats.normalize_case(row["text"]))))
+    finally:
+        capture.remove()
+        model.train(was_training)
+    return float(cer(refs, hyps))

@@ -5,7 +5,9 @@ rest of a known sentence follows from the text alone. Teacher-forced cross-entro
 against the same transcripts conditioned on *another* utterance's audio, tells how much the audio is used
 (``asr`` gap, in nats per text token). The TTS mirror: the speech codes' cross-entropy after the right text
 vs after another sentence, in the prompt and in the stream's text chunks (``tts`` gap, nats per channel-0 code).
-A gap near 0 means the input is ignored.
+A gap near 0 means the input is ignored. With ``--ctc RUN/ctc.safetensors`` (a run trained with
+``--ctc-target chars``) it also prints the greedy character error rate of the training-only CTC head: whether
+the backbone knows, at the speech positions, which sounds it heard.
 
     python -m apps.train.reliance --model runs/lm3/model --corpus corpus-full --split valid --items 32
 """
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", default=None, help="audio tokenizer for missing codes (default: the embedded one)")
     p.add_argument("--items", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ctc", default=None, help="a character CTC head (RUN/ctc.safetensors): also its greedy CER")
+    p.add_argument("--ctc-lookahead", type=int, default=0, help="the --ctc-lookahead the head was trained with")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -109,7 +113,27 @@ def _run(args: argparse.Namespace) -> dict:
     rows = [r for r in corpus_rows(args.corpus, args.split) if r["style"] == "plain" and r["id"] in codes]
     if not rows:
         raise ValueError(f"no plain {args.split} utterance of {args.corpus} has codes")
-    return input_reliance(model, renderer, rows, codes, args.items, args.seed)
+    result = input_reliance(model, renderer, rows, codes, args.items, args.seed)
+    if args.ctc:
+        result["ctc_cer"] = round(_ctc_cer(model, renderer, rows, codes, args), 4)
+    return result
+
+
+def _ctc_cer(model: SpeechLM, renderer: PromptRenderer, rows: list[dict], codes: dict, args) -> float:
+    from safetensors.torch import load_file
+
+    from apps.train.ctc import CHAR_ALPHABET, CTCHead, ctc_char_error_rate
+
+    rows_out = load_file(args.ctc)["proj.weight"].shape[0]
+    classes = len(CHAR_ALPHABET) + 1
+    if rows_out % classes:
+        raise ValueError(f"{args.ctc} is not a character CTC head ({rows_out} outputs)")
+    cfg = model.config
+    head = CTCHead(cfg.local_dim, cfg.input_local_dim, len(CHAR_ALPHABET), rows_out // classes)
+    head.load(args.ctc)
+    pick = [rows[i] for i in np.random.default_rng(args.seed).choice(len(rows), min(args.items, len(rows)),
+                                                                      replace=False)]
+    return ctc_char_error_rate(model, head, renderer, pick, codes, args.ctc_lookahead)
 
 
 if __name__ == "__main__":

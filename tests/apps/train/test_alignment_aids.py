@@ -194,3 +194,21 @@ def test_reliance_cli_bad_folder_is_one_clear_error(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith(f"speech-LM directory not found: {tmp_path / 'absent'}") and "Traceback" not in err[0]
+
+
+def test_ctc_char_error_rate_probe(mini_corpus, tmp_path):
+    from apps.train.ctc import ctc_char_error_rate
+
+    config, special, data, _ = prepare(_cfg(mini_corpus, tmp_path), torch.device("cpu"))
+    model = SpeechLM(config, special.empty).init_weights(seed=0)
+    head = CTCHead(config.local_dim, config.input_local_dim, len(CHAR_ALPHABET), upsample=2)
+    head.proj.weight.data.zero_()
+    bias = head.proj.bias.data.view(2, len(CHAR_ALPHABET) + 1)  # both outputs of a frame
+    bias.fill_(-10)
+    bias[:, len(CHAR_ALPHABET)] = 10  # blank everywhere: every character is deleted
+    assert ctc_char_error_rate(model, head, data.renderer, data.plain[:3], data.codes, lookahead=2) == 1.0
+    bias[:, len(CHAR_ALPHABET)] = -10
+    bias[:, CHAR_ALPHABET.index("e")] = 10  # one "e" per utterance (repeats collapse): all but one char missed
+    cer = ctc_char_error_rate(model, head, data.renderer, data.plain[:3], data.codes)
+    assert 0.5 < cer < 1.0
+    assert model.training and not model.input_local_transformer._forward_hooks  # state restored, hook removed
