@@ -112,7 +112,7 @@ def test_outlier_channels_cost_no_more_than_the_lut_kernel(name: str) -> None:
 
 @needs_vnni
 def test_quantlinear_and_packedmatrix_use_it_and_agree(monkeypatch) -> None:
-    monkeypatch.setenv(native.ENV_INT8, "on")  # 4-bit is opt-in
+    monkeypatch.delenv(native.ENV_INT8, raising=False)  # the default (auto) covers 4-bit
     lin = nn.Linear(256, 48)
     q = QuantLinear.from_linear(lin, "w4g32")
     assert "int8" in q.packed() and q.packed_bytes() == q.qweight.numel()  # the derived layout is not counted
@@ -135,8 +135,9 @@ def test_lut_fallback_when_off_or_not_supported(monkeypatch) -> None:
     assert not native.int8_kernel_for(4)
     y_torch = q(torch.ones(1, 64))
     monkeypatch.delenv(native.ENV_PATH)
-    assert not native.int8_kernel_for(4)  # auto: 4-bit keeps the LUT kernel (int8 activations cost perplexity)
-    assert native.int8_kernel_for(2) == native.int8_kernel_for("ternary") == native.int8_supported()
+    # auto: 2-bit, 4-bit and ternary (the int8 kernel is as accurate as the LUT one and faster), never 3-bit
+    assert native.int8_kernel_for(4) == native.int8_kernel_for(2) == native.int8_kernel_for("ternary")
+    assert native.int8_kernel_for(4) == native.int8_supported()
     monkeypatch.setenv(native.ENV_INT8, "on")
     assert native.int8_kernel_for(4) == native.int8_supported()
     monkeypatch.setenv(native.ENV_INT8, "bogus")
