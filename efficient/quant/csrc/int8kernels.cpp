@@ -45,7 +45,7 @@ struct I8Args {
 // enough cache misses in flight (measured 4096x4096 w4g128, 1 thread: 12.9 -> 15.6 GB/s; 1-2 KiB is best).
 constexpr int PREFETCH = 1024;
 // Plus, once per group and stream, the group's scale line (the per-vector prefetches skip it) and a line far
-// ahead into L2 (w4g32 4096x4096 cold, 1 thread: 688 -> 653 us CPU time).
+// ahead into L2 (w4g32 4096x4096 cold, 1 thread, one interleaved run: 675 -> 653 us CPU time).
 constexpr int PREFETCH_L2 = 4096;
 
 inline int64_t group_bytes(int64_t g, int64_t bits) { return 2 * g * bits + 64; }
