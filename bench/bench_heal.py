@@ -411,7 +411,7 @@ def summary(results: dict, args) -> None:
                   f"{r['after']['ppl']:.2f} | " + " | ".join(
                       f"{r['before']['passkey'][n]:.0%} -> {r['after']['passkey'][n]:.0%}" for n in args.lengths)
                   + f" | {r['heal']['steps']} ({r['heal']['seconds'] / 60:.1f}) |")
-    if results.get("lowbit"):
+    if any("ppl_after" in r for r in results.get("lowbit", {}).values()):
         print(f"\n| scheme | ppl before | ppl after | float ppl {results['float_ppl']:.2f} | file MiB | steps (min) |")
         print("|---|---|---|---|---|---|")
         for name, r in results["lowbit"].items():
