@@ -24,7 +24,7 @@ import torch
 log = logging.getLogger(__name__)
 
 PATHS = ("scalar", "avx2", "avx512")  # index = native path id
-ABI_VERSION = 2  # must equal lk_abi_version() of the built library
+ABI_VERSION = 3  # must equal lk_abi_version() of the built library
 ENV_PATH = "MIMO_QUANT_KERNEL"
 ENV_THREADS = "MIMO_QUANT_THREADS"
 ENV_TABLES = "MIMO_QUANT_TABLES"
