@@ -211,6 +211,8 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
     del packed
     print(f"{scheme} ({args.quant_method}) before healing: ppl {r['ppl_before']:.2f} "
           f"(float {results['float_ppl']:.2f})", flush=True)
+    if args.steps == 0:  # the packed model's perplexity on both kernels only
+        return
     prompts = data["train"][: (data["train"].numel() // 64) * 64].view(-1, 64)
     cfg = DistillConfig(steps=args.steps, lr=args.quant_lr, batch=args.batch, prompt_len=64, gen_len=args.gen_len,
                         mix=args.quant_mix, text_len=args.text_len, warmup=5, seed=0)
@@ -409,7 +411,7 @@ def summary(results: dict, args) -> None:
                   f"{r['after']['ppl']:.2f} | " + " | ".join(
                       f"{r['before']['passkey'][n]:.0%} -> {r['after']['passkey'][n]:.0%}" for n in args.lengths)
                   + f" | {r['heal']['steps']} ({r['heal']['seconds'] / 60:.1f}) |")
-    if results.get("lowbit"):
+    if any("ppl_after" in r for r in results.get("lowbit", {}).values()):
         print(f"\n| scheme | ppl before | ppl after | float ppl {results['float_ppl']:.2f} | file MiB | steps (min) |")
         print("|---|---|---|---|---|---|")
         for name, r in results["lowbit"].items():
@@ -451,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layouts", help="comma-separated layouts for the attention section (default: --layout)")
     ap.add_argument("--schemes", default="w4g128,w2g128", help="low-bit schemes (default w4g128,w2g128)")
     ap.add_argument("--sections", default="attention", help="attention,lowbit,mtp,speech (default attention)")
-    ap.add_argument("--steps", type=int, default=60, help="healing steps per conversion")
+    ap.add_argument("--steps", type=int, default=60,
+                    help="healing steps per conversion (0, low-bit: the packed perplexity before healing only)")
     ap.add_argument("--max-minutes", type=float, default=40.0, help="wall-time cap per healing run")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--prompt-len", type=int, default=512, help="on-policy prompt tokens (attention)")

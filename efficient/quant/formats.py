@@ -378,17 +378,24 @@ def int8_ternary_layout_inverse(layout: torch.Tensor, N: int, kp: int) -> tuple[
     return _pack_i2s(codes), ws
 
 
+INT8_ACT_BLOCK = 32  # columns per int8 activation scale in the int8 kernel (as llama.cpp's Q8_0)
+
+
 def int8_gemm_reference(scheme: Scheme, qweight: torch.Tensor, x: torch.Tensor, N: int) -> torch.Tensor:
     """What the int8 kernel computes, in float64 (x: float32 [M, Kp], padded): activations rounded to int8
-    per weight group (scale max|x| / 127, round half to even), integer dot products, the group's scale and
-    ascale applied per group, the min term with the float activation sum."""
+    per block of 32 columns (scale max|x_b| / 127, round half to even), integer dot products with the codes,
+    and the codes centred on c = (2^bits - 1) / 2 through the float activation sums: per weight group,
+    s * (sum_b d_b * (a_b . q_b) + c * (sum x - sum_b d_b * sum a_b)) + min * sum x, i.e.
+    s * sum_k (q_k - c) * d_b a_k + (min + c s) * sum_k x_k (only the rounding of a is lossy)."""
     M, kp = x.shape
-    g = scheme.group_size
+    g, ab = scheme.group_size, INT8_ACT_BLOCK
     codes, s, mn = unpack_uniform(qweight, N, kp, scheme.bits, g)
-    a, asc = _quant_act(x, g)  # [M, kp], [M, nG]
-    dot = (a.double().view(M, 1, kp // g, g) * codes.double().view(1, N, kp // g, g)).sum(-1)  # [M, N, nG]
+    c = (2**scheme.bits - 1) / 2
+    a, asc = _quant_act(x, ab)  # [M, kp], [M, kp / 32]
+    adq = (a.double().view(M, kp // ab, ab) * asc.double().unsqueeze(-1)).view(M, kp // g, g)
+    dot = (adq.unsqueeze(1) * (codes.double().view(1, N, kp // g, g) - c)).sum(-1)  # [M, N, nG]
     sx = x.double().view(M, kp // g, g).sum(-1)  # [M, nG]
-    y = dot * s.double().unsqueeze(0) * asc.double().unsqueeze(1) + mn.double().unsqueeze(0) * sx.unsqueeze(1)
+    y = dot * s.double().unsqueeze(0) + (mn.double() + c * s.double()).unsqueeze(0) * sx.unsqueeze(1)
     return y.sum(-1).float()
 
 

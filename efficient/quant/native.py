@@ -3,8 +3,8 @@
 The library is a plain shared object driven through :mod:`ctypes` with raw tensor data pointers. The path
 is chosen at run time from the CPU (AVX-512 VNNI/VBMI, else AVX2, else scalar) and can be forced with the
 environment variable ``MIMO_QUANT_KERNEL`` = ``avx512`` | ``avx2`` | ``scalar`` | ``torch`` (``auto`` default).
-``MIMO_QUANT_INT8`` = ``auto`` (default: uniform 2-bit and ternary) | ``on`` (4-bit too) | ``off``: the
-int8-activation kernel on CPUs with AVX512-VNNI (see :func:`int8_kernel_for`).
+``MIMO_QUANT_INT8`` = ``auto`` (default: uniform 2- and 4-bit and ternary) | ``on`` (every bit width it takes) |
+``off`` (the LUT kernels): the int8-activation kernel on CPUs with AVX512-VNNI (see :func:`int8_kernel_for`).
 ``MIMO_QUANT_THREADS`` sets the thread count (default: ``torch.get_num_threads()``), ``MIMO_QUANT_TABLES`` the
 LUT table precision of the uniform formats (``int8``, the fast default, or ``float``, exact).
 If the library is missing, every kernel runs as PyTorch code that gives the same results (slower), and a
@@ -24,16 +24,16 @@ import torch
 log = logging.getLogger(__name__)
 
 PATHS = ("scalar", "avx2", "avx512")  # index = native path id
-ABI_VERSION = 2  # must equal lk_abi_version() of the built library
+ABI_VERSION = 3  # must equal lk_abi_version() of the built library
 ENV_PATH = "MIMO_QUANT_KERNEL"
 ENV_THREADS = "MIMO_QUANT_THREADS"
 ENV_TABLES = "MIMO_QUANT_TABLES"
 ENV_INT8 = "MIMO_QUANT_INT8"
-# Bit widths the int8 kernel takes, and those it runs by default. 4-bit is opt-in (``on``): it is faster than the
-# LUT kernel (bench/bench_lut.py, Xeon with AMX/VNNI) but the int8 activations cost quality where the 4-bit
-# weights do not: SmolLM2-135M w4g128 perplexity 27.74 vs 25.29 on the LUT kernel (float 21.86; docs/healing.md).
+# Bit widths the int8 kernel takes, and those it runs by default (all of them: with activations rounded per 32
+# columns and centred codes it matches the LUT kernel's accuracy at 4 bits within 0.4%, SmolLM2-135M perplexity
+# w4g128 25.17 vs 25.29, w4g32 21.92 vs 21.84, and is faster; docs/quantization.md). ``off`` keeps the LUT kernel.
 INT8_BITS = (2, 4, "ternary")
-INT8_DEFAULT_BITS = (2, "ternary")
+INT8_DEFAULT_BITS = (2, 4, "ternary")
 TABLES = ("int8", "float")  # index = native table mode
 
 _lib: ctypes.CDLL | None = None

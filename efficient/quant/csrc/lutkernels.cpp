@@ -28,7 +28,8 @@ extern "C" {
 
 // Bumped whenever an exported signature or a packed layout changes; the Python loader refuses a stale build.
 // 2: lk_lut_gemm takes the table mode, lk_fp_gemm the bit width (fp3 bit planes).
-int lk_abi_version(void) { return 2; }
+// 3: lk_int8_gemm rounds the activations per 32 columns and centres the codes (other results than 2).
+int lk_abi_version(void) { return 3; }
 
 // ---------------------------------------------------------------------------------------------------------
 // CPU features and path selection. path: 0 scalar, 1 avx2, 2 avx512.
