@@ -212,3 +212,14 @@ def test_ctc_char_error_rate_probe(mini_corpus, tmp_path):
     cer = ctc_char_error_rate(model, head, data.renderer, data.plain[:3], data.codes)
     assert 0.5 < cer < 1.0
     assert model.training and not model.input_local_transformer._forward_hooks  # state restored, hook removed
+
+
+def test_code_probe_learns_characters_from_codes(mini_corpus, tmp_path):
+    from apps.train.code_probe import probe_codes
+
+    config, _, data, _ = prepare(_cfg(mini_corpus, tmp_path), torch.device("cpu"))
+    vocab = list(config.speech_vocab_size)
+    curve = probe_codes(data.plain, data.codes, vocab, steps=80, eval_every=40, batch_size=8, lr=5e-3)
+    assert [c["step"] for c in curve] == [0, 40, 80]
+    assert all(math.isfinite(c["cer"]) for c in curve)
+    assert curve[-1]["cer"] < curve[0]["cer"]
