@@ -162,6 +162,14 @@ def _mean(rows: list[dict], key: str) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
+def _bits(scheme: str) -> int:
+    """Bits of the scheme (of a mixed layout: its default scheme, which most weights use)."""
+    from efficient.quant.layouts import get_layout
+
+    layout = get_layout(scheme)
+    return int((layout.default if layout else scheme)[1])
+
+
 def _kernel(bits: int) -> str:
     """Which kernel the packed uniform layers of ``bits`` run on now."""
     from efficient.quant import native
@@ -201,11 +209,12 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
         results["float_ppl"] = perplexity(model, data["test"], 512, args.ppl_tokens)
     packed = copy.deepcopy(student)
     repack(packed)
-    r["kernel"] = _kernel(int(scheme[1]))
+    bits = _bits(scheme)
+    r["kernel"] = _kernel(bits)
     r["ppl_before"] = perplexity(packed, data["test"], 512, args.ppl_tokens)
     if "int8" in r["kernel"]:  # the same packed codes on the LUT-table kernel too
         with _env("MIMO_QUANT_INT8", "off"):
-            r["kernel_lut"] = _kernel(int(scheme[1]))
+            r["kernel_lut"] = _kernel(bits)
             r["ppl_before_lut"] = perplexity(packed, data["test"], 512, args.ppl_tokens)
         print(f"{scheme} packed before healing: ppl {r['ppl_before_lut']:.2f} on {r['kernel_lut']}", flush=True)
     del packed
