@@ -11,6 +11,8 @@ Sections (``--sections``, each printed as soon as it is done; every figure is me
   scales (or group-wise LoRA) over frozen codes, re-packed into the LUT format, and the checkpoint size;
   the held-out KL to the float model every ``--eval-every`` steps, and which kernel the packed model ran on
   (where that is the int8-activation kernel, the perplexity on the LUT-table kernel too).
+- ``llama-cpp``: llama.cpp's requantizations of the same GGUF (``--llama-cpp``, default Q2_K): perplexity on
+  the low-bit section's windows, file size, and the type of every tensor read back from the GGUF.
 - ``speech``: the embedded speech LM with its composed LUT + sparse backbone: text and speech (patch decoder)
   cross-entropy on held-out flite sentences, float vs composed before vs after healing (text-head and
   patch-decoder KL).
@@ -261,6 +263,73 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
           flush=True)
 
 
+LLAMA_FTYPES = {"Q2_K": 10, "Q3_K_M": 12, "Q4_0": 2, "Q4_K_M": 15}
+
+
+def llama_cpp_section(qname: str, data: dict, args, results: dict) -> None:
+    """llama.cpp's ``qname`` requantization of the same GGUF: perplexity on the same windows as the low-bit
+    rows, the file size, and the type and bytes of every tensor (from the GGUF itself)."""
+    import ctypes
+    import re
+    from collections import defaultdict
+
+    try:
+        import llama_cpp
+        from gguf import GGUFReader
+    except ImportError:
+        print(f"(llama.cpp {qname} reference skipped: llama-cpp-python / gguf not installed)", flush=True)
+        return
+    from eval.reference_models import smollm2_gguf_path
+
+    path = Path(tempfile.gettempdir()) / f"smollm2-{qname}.gguf"
+    if not path.is_file():
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.allow_requantize, params.nthread = LLAMA_FTYPES[qname], True, args.threads
+        llama_cpp.llama_model_quantize(str(smollm2_gguf_path()).encode(), str(path).encode(), ctypes.byref(params))
+    r = results.setdefault("llama_cpp", {}).setdefault(qname, {})
+    r["file_mib"] = path.stat().st_size / 2**20
+    types: dict = defaultdict(lambda: {"count": 0, "bytes": 0, "weights": 0})
+    for t in GGUFReader(str(path)).tensors:
+        key = f"{re.sub(r'blk[.][0-9]+[.]', 'blk.N.', t.name)} {t.tensor_type.name}"
+        types[key]["count"] += 1
+        types[key]["bytes"] += int(t.n_bytes)
+        types[key]["weights"] += int(t.n_elements)
+    r["tensors"] = dict(types)
+    windows = [w[0].tolist() for w in chained_windows(data["test"][: args.ppl_tokens], 512)]
+    # in a child process: a llama.cpp build that does not run on this CPU dies there (SIGILL), not here
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
+
+    try:
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            r["ppl"] = pool.submit(_llama_cpp_perplexity, str(path), windows, args.threads).result()
+    except BrokenProcessPool:
+        r["ppl"] = None
+        print(f"llama.cpp {qname}: the llama-cpp-python build crashed evaluating on this CPU (no perplexity)",
+              flush=True)
+    ppl = "-" if r["ppl"] is None else f"{r['ppl']:.2f}"
+    print(f"llama.cpp {qname} (requantized from the Q4_1 GGUF): ppl {ppl} on the low-bit windows, file "
+          f"{r['file_mib']:.1f} MiB; tensors:", flush=True)
+    for key, v in sorted(r["tensors"].items()):
+        print(f"  {key}: {v['count']} tensors, {v['bytes'] / 2**20:.2f} MiB, {8 * v['bytes'] / v['weights']:.3f} "
+              "bits/weight", flush=True)
+
+
+def _llama_cpp_perplexity(path: str, windows: list[list[int]], threads: int) -> float:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=path, n_ctx=600, n_threads=threads, n_batch=512, logits_all=True, verbose=False)
+    nll, count = 0.0, 0
+    for ids in windows:
+        llm.reset()
+        llm.eval(ids[:-1])
+        logits = torch.from_numpy(llm.scores[: len(ids) - 1].copy())
+        nll += torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum").item()
+        count += len(ids) - 1
+    return float(torch.tensor(nll / count).exp())
+
+
 def mtp_section(model, tok, data: dict, args, results: dict) -> None:
     from efficient.spec import CausalLMTarget, MTPConfig, MTPDrafter, SpeculativeDecoder, generate_plain
 
@@ -458,8 +527,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layout", default="hysparse-1:3", help="layout of the last line (default hysparse-1:3)")
     ap.add_argument("--layouts", help="comma-separated layouts for the attention section (default: --layout)")
-    ap.add_argument("--schemes", default="w4g128,w2g128", help="low-bit schemes (default w4g128,w2g128)")
-    ap.add_argument("--sections", default="attention", help="attention,lowbit,mtp,speech (default attention)")
+    ap.add_argument("--schemes", default="w4g128,w2g128",
+                    help="low-bit schemes or mixed layouts, e.g. q2k-mix (default w4g128,w2g128)")
+    ap.add_argument("--sections", default="attention",
+                    help="attention,lowbit,llama-cpp,mtp,speech (default attention)")
+    ap.add_argument("--llama-cpp", default="Q2_K", help="llama.cpp file types of the llama-cpp section (default "
+                    f"Q2_K; of {','.join(LLAMA_FTYPES)})")
     ap.add_argument("--steps", type=int, default=60, help="healing steps per conversion")
     ap.add_argument("--max-minutes", type=float, default=40.0, help="wall-time cap per healing run")
     ap.add_argument("--batch", type=int, default=2)
@@ -508,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     args.lengths = [int(x) for x in args.passkey_lengths.split(",")]
     sections = args.sections.split(",")
     model = tok = data = None
-    if set(sections) & {"attention", "lowbit", "mtp"}:
+    if set(sections) & {"attention", "lowbit", "mtp", "llama-cpp"}:
         model, tok = load_model()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -522,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
         if "attention" in sections:
             for layout in (args.layouts.split(",") if args.layouts else [args.layout]):
                 attention_section(layout, model, tok, data, args, results)
+        if "llama-cpp" in sections:
+            for qname in args.llama_cpp.split(","):
+                llama_cpp_section(qname, data, args, results)
         if "lowbit" in sections:
             for scheme in args.schemes.split(","):
                 lowbit_section(scheme, model, tok, data, args, results)

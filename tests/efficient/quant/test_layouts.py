@@ -132,3 +132,17 @@ def test_make_layout_names_its_rules():
     assert lay.scheme_for("model.layers.3.mlp.down_proj") == "w3g64"
     assert lay.scheme_for("model.layers.3.mlp.up_proj") == "w4g128"
     assert "down_proj=w3g64" in lay.name and lay.schemes() == ["w4g128", "w3g64", "w4g32"]
+
+
+def test_heal_recipe_accepts_the_layout():
+    from efficient.distill.recipes import convert_student, parse_conversion
+
+    assert parse_conversion("q2k-mix").quant == "q2k-mix"
+    with pytest.raises(ValueError, match="q2k-mix"):  # the error lists the layouts
+        parse_conversion("q9k-mix")
+    teacher = tiny_llama()
+    student, params = convert_student(teacher, "q2k-mix", quant_train="scales")
+    names = {n.rsplit(".", 1)[0] for n, _ in params}
+    assert "lm_head" in names and "model.layers.1.mlp.down_proj" in names
+    assert isinstance(teacher.lm_head, torch.nn.Linear)  # the teacher is untouched
+    assert student.get_input_embeddings().head() is student.lm_head
