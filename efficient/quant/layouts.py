@@ -4,9 +4,10 @@
 size is not a multiple of its 256-wide k-quant super-block (SmolLM2-135M: 576). There the 576-input tensors
 (attention q/k/v/o, MLP gate/up) cannot be k-quants and fall back to ``Q4_0`` (4-bit, group 32), ``ffn_down``
 (1536 inputs) becomes ``Q3_K`` and the tied token embedding ``Q8_0``: no tensor is 2-bit. The layout maps these
-onto the project's formats: 4-bit group 32 for the fallback tensors, 3-bit group 128 for ``down_proj``, and
-the tied embedding / output head stored once at 4-bit group 32 (our 4-bit g32 carries a min as well as a scale,
-5.0 bits per weight against ``Q4_0``'s 4.5, so an 8-bit embedding would not fit the ``Q2_K`` file's size).
+onto the project's formats: 4-bit group 32 for the fallback tensors, 3-bit group 64 for ``down_proj`` (3.5 bits
+per weight with its fp16 scale and min, ``Q3_K`` 3.44), and the tied embedding / output head stored once at
+4-bit group 32 (our 4-bit g32 carries a min as well as a scale, 5.0 bits per weight against ``Q4_0``'s 4.5, so
+an 8-bit embedding would not fit the ``Q2_K`` file's size). SmolLM2-135M: 75.5 MiB against llama.cpp's 84.1.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Layout:
 
 
 LAYOUTS: dict[str, Layout] = {
-    "q2k-mix": Layout("q2k-mix", default="w4g32", rules=(("*down_proj", "w3g128"),), embedding="w4g32"),
+    "q2k-mix": Layout("q2k-mix", default="w4g32", rules=(("*down_proj", "w3g64"),), embedding="w4g32"),
 }
 
 
