@@ -164,6 +164,14 @@ def _mean(rows: list[dict], key: str) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
+def _quantization_md_ppl(model, tok) -> float:
+    """docs/quantization.md's protocol (bench_lut): the first 1024 tokens of the offline test text, tokenized
+    with the tokenizer's defaults, windows of 512 (llama.cpp Q2_K 27.07, float 20.83 there)."""
+    from bench.common.perplexity import text_perplexity
+
+    return text_perplexity(model, tok, english("test"), max_tokens=1024)
+
+
 def _bits(scheme: str) -> int:
     """Bits of the scheme (of a mixed layout: its default scheme, which most weights use)."""
     from efficient.quant.layouts import get_layout
@@ -214,6 +222,8 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
     bits = _bits(scheme)
     r["kernel"] = _kernel(bits)
     r["ppl_before"] = perplexity(packed, data["test"], 512, args.ppl_tokens)
+    if args.quantization_md_ppl:
+        r["ppl_before_quantization_md"] = _quantization_md_ppl(packed, tok)
     if "int8" in r["kernel"]:  # the same packed codes on the LUT-table kernel too
         with _env("MIMO_QUANT_INT8", "off"):
             r["kernel_lut"] = _kernel(bits)
@@ -248,6 +258,10 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
     d.close()
     repack(student)
     r["ppl_after"] = perplexity(student, data["test"], 512, args.ppl_tokens)
+    if args.quantization_md_ppl:
+        r["ppl_after_quantization_md"] = _quantization_md_ppl(student, tok)
+        print(f"{scheme} on docs/quantization.md's protocol: ppl {r['ppl_before_quantization_md']:.2f} -> "
+              f"{r['ppl_after_quantization_md']:.2f}", flush=True)
     if "int8" in r["kernel"]:  # the same packed codes on the LUT-table kernel too
         with _env("MIMO_QUANT_INT8", "off"):
             r["ppl_after_lut"] = perplexity(student, data["test"], 512, args.ppl_tokens)
@@ -552,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quant-method", default="rtn", choices=["rtn", "rtn-act", "gptq"])
     ap.add_argument("--quant-train", default="scales", choices=["scales", "lora"])
     ap.add_argument("--quant-lr", type=float, default=5e-3)
+    ap.add_argument("--quantization-md-ppl", action="store_true",
+                    help="low-bit: also the perplexity on docs/quantization.md's protocol (1024 tokens)")
     ap.add_argument("--quant-mix", type=float, default=0.5)
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--mtp-steps", type=int, default=200)
