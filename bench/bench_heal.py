@@ -224,7 +224,7 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
     r["ppl_before"] = perplexity(packed, data["test"], 512, args.ppl_tokens)
     if args.quantization_md_ppl:
         r["ppl_before_quantization_md"] = _quantization_md_ppl(packed, tok)
-    if "int8" in r["kernel"]:  # the same packed codes on the LUT-table kernel too
+    if "int8-activation" in r["kernel"]:  # the same packed codes on the LUT-table kernel too
         with _env("MIMO_QUANT_INT8", "off"):
             r["kernel_lut"] = _kernel(bits)
             r["ppl_before_lut"] = perplexity(packed, data["test"], 512, args.ppl_tokens)
@@ -262,7 +262,7 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
         r["ppl_after_quantization_md"] = _quantization_md_ppl(student, tok)
         print(f"{scheme} on docs/quantization.md's protocol: ppl {r['ppl_before_quantization_md']:.2f} -> "
               f"{r['ppl_after_quantization_md']:.2f}", flush=True)
-    if "int8" in r["kernel"]:  # the same packed codes on the LUT-table kernel too
+    if "int8-activation" in r["kernel"]:  # the same packed codes on the LUT-table kernel too
         with _env("MIMO_QUANT_INT8", "off"):
             r["ppl_after_lut"] = perplexity(student, data["test"], 512, args.ppl_tokens)
         print(f"{scheme} healed, packed: ppl {r['ppl_after']:.2f} on {r['kernel']}, {r['ppl_after_lut']:.2f} on "
