@@ -11,6 +11,8 @@ Sections (``--sections``, each printed as soon as it is done; every figure is me
   scales (or group-wise LoRA) over frozen codes, re-packed into the LUT format, and the checkpoint size;
   the held-out KL to the float model every ``--eval-every`` steps, and which kernel the packed model ran on
   (where that is the int8-activation kernel, the perplexity on the LUT-table kernel too).
+- ``llama-cpp``: llama.cpp's requantizations of the same GGUF (``--llama-cpp``, default Q2_K): perplexity on
+  the low-bit section's windows, file size, and the type of every tensor read back from the GGUF.
 - ``speech``: the embedded speech LM with its composed LUT + sparse backbone: text and speech (patch decoder)
   cross-entropy on held-out flite sentences, float vs composed before vs after healing (text-head and
   patch-decoder KL).
@@ -162,6 +164,22 @@ def _mean(rows: list[dict], key: str) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
+def _quantization_md_ppl(model, tok) -> float:
+    """docs/quantization.md's protocol (bench_lut): the first 1024 tokens of the offline test text, tokenized
+    with the tokenizer's defaults, windows of 512 (llama.cpp Q2_K 27.07, float 20.83 there)."""
+    from bench.common.perplexity import text_perplexity
+
+    return text_perplexity(model, tok, english("test"), max_tokens=1024)
+
+
+def _bits(scheme: str) -> int:
+    """Bits of the scheme (of a mixed layout: its default scheme, which most weights use)."""
+    from efficient.quant.layouts import get_layout
+
+    layout = get_layout(scheme)
+    return int((layout.default if layout else scheme)[1])
+
+
 def _kernel(bits: int) -> str:
     """Which kernel the packed uniform layers of ``bits`` run on now."""
     from efficient.quant import native
@@ -201,11 +219,14 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
         results["float_ppl"] = perplexity(model, data["test"], 512, args.ppl_tokens)
     packed = copy.deepcopy(student)
     repack(packed)
-    r["kernel"] = _kernel(int(scheme[1]))
+    bits = _bits(scheme)
+    r["kernel"] = _kernel(bits)
     r["ppl_before"] = perplexity(packed, data["test"], 512, args.ppl_tokens)
-    if "int8" in r["kernel"]:  # the same packed codes on the LUT-table kernel too
+    if args.quantization_md_ppl:
+        r["ppl_before_quantization_md"] = _quantization_md_ppl(packed, tok)
+    if "int8-activation" in r["kernel"]:  # the same packed codes on the LUT-table kernel too
         with _env("MIMO_QUANT_INT8", "off"):
-            r["kernel_lut"] = _kernel(int(scheme[1]))
+            r["kernel_lut"] = _kernel(bits)
             r["ppl_before_lut"] = perplexity(packed, data["test"], 512, args.ppl_tokens)
         print(f"{scheme} packed before healing: ppl {r['ppl_before_lut']:.2f} on {r['kernel_lut']}", flush=True)
     del packed
@@ -239,7 +260,11 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
     d.close()
     repack(student)
     r["ppl_after"] = perplexity(student, data["test"], 512, args.ppl_tokens)
-    if "int8" in r["kernel"]:  # the same packed codes on the LUT-table kernel too
+    if args.quantization_md_ppl:
+        r["ppl_after_quantization_md"] = _quantization_md_ppl(student, tok)
+        print(f"{scheme} on docs/quantization.md's protocol: ppl {r['ppl_before_quantization_md']:.2f} -> "
+              f"{r['ppl_after_quantization_md']:.2f}", flush=True)
+    if "int8-activation" in r["kernel"]:  # the same packed codes on the LUT-table kernel too
         with _env("MIMO_QUANT_INT8", "off"):
             r["ppl_after_lut"] = perplexity(student, data["test"], 512, args.ppl_tokens)
         print(f"{scheme} healed, packed: ppl {r['ppl_after']:.2f} on {r['kernel']}, {r['ppl_after_lut']:.2f} on "
@@ -252,6 +277,73 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
     print(f"{scheme} after {d.step} steps ({d.seconds / 60:.1f} min): ppl {r['ppl_after']:.2f} "
           f"({100 * (r['ppl_after'] / results['float_ppl'] - 1):+.1f}% vs float), file {r['file_mib']:.1f} MiB",
           flush=True)
+
+
+LLAMA_FTYPES = {"Q2_K": 10, "Q3_K_M": 12, "Q4_0": 2, "Q4_K_M": 15}
+
+
+def llama_cpp_section(qname: str, data: dict, args, results: dict) -> None:
+    """llama.cpp's ``qname`` requantization of the same GGUF: perplexity on the same windows as the low-bit
+    rows, the file size, and the type and bytes of every tensor (from the GGUF itself)."""
+    import ctypes
+    import re
+    from collections import defaultdict
+
+    try:
+        import llama_cpp
+        from gguf import GGUFReader
+    except ImportError:
+        print(f"(llama.cpp {qname} reference skipped: llama-cpp-python / gguf not installed)", flush=True)
+        return
+    from eval.reference_models import smollm2_gguf_path
+
+    path = Path(tempfile.gettempdir()) / f"smollm2-{qname}.gguf"
+    if not path.is_file():
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.allow_requantize, params.nthread = LLAMA_FTYPES[qname], True, args.threads
+        llama_cpp.llama_model_quantize(str(smollm2_gguf_path()).encode(), str(path).encode(), ctypes.byref(params))
+    r = results.setdefault("llama_cpp", {}).setdefault(qname, {})
+    r["file_mib"] = path.stat().st_size / 2**20
+    types: dict = defaultdict(lambda: {"count": 0, "bytes": 0, "weights": 0})
+    for t in GGUFReader(str(path)).tensors:
+        key = f"{re.sub(r'blk[.][0-9]+[.]', 'blk.N.', t.name)} {t.tensor_type.name}"
+        types[key]["count"] += 1
+        types[key]["bytes"] += int(t.n_bytes)
+        types[key]["weights"] += int(t.n_elements)
+    r["tensors"] = dict(types)
+    windows = [w[0].tolist() for w in chained_windows(data["test"][: args.ppl_tokens], 512)]
+    # in a child process: a llama.cpp build that does not run on this CPU dies there (SIGILL), not here
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
+
+    try:
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            r["ppl"] = pool.submit(_llama_cpp_perplexity, str(path), windows, args.threads).result()
+    except BrokenProcessPool:
+        r["ppl"] = None
+        print(f"llama.cpp {qname}: the llama-cpp-python build crashed evaluating on this CPU (no perplexity)",
+              flush=True)
+    ppl = "-" if r["ppl"] is None else f"{r['ppl']:.2f}"
+    print(f"llama.cpp {qname} (requantized from the Q4_1 GGUF): ppl {ppl} on the low-bit windows, file "
+          f"{r['file_mib']:.1f} MiB; tensors:", flush=True)
+    for key, v in sorted(r["tensors"].items()):
+        print(f"  {key}: {v['count']} tensors, {v['bytes'] / 2**20:.2f} MiB, {8 * v['bytes'] / v['weights']:.3f} "
+              "bits/weight", flush=True)
+
+
+def _llama_cpp_perplexity(path: str, windows: list[list[int]], threads: int) -> float:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=path, n_ctx=600, n_threads=threads, n_batch=512, logits_all=True, verbose=False)
+    nll, count = 0.0, 0
+    for ids in windows:
+        llm.reset()
+        llm.eval(ids[:-1])
+        logits = torch.from_numpy(llm.scores[: len(ids) - 1].copy())
+        nll += torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum").item()
+        count += len(ids) - 1
+    return float(torch.tensor(nll / count).exp())
 
 
 def mtp_section(model, tok, data: dict, args, results: dict) -> None:
@@ -451,8 +543,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layout", default="hysparse-1:3", help="layout of the last line (default hysparse-1:3)")
     ap.add_argument("--layouts", help="comma-separated layouts for the attention section (default: --layout)")
-    ap.add_argument("--schemes", default="w4g128,w2g128", help="low-bit schemes (default w4g128,w2g128)")
-    ap.add_argument("--sections", default="attention", help="attention,lowbit,mtp,speech (default attention)")
+    ap.add_argument("--schemes", default="w4g128,w2g128",
+                    help="low-bit schemes or mixed layouts, e.g. q2k-mix (default w4g128,w2g128)")
+    ap.add_argument("--sections", default="attention",
+                    help="attention,lowbit,llama-cpp,mtp,speech (default attention)")
+    ap.add_argument("--llama-cpp", default="Q2_K", help="llama.cpp file types of the llama-cpp section (default "
+                    f"Q2_K; of {','.join(LLAMA_FTYPES)})")
     ap.add_argument("--steps", type=int, default=60,
                     help="healing steps per conversion (0, low-bit: the packed perplexity before healing only)")
     ap.add_argument("--max-minutes", type=float, default=40.0, help="wall-time cap per healing run")
@@ -473,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quant-method", default="rtn", choices=["rtn", "rtn-act", "gptq"])
     ap.add_argument("--quant-train", default="scales", choices=["scales", "lora"])
     ap.add_argument("--quant-lr", type=float, default=5e-3)
+    ap.add_argument("--quantization-md-ppl", action="store_true",
+                    help="low-bit: also the perplexity on docs/quantization.md's protocol (1024 tokens)")
     ap.add_argument("--quant-mix", type=float, default=0.5)
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--mtp-steps", type=int, default=200)
@@ -502,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     args.lengths = [int(x) for x in args.passkey_lengths.split(",")]
     sections = args.sections.split(",")
     model = tok = data = None
-    if set(sections) & {"attention", "lowbit", "mtp"}:
+    if set(sections) & {"attention", "lowbit", "mtp", "llama-cpp"}:
         model, tok = load_model()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -516,6 +614,9 @@ def main(argv: list[str] | None = None) -> int:
         if "attention" in sections:
             for layout in (args.layouts.split(",") if args.layouts else [args.layout]):
                 attention_section(layout, model, tok, data, args, results)
+        if "llama-cpp" in sections:
+            for qname in args.llama_cpp.split(","):
+                llama_cpp_section(qname, data, args, results)
         if "lowbit" in sections:
             for scheme in args.schemes.split(","):
                 lowbit_section(scheme, model, tok, data, args, results)

@@ -11,8 +11,10 @@ log = logging.getLogger("mimo-audio.heal")
 PROJ_LR = {"_proj.weight": 0.02, "_proj.bias": 0.02}  # whole projections train gently; sinks and gates at --lr
 
 CONVERT_HELP = ("what to convert and heal: an attention layout (hysparse-1:3, hysparse-sparsest, swa-5:1, or letters "
-                "F/S/R/W per layer), a low-bit scheme (w4g128, w2g128, afpq4g128, ternary), or mtp (train MTP "
-                "heads on the model's own outputs)")
+                "F/S/R/W per layer), a low-bit scheme (w4g128, w2g128, afpq4g128, ternary), a mixed low-bit layout "
+                "(q2k-mix: llama.cpp Q2_K's per-tensor bits on a 576-wide model - 4-bit g32 attention and gate/up, "
+                "3-bit g64 down_proj, the tied embedding 4-bit g32 - healed over every tensor, the embedding "
+                "included), or mtp (train MTP heads on the model's own outputs)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

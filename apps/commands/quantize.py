@@ -9,7 +9,9 @@ from pathlib import Path
 log = logging.getLogger("mimo-audio.quantize")
 
 SCHEME_HELP = ("w<bits>g<group> (bits 1-4, group 32/64/128; T-MAC LUT kernel), ternary (BitNet I2_S), "
-               "ternary-tl (ternary LUT), afpq4g<64|128> / afpq3g<64|128> (asymmetric FP, e2m1 / fp3)")
+               "ternary-tl (ternary LUT), afpq4g<64|128> / afpq3g<64|128> (asymmetric FP, e2m1 / fp3), or a mixed "
+               "layout: q2k-mix (llama.cpp Q2_K's per-tensor bits on a 576-wide model; the tied embedding packed "
+               "too, docs/healing.md)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,9 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from efficient.quant import parse_scheme
+    from efficient.quant.api import resolve_layout
 
-    parse_scheme(args.scheme)  # fail fast with a clear message
+    resolve_layout(args.scheme)  # fail fast with a clear message
     from apps.checks import check_causal_lm_dir, check_output_dir
 
     model_dir = check_causal_lm_dir(args.model, "quantize")  # safetensors causal LMs only, checked before loading

@@ -2,8 +2,9 @@
 
 A conversion spec is one or more parts joined by ``+``: an attention layout (``hysparse-1:3``,
 ``hysparse-sparsest``, ``swa-5:1``, or one letter per layer) and/or a low-bit scheme (``w4g128``,
-``w2g128``, ``afpq4g128``, ...). ``mtp`` (MTP heads) is healed by :class:`~efficient.distill.MTPSelfDistiller`
-instead and is not a student conversion.
+``w2g128``, ``afpq4g128``, ...) or a mixed low-bit layout (``q2k-mix``: a scheme per tensor, the tied
+embedding low-bit too, see :mod:`efficient.quant.layouts`). ``mtp`` (MTP heads) is healed by
+:class:`~efficient.distill.MTPSelfDistiller` instead and is not a student conversion.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from efficient.quant.layouts import LAYOUTS, get_layout
 
 from .params import attach_quant_adapters, attention_parameters
 
@@ -38,7 +41,7 @@ def parse_conversion(spec: str) -> ConversionSpec:
         if not part:
             raise ValueError(f"empty part in conversion {spec!r}")
         out.parts.append(part)
-        if _QUANT.match(part.lower()):
+        if _QUANT.match(part.lower()) or get_layout(part) is not None:
             if out.quant:
                 raise ValueError(f"conversion {spec!r} names two low-bit schemes")
             out.quant = part.lower()
@@ -49,8 +52,8 @@ def parse_conversion(spec: str) -> ConversionSpec:
         else:
             raise ValueError(
                 f"unknown conversion {part!r}: expected an attention layout (hysparse-1:M, hysparse-sparsest, "
-                "swa-N:1, or letters F/S/R/W per layer), a low-bit scheme (w4g128, w2g128, afpq4g128, ternary) "
-                "or mtp (alone)"
+                "swa-N:1, or letters F/S/R/W per layer), a low-bit scheme (w4g128, w2g128, afpq4g128, ternary), "
+                f"a mixed low-bit layout ({', '.join(LAYOUTS)}) or mtp (alone)"
             )
     return out
 

@@ -6,6 +6,9 @@
 >>> save_quantized(model, "out/")
 
 Schemes: ``w{1-4}g{32,64,128}`` (uniform asymmetric), ``ternary`` / ``ternary-tl``, ``afpq{3,4}g{64,128}``.
+Mixed layouts (a scheme per tensor, :mod:`efficient.quant.layouts`): ``quantize(model, "q2k-mix")`` (llama.cpp
+Q2_K's real allocation on 576-wide models, the tied embedding packed once as the head), or
+``quantize(model, "w4g128", overrides={"*down_proj": "w3g64"}, embedding="w4g32")``.
 Kernel path: env ``MIMO_QUANT_KERNEL`` = auto|avx512|avx2|scalar|torch; threads: ``MIMO_QUANT_THREADS``.
 """
 

@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from efficient.quant import formats
+from efficient.quant.embedding import replace_embedding, tied_embedding
 from efficient.quant.formats import Scheme, parse_scheme
 from efficient.quant.gptq import gptq_quantize
+from efficient.quant.layouts import Layout, get_layout, make_layout
 from efficient.quant.linear import QuantLinear
 
 log = logging.getLogger(__name__)
@@ -140,8 +142,15 @@ def quantize(
     tokenizer=None,
     progress: bool = False,
     calib_text: str | None = None,
+    overrides: dict[str, str] | None = None,
+    embedding: str | None = None,
 ) -> list[LayerReport]:
     """Quantize the selected ``nn.Linear`` layers of ``model`` in place; returns a per-layer report.
+
+    ``scheme``: one format for every layer (``w4g128``), or a mixed layout preset (``q2k-mix``, see
+    :mod:`efficient.quant.layouts`) that names a scheme per tensor. ``overrides`` (``{glob: scheme}`` over
+    qualified layer names, first match wins) and ``embedding`` (a scheme for a tied input embedding / output
+    head, stored once as the head's packed codes) refine a single scheme into a layout.
 
     ``method``: ``rtn`` (round to nearest, per-group clip search), ``rtn-act`` (the same with the clip search
     weighted by each input column's mean squared activation on calibration text, i.e. the diagonal of the
@@ -149,26 +158,36 @@ def quantize(
     or ``gptq``. The calibrated methods need ``calib_fn(model)`` that runs forward passes, or a ``tokenizer``
     and ``calib_text`` for a transformers LM, which then runs over that text; see :func:`text_calibration`.
     """
-    sch = scheme if isinstance(scheme, Scheme) else parse_scheme(scheme)
+    layout = resolve_layout(scheme, overrides, embedding)
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}: expected one of {', '.join(METHODS)}")
     targets = select_linears(model, include, exclude)
     if not targets:
         raise ValueError("no nn.Linear layer matches the include/exclude patterns")
+    tied = None
+    if layout.embedding:
+        tied = tied_embedding(model)
+        if tied is None:
+            raise ValueError(f"layout {layout.name}: a low-bit embedding needs a model whose output head is tied "
+                             "to its input embedding (get_input/output_embeddings share one weight)")
+        targets = [(n, m) for n, m in targets if n != tied[1]]
+        targets.append((tied[1], model.get_submodule(tied[1])))
     hessians: dict[str, torch.Tensor] = {}
     if method != "rtn":
         if calib_fn is None:
             if tokenizer is None or calib_text is None:
                 raise ValueError(f"method={method!r} needs calib_fn, or a tokenizer and calib_text to calibrate on")
             calib_fn = text_calibration(model, tokenizer, calib_text)
-        hessians = dict(collect_hessians(model, targets, calib_fn))
+        # the tied matrix is also the embedding table, which no activation statistic describes: RTN for it
+        hessians = dict(collect_hessians(model, [t for t in targets if not tied or t[0] != tied[1]], calib_fn))
     reports = []
     it = targets
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(targets, desc=f"quantize {sch.name} ({method})", unit="layer")
+        it = tqdm(targets, desc=f"quantize {layout.name} ({method})", unit="layer")
     for name, lin in it:
+        sch = parse_scheme(layout.embedding if tied and name == tied[1] else layout.scheme_for(name))
         w = lin.weight.detach().float()
         H = hessians.get(name)
         if H is None:
@@ -185,8 +204,28 @@ def quantize(
         reports.append(LayerReport(name, (lin.out_features, lin.in_features), sch.name, w.numel() * 4,
                                    q.packed_bytes(), float(dw.norm() / w.norm().clamp_min(1e-30)), out_err))
         _set_module(model, name, q)
-    model._mimo_quant = {"scheme": sch.name, "method": method}  # noqa: SLF001 - read by save_quantized
+    info = {"scheme": layout.name, "method": method}
+    if tied:
+        emb = model.get_submodule(tied[0])
+        replace_embedding(model, tied[0], tied[1], emb.num_embeddings, emb.embedding_dim, emb.padding_idx)
+        info["embedding"] = {"module": tied[0], "head": tied[1], "num_embeddings": emb.num_embeddings,
+                             "embedding_dim": emb.embedding_dim, "padding_idx": emb.padding_idx}
+    model._mimo_quant = info  # noqa: SLF001 - read by save_quantized
     return reports
+
+
+def resolve_layout(scheme: str | Scheme, overrides: dict[str, str] | None = None,
+                   embedding: str | None = None) -> Layout:
+    """A scheme name, a ``Scheme`` or a layout preset name, refined by ``overrides`` / ``embedding``."""
+    if isinstance(scheme, Scheme):
+        scheme = scheme.name
+    preset = get_layout(scheme)
+    if preset is None:
+        return make_layout(parse_scheme(scheme).name, overrides, embedding)
+    if overrides or embedding:
+        return make_layout(preset.default, {**dict(preset.rules), **(overrides or {})},
+                           embedding or preset.embedding, name=f"{preset.name}*")
+    return preset
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -250,6 +289,13 @@ def apply_quant_config(model: nn.Module, cfg: dict) -> None:
                              f"does not match the model's {old.out_features}x{old.in_features}")
         _set_module(model, name, QuantLinear(spec["in_features"], spec["out_features"], spec["scheme"],
                                              bias=spec["bias"]))
+    emb = cfg.get("embedding")
+    if emb:  # the tied embedding reads the packed head's codes
+        if emb["head"] not in cfg["layers"]:
+            raise ValueError(f"quantized embedding {emb['module']!r} names head {emb['head']!r}, which is not a "
+                             "quantized layer of the checkpoint")
+        replace_embedding(model, emb["module"], emb["head"], emb["num_embeddings"], emb["embedding_dim"],
+                          emb.get("padding_idx"))
 
 
 def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
@@ -290,10 +336,10 @@ def load_quantized_causal_lm(path: str | Path):
     """A transformers causal LM from a directory written by ``save_quantized`` (config.json inside)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    read_quant_config(path)
+    cfg = read_quant_config(path)
     config = AutoConfig.from_pretrained(path)
     model = AutoModelForCausalLM.from_config(config)  # random init is overwritten below
     load_quantized(model, path)
-    if getattr(config, "tie_word_embeddings", False):
-        model.tie_weights()
+    if getattr(config, "tie_word_embeddings", False) and not cfg.get("embedding"):
+        model.tie_weights()  # a quantized embedding already shares the head's codes
     return model.eval()
