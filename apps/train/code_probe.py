@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from apps.train.ctc import CHAR_ALPHABET, char_labels
+from apps.train.ctc import CHAR_ALPHABET, char_labels, char_text, collapse
 from apps.train.lm_data import corpus_rows
 from mimo_audio import formats
 
@@ -63,16 +63,9 @@ def greedy_cer(model: CodeGRU, rows: list[dict], codes: dict[str, torch.Tensor],
     model.eval()
     x, lens = _batch(rows, codes, pad)
     best = model(x).argmax(-1)
-    hyps = []
-    for b, n in enumerate(lens):
-        out, prev = [], model.blank
-        for t in best[b, : n * model.upsample].tolist():
-            if t != prev and t != model.blank:
-                out.append(CHAR_ALPHABET[t])
-            prev = t
-        hyps.append("".join(out))
+    hyps = [char_text(collapse(best[b, : n * model.upsample].tolist(), model.blank)) for b, n in enumerate(lens)]
     model.train()
-    return float(cer(["".join(CHAR_ALPHABET[i] for i in _reference(r)) for r in rows], hyps))
+    return float(cer([char_text(_reference(r)) for r in rows], hyps))
 
 
 def probe_codes(rows: list[dict], codes: dict[str, torch.Tensor], vocab_sizes: list[int], steps: int,

@@ -114,13 +114,22 @@ def ctc_loss(head: CTCHead, local_hidden: torch.Tensor, frames: torch.Tensor, is
 @torch.no_grad()
 def ctc_greedy(head: CTCHead, local_hidden: torch.Tensor, frames: torch.Tensor) -> list[int]:
     """Best-path decoding of one utterance: ``local_hidden [N, D]``, ``frames [N, G, Df]`` -> token ids."""
-    best = head(local_hidden, frames).argmax(-1).tolist()
-    out, prev = [], head.blank
+    return collapse(head(local_hidden, frames).argmax(-1).tolist(), head.blank)
+
+
+def collapse(best: Sequence[int], blank: int) -> list[int]:
+    """CTC best path -> labels: repeats merged, blanks dropped."""
+    out, prev = [], blank
     for t in best:
-        if t != prev and t != head.blank:
+        if t != prev and t != blank:
             out.append(t)
         prev = t
     return out
+
+
+def char_text(labels: Sequence[int]) -> str:
+    """Character labels (:func:`char_labels`) back to text."""
+    return "".join(CHAR_ALPHABET[i] for i in labels)
 
 
 @torch.no_grad()
@@ -142,8 +151,8 @@ def ctc_char_error_rate(model: SpeechLM, head: CTCHead, renderer, rows: Sequence
             hidden = model(ids).local_hidden[0]
             is_speech = ids[0, 0, :: renderer.group_size] == renderer.special.empty
             ctx = (torch.nonzero(is_speech).flatten() + lookahead).clamp(max=hidden.shape[0] - 1)
-            hyps.append("".join(CHAR_ALPHABET[t] for t in ctc_greedy(head, hidden[ctx], capture.frames)))
-            refs.append("".join(CHAR_ALPHABET[i] for i in char_labels(formats.normalize_case(row["text"]))))
+            hyps.append(char_text(ctc_greedy(head, hidden[ctx], capture.frames)))
+            refs.append(char_text(char_labels(formats.normalize_case(row["text"]))))
     finally:
         capture.remove()
         model.train(was_training)

@@ -43,6 +43,11 @@ def _loss(model: SpeechLM, renderer: PromptRenderer, prompt: list, answer: list,
     return float(res.text), float(res.channels[0]) if res.speech_patches else float("nan")
 
 
+def pick_items(rows: list[dict], items: int, seed: int) -> list[dict]:
+    """The same ``items`` rows for every probe of one seed."""
+    return [rows[i] for i in np.random.default_rng(seed).choice(len(rows), min(items, len(rows)), replace=False)]
+
+
 @torch.no_grad()
 def input_reliance(model: SpeechLM, renderer: PromptRenderer, rows: list[dict], codes: dict[str, torch.Tensor],
                    items: int = 24, seed: int = 0, shift: int = 1) -> dict:
@@ -52,8 +57,7 @@ def input_reliance(model: SpeechLM, renderer: PromptRenderer, rows: list[dict], 
     item ``i + shift``'s (``shift=0``: the same input, a gap of exactly 0)."""
     was_training = model.training
     model.eval()
-    rng = np.random.default_rng(seed)
-    pick = [rows[i] for i in rng.choice(len(rows), min(items, len(rows)), replace=False)]
+    pick = pick_items(rows, items, seed)
     other = [pick[(k + shift) % len(pick)] for k in range(len(pick))]
     asr_right, asr_other, tts_right, tts_other = [], [], [], []
     for row, alt in zip(pick, other):
@@ -85,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ctc", default=None, help="a character CTC head (RUN/ctc.safetensors): also its greedy CER")
     p.add_argument("--ctc-lookahead", type=int, default=0, help="the --ctc-lookahead the head was trained with")
     args = p.parse_args(argv)
+    if args.ctc and not Path(args.ctc).is_file():  # before the model runs, not after
+        p.exit(2, f"{p.prog}: error: CTC head not found: {args.ctc}\n")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = _run(args)
@@ -131,9 +137,8 @@ def _ctc_cer(model: SpeechLM, renderer: PromptRenderer, rows: list[dict], codes:
     cfg = model.config
     head = CTCHead(cfg.local_dim, cfg.input_local_dim, len(CHAR_ALPHABET), rows_out // classes)
     head.load(args.ctc)
-    pick = [rows[i] for i in np.random.default_rng(args.seed).choice(len(rows), min(args.items, len(rows)),
-                                                                      replace=False)]
-    return ctc_char_error_rate(model, head, renderer, pick, codes, args.ctc_lookahead)
+    return ctc_char_error_rate(model, head, renderer, pick_items(rows, args.items, args.seed), codes,
+                               args.ctc_lookahead)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ ENV_INT8 = "MIMO_QUANT_INT8"
 # columns and centred codes it matches the LUT kernel's accuracy at 4 bits within 0.4%, SmolLM2-135M perplexity
 # w4g128 25.17 vs 25.29, w4g32 21.92 vs 21.84, and is faster; docs/quantization.md). ``off`` keeps the LUT kernel.
 INT8_BITS = (2, 4, "ternary")
-INT8_DEFAULT_BITS = (2, 4, "ternary")
+INT8_DEFAULT_BITS = INT8_BITS  # `auto` runs every width the kernel takes (`on` matters again if one is opt-in)
 TABLES = ("int8", "float")  # index = native table mode
 
 _lib: ctypes.CDLL | None = None

@@ -223,3 +223,12 @@ def test_code_probe_learns_characters_from_codes(mini_corpus, tmp_path):
     assert [c["step"] for c in curve] == [0, 40, 80]
     assert all(math.isfinite(c["cer"]) for c in curve)
     assert curve[-1]["cer"] < curve[0]["cer"]
+
+
+def test_reliance_cli_missing_ctc_head_fails_before_the_model_runs(tmp_path, capsys):
+    from apps.train.reliance import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(tmp_path), "--corpus", str(tmp_path), "--ctc", str(tmp_path / "ctc.safetensors")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(f"CTC head not found: {tmp_path / 'ctc.safetensors'}")
