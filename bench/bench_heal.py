@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from bench.common.llama_cpp import SMOLLM2_FTYPES
 from bench.common.passkey import passkey_prompts
 from bench.common.perplexity import chained_windows
 from bench.common.perplexity import perplexity as window_perplexity
@@ -279,29 +280,23 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
           flush=True)
 
 
-LLAMA_FTYPES = {"Q2_K": 10, "Q3_K_M": 12, "Q4_0": 2, "Q4_K_M": 15}
 
 
 def llama_cpp_section(qname: str, data: dict, args, results: dict) -> None:
     """llama.cpp's ``qname`` requantization of the same GGUF: perplexity on the same windows as the low-bit
     rows, the file size, and the type and bytes of every tensor (from the GGUF itself)."""
-    import ctypes
+    import importlib.util
     import re
     from collections import defaultdict
 
-    try:
-        import llama_cpp
-        from gguf import GGUFReader
-    except ImportError:
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("gguf") is None:
         print(f"(llama.cpp {qname} reference skipped: llama-cpp-python / gguf not installed)", flush=True)
         return
-    from eval.reference_models import smollm2_gguf_path
+    from gguf import GGUFReader
 
-    path = Path(tempfile.gettempdir()) / f"smollm2-{qname}.gguf"
-    if not path.is_file():
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype, params.allow_requantize, params.nthread = LLAMA_FTYPES[qname], True, args.threads
-        llama_cpp.llama_model_quantize(str(smollm2_gguf_path()).encode(), str(path).encode(), ctypes.byref(params))
+    from bench.common.llama_cpp import smollm2_gguf
+
+    path = smollm2_gguf(qname, args.threads)
     r = results.setdefault("llama_cpp", {}).setdefault(qname, {})
     r["file_mib"] = path.stat().st_size / 2**20
     types: dict = defaultdict(lambda: {"count": 0, "bytes": 0, "weights": 0})
@@ -333,16 +328,9 @@ def llama_cpp_section(qname: str, data: dict, args, results: dict) -> None:
 
 
 def _llama_cpp_perplexity(path: str, windows: list[list[int]], threads: int) -> float:
-    import llama_cpp
+    from bench.common.llama_cpp import open_llama, window_nll
 
-    llm = llama_cpp.Llama(model_path=path, n_ctx=600, n_threads=threads, n_batch=512, logits_all=True, verbose=False)
-    nll, count = 0.0, 0
-    for ids in windows:
-        llm.reset()
-        llm.eval(ids[:-1])
-        logits = torch.from_numpy(llm.scores[: len(ids) - 1].copy())
-        nll += torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum").item()
-        count += len(ids) - 1
+    nll, count = window_nll(open_llama(path, threads), windows)
     return float(torch.tensor(nll / count).exp())
 
 
@@ -548,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sections", default="attention",
                     help="attention,lowbit,llama-cpp,mtp,speech (default attention)")
     ap.add_argument("--llama-cpp", default="Q2_K", help="llama.cpp file types of the llama-cpp section (default "
-                    f"Q2_K; of {','.join(LLAMA_FTYPES)})")
+                    f"Q2_K; of {','.join(SMOLLM2_FTYPES)})")
     ap.add_argument("--steps", type=int, default=60,
                     help="healing steps per conversion (0, low-bit: the packed perplexity before healing only)")
     ap.add_argument("--max-minutes", type=float, default=40.0, help="wall-time cap per healing run")

@@ -25,6 +25,7 @@ import argparse
 import ctypes
 import gc
 import glob
+import importlib.util
 import math
 import os
 import statistics
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from bench.common.llama_cpp import SMOLLM2_FTYPES, open_llama, smollm2_gguf, window_nll
 from bench.common.timing import median_time
 from efficient._hf import cache_kwargs, output_cache
 from efficient.quant import formats, native
@@ -481,7 +483,7 @@ def e2e_smollm2(threads: int, max_tokens: int, decode_repeats: int = 3) -> None:
     from bench.common.perplexity import text_perplexity
     from bench.common.timing import decode_tokens_per_s
     from efficient.quant import quantize
-    from eval.reference_models import load_smollm2, smollm2_gguf_path
+    from eval.reference_models import load_smollm2
     from eval.textdata import offline_english_text
 
     torch.set_num_threads(threads)
@@ -508,35 +510,15 @@ def e2e_smollm2(threads: int, max_tokens: int, decode_repeats: int = 3) -> None:
         sys.stdout.flush()
         del m
         gc.collect()
-    try:
-        import llama_cpp
-    except ImportError:
+    if importlib.util.find_spec("llama_cpp") is None:
         print("(llama.cpp end-to-end skipped: llama-cpp-python not installed)")
         return
-    src = str(smollm2_gguf_path())
     ids = tok(text, return_tensors="pt").input_ids[0][:max_tokens].tolist()
-    ftypes = {"Q4_1": None, "Q4_0": 2, "Q4_K_M": 15, "Q3_K_M": 12, "Q2_K": 10}
     for qname in LLAMA_CPP_QUANTS:
-        ftype = ftypes[qname]
-        path = src
-        if ftype is not None:
-            path = f"/tmp/smollm2-{qname}.gguf"
-            if not os.path.exists(path):
-                params = llama_cpp.llama_model_quantize_default_params()
-                params.ftype = ftype
-                params.allow_requantize = True
-                params.nthread = threads
-                llama_cpp.llama_model_quantize(src.encode(), path.encode(), ctypes.byref(params))
-        llm = llama_cpp.Llama(model_path=path, n_ctx=600, n_threads=threads, n_batch=512, logits_all=True,
-                              verbose=False)
-        nll, cnt = 0.0, 0
-        for i in range(0, len(ids) - 1, 512):
-            chunk = ids[i : i + 513]
-            llm.reset()
-            llm.eval(chunk[:-1])
-            logits = torch.from_numpy(llm.scores[: len(chunk) - 1].copy())
-            nll += torch.nn.functional.cross_entropy(logits, torch.tensor(chunk[1:]), reduction="sum").item()
-            cnt += len(chunk) - 1
+        ftype = SMOLLM2_FTYPES[qname]
+        path = smollm2_gguf(qname, threads)
+        llm = open_llama(path, threads)
+        nll, cnt = window_nll(llm, [ids[i : i + 513] for i in range(0, len(ids) - 1, 512)])
         rates = []
         for _ in range(decode_repeats):
             llm.reset()
