@@ -10,6 +10,12 @@ Targets: the text vocabulary's tokens, or characters (``CHAR_ALPHABET``): a BPE 
 and too many classes (2k) for a small patch encoder to learn from acoustics, while characters are close to what
 one frame hears. ``upsample`` R emits R outputs per 25 Hz frame, so fast speech (more than 25 characters per
 second, or doubled letters that need a blank between them) still fits the CTC alignment.
+
+``context`` R > 0 puts a small bidirectional GRU (R units each way) over the utterance's frames before the
+projection. A causal reader must name a sound before hearing its end and learns character CTC far more slowly than
+a bidirectional one (measured with GRUs on these codes); the LM reads a transcript only after the whole utterance,
+so a training-only bidirectional adapter asks of the patch encoder and backbone just the features that reading
+needs, with a gradient that arrives early in training.
 """
 
 from __future__ import annotations
@@ -41,17 +47,35 @@ def char_labels(text: str) -> list[int]:
 
 
 class CTCHead(nn.Module):
-    def __init__(self, local_dim: int, frame_dim: int, vocab_size: int, upsample: int = 1):
+    def __init__(self, local_dim: int, frame_dim: int, vocab_size: int, upsample: int = 1, context: int = 0):
         super().__init__()
         self.blank = vocab_size
         self.upsample = upsample
-        self.proj = nn.Linear(local_dim + frame_dim, (vocab_size + 1) * upsample)
+        self.context = context
+        self.rnn = nn.GRU(local_dim + frame_dim, context, batch_first=True, bidirectional=True) if context else None
+        self.proj = nn.Linear(2 * context if context else local_dim + frame_dim, (vocab_size + 1) * upsample)
+
+    @classmethod
+    def from_file(cls, path: str | Path, local_dim: int, frame_dim: int, vocab_size: int) -> CTCHead:
+        """A saved head, its upsampling and context read from the tensor shapes."""
+        tensors = load_file(str(path))
+        if "proj.weight" not in tensors:
+            raise ValueError(f"{path} is not a CTC head (no proj.weight)")
+        rows, classes = tensors["proj.weight"].shape[0], vocab_size + 1
+        if rows % classes:
+            raise ValueError(f"{path} is not a CTC head over {vocab_size} classes ({rows} outputs)")
+        context = tensors["rnn.weight_hh_l0"].shape[1] if "rnn.weight_hh_l0" in tensors else 0
+        head = cls(local_dim, frame_dim, vocab_size, rows // classes, context)
+        head.load_state_dict(tensors, strict=True)
+        return head
 
     def forward(self, local_hidden: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """``local_hidden [N, local_dim]`` (one per patch), ``frames [N, G, frame_dim]`` -> log-probs
-        ``[N*G*upsample, V+1]`` in time order."""
+        ``[N*G*upsample, V+1]`` in time order (one utterance)."""
         ctx = local_hidden[:, None, :].expand(-1, frames.shape[1], -1)
         x = torch.cat([ctx, frames.to(ctx.dtype)], dim=-1)
+        if self.rnn is not None:
+            x = self.rnn(x.reshape(1, -1, x.shape[-1]).float())[0][0]  # [N*G, 2*context]: the whole utterance
         logits = self.proj(x).float().reshape(-1, self.blank + 1)  # [N*G*R, V+1]: R outputs per frame
         return F.log_softmax(logits, dim=-1)
 

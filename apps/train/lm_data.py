@@ -34,6 +34,27 @@ log = logging.getLogger("mimo-audio.train")
 TASK_WEIGHTS = {"tts": 0.3, "asr": 0.3, "continuation": 0.1, "fewshot": 0.2, "text": 0.1}
 
 
+def parse_task_weights(spec: str) -> dict[str, float] | None:
+    """``"asr=0.5,tts=0.3"`` -> the task weights, unnamed tasks keeping :data:`TASK_WEIGHTS` (empty: None)."""
+    if not spec.strip():
+        return None
+    weights = dict(TASK_WEIGHTS)
+    for part in spec.split(","):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in TASK_WEIGHTS:
+            raise ValueError(f"task weight {part!r}: expected NAME=WEIGHT with NAME in {sorted(TASK_WEIGHTS)}")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise ValueError(f"task weight {part!r}: {value!r} is not a number") from None
+        if weights[name] < 0:
+            raise ValueError(f"task weight {part!r} is negative")
+    if sum(weights.values()) <= 0:
+        raise ValueError(f"task weights {spec!r} sum to 0")
+    return weights
+
+
 def bpe_training_texts(seed: int = 0) -> list[str]:
     """Text to train the BPE vocabulary on: every corpus-source sentence that the corpus puts in its training
     split (the same seeded hash as :func:`apps.corpus.plan.split_sentences`, so no validation or test sentence

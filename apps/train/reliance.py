@@ -126,17 +126,10 @@ def _run(args: argparse.Namespace) -> dict:
 
 
 def _ctc_cer(model: SpeechLM, renderer: PromptRenderer, rows: list[dict], codes: dict, args) -> float:
-    from safetensors.torch import load_file
-
     from apps.train.ctc import CHAR_ALPHABET, CTCHead, ctc_char_error_rate
 
-    rows_out = load_file(args.ctc)["proj.weight"].shape[0]
-    classes = len(CHAR_ALPHABET) + 1
-    if rows_out % classes:
-        raise ValueError(f"{args.ctc} is not a character CTC head ({rows_out} outputs)")
     cfg = model.config
-    head = CTCHead(cfg.local_dim, cfg.input_local_dim, len(CHAR_ALPHABET), rows_out // classes)
-    head.load(args.ctc)
+    head = CTCHead.from_file(args.ctc, cfg.local_dim, cfg.input_local_dim, len(CHAR_ALPHABET))
     return ctc_char_error_rate(model, head, renderer, pick_items(rows, args.items, args.seed), codes,
                                args.ctc_lookahead)
 

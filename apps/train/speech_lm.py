@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from apps.train.ctc import CHAR_ALPHABET, CTCHead, FrameCapture, char_labels, ctc_loss
-from apps.train.lm_data import LMExamples, bpe_training_texts, encode_corpus
+from apps.train.lm_data import TASK_WEIGHTS, LMExamples, bpe_training_texts, encode_corpus, parse_task_weights
 from apps.train.reliance import input_reliance
 from apps.train.state import (
     load_optimizer_tensors,
@@ -105,6 +105,8 @@ class LMTrainConfig:
     ctc_upsample: int = 1  # CTC outputs per 25 Hz frame
     ctc_lookahead: int = 0  # the CTC head reads the backbone this many patches later (it has heard more)
     audio_weight: float = 1.0  # speech loss (channel weights normalised to sum 1) against text weight 100
+    ctc_context: int = 0  # units each way of a bidirectional GRU under the CTC projection (0: none)
+    task_weights: str = ""  # "asr=0.5,tts=0.3,...": sampling weights of the tasks (empty: lm_data.TASK_WEIGHTS)
 
 
 def _lr(tc: LMTrainConfig, step: int) -> float:
@@ -146,6 +148,7 @@ def _optimizer(model: torch.nn.Module, tc: LMTrainConfig) -> torch.optim.Optimiz
 def prepare(tc: LMTrainConfig, device: torch.device):
     """Text tokenizer (written into ``out/model``), audio codes of the corpus, the example sampler."""
     bpe = parse_text_vocab(tc.text_vocab)  # a bad spec fails before any folder is made
+    weights = parse_task_weights(tc.task_weights)
     out = Path(tc.out)
     model_dir = out / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -161,7 +164,7 @@ def prepare(tc: LMTrainConfig, device: torch.device):
     audio_tok = load_audio_tokenizer(tc, device)
     codes = encode_corpus(audio_tok, tc.corpus, "train", out / "codes-train.safetensors", config.audio_channels,
                           tc.progress, tc.max_sentences)
-    data = LMExamples(tc.corpus, "train", codes, renderer, tc.max_patches)
+    data = LMExamples(tc.corpus, "train", codes, renderer, tc.max_patches, weights)
     data.patch_dropout = tc.patch_dropout
     return config, special, data, text_tok
 
@@ -211,8 +214,10 @@ def train_lm(tc: LMTrainConfig) -> dict:
     if tc.ctc_target == "chars":
         data.ctc_labeler = char_labels
     ctc_classes = len(CHAR_ALPHABET) if tc.ctc_target == "chars" else config.vocab_size
-    ctc_head = CTCHead(config.local_dim, config.input_local_dim, ctc_classes, tc.ctc_upsample).to(device) \
-        if tc.ctc_weight > 0 else None
+    ctc_head = None
+    if tc.ctc_weight > 0:
+        ctc_head = CTCHead(config.local_dim, config.input_local_dim, ctc_classes, tc.ctc_upsample,
+                           tc.ctc_context).to(device)
     capture = FrameCapture(model) if ctc_head is not None else None
     trainable = torch.nn.ModuleDict({"lm": model, **({"ctc": ctc_head} if ctc_head is not None else {})})
     opt = _optimizer(trainable, tc)
@@ -306,7 +311,7 @@ def train_lm(tc: LMTrainConfig) -> dict:
 
 
 _INT = ("steps", "batch_size", "max_patches", "warmup", "seed", "save_every", "log_every", "eval_items",
-        "eval_sentences", "curriculum_steps", "ctc_upsample", "ctc_lookahead")
+        "eval_sentences", "curriculum_steps", "ctc_upsample", "ctc_lookahead", "ctc_context")
 _FLOAT = ("lr", "weight_decay", "ctc_weight", "patch_dropout", "curriculum_start_s", "audio_weight")
 
 
@@ -339,12 +344,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctc-target", default=d.ctc_target, choices=["tokens", "chars"],
                    help="targets of the auxiliary CTC head (--ctc-weight > 0): the text vocabulary's tokens or "
                    "characters (a-z, digits, apostrophe, space)")
+    p.add_argument("--task-weights", default=d.task_weights,
+                   help="sampling weights of the tasks, e.g. 'asr=0.5,tts=0.3' (others keep their defaults: "
+                   + ", ".join(f"{k}={v}" for k, v in TASK_WEIGHTS.items()) + ")")
     p.add_argument("--no-progress", action="store_true")
 
 
 def config_from_args(args: argparse.Namespace) -> LMTrainConfig:
     names = ("corpus", "out", "tokenizer", "tokenizer_preset", "preset", "device", "stop_at", "bf16", "max_sentences",
-             "text_vocab", "init_from", "ctc_target",
+             "text_vocab", "init_from", "ctc_target", "task_weights",
              *_INT, *_FLOAT)
     return LMTrainConfig(**{n: getattr(args, n) for n in names}, progress=not args.no_progress)
 

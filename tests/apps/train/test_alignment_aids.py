@@ -232,3 +232,38 @@ def test_reliance_cli_missing_ctc_head_fails_before_the_model_runs(tmp_path, cap
         main(["--model", str(tmp_path), "--corpus", str(tmp_path), "--ctc", str(tmp_path / "ctc.safetensors")])
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().endswith(f"CTC head not found: {tmp_path / 'ctc.safetensors'}")
+
+
+def test_bidirectional_ctc_context_sees_the_future_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    head = CTCHead(6, 5, len(CHAR_ALPHABET), upsample=2, context=8)
+    hidden = torch.randn(3, 6, requires_grad=True)
+    frames = torch.randn(3, 4, 5)
+    lp = head(hidden, frames)
+    assert lp.shape == (3 * 4 * 2, len(CHAR_ALPHABET) + 1)
+    lp[0].sum().backward()  # the first output depends on the last patch: the adapter reads both ways
+    assert float(hidden.grad[-1].abs().sum()) > 0
+    head.save(tmp_path / "ctc.safetensors")
+    back = CTCHead.from_file(tmp_path / "ctc.safetensors", 6, 5, len(CHAR_ALPHABET))
+    assert (back.upsample, back.context) == (2, 8)
+    assert torch.equal(back(hidden, frames), lp)
+    plain = CTCHead(6, 5, len(CHAR_ALPHABET), upsample=1)
+    plain.save(tmp_path / "plain.safetensors")
+    assert CTCHead.from_file(tmp_path / "plain.safetensors", 6, 5, len(CHAR_ALPHABET)).context == 0
+    with pytest.raises(ValueError, match="over 7 classes"):
+        CTCHead.from_file(tmp_path / "plain.safetensors", 6, 5, 7)
+
+
+def test_task_weights_parse_and_reach_the_sampler(mini_corpus, tmp_path):
+    from apps.train.lm_data import TASK_WEIGHTS, parse_task_weights
+
+    assert parse_task_weights("") is None
+    w = parse_task_weights("asr=0.6, text=0")
+    assert w == {**TASK_WEIGHTS, "asr": 0.6, "text": 0.0}
+    for bad, msg in (("asr", "NAME=WEIGHT"), ("speak=1", "NAME=WEIGHT"), ("asr=x", "not a number"),
+                     ("asr=-1", "negative")):
+        with pytest.raises(ValueError, match=msg):
+            parse_task_weights(bad)
+    _, _, data, _ = prepare(_cfg(mini_corpus, tmp_path, task_weights="asr=1,tts=0,continuation=0,fewshot=0,text=0"),
+                            torch.device("cpu"))
+    assert dict(zip(data.tasks, data.probs.tolist()))["asr"] == 1.0
