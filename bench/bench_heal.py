@@ -134,6 +134,9 @@ def attention_section(layout: str, model, tok, data: dict, args, results: dict) 
               f"({results['full']['seconds']:.0f} s)", flush=True)
     r["before"] = measure(student)
     print(f"{layout} before healing: ppl {r['before']['ppl']:.2f}, passkey {r['before']['passkey']}", flush=True)
+    if args.steps == 0:  # the conversion alone: "after" is "before"
+        r["heal"], r["after"] = {"steps": 0, "seconds": 0.0}, r["before"]
+        return
     prompts = {"text": data["train"][: (data["train"].numel() // args.prompt_len) * args.prompt_len]
                .view(-1, args.prompt_len)}
     teachers = {"text": model}
@@ -538,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llama-cpp", default="Q2_K", help="llama.cpp file types of the llama-cpp section (default "
                     f"Q2_K; of {','.join(SMOLLM2_FTYPES)})")
     ap.add_argument("--steps", type=int, default=60,
-                    help="healing steps per conversion (0, low-bit: the packed perplexity before healing only)")
+                    help="healing steps per conversion (0: the conversion before healing only)")
     ap.add_argument("--max-minutes", type=float, default=40.0, help="wall-time cap per healing run")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--prompt-len", type=int, default=512, help="on-policy prompt tokens (attention)")
