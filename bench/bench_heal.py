@@ -16,8 +16,10 @@ Sections (``--sections``, each printed as soon as it is done; every figure is me
 - ``speech``: the embedded speech LM with its composed LUT + sparse backbone: text and speech (patch decoder)
   cross-entropy on held-out flite sentences, float vs composed before vs after healing (text-head and
   patch-decoder KL).
-- ``mtp``: acceptance length of 3 MTP heads (greedy, held-out prompts, output checked equal to plain greedy)
-  before and after self-distillation on the target's own rollouts.
+- ``mtp``: acceptance length of 3 MTP heads (tokens committed per draft round, greedy, 3 drafts a round, on
+  held-out test-text prompts; output asserted equal to plain greedy) before and after self-distillation on the
+  target's own rollouts: by default batched greedy rollouts that keep the target's hidden states (resumable
+  shards, ``--mtp-data``), then the heads alone on the cached states (``--mtp-mode online``: the first recipe).
 
 The last line printed is, for ``--layout``: pass-key 2k/4k and perplexity before -> after healing.
 
@@ -337,36 +339,133 @@ def _llama_cpp_perplexity(path: str, windows: list[list[int]], threads: int) -> 
     return float(torch.tensor(nll / count).exp())
 
 
+def _mtp_drafter(model, target, data: dict):
+    from efficient.distill import hidden_and_logits
+    from efficient.spec import MTPConfig, MTPDrafter
+
+    drafter = MTPDrafter(MTPConfig.from_target(model.config, num_heads=3), target.embed, target.final_norm,
+                         target.lm_head)
+    with torch.no_grad():
+        h, _ = hidden_and_logits(model, data["train"][None, :128])
+    torch.manual_seed(0)
+    drafter.init_from_target(target.decoder_layers[-1], hidden_rms=float(h.pow(2).mean(-1).sqrt().median()))
+    return drafter
+
+
+def mtp_acceptance(target, drafter, held: list[list[int]], new_tokens: int) -> dict:
+    """Acceptance length = tokens committed per drafting round (accepted drafts + the bonus token), greedy,
+    3 drafts a round (adaptive off), pooled over the held-out prompts; plain greedy is decoded too and the
+    outputs compared; decode times of both."""
+    from efficient.spec import SpeculativeDecoder, generate_plain
+
+    rounds = toks = 0
+    proposed, accepted = [0, 0, 0], [0, 0, 0]
+    equal, t_plain, t_spec = True, 0.0, 0.0
+    for p in held:
+        ref, sp = generate_plain(target, p, new_tokens)
+        out, st = SpeculativeDecoder(target, drafter.eval(), max_draft=3, adaptive=False).generate(p, new_tokens)
+        equal &= out == ref
+        rounds += st.draft_rounds
+        toks += st.draft_round_tokens
+        proposed = [a + b for a, b in zip(proposed, st.proposed)]
+        accepted = [a + b for a, b in zip(accepted, st.accepted)]
+        t_plain += sp.time_total - sp.time_prefill
+        t_spec += st.time_total - st.time_prefill
+    return {"accept": toks / max(rounds, 1), "greedy_equal": equal,
+            "per_position": [a / max(p, 1) for a, p in zip(accepted, proposed)],
+            "decode_speedup": t_plain / t_spec if t_spec else float("nan"), "prompts": len(held),
+            "tokens": new_tokens}
+
+
+def _held_out_prompts(tok, n: int) -> list[list[int]]:
+    """``n`` prompts of 64 tokens, paragraphs spread over the offline test text (never used for training)."""
+    paras = [x for x in english("test").split("\n\n") if len(x) > 600]
+    step = max(1, len(paras) // n)
+    return [tok(paras[i * step], add_special_tokens=False).input_ids[:64] for i in range(n)]
+
+
 def mtp_section(model, tok, data: dict, args, results: dict) -> None:
-    from efficient.spec import CausalLMTarget, MTPConfig, MTPDrafter, SpeculativeDecoder, generate_plain
+    from efficient.spec import CausalLMTarget, load_mtp
 
     r = results.setdefault("mtp", {})
     target = CausalLMTarget(model)
-    cfg = MTPConfig.from_target(model.config, num_heads=3)
-    drafter = MTPDrafter(cfg, target.embed, target.final_norm, target.lm_head)
-    with torch.no_grad():
-        h, _ = __import__("efficient.distill", fromlist=["hidden_and_logits"]).hidden_and_logits(
-            model, data["train"][None, :128])
-    torch.manual_seed(0)
-    drafter.init_from_target(target.decoder_layers[-1], hidden_rms=float(h.pow(2).mean(-1).sqrt().median()))
-    paras = [x for x in english("test").split("\n\n") if len(x) > 600]
-    step = max(1, len(paras) // args.mtp_prompts)
-    held = [tok(paras[i * step], add_special_tokens=False).input_ids[:64] for i in range(args.mtp_prompts)]
+    protocols = {"held-out": (args.mtp_prompts, args.mtp_tokens)}
+    if args.mtp_old_protocol:  # docs/healing.md's first rows: 3 prompts x 40 tokens
+        protocols["old (3 x 40)"] = (3, 40)
 
-    def acceptance() -> tuple[float, bool]:
-        rounds = toks = 0
-        equal = True
-        for p in held:
-            ref, _ = generate_plain(target, p, args.mtp_tokens)
-            out, st = SpeculativeDecoder(target, drafter.eval(), max_draft=3, adaptive=False).generate(
-                p, args.mtp_tokens)
-            equal &= out == ref
-            rounds += st.draft_rounds
-            toks += st.draft_round_tokens
-        return toks / max(rounds, 1), equal
+    def measure(drafter, tag: str) -> None:
+        for name, (n, new) in protocols.items():
+            m = mtp_acceptance(target, drafter, _held_out_prompts(tok, n), new)
+            r.setdefault(tag, {})[name] = m
+            per = "/".join(f"{x:.2f}" for x in m["per_position"])
+            print(f"MTP x3 {tag}, {name} ({n} prompts x {new} tokens): acceptance length {m['accept']:.2f} "
+                  f"(per draft position {per}); greedy output equal to plain greedy: {m['greedy_equal']}; "
+                  f"decode {m['decode_speedup']:.2f}x plain", flush=True)
+            assert m["greedy_equal"], "speculative greedy output differs from plain greedy"
+            if tag == "after" and name == "held-out":
+                r["accept_after"], r["greedy_equal"] = m["accept"], m["greedy_equal"]
 
-    r["accept_before"], _ = acceptance()
-    print(f"MTP x3 before (heads = copies of the last block): acceptance length {r['accept_before']:.2f}", flush=True)
+    if args.mtp_heads:  # evaluate trained heads only
+        measure(load_mtp(args.mtp_heads, target), "after")
+        r["train"] = {"heads": args.mtp_heads}
+        target.close()
+        return
+    drafter = _mtp_drafter(model, target, data)
+    if not args.mtp_skip_before:
+        measure(drafter, "before")
+        r["accept_before"] = r["before"]["held-out"]["accept"]
+    if args.mtp_mode == "cached":
+        _mtp_train_cached(model, drafter, data, args, r)
+    else:
+        _mtp_train_online(model, drafter, data, args, r)
+    for p in drafter.parameters():
+        p.requires_grad_(False)
+    if args.mtp_save:
+        print(f"wrote {drafter.save(Path(args.mtp_save))}", flush=True)
+    measure(drafter, "after")
+    target.close()
+
+
+def _mtp_train_cached(model, drafter, data: dict, args, r: dict) -> None:
+    """Batched greedy rollouts that keep the hidden states (shards, resumable), then the heads alone."""
+    from efficient.distill.mtp_cached import CachedMTPTrainer
+    from efficient.distill.mtp_data import generate_rollout_shards, load_rollout_shards
+
+    P = args.mtp_prompt_len
+    starts = data["train"][: (data["train"].numel() // P) * P].view(-1, P)
+    g = torch.Generator().manual_seed(0)
+    rows = starts[torch.randperm(starts.shape[0], generator=g)[: args.mtp_rollouts]]
+    shard_dir = Path(args.mtp_data or tempfile.mkdtemp(prefix="mtp-rollouts-"))
+    info = generate_rollout_shards(model, rows, args.mtp_rollout_tokens, shard_dir, batch=args.mtp_rollout_batch,
+                                   dtype=None if args.mtp_fp32 else torch.bfloat16,
+                                   max_seconds=args.mtp_gen_minutes * 60)
+    cached = load_rollout_shards(shard_dir, max_rows=args.mtp_rollouts)
+    n, L = cached["tokens"].shape
+    r["data"] = {"rows": n, "positions": n * L, "generated_tokens": n * args.mtp_rollout_tokens,
+                 "prompt_len": P, "rollout_s_this_run": info["seconds"], "dtype": "fp32" if args.mtp_fp32 else "bf16"}
+    print(f"MTP data: {n} greedy rollouts x ({P} prompt + {args.mtp_rollout_tokens} generated) tokens = "
+          f"{n * args.mtp_rollout_tokens} generated tokens; this run generated {info['generated_tokens']} in "
+          f"{info['seconds'] / 60:.1f} min", flush=True)
+    trainer = CachedMTPTrainer(drafter, cached, lr=args.mtp_lr, batch=args.mtp_batch, steps=args.mtp_steps,
+                               vocab_size=args.mtp_vocab, bf16=not args.mtp_fp32, holdout=args.mtp_holdout)
+    state = Path(args.state_dir) / "mtp-cached" if args.state_dir else None
+    if state and args.resume and (state / "distill_state.json").is_file():
+        trainer.load(state)
+    trainer.run(save_dir=state, save_every=50, max_seconds=args.max_minutes * 60, eval_every=args.mtp_eval_every)
+    h = trainer.history
+    r["train"] = {"mode": "cached", "steps": trainer.step, "seconds": trainer.seconds, "batch_rows": args.mtp_batch,
+                  "vocab": int(drafter.draft_vocab.numel()) if drafter.draft_vocab is not None else None,
+                  "ce_first10": _mean(h[:10], "loss"), "ce_last10": _mean(h[-10:], "loss"),
+                  "agree_last50": [_mean(h[-50:], f"agree{k}") for k in (1, 2, 3)],
+                  "heldout_rows": trainer.evaluate() if args.mtp_holdout else None}
+    print(f"MTP heads trained {trainer.step} steps on cached states in {trainer.seconds / 60:.1f} min: CE "
+          f"{r['train']['ce_first10']:.3f} -> {r['train']['ce_last10']:.3f}; teacher-forced agreement (last 50 "
+          f"steps) {'/'.join(f'{a:.2f}' for a in r['train']['agree_last50'])}; held-out rollouts "
+          f"{r['train']['heldout_rows']}", flush=True)
+
+
+def _mtp_train_online(model, drafter, data: dict, args, r: dict) -> None:
+    """The first recipe: a target forward per step on a few rollouts (+ text windows)."""
     t0 = time.perf_counter()
     starts = data["train"][: (data["train"].numel() // 64) * 64].view(-1, 64)
     g = torch.Generator().manual_seed(0)
@@ -382,15 +481,7 @@ def mtp_section(model, tok, data: dict, args, results: dict) -> None:
     if state and args.resume and (state / "distill_state.json").is_file():
         trainer.load(state)
     trainer.run(save_dir=state, save_every=10, max_seconds=args.max_minutes * 60)
-    for p in drafter.parameters():
-        p.requires_grad_(False)
-    r["accept_after"], r["greedy_equal"] = acceptance()
-    r["train"] = {"steps": trainer.step, "seconds": trainer.seconds, "rollouts": list(seqs.shape)}
-    print(f"MTP x3 after {trainer.step} steps on {args.mtp_rollouts} rollouts + {args.mtp_text_windows} text windows "
-          f"x {seqs.shape[1]} tokens "
-          f"({(trainer.seconds + r['rollout_s']) / 60:.1f} min incl. rollouts): acceptance length "
-          f"{r['accept_after']:.2f}; greedy output equal to plain greedy: {r['greedy_equal']}", flush=True)
-    target.close()
+    r["train"] = {"mode": "online", "steps": trainer.step, "seconds": trainer.seconds, "rollouts": list(seqs.shape)}
 
 
 def speech_items(m, sentences: list[str], voices: list[str], workdir: Path) -> list[torch.Tensor]:
@@ -510,8 +601,12 @@ def summary(results: dict, args) -> None:
                       f"{r['file_mib']:.1f} | {r['heal']['steps']} ({r['heal']['seconds'] / 60:.1f}) |")
     m = results.get("mtp")
     if m and "accept_after" in m:
-        print(f"\nMTP x3 acceptance length {m['accept_before']:.2f} -> {m['accept_after']:.2f} "
-              f"(greedy equal: {m['greedy_equal']}; {m['train']['steps']} steps)")
+        before = f"{m['accept_before']:.2f} -> " if "accept_before" in m else ""
+        print(f"\nMTP x3 acceptance length {before}{m['accept_after']:.2f} (greedy equal: {m['greedy_equal']}; "
+              f"{m['train'].get('steps', '-')} steps)")
+        for name, a in m.get("after", {}).items():
+            print(f"  {name}: {a['accept']:.2f} ({a['prompts']} prompts x {a['tokens']} tokens), decode "
+                  f"{a['decode_speedup']:.2f}x plain")
     sp = results.get("speech")
     if sp and "after" in sp:
         print(f"\n| speech LM (embedded), {sp['setup']['quant']} + hysparse-1:3 | text CE | speech CE (mean of 8 "
@@ -564,14 +659,32 @@ def main(argv: list[str] | None = None) -> int:
                     help="low-bit: also the perplexity on docs/quantization.md's protocol (1024 tokens)")
     ap.add_argument("--quant-mix", type=float, default=0.5)
     ap.add_argument("--lora-rank", type=int, default=16)
-    ap.add_argument("--mtp-steps", type=int, default=200)
-    ap.add_argument("--mtp-lr", type=float, default=1e-3)
-    ap.add_argument("--mtp-rollouts", type=int, default=64)
-    ap.add_argument("--mtp-rollout-tokens", type=int, default=96)
+    ap.add_argument("--mtp-steps", type=int, default=800)
+    ap.add_argument("--mtp-lr", type=float, default=1.5e-3)
+    ap.add_argument("--mtp-rollouts", type=int, default=2048)
+    ap.add_argument("--mtp-rollout-tokens", type=int, default=80)
     ap.add_argument("--mtp-text-windows", type=int, default=0,
                     help="also train on this many windows of the training text (the target's distribution on text)")
-    ap.add_argument("--mtp-prompts", type=int, default=4)
-    ap.add_argument("--mtp-tokens", type=int, default=48)
+    ap.add_argument("--mtp-prompts", type=int, default=16, help="held-out prompts (64 tokens of test paragraphs)")
+    ap.add_argument("--mtp-tokens", type=int, default=64, help="tokens decoded per held-out prompt")
+    ap.add_argument("--mtp-old-protocol", action="store_true",
+                    help="also measure on the first protocol of docs/healing.md (3 prompts x 40 tokens)")
+    ap.add_argument("--mtp-mode", default="cached", choices=["cached", "online"],
+                    help="cached: heads train on cached hidden states of batched rollouts (default); online: a "
+                    "target forward per step")
+    ap.add_argument("--mtp-data", help="rollout shard directory (cached mode; reused and resumed)")
+    ap.add_argument("--mtp-prompt-len", type=int, default=48, help="prompt tokens per rollout (cached mode)")
+    ap.add_argument("--mtp-rollout-batch", type=int, default=64, help="rollouts decoded together (cached mode)")
+    ap.add_argument("--mtp-gen-minutes", type=float, default=0.0, help="cap on rollout generation (0: none)")
+    ap.add_argument("--mtp-batch", type=int, default=8, help="rows per head-training step (cached mode)")
+    ap.add_argument("--mtp-vocab", type=int, default=8192,
+                    help="draft vocabulary: the most frequent target tokens (cached mode; 0: all)")
+    ap.add_argument("--mtp-holdout", type=int, default=64, help="rollout rows kept out of training (agreement)")
+    ap.add_argument("--mtp-eval-every", type=int, default=0, help="held-out-row agreement every N steps")
+    ap.add_argument("--mtp-fp32", action="store_true", help="fp32 rollouts and heads (default: bf16 where faster)")
+    ap.add_argument("--mtp-skip-before", action="store_true", help="skip measuring the untrained heads")
+    ap.add_argument("--mtp-save", help="write the trained heads (mtp.safetensors) to this directory")
+    ap.add_argument("--mtp-heads", help="evaluate these trained heads only (mtp.safetensors or its directory)")
     ap.add_argument("--speech-items", type=int, default=16, help="training sentences (validation: half)")
     ap.add_argument("--speech-steps", type=int, default=80)
     ap.add_argument("--speech-quant", default="w4g64")

@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train", choices=("gates", "sparse", "scales", "lora"),
                    help="what trains: gates|sparse (attention; default sparse), scales|lora (low-bit; "
                    "default scales)")
-    p.add_argument("--lr", type=float, help="learning rate (default: 1e-2 attention, 5e-3 low-bit, 1e-3 MTP)")
+    p.add_argument("--lr", type=float,
+                   help="learning rate (default: 1e-2 attention, 5e-3 low-bit, MTP 1.5e-3 cached / 1e-3 online)")
     p.add_argument("--batch", type=int, default=4, help="sequences per step (default 4)")
     p.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per on-policy sample (default 128)")
     p.add_argument("--gen-len", type=int, default=32, help="tokens the student writes per prompt (default 32)")
@@ -53,7 +54,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--heads", type=int, default=3, help="MTP heads (--convert mtp; default 3)")
     p.add_argument("--rollouts", type=int, default=64,
-                   help="--convert mtp: greedy continuations of the model to train on (default 64, --gen-len each)")
+                   help="--convert mtp: greedy continuations of the model to train on (default 64, --gen-len each; "
+                   "issue-17 figure: 2048 x 80 tokens with --prompt-len 48)")
+    p.add_argument("--mtp-recipe", choices=("cached", "online"), default="cached",
+                   help="--convert mtp: cached (default): batched rollouts keep the model's hidden states (shards in "
+                   "OUT/rollouts, resumable) and the heads train on them without the model; online: a model forward "
+                   "per step")
+    p.add_argument("--draft-vocab", type=int, default=8192,
+                   help="--convert mtp, cached: heads draft among this many of the model's most frequent tokens "
+                   "(0: the whole vocabulary; verification always uses all of it; default 8192)")
+    p.add_argument("--rollout-batch", type=int, default=64, help="--convert mtp, cached: rollouts decoded together")
+    p.add_argument("--fp32", action="store_true",
+                   help="--convert mtp, cached: fp32 rollouts and heads (default: bfloat16, faster on CPUs with "
+                   "bf16 units; the output stays exactly the model's greedy output either way)")
     p.add_argument("--text", help="UTF-8 text file for prompts and healing (default: the offline English text)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and save) after this much wall time")
     p.add_argument("--save-every", type=int, default=10, help="save the state every N steps (default 10)")
@@ -97,11 +110,11 @@ def _text(args: argparse.Namespace) -> tuple[str, str]:
 def _check(args: argparse.Namespace) -> None:
     from efficient.distill import has_state
 
-    for name in ("steps", "batch", "prompt_len", "gen_len", "text_len", "heads", "rollouts"):
+    for name in ("steps", "batch", "prompt_len", "gen_len", "text_len", "heads", "rollouts", "rollout_batch"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.adapter_steps < 0:
-        raise ValueError("--adapter-steps must be >= 0")
+    if args.adapter_steps < 0 or args.draft_vocab < 0:
+        raise ValueError("--adapter-steps and --draft-vocab must be >= 0")
     if not 0 <= args.mix <= 1:
         raise ValueError(f"--mix must be between 0 and 1, got {args.mix}")
     out = Path(args.out)
@@ -219,15 +232,32 @@ def _heal_mtp(args, model, ids, out: Path, t0: float) -> int:
     rows = min(args.rollouts, n)
     g = torch.Generator().manual_seed(args.seed)
     prompts = ids[: n * args.prompt_len].view(n, args.prompt_len)[torch.randperm(n, generator=g)[:rows]]
-    seqs = target_rollouts(model, prompts, args.gen_len, batch=args.batch, progress=not args.no_progress)
-    t = MTPSelfDistiller(model, drafter, seqs, lr=args.lr or 1e-3, batch=args.batch, steps=args.steps, seed=args.seed)
+    progress = not args.no_progress
+    if args.mtp_recipe == "cached":
+        from efficient.distill.mtp_cached import CachedMTPTrainer
+        from efficient.distill.mtp_data import generate_rollout_shards, load_rollout_shards
+
+        shards = out / "rollouts"
+        generate_rollout_shards(model, prompts, args.gen_len, shards, batch=args.rollout_batch,
+                                dtype=None if args.fp32 else torch.bfloat16, progress=progress)
+        data = load_rollout_shards(shards, max_rows=rows)
+        t = CachedMTPTrainer(drafter, data, lr=args.lr or 1.5e-3, batch=args.batch, steps=args.steps,
+                             seed=args.seed, vocab_size=args.draft_vocab, bf16=not args.fp32)
+        label = f"{data['tokens'].shape[0]} cached rollouts"
+    else:
+        seqs = target_rollouts(model, prompts, args.gen_len, batch=args.batch, progress=progress)
+        t = MTPSelfDistiller(model, drafter, seqs, lr=args.lr or 1e-3, batch=args.batch, steps=args.steps,
+                             seed=args.seed)
+        label = f"{seqs.shape[0]} rollouts"
     if args.resume:
         log.info("resuming from step %d", t.load(out))
-    t.run(save_dir=out, save_every=args.save_every, progress=not args.no_progress, max_seconds=args.max_minutes * 60)
+    t.run(save_dir=out, save_every=args.save_every, progress=progress, max_seconds=args.max_minutes * 60)
+    for p in drafter.parameters():
+        p.requires_grad_(False)
     path = drafter.save(out)
     last = t.history[-1] if t.history else {}
     agree = "/".join(f"{v:.2f}" for k, v in last.items() if k.startswith("agree"))
-    print(f"trained {args.heads} MTP heads for {t.step} steps on {seqs.shape[0]} rollouts of the model "
+    print(f"trained {args.heads} MTP heads for {t.step} steps on {label} of the model "
           f"({(time.perf_counter() - t0) / 60:.1f} min); last-step top-1 agreement per head {agree}")
     print(f"wrote {path}")
     return 0

@@ -79,7 +79,21 @@ def test_heal_mtp_writes_heads(model_dir, tmp_path):
     out = tmp_path / "m"
     assert _heal(model_dir, out, "mtp", "--heads", "2", "--rollouts", "4") == 0
     target = CausalLMTarget(LlamaForCausalLM.from_pretrained(model_dir).eval())
-    assert len(load_mtp(out, target).heads) == 2
+    drafter = load_mtp(out, target)
+    assert len(drafter.heads) == 2 and drafter.draft_vocab is not None  # the cached recipe's draft vocabulary
+    assert sorted(p.name for p in (out / "rollouts").glob("rollouts-*.safetensors")) == ["rollouts-00000.safetensors"]
+    # resuming reuses the rollouts and the state
+    assert _heal(model_dir, out, "mtp", "--heads", "2", "--rollouts", "4", "--resume", "--steps", "3") == 0
+    assert json.loads((out / "distill_state.json").read_text())["step"] == 3
+
+
+def test_heal_mtp_online_recipe(model_dir, tmp_path):
+    from efficient.spec import CausalLMTarget, load_mtp
+
+    out = tmp_path / "o"
+    assert _heal(model_dir, out, "mtp", "--heads", "2", "--rollouts", "4", "--mtp-recipe", "online") == 0
+    target = CausalLMTarget(LlamaForCausalLM.from_pretrained(model_dir).eval())
+    assert load_mtp(out, target).draft_vocab is None
 
 
 @pytest.mark.parametrize("argv,message", [
