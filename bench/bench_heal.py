@@ -206,14 +206,22 @@ def _env(name: str, value: str):
             os.environ[name] = old
 
 
+def _method(args) -> str:
+    """The quantizer as printed: e.g. ``awq+gptq-act-order``."""
+    m = args.quant_method + ("-act-order" if args.act_order and args.quant_method == "gptq" else "")
+    return f"{args.quant_transform}+{m}" if args.quant_transform else m
+
+
 def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> None:
     from efficient.quant import save_quantized
     from efficient.quant.api import text_calibration
 
     r = results.setdefault("lowbit", {}).setdefault(scheme, {})
     t0 = time.perf_counter()
-    calib = text_calibration(model, tok, english("train")[:40_000]) if args.quant_method != "rtn" else None
+    calibrated = args.quant_method != "rtn" or args.quant_transform
+    calib = text_calibration(model, tok, english("train")[:40_000]) if calibrated else None
     student, params = convert_student(model, scheme, quant_method=args.quant_method, quant_calib_fn=calib,
+                                      quant_transform=args.quant_transform, quant_act_order=args.act_order,
                                       quant_train=args.quant_train, lora_rank=args.lora_rank)
     r["convert_s"] = time.perf_counter() - t0
     if "float_ppl" not in results:
@@ -231,7 +239,7 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
             r["ppl_before_lut"] = perplexity(packed, data["test"], 512, args.ppl_tokens)
         print(f"{scheme} packed before healing: ppl {r['ppl_before_lut']:.2f} on {r['kernel_lut']}", flush=True)
     del packed
-    print(f"{scheme} ({args.quant_method}) before healing: ppl {r['ppl_before']:.2f} "
+    print(f"{scheme} ({_method(args)}) before healing: ppl {r['ppl_before']:.2f} "
           f"(float {results['float_ppl']:.2f})", flush=True)
     if args.steps == 0:  # the packed model's perplexity on both kernels only
         return
@@ -502,7 +510,7 @@ def summary(results: dict, args) -> None:
                 rows = [(" (int8-act kernel)", "ppl_before", "ppl_after"),
                         (" (LUT kernel)", "ppl_before_lut", "ppl_after_lut")]
             for tag, before, after in rows:
-                print(f"| {name} {args.quant_method} + {args.quant_train}{tag} | {r[before]:.2f} | "
+                print(f"| {name} {_method(args)} + {args.quant_train}{tag} | {r[before]:.2f} | "
                       f"{r[after]:.2f} | {100 * (r[after] / results['float_ppl'] - 1):+.1f}% | "
                       f"{r['file_mib']:.1f} | {r['heal']['steps']} ({r['heal']['seconds'] / 60:.1f}) |")
     m = results.get("mtp")
@@ -555,6 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retrieval-domain", action="store_true",
                     help="second teacher domain of synthetic pass-key prompts over the training text (MOPD)")
     ap.add_argument("--quant-method", default="rtn", choices=["rtn", "rtn-act", "gptq"])
+    ap.add_argument("--quant-transform", choices=["awq"], default=None,
+                    help="low-bit: fold activation-aware per-channel scales into the norms / previous linears first")
+    ap.add_argument("--act-order", action="store_true", help="low-bit gptq: act-order with static groups")
     ap.add_argument("--quant-train", default="scales", choices=["scales", "lora"])
     ap.add_argument("--quant-lr", type=float, default=5e-3)
     ap.add_argument("--quantization-md-ppl", action="store_true",

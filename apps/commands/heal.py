@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "curriculum over it (0: no adapters; default 10)")
     p.add_argument("--quant-method", choices=("rtn", "rtn-act", "gptq"), default="rtn",
                    help="low-bit start: rtn, rtn-act (clip search weighted by the activations) or gptq (default rtn)")
+    p.add_argument("--quant-transform", choices=("awq",), default=None,
+                   help="low-bit start: fold activation-aware per-channel scales in first (exact in float)")
+    p.add_argument("--act-order", action="store_true", help="low-bit gptq start: act-order, static groups")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--heads", type=int, default=3, help="MTP heads (--convert mtp; default 3)")
     p.add_argument("--rollouts", type=int, default=64,
@@ -153,7 +156,7 @@ def _heal_conversion(args, spec, model, tok, src, ids, held, out: Path, t0: floa
     attention = spec.attention is not None
     train = args.train or ("sparse" if attention else "scales")
     calib_fn = None
-    if spec.quant and args.quant_method != "rtn":
+    if spec.quant and (args.quant_method != "rtn" or args.quant_transform):
         from efficient.quant.api import text_calibration
 
         calib_fn = text_calibration(model, tok, tok.decode(ids[:8192].tolist()))
@@ -166,6 +169,7 @@ def _heal_conversion(args, spec, model, tok, src, ids, held, out: Path, t0: floa
         adapter = [(ids[None, -n:], 0)] + retrieval_sequences(tok, text, n, 4, seed=args.seed)
     student, params = convert_student(
         model, spec, calibration_ids=ids[None, :1024], quant_method=args.quant_method, quant_calib_fn=calib_fn,
+        quant_transform=args.quant_transform, quant_act_order=args.act_order,
         attention_train=train if attention else "sparse", quant_train=train if spec.quant else "scales",
         lora_rank=args.lora_rank, adapter_sequences=adapter, adapter_steps=args.adapter_steps)
     n = ids.numel() // args.prompt_len
