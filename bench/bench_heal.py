@@ -245,7 +245,8 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
         return
     prompts = data["train"][: (data["train"].numel() // 64) * 64].view(-1, 64)
     cfg = DistillConfig(steps=args.steps, lr=args.quant_lr, batch=args.batch, prompt_len=64, gen_len=args.gen_len,
-                        mix=args.quant_mix, text_len=args.text_len, warmup=5, seed=0)
+                        mix=args.quant_mix, text_len=args.text_len, warmup=5, seed=0,
+                        lr_multipliers={"latent": args.latent_lr_mult} if args.quant_train == "ste" else {})
     d = Distiller(student, model, params, prompts=prompts, text=data["train"], config=cfg)
     state = Path(args.state_dir) / f"lowbit-{scheme}" if args.state_dir else None
     if state and args.resume and (state / "distill_state.json").is_file():
@@ -566,7 +567,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quant-transform", choices=["awq"], default=None,
                     help="low-bit: fold activation-aware per-channel scales into the norms / previous linears first")
     ap.add_argument("--act-order", action="store_true", help="low-bit gptq: act-order with static groups")
-    ap.add_argument("--quant-train", default="scales", choices=["scales", "lora"])
+    ap.add_argument("--quant-train", default="scales", choices=["scales", "lora", "ste"],
+                    help="low-bit healing: group scales/mins over frozen codes, group-wise LoRA, or ste (latent "
+                    "codes with a straight-through rounding + the group scales/mins: codes can move)")
+    ap.add_argument("--latent-lr-mult", type=float, default=4.0,
+                    help="--quant-train ste: learning-rate multiplier of the latent codes (units of a group step)")
     ap.add_argument("--quant-lr", type=float, default=5e-3)
     ap.add_argument("--quantization-md-ppl", action="store_true",
                     help="low-bit: also the perplexity on docs/quantization.md's protocol (1024 tokens)")

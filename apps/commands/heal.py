@@ -36,9 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the healing state saved in --out")
     p.add_argument("--mix", type=float, default=0.0,
                    help="weight of the off-policy forward KL on text, 0..1 (default 0: on-policy only)")
-    p.add_argument("--train", choices=("gates", "sparse", "scales", "lora"),
-                   help="what trains: gates|sparse (attention; default sparse), scales|lora (low-bit; "
-                   "default scales)")
+    p.add_argument("--train", choices=("gates", "sparse", "scales", "lora", "ste"),
+                   help="what trains: gates|sparse (attention; default sparse), scales|lora|ste (low-bit; "
+                   "default scales; ste: latent codes with straight-through rounding, codes can move)")
     p.add_argument("--lr", type=float, help="learning rate (default: 1e-2 attention, 5e-3 low-bit, 1e-3 MTP)")
     p.add_argument("--batch", type=int, default=4, help="sequences per step (default 4)")
     p.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per on-policy sample (default 128)")
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         if spec.attention and spec.quant:
             raise ValueError("heal one kind of conversion at a time from the command line (attention layout or "
                              "low-bit scheme); composed students are healed with efficient.distill.recipes")
-        if args.train in ("gates", "sparse") and not spec.attention or args.train in ("scales", "lora") and \
+        if args.train in ("gates", "sparse") and not spec.attention or args.train in ("scales", "lora", "ste") and \
                 not spec.quant:
             raise ValueError(f"--train {args.train} does not apply to --convert {convert}")
     import torch
@@ -176,7 +176,8 @@ def _heal_conversion(args, spec, model, tok, src, ids, held, out: Path, t0: floa
     prompts = ids[: n * args.prompt_len].view(n, args.prompt_len)
     cfg = DistillConfig(steps=args.steps, lr=args.lr or (1e-2 if attention else 5e-3), batch=args.batch,
                         prompt_len=args.prompt_len, gen_len=args.gen_len, mix=args.mix, text_len=args.text_len,
-                        seed=args.seed, lr_multipliers=PROJ_LR if attention else {})
+                        seed=args.seed,
+                        lr_multipliers=PROJ_LR if attention else ({"latent": 4.0} if train == "ste" else {}))
     win = min(256, held.numel() // 2)  # held-out check: two windows of the held-out text
     if win < 8:
         raise ValueError(f"the held-out text has {held.numel()} tokens; the KL check needs at least 16")

@@ -80,7 +80,7 @@ def convert_student(
     ``rtn-act`` or ``gptq`` (``quant_calib_fn(model)`` runs the calibration forwards); ``quant_transform``
     ``"awq"`` (activation-aware channel scales folded in first) and ``quant_act_order`` (GPTQ act-order) as in
     :func:`efficient.quant.quantize`. ``attention_train``: ``gates`` or
-    ``sparse``; ``quant_train``: ``scales`` or ``lora``. ``adapter_sequences`` (``(ids [1, T], tail)`` pairs:
+    ``sparse``; ``quant_train``: ``scales``, ``lora`` or ``ste``. ``adapter_sequences`` (``(ids [1, T], tail)`` pairs:
     text and a retrieval curriculum, see :func:`efficient.attention.reconstruct.retrieval_sequences`) give the
     sparse layers adapters for the K/V they borrow, fitted to the teacher's attention for ``adapter_steps``
     steps per layer (:mod:`efficient.attention.reconstruct`) before healing.
