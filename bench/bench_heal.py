@@ -211,14 +211,22 @@ def _env(name: str, value: str):
             os.environ[name] = old
 
 
+def _method(args) -> str:
+    """The quantizer as printed: e.g. ``awq+gptq-act-order``."""
+    m = args.quant_method + ("-act-order" if args.act_order and args.quant_method == "gptq" else "")
+    return f"{args.quant_transform}+{m}" if args.quant_transform else m
+
+
 def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> None:
     from efficient.quant import save_quantized
     from efficient.quant.api import text_calibration
 
     r = results.setdefault("lowbit", {}).setdefault(scheme, {})
     t0 = time.perf_counter()
-    calib = text_calibration(model, tok, english("train")[:40_000]) if args.quant_method != "rtn" else None
+    calibrated = args.quant_method != "rtn" or args.quant_transform
+    calib = text_calibration(model, tok, english("train")[:40_000]) if calibrated else None
     student, params = convert_student(model, scheme, quant_method=args.quant_method, quant_calib_fn=calib,
+                                      quant_transform=args.quant_transform, quant_act_order=args.act_order,
                                       quant_train=args.quant_train, lora_rank=args.lora_rank)
     r["convert_s"] = time.perf_counter() - t0
     if "float_ppl" not in results:
@@ -236,13 +244,14 @@ def lowbit_section(scheme: str, model, tok, data: dict, args, results: dict) -> 
             r["ppl_before_lut"] = perplexity(packed, data["test"], 512, args.ppl_tokens)
         print(f"{scheme} packed before healing: ppl {r['ppl_before_lut']:.2f} on {r['kernel_lut']}", flush=True)
     del packed
-    print(f"{scheme} ({args.quant_method}) before healing: ppl {r['ppl_before']:.2f} "
+    print(f"{scheme} ({_method(args)}) before healing: ppl {r['ppl_before']:.2f} "
           f"(float {results['float_ppl']:.2f})", flush=True)
     if args.steps == 0:  # the packed model's perplexity on both kernels only
         return
     prompts = data["train"][: (data["train"].numel() // 64) * 64].view(-1, 64)
     cfg = DistillConfig(steps=args.steps, lr=args.quant_lr, batch=args.batch, prompt_len=64, gen_len=args.gen_len,
-                        mix=args.quant_mix, text_len=args.text_len, warmup=5, seed=0)
+                        mix=args.quant_mix, text_len=args.text_len, warmup=5, seed=0,
+                        lr_multipliers={"latent": args.latent_lr_mult} if args.quant_train == "ste" else {})
     d = Distiller(student, model, params, prompts=prompts, text=data["train"], config=cfg)
     state = Path(args.state_dir) / f"lowbit-{scheme}" if args.state_dir else None
     if state and args.resume and (state / "distill_state.json").is_file():
@@ -596,7 +605,7 @@ def summary(results: dict, args) -> None:
                 rows = [(" (int8-act kernel)", "ppl_before", "ppl_after"),
                         (" (LUT kernel)", "ppl_before_lut", "ppl_after_lut")]
             for tag, before, after in rows:
-                print(f"| {name} {args.quant_method} + {args.quant_train}{tag} | {r[before]:.2f} | "
+                print(f"| {name} {_method(args)} + {args.quant_train}{tag} | {r[before]:.2f} | "
                       f"{r[after]:.2f} | {100 * (r[after] / results['float_ppl'] - 1):+.1f}% | "
                       f"{r['file_mib']:.1f} | {r['heal']['steps']} ({r['heal']['seconds'] / 60:.1f}) |")
     m = results.get("mtp")
@@ -653,7 +662,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retrieval-domain", action="store_true",
                     help="second teacher domain of synthetic pass-key prompts over the training text (MOPD)")
     ap.add_argument("--quant-method", default="rtn", choices=["rtn", "rtn-act", "gptq"])
-    ap.add_argument("--quant-train", default="scales", choices=["scales", "lora"])
+    ap.add_argument("--quant-transform", choices=["awq"], default=None,
+                    help="low-bit: fold activation-aware per-channel scales into the norms / previous linears first")
+    ap.add_argument("--act-order", action="store_true", help="low-bit gptq: act-order with static groups")
+    ap.add_argument("--quant-train", default="scales", choices=["scales", "lora", "ste"],
+                    help="low-bit healing: group scales/mins over frozen codes, group-wise LoRA, or ste (latent "
+                    "codes with a straight-through rounding + the group scales/mins: codes can move)")
+    ap.add_argument("--latent-lr-mult", type=float, default=4.0,
+                    help="--quant-train ste: learning-rate multiplier of the latent codes (units of a group step)")
     ap.add_argument("--quant-lr", type=float, default=5e-3)
     ap.add_argument("--quantization-md-ppl", action="store_true",
                     help="low-bit: also the perplexity on docs/quantization.md's protocol (1024 tokens)")

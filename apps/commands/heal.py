@@ -36,9 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the healing state saved in --out")
     p.add_argument("--mix", type=float, default=0.0,
                    help="weight of the off-policy forward KL on text, 0..1 (default 0: on-policy only)")
-    p.add_argument("--train", choices=("gates", "sparse", "scales", "lora"),
-                   help="what trains: gates|sparse (attention; default sparse), scales|lora (low-bit; "
-                   "default scales)")
+    p.add_argument("--train", choices=("gates", "sparse", "scales", "lora", "ste"),
+                   help="what trains: gates|sparse (attention; default sparse), scales|lora|ste (low-bit; "
+                   "default scales; ste: latent codes with straight-through rounding, codes can move)")
     p.add_argument("--lr", type=float,
                    help="learning rate (default: 1e-2 attention, 5e-3 low-bit, MTP 1.5e-3 cached / 1e-3 online)")
     p.add_argument("--batch", type=int, default=4, help="sequences per step (default 4)")
@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "curriculum over it (0: no adapters; default 10)")
     p.add_argument("--quant-method", choices=("rtn", "rtn-act", "gptq"), default="rtn",
                    help="low-bit start: rtn, rtn-act (clip search weighted by the activations) or gptq (default rtn)")
+    p.add_argument("--quant-transform", choices=("awq",), default=None,
+                   help="low-bit start: fold activation-aware per-channel scales in first (exact in float)")
+    p.add_argument("--act-order", action="store_true", help="low-bit gptq start: act-order, static groups")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--heads", type=int, default=3, help="MTP heads (--convert mtp; default 3)")
     p.add_argument("--rollouts", type=int, default=64,
@@ -134,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         if spec.attention and spec.quant:
             raise ValueError("heal one kind of conversion at a time from the command line (attention layout or "
                              "low-bit scheme); composed students are healed with efficient.distill.recipes")
-        if args.train in ("gates", "sparse") and not spec.attention or args.train in ("scales", "lora") and \
+        if args.train in ("gates", "sparse") and not spec.attention or args.train in ("scales", "lora", "ste") and \
                 not spec.quant:
             raise ValueError(f"--train {args.train} does not apply to --convert {convert}")
     import torch
@@ -166,7 +169,7 @@ def _heal_conversion(args, spec, model, tok, src, ids, held, out: Path, t0: floa
     attention = spec.attention is not None
     train = args.train or ("sparse" if attention else "scales")
     calib_fn = None
-    if spec.quant and args.quant_method != "rtn":
+    if spec.quant and (args.quant_method != "rtn" or args.quant_transform):
         from efficient.quant.api import text_calibration
 
         calib_fn = text_calibration(model, tok, tok.decode(ids[:8192].tolist()))
@@ -179,13 +182,15 @@ def _heal_conversion(args, spec, model, tok, src, ids, held, out: Path, t0: floa
         adapter = [(ids[None, -n:], 0)] + retrieval_sequences(tok, text, n, 4, seed=args.seed)
     student, params = convert_student(
         model, spec, calibration_ids=ids[None, :1024], quant_method=args.quant_method, quant_calib_fn=calib_fn,
+        quant_transform=args.quant_transform, quant_act_order=args.act_order,
         attention_train=train if attention else "sparse", quant_train=train if spec.quant else "scales",
         lora_rank=args.lora_rank, adapter_sequences=adapter, adapter_steps=args.adapter_steps)
     n = ids.numel() // args.prompt_len
     prompts = ids[: n * args.prompt_len].view(n, args.prompt_len)
     cfg = DistillConfig(steps=args.steps, lr=args.lr or (1e-2 if attention else 5e-3), batch=args.batch,
                         prompt_len=args.prompt_len, gen_len=args.gen_len, mix=args.mix, text_len=args.text_len,
-                        seed=args.seed, lr_multipliers=PROJ_LR if attention else {})
+                        seed=args.seed,
+                        lr_multipliers=PROJ_LR if attention else ({"latent": 4.0} if train == "ste" else {}))
     win = min(256, held.numel() // 2)  # held-out check: two windows of the held-out text
     if win < 8:
         raise ValueError(f"the held-out text has {held.numel()} tokens; the KL check needs at least 16")

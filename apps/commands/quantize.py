@@ -29,6 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="rtn: round to nearest with clip search; rtn-act: the same with the clip search weighted by "
                    "the activations on calibration text (measured on SmolLM2 w4g128: perplexity +15.7%% vs +52%% "
                    "for rtn, docs/healing.md); gptq: calibrated on offline English text")
+    p.add_argument("--transform", choices=("awq",), default=None,
+                   help="awq: first fold activation-aware per-input-channel scales into the norms / previous "
+                   "linears (exact in float, same packed format; calibrated; uniform w<bits>g<group> schemes)")
+    p.add_argument("--act-order", action="store_true",
+                   help="gptq: quantize columns by descending activation, static groups (same packed format)")
     p.add_argument("--include", action="append", default=None,
                    help="glob over module names to quantize (repeatable; default: all nn.Linear)")
     p.add_argument("--exclude", action="append", default=None,
@@ -43,7 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from efficient.quant.api import resolve_layout
 
-    resolve_layout(args.scheme)  # fail fast with a clear message
+    layout = resolve_layout(args.scheme)  # fail fast with a clear message
+    if args.transform and not layout.default.startswith("w"):
+        raise ValueError(f"--transform {args.transform} needs a uniform w<bits>g<group> scheme, not {args.scheme}")
+    if args.act_order and args.method != "gptq":
+        raise ValueError("--act-order applies to --method gptq")
     from apps.checks import check_causal_lm_dir, check_output_dir
 
     model_dir = check_causal_lm_dir(args.model, "quantize")  # safetensors causal LMs only, checked before loading
@@ -59,13 +68,13 @@ def run(args: argparse.Namespace) -> int:
     tok = None
     if any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         tok = AutoTokenizer.from_pretrained(model_dir)
-    elif args.method != "rtn":
-        raise ValueError(f"{model_dir}: {args.method} calibration needs the model's tokenizer files")
+    elif args.method != "rtn" or args.transform:
+        raise ValueError(f"{model_dir}: {args.transform or args.method} calibration needs the model's tokenizer files")
     calib = None
-    if args.method != "rtn":
+    if args.method != "rtn" or args.transform:
         calib = text_calibration(model, tok, _calibration_text(args.text), n_tokens=args.calib_tokens)
     reports = quantize(model, args.scheme, method=args.method, include=args.include, exclude=args.exclude,
-                       calib_fn=calib, progress=True)
+                       calib_fn=calib, progress=True, transform=args.transform, act_order=args.act_order)
     out = save_quantized(model, args.out, reports)
     if tok is not None:
         tok.save_pretrained(out)

@@ -7,8 +7,10 @@
   :class:`HealableQuantLinear` that keeps the codes frozen and trains either the per-group scales and
   mins (``"scales"``) or a low-rank adapter (``"lora"``), which for the uniform formats is group-wise
   (QA-LoRA: constant inside each quantization group, so it folds exactly into the groups' mins; for other
-  formats it is merged and re-quantized). :func:`repack` turns them back into ``QuantLinear``, so the
-  healed model runs on the same LUT kernels.
+  formats it is merged and re-quantized), or (``"ste"``) latent float codes (in units of each group's step,
+  starting at the codes) rounded every forward with a straight-through gradient, together with the group
+  scales and mins, so codes can move. :func:`repack` turns them back into ``QuantLinear`` (for ``"ste"``: the
+  codes the last forward rounded to, exactly), so the healed model runs on the same LUT kernels.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 ATTENTION_SELECTIONS = ("gates", "sparse")
-QUANT_MODES = ("scales", "lora")
+QUANT_MODES = ("scales", "lora", "ste")
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -69,8 +71,8 @@ class HealableQuantLinear(nn.Module):
         self.in_features, self.out_features = q.in_features, q.out_features
         self.tables = q.tables
         sch = q.scheme
-        if mode == "scales" and sch.kind != "uniform":
-            raise ValueError(f"{sch.name}: scale healing supports the uniform w<bits>g<group> formats; use 'lora'")
+        if mode in ("scales", "ste") and sch.kind != "uniform":
+            raise ValueError(f"{sch.name}: {mode} healing supports the uniform w<bits>g<group> formats; use 'lora'")
         bias = None if q.bias is None else q.bias.detach().clone()
         self.register_buffer("bias", bias)
         if sch.kind == "uniform":
@@ -80,8 +82,10 @@ class HealableQuantLinear(nn.Module):
             self.register_buffer("scale0", scale.clone())
             self.register_buffer("mn0", mn.clone())
             # trained in units of each group's step: scale = scale0 * (1 + d_scale), min = min0 + scale0 * d_min
-            self.d_scale = nn.Parameter(torch.zeros_like(scale), requires_grad=mode == "scales")
-            self.d_min = nn.Parameter(torch.zeros_like(mn), requires_grad=mode == "scales")
+            self.d_scale = nn.Parameter(torch.zeros_like(scale), requires_grad=mode in ("scales", "ste"))
+            self.d_min = nn.Parameter(torch.zeros_like(mn), requires_grad=mode in ("scales", "ste"))
+            if mode == "ste":  # latent codes in units of the group step, starting at the codes themselves
+                self.latent = nn.Parameter(codes.float().clone())
             self.register_buffer("base_weight", None)
         else:  # any other format: a frozen float copy of what the codes represent
             self.register_buffer("codes", None)
@@ -117,8 +121,21 @@ class HealableQuantLinear(nn.Module):
             return t + (t.detach().half().float() - t.detach())
 
         scale, mn = self.group_params()
-        w = self.codes.float().view(n, kp // g, g) * fp16(scale).unsqueeze(-1) + fp16(mn).unsqueeze(-1)
+        scale, mn = fp16(scale).unsqueeze(-1), fp16(mn).unsqueeze(-1)
+        if self.mode == "ste":
+            w = self.ste_codes() * scale + mn
+        else:
+            w = self.codes.float().view(n, kp // g, g) * scale + mn
         return w.view(n, kp)[:, : self.in_features]
+
+    def ste_codes(self) -> torch.Tensor:
+        """Codes [out, groups, g] of the latent codes: rounded with the gradient passed straight through,
+        clamped to the grid (a latent pushed past either end stops there)."""
+        g = self.scheme.group_size
+        n, kp = self.latent.shape
+        t = self.latent.view(n, kp // g, g)
+        t = t + (t.detach().round() - t.detach())
+        return t.clamp(0, (1 << self.scheme.bits) - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
@@ -133,6 +150,8 @@ class HealableQuantLinear(nn.Module):
     def trainable(self) -> list[tuple[str, nn.Parameter]]:
         if self.mode == "scales":
             return [("d_scale", self.d_scale), ("d_min", self.d_min)]
+        if self.mode == "ste":
+            return [("d_scale", self.d_scale), ("d_min", self.d_min), ("latent", self.latent)]
         return [("lora_a", self.lora_a), ("lora_b", self.lora_b)]
 
     @torch.no_grad()
@@ -142,9 +161,12 @@ class HealableQuantLinear(nn.Module):
         from efficient.quant import QuantLinear, formats
 
         sch = self.scheme
-        if self.codes is not None:  # exact: same codes, trained group parameters
+        if self.codes is not None:  # exact: same (ste: re-rounded) codes, trained group parameters
             scale, mn = (t.detach().half().float() for t in self.group_params())
-            res = formats.QuantResult(self.codes, (scale, mn), self.weight().detach())
+            codes = self.codes
+            if self.mode == "ste":
+                codes = self.ste_codes().detach().reshape(codes.shape).to(codes.dtype)
+            res = formats.QuantResult(codes, (scale, mn), self.weight().detach())
         else:
             res = formats.rtn_quantize(sch, self.weight().detach())
         packed = formats.pack(sch, res, self.out_features, self.in_features)

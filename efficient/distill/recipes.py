@@ -65,6 +65,8 @@ def convert_student(
     calibration_ids: torch.Tensor | None = None,
     quant_method: str = "rtn",
     quant_calib_fn=None,
+    quant_transform: str | None = None,
+    quant_act_order: bool = False,
     attention_train: str = "sparse",
     quant_train: str = "scales",
     lora_rank: int = 16,
@@ -75,8 +77,10 @@ def convert_student(
     """A converted copy of ``teacher`` and the parameters healing should train (the teacher is untouched).
 
     ``calibration_ids [1, T]`` fit the new sinks and gates (training-free start). ``quant_method`` ``rtn``,
-    ``rtn-act`` or ``gptq`` (``quant_calib_fn(model)`` runs the calibration forwards). ``attention_train``: ``gates`` or
-    ``sparse``; ``quant_train``: ``scales`` or ``lora``. ``adapter_sequences`` (``(ids [1, T], tail)`` pairs:
+    ``rtn-act`` or ``gptq`` (``quant_calib_fn(model)`` runs the calibration forwards); ``quant_transform``
+    ``"awq"`` (activation-aware channel scales folded in first) and ``quant_act_order`` (GPTQ act-order) as in
+    :func:`efficient.quant.quantize`. ``attention_train``: ``gates`` or
+    ``sparse``; ``quant_train``: ``scales``, ``lora`` or ``ste``. ``adapter_sequences`` (``(ids [1, T], tail)`` pairs:
     text and a retrieval curriculum, see :func:`efficient.attention.reconstruct.retrieval_sequences`) give the
     sparse layers adapters for the K/V they borrow, fitted to the teacher's attention for ``adapter_steps``
     steps per layer (:mod:`efficient.attention.reconstruct`) before healing.
@@ -99,7 +103,8 @@ def convert_student(
                                 tails=[tail for _, tail in adapter_sequences], steps=adapter_steps)
         params += attention_parameters(student, attention_train)
     if conv.quant:
-        quantize(student, conv.quant, method=quant_method, calib_fn=quant_calib_fn)
+        quantize(student, conv.quant, method=quant_method, calib_fn=quant_calib_fn, transform=quant_transform,
+                 act_order=quant_act_order)
         params += attach_quant_adapters(student, quant_train, rank=lora_rank)
     student.eval()
     log.info("student %s: %d trainable tensors, %.2fM values", "+".join(conv.parts), len(params),

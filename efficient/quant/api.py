@@ -129,6 +129,7 @@ def collect_hessians(model: nn.Module, targets: list[tuple[str, nn.Linear]], cal
 
 
 METHODS = ("rtn", "rtn-act", "gptq")
+TRANSFORMS = (None, "awq")
 
 
 @torch.no_grad()
@@ -144,6 +145,8 @@ def quantize(
     calib_text: str | None = None,
     overrides: dict[str, str] | None = None,
     embedding: str | None = None,
+    transform: str | None = None,
+    act_order: bool = False,
 ) -> list[LayerReport]:
     """Quantize the selected ``nn.Linear`` layers of ``model`` in place; returns a per-layer report.
 
@@ -155,8 +158,12 @@ def quantize(
     ``method``: ``rtn`` (round to nearest, per-group clip search), ``rtn-act`` (the same with the clip search
     weighted by each input column's mean squared activation on calibration text, i.e. the diagonal of the
     GPTQ Hessian: the codes stay round-to-nearest, the group ranges are chosen for the inputs the layer sees)
-    or ``gptq``. The calibrated methods need ``calib_fn(model)`` that runs forward passes, or a ``tokenizer``
-    and ``calib_text`` for a transformers LM, which then runs over that text; see :func:`text_calibration`.
+    or ``gptq`` (``act_order=True``: columns by descending activation, static groups, same stored format).
+    ``transform="awq"`` first folds activation-aware per-channel scales into the RMSNorm weights and the
+    preceding linears (exact in float; :mod:`efficient.quant.transforms`); it needs calibration too and a
+    uniform default scheme. The calibrated methods and the transform need ``calib_fn(model)`` that runs
+    forward passes, or a ``tokenizer`` and ``calib_text`` for a transformers LM, which then runs over that
+    text; see :func:`text_calibration`.
     """
     layout = resolve_layout(scheme, overrides, embedding)
     if method not in METHODS:
@@ -172,12 +179,21 @@ def quantize(
                              "to its input embedding (get_input/output_embeddings share one weight)")
         targets = [(n, m) for n, m in targets if n != tied[1]]
         targets.append((tied[1], model.get_submodule(tied[1])))
+    if transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {transform!r}: expected one of {', '.join(map(str, TRANSFORMS))}")
     hessians: dict[str, torch.Tensor] = {}
+    if (method != "rtn" or transform) and calib_fn is None:
+        if tokenizer is None or calib_text is None:
+            what = f"method={method!r}" if method != "rtn" else f"transform={transform!r}"
+            raise ValueError(f"{what} needs calib_fn, or a tokenizer and calib_text to calibrate on")
+        calib_fn = text_calibration(model, tokenizer, calib_text)
+    if transform == "awq":
+        from efficient.quant.transforms import awq_transform
+
+        names = {n for n, _ in targets}
+        awq_transform(model, layout.default, calib_fn, skip=tuple(
+            n for n, _ in select_linears(model, None, ()) if n not in names))
     if method != "rtn":
-        if calib_fn is None:
-            if tokenizer is None or calib_text is None:
-                raise ValueError(f"method={method!r} needs calib_fn, or a tokenizer and calib_text to calibrate on")
-            calib_fn = text_calibration(model, tokenizer, calib_text)
         # the tied matrix is also the embedding table, which no activation statistic describes: RTN for it
         hessians = dict(collect_hessians(model, [t for t in targets if not tied or t[0] != tied[1]], calib_fn))
     reports = []
@@ -195,7 +211,7 @@ def quantize(
         elif method == "rtn-act":
             res = formats.rtn_quantize(sch, w, col_weight=H.diagonal())
         else:
-            res = gptq_quantize(sch, w, H)
+            res = gptq_quantize(sch, w, H, act_order=act_order)
         q = QuantLinear.from_linear(lin, sch, res)
         dw = res.dequant - w
         out_err = None
@@ -205,6 +221,10 @@ def quantize(
                                    q.packed_bytes(), float(dw.norm() / w.norm().clamp_min(1e-30)), out_err))
         _set_module(model, name, q)
     info = {"scheme": layout.name, "method": method}
+    if transform:
+        info["transform"] = transform
+    if act_order and method == "gptq":
+        info["act_order"] = True
     if tied:
         emb = model.get_submodule(tied[0])
         replace_embedding(model, tied[0], tied[1], emb.num_embeddings, emb.embedding_dim, emb.padding_idx)

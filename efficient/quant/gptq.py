@@ -17,8 +17,15 @@ from efficient.quant.formats import QuantResult, Scheme
 
 
 def gptq_quantize(scheme: Scheme, w: torch.Tensor, H: torch.Tensor, percdamp: float = 0.01,
-                  blocksize: int = 128) -> QuantResult:
-    """w: [N, K] float weight; H: [K, K] (unnormalised x^T x). Returns codes/params like ``rtn_quantize``."""
+                  blocksize: int = 128, act_order: bool = False) -> QuantResult:
+    """w: [N, K] float weight; H: [K, K] (unnormalised x^T x). Returns codes/params like ``rtn_quantize``.
+
+    ``act_order``: quantize the columns by descending Hessian diagonal (the most used inputs first, while
+    the most freedom is left to compensate them), with static groups: each group's parameters are fitted
+    on the original weights of its contiguous columns before any error feedback, so the stored layout
+    (contiguous groups, same packing) is unchanged. Uniform and AFPQ formats only."""
+    if act_order and scheme.kind != "ternary":
+        return _gptq_act_order(scheme, w, H, percdamp, blocksize)
     w = w.detach().float()
     N, K = w.shape
     kp = formats.padded_k(scheme, K)
@@ -69,3 +76,58 @@ def gptq_quantize(scheme: Scheme, w: torch.Tensor, H: torch.Tensor, percdamp: fl
         return QuantResult(codes.to(torch.int8), params_groups[0], dq_all[:, :K].contiguous())
     stacked = tuple(torch.stack([p[j] for p in params_groups], dim=1) for j in range(len(params_groups[0])))
     return QuantResult(codes.to(torch.uint8), stacked, dq_all[:, :K].contiguous())
+
+
+def _prepare(scheme: Scheme, w: torch.Tensor, H: torch.Tensor, percdamp: float):
+    """Padded W [N, Kp] and damped H [Kp, Kp] (dead inputs: unit diagonal, weights zeroed)."""
+    w = w.detach().float()
+    N, K = w.shape
+    kp = formats.padded_k(scheme, K)
+    W = torch.zeros(N, kp)
+    W[:, :K] = w
+    Hp = torch.zeros(kp, kp, dtype=torch.float64)
+    Hp[:K, :K] = H.double()
+    dead = torch.diag(Hp) == 0
+    Hp[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    hdiag = torch.diag(Hp).float().clone()
+    Hp += percdamp * torch.mean(torch.diag(Hp)) * torch.eye(kp, dtype=torch.float64)
+    return W, Hp, hdiag
+
+
+def _gptq_act_order(scheme: Scheme, w: torch.Tensor, H: torch.Tensor, percdamp: float,
+                    blocksize: int) -> QuantResult:
+    N, K = w.shape
+    W, Hp, hdiag = _prepare(scheme, w, H, percdamp)
+    kp, g = W.shape[1], scheme.group_size
+    qz = formats.make_quantizer(scheme)
+    # static groups: [N, groups] per parameter, fitted on the original weights (activation-weighted clip)
+    params = qz.fit(W.view(N, kp // g, g), hdiag.view(1, kp // g, g))
+    perm = torch.argsort(hdiag, descending=True, stable=True)
+    W = W[:, perm]
+    Hp = Hp[perm][:, perm]
+    try:
+        L = torch.linalg.cholesky(Hp)
+        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).float()
+    except torch.linalg.LinAlgError:
+        return formats.rtn_quantize(scheme, w, col_weight=H.diagonal())
+    group_of = perm // g
+    codes = torch.zeros(N, kp)
+    dq_all = torch.zeros(N, kp)
+    for i1 in range(0, kp, blocksize):
+        i2 = min(i1 + blocksize, kp)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            gi = int(group_of[i1 + i])
+            q, dq = qz.qdq(W1[:, i : i + 1], tuple(p[:, gi : gi + 1] for p in params))
+            codes[:, i1 + i] = q[:, 0].float()
+            dq_all[:, i1 + i] = dq[:, 0]
+            err = (W1[:, i] - dq[:, 0]) / Hinv1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    inv = torch.argsort(perm)
+    codes, dq_all = codes[:, inv], dq_all[:, inv]
+    return QuantResult(codes.to(torch.uint8), tuple(p.contiguous() for p in params), dq_all[:, :K].contiguous())

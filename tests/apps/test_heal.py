@@ -73,6 +73,21 @@ def test_heal_low_bit_from_gptq(model_dir, tmp_path):
     assert load_quantized_causal_lm(out) is not None
 
 
+def test_heal_low_bit_awq_act_order_ste_start_resumes_and_loads(model_dir, tmp_path):
+    """The AWQ + act-order GPTQ start and STE healing (latent codes) from the command line, resumed once."""
+    from efficient.quant import load_quantized_causal_lm
+
+    out = tmp_path / "s"
+    opts = ["--quant-method", "gptq", "--quant-transform", "awq", "--act-order", "--train", "ste"]
+    assert _heal(model_dir, out, "w4g32", *opts) == 0
+    assert _heal(model_dir, out, "w4g32", *opts, "--resume", "--steps", "3") == 0
+    assert json.loads((out / "distill_state.json").read_text())["step"] == 3
+    cfg = json.loads((out / "quant_config.json").read_text())
+    assert (cfg["method"], cfg["transform"], cfg["act_order"]) == ("gptq", "awq", True)
+    with torch.no_grad():
+        assert torch.isfinite(load_quantized_causal_lm(out)(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
+
+
 def test_heal_mtp_writes_heads(model_dir, tmp_path):
     from efficient.spec import CausalLMTarget, load_mtp
 
