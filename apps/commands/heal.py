@@ -26,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "continuations of prompts from the text, the original scores every token, and the student minimises "
         "the per-token reverse KL (on-policy), optionally mixed with forward KL on teacher-forced text "
         "(--mix). Only what the conversion changed trains: sparse layers' sinks, gates and projections; group "
-        "scales or group-wise LoRA over frozen low-bit codes (re-packed into the LUT format at the end); or "
-        "MTP heads. The run saves its state in --out every --save-every steps; --resume continues it.",
+        "scales or group-wise LoRA over frozen low-bit codes, or the codes themselves through straight-through "
+        "rounding (re-packed into the LUT format at the end); or MTP heads (on the target's own greedy "
+        "rollouts). The run saves its state in --out every --save-every steps; --resume continues it.",
     )
     p.add_argument("--model", required=True, help="transformers causal-LM directory, or `smollm2`")
     p.add_argument("--convert", required=True, help=CONVERT_HELP)
