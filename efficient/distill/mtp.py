@@ -39,7 +39,8 @@ def target_rollouts(model: nn.Module, prompts: torch.Tensor, new_tokens: int, ba
     return torch.cat(out)
 
 
-def _final_norm(model: nn.Module) -> nn.Module:
+def final_norm(model: nn.Module) -> nn.Module:
+    """The target's final norm module: MTP heads read its input (the pre-norm hidden state)."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     norm = getattr(decoder, "norm", None)
     if norm is None:
@@ -51,7 +52,7 @@ def _final_norm(model: nn.Module) -> nn.Module:
 def hidden_and_logits(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The target's pre-final-norm hidden states ``[B, L, d]`` (what MTP heads read) and logits."""
     captured = {}
-    hook = _final_norm(model).register_forward_hook(lambda _m, inp, _o: captured.__setitem__("h", inp[0]))
+    hook = final_norm(model).register_forward_hook(lambda _m, inp, _o: captured.__setitem__("h", inp[0]))
     try:
         logits = model(input_ids=ids, use_cache=False).logits
     finally:
@@ -84,8 +85,57 @@ def head_losses(drafter, hidden: torch.Tensor, target_logits: torch.Tensor, toke
     return losses, agree
 
 
-class MTPSelfDistiller:
+class HeadTrainer:
+    """The loop, saving and loading shared by the MTP head trainers: a subclass sets ``kind`` and ``desc`` and
+    has ``train_step()`` (and, for ``eval_every``, ``evaluate()``), ``params``, ``opt``, ``step``, ``history``,
+    ``seconds``, ``lr``, ``batch``, ``steps`` and ``seed``."""
+
+    kind = "mtp"
+    desc = "MTP heads"
+
+    def run(self, steps: int | None = None, *, save_dir: str | Path | None = None, save_every: int = 0,
+            progress: bool = True, max_seconds: float = 0.0, eval_every: int = 0) -> list[dict[str, float]]:
+        from tqdm.auto import tqdm
+
+        total = self.steps if steps is None else steps
+        start, t0 = len(self.history), time.perf_counter()
+        bar = tqdm(total=total, initial=self.step, desc=self.desc, unit="step", disable=not progress)
+        try:
+            while self.step < total:
+                m = self.train_step()
+                bar.set_postfix(loss=f"{m['loss']:.3f}",
+                                agree="/".join(f"{v:.2f}" for k, v in m.items() if k.startswith("agree")))
+                bar.update(1)
+                if eval_every and self.step % eval_every == 0:
+                    m["heldout"] = self.evaluate()
+                    log.info("step %d held-out %s", self.step, m["heldout"])
+                if save_dir and save_every and self.step % save_every == 0:
+                    self.save(save_dir)
+                if max_seconds and time.perf_counter() - t0 > max_seconds:
+                    break
+        finally:
+            bar.close()
+        if save_dir:
+            self.save(save_dir)
+        return self.history[start:]
+
+    def save(self, directory: str | Path) -> Path:
+        meta = {"step": self.step, "kind": self.kind, "lr": self.lr, "batch": self.batch, "steps": self.steps,
+                "seed": self.seed, "seconds": self.seconds, "history": self.history}
+        return save_state(directory, self.params, self.opt, meta)
+
+    def load(self, directory: str | Path) -> int:
+        meta = load_state(directory, self.params, self.opt)
+        self.step, self.history = int(meta["step"]), list(meta.get("history", []))
+        self.seconds = float(meta.get("seconds", 0.0))
+        return self.step
+
+
+class MTPSelfDistiller(HeadTrainer):
     """Train ``drafter``'s heads on ``sequences`` (rows of the target's own rollouts) against ``model``."""
+
+    kind = "mtp"
+    desc = "MTP self-distillation"
 
     def __init__(self, model: nn.Module, drafter, sequences: torch.Tensor, *, lr: float = 1e-3, batch: int = 4,
                  steps: int = 200, seed: int = 0, warmup: int = 10, top: int = 32) -> None:
@@ -125,37 +175,3 @@ class MTPSelfDistiller:
         self.seconds += time.perf_counter() - t0
         self.history.append(m)
         return m
-
-    def run(self, steps: int | None = None, *, save_dir: str | Path | None = None, save_every: int = 0,
-            progress: bool = True, max_seconds: float = 0.0) -> list[dict[str, float]]:
-        from tqdm.auto import tqdm
-
-        total = self.steps if steps is None else steps
-        start, t0 = len(self.history), time.perf_counter()
-        bar = tqdm(total=total, initial=self.step, desc="MTP self-distillation", unit="step", disable=not progress)
-        try:
-            while self.step < total:
-                m = self.train_step()
-                bar.set_postfix(kl=f"{m['loss']:.3f}",
-                                agree="/".join(f"{v:.2f}" for k, v in m.items() if k.startswith("agree")))
-                bar.update(1)
-                if save_dir and save_every and self.step % save_every == 0:
-                    self.save(save_dir)
-                if max_seconds and time.perf_counter() - t0 > max_seconds:
-                    break
-        finally:
-            bar.close()
-        if save_dir:
-            self.save(save_dir)
-        return self.history[start:]
-
-    def save(self, directory: str | Path) -> Path:
-        meta = {"step": self.step, "kind": "mtp", "lr": self.lr, "batch": self.batch, "steps": self.steps,
-                "seed": self.seed, "seconds": self.seconds, "history": self.history}
-        return save_state(directory, self.params, self.opt, meta)
-
-    def load(self, directory: str | Path) -> int:
-        meta = load_state(directory, self.params, self.opt)
-        self.step, self.history = int(meta["step"]), list(meta.get("history", []))
-        self.seconds = float(meta.get("seconds", 0.0))
-        return self.step

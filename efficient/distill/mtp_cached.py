@@ -18,12 +18,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .state import load_state, save_state
+from .mtp import HeadTrainer
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +69,16 @@ def cached_head_losses(drafter, tokens: torch.Tensor, hidden: torch.Tensor, labe
     return losses, agree
 
 
-class CachedMTPTrainer:
+class CachedMTPTrainer(HeadTrainer):
     """Train ``drafter``'s heads on cached rollouts ``data`` (``tokens``, ``labels``, ``hidden``).
 
     ``vocab_size`` > 0 restricts the output layer to that many of the most frequent labels and stores them as
     the drafter's ``draft_vocab``. ``bf16`` runs the heads under bfloat16 autocast (CPU matrix units).
     Resumable (``save``/``load``), seeded per step, cosine learning rate after a linear warm-up.
     """
+
+    kind = "mtp-cached"
+    desc = "MTP heads on cached states"
 
     def __init__(self, drafter, data: dict[str, torch.Tensor], *, lr: float = 2e-3, batch: int = 16,
                  steps: int = 1000, seed: int = 0, warmup: int = 20, vocab_size: int = 8192,
@@ -148,41 +150,3 @@ class CachedMTPTrainer:
         tokens, hidden, labels = (self.data["tokens"][idx], self.data["hidden"][idx].float(), self.data["labels"][idx])
         losses, agree = self._losses(tokens, hidden, labels)
         return {"loss": float(sum(losses)), **{f"agree{k + 1}": a for k, a in enumerate(agree)}}
-
-    def run(self, steps: int | None = None, *, save_dir: str | Path | None = None, save_every: int = 0,
-            progress: bool = True, max_seconds: float = 0.0, eval_every: int = 0) -> list[dict[str, float]]:
-        from tqdm.auto import tqdm
-
-        total = self.steps if steps is None else steps
-        start, t0 = len(self.history), time.perf_counter()
-        bar = tqdm(total=total, initial=self.step, desc="MTP heads on cached states", unit="step",
-                   disable=not progress)
-        try:
-            while self.step < total:
-                m = self.train_step()
-                bar.set_postfix(ce=f"{m['loss']:.3f}",
-                                agree="/".join(f"{v:.2f}" for k, v in m.items() if k.startswith("agree")))
-                bar.update(1)
-                if eval_every and self.step % eval_every == 0:
-                    m["heldout"] = self.evaluate()
-                    log.info("step %d held-out %s", self.step, m["heldout"])
-                if save_dir and save_every and self.step % save_every == 0:
-                    self.save(save_dir)
-                if max_seconds and time.perf_counter() - t0 > max_seconds:
-                    break
-        finally:
-            bar.close()
-        if save_dir:
-            self.save(save_dir)
-        return self.history[start:]
-
-    def save(self, directory: str | Path) -> Path:
-        meta = {"step": self.step, "kind": "mtp-cached", "lr": self.lr, "batch": self.batch, "steps": self.steps,
-                "seed": self.seed, "seconds": self.seconds, "history": self.history}
-        return save_state(directory, self.params, self.opt, meta)
-
-    def load(self, directory: str | Path) -> int:
-        meta = load_state(directory, self.params, self.opt)
-        self.step, self.history = int(meta["step"]), list(meta.get("history", []))
-        self.seconds = float(meta.get("seconds", 0.0))
-        return self.step

@@ -24,18 +24,11 @@ import torch
 from torch import nn
 
 from .._hf import cache_kwargs, output_cache
+from .mtp import final_norm
 
 log = logging.getLogger(__name__)
 
 SHARD_GLOB = "rollouts-*.safetensors"
-
-
-def _final_norm(model: nn.Module) -> nn.Module:
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    norm = getattr(decoder, "norm", None)
-    if norm is None:
-        raise ValueError(f"{type(model).__name__}: cannot find the final norm (expected `.model.norm`)")
-    return norm
 
 
 @torch.no_grad()
@@ -49,7 +42,7 @@ def rollouts_with_hidden(model: nn.Module, prompts: torch.Tensor, new_tokens: in
         raise ValueError(f"prompts must be [batch, length >= 1] and new_tokens >= 1, got {tuple(prompts.shape)}, "
                          f"{new_tokens}")
     captured: list[torch.Tensor] = []
-    hook = _final_norm(model).register_forward_hook(lambda _m, inp, _o: captured.append(inp[0].detach()))
+    hook = final_norm(model).register_forward_hook(lambda _m, inp, _o: captured.append(inp[0].detach()))
     device = next(model.parameters()).device
     try:
         ids = prompts.to(device)
