@@ -28,17 +28,10 @@ def gptq_quantize(scheme: Scheme, w: torch.Tensor, H: torch.Tensor, percdamp: fl
         return _gptq_act_order(scheme, w, H, percdamp, blocksize)
     w = w.detach().float()
     N, K = w.shape
-    kp = formats.padded_k(scheme, K)
+    W, Hp, _ = _prepare(scheme, w, H, percdamp)
+    kp = W.shape[1]
     g = scheme.group_size if scheme.kind != "ternary" else kp
     qz = formats.make_quantizer(scheme)
-    W = torch.zeros(N, kp)
-    W[:, :K] = w
-    Hp = torch.zeros(kp, kp, dtype=torch.float64)
-    Hp[:K, :K] = H.double()
-    dead = torch.diag(Hp) == 0
-    Hp[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    Hp += percdamp * torch.mean(torch.diag(Hp)) * torch.eye(kp, dtype=torch.float64)
     try:
         L = torch.linalg.cholesky(Hp)
         Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).float()
@@ -79,7 +72,8 @@ def gptq_quantize(scheme: Scheme, w: torch.Tensor, H: torch.Tensor, percdamp: fl
 
 
 def _prepare(scheme: Scheme, w: torch.Tensor, H: torch.Tensor, percdamp: float):
-    """Padded W [N, Kp] and damped H [Kp, Kp] (dead inputs: unit diagonal, weights zeroed)."""
+    """Padded W [N, Kp], damped H [Kp, Kp] (dead inputs: unit diagonal, weights zeroed) and H's diagonal before
+    the damping."""
     w = w.detach().float()
     N, K = w.shape
     kp = formats.padded_k(scheme, K)
