@@ -1,4 +1,5 @@
-"""`mimo-audio quantize --method gptq` calibrates on the text it is given (--text), never on a library default."""
+"""`mimo-audio quantize --method gptq|rtn-act` calibrates on the text it is given (--text), never on a library
+default; `--transform awq --act-order` are recorded in the checkpoint, and misuse is one clear error."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from apps.cli import main
+from efficient.quant import load_quantized_causal_lm
 from mimo_audio.text_vocab import make_byte_text_tokenizer
 
 
@@ -39,3 +41,25 @@ def test_a_missing_calibration_text_is_one_clear_error(tmp_path, caplog):
         assert main(["quantize", "--model", str(model), "--scheme", "w2g64", "--method", "gptq",
                      "--text", str(tmp_path / "absent.txt"), "--out", str(tmp_path / "q")]) == 1
     assert "absent.txt: text file not found" in caplog.text and not (tmp_path / "q").exists()
+
+
+def test_awq_and_act_order_write_a_loadable_checkpoint(tmp_path):
+    model = _tiny_llama(tmp_path / "m")
+    text = tmp_path / "calib.txt"
+    text.write_text("A short paragraph of English text to calibrate on. " * 20, encoding="utf-8")
+    out = tmp_path / "q"
+    assert main(["quantize", "--model", str(model), "--scheme", "w4g32", "--method", "gptq", "--transform", "awq",
+                 "--act-order", "--text", str(text), "--calib-tokens", "256", "--out", str(out)]) == 0
+    cfg = json.loads((out / "quant_config.json").read_text())
+    assert (cfg["method"], cfg["transform"], cfg["act_order"]) == ("gptq", "awq", True)
+    q = load_quantized_causal_lm(out)
+    with torch.no_grad():
+        assert torch.isfinite(q(input_ids=torch.tensor([[5, 6, 7, 8]])).logits).all()
+
+
+def test_act_order_without_gptq_is_one_clear_error(tmp_path, caplog):
+    model = _tiny_llama(tmp_path / "m")
+    with caplog.at_level(logging.ERROR):
+        assert main(["quantize", "--model", str(model), "--scheme", "w4g32", "--act-order",
+                     "--out", str(tmp_path / "q")]) == 1
+    assert "--act-order applies to --method gptq" in caplog.text and not (tmp_path / "q").exists()
