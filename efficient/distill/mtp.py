@@ -63,26 +63,33 @@ def hidden_and_logits(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor
 def head_losses(drafter, hidden: torch.Tensor, target_logits: torch.Tensor, tokens: torch.Tensor,
                 top: int = 32) -> tuple[list[torch.Tensor], list[float]]:
     """Per-head KL to the target's distribution ``k`` positions ahead, and teacher-forced top-1 agreement."""
-    L = hidden.shape[1]
     cand = torch.unique(torch.cat([target_logits.topk(top, dim=-1).indices.flatten(), tokens.flatten()]))
     lm = drafter._shared["lm_head"].weight[cand]
     tc = target_logits[..., cand].float()
     losses, agree = [], []
-    prev = hidden
-    for k in range(1, len(drafter.heads) + 1):
-        n = L - k
-        if n < 1:
-            break
-        head = drafter.heads[k - 1]
-        out = head(drafter.embed(tokens[:, k : k + n]), prev[:, :n], torch.arange(n, device=hidden.device))
-        norm = head.final_norm if head.final_norm is not None else drafter._shared["final_norm"]
-        logits = F.linear(norm(out), lm).float()
+    for k, n, logits in chained_head_logits(drafter, tokens, hidden, lm):
         target = tc[:, k : k + n]
         kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(target, -1), log_target=True, reduction="none")
         losses.append(kl.sum(-1).mean())
         agree.append(float((logits.argmax(-1) == target.argmax(-1)).float().mean()))
-        prev = out
     return losses, agree
+
+
+def chained_head_logits(drafter, tokens: torch.Tensor, hidden: torch.Tensor, lm: torch.Tensor):
+    """Teacher-forced heads over a batch: yields ``(k, n, logits [B, n, V'])`` for head k = 1.., where head k at
+    position i reads head k-1's output at i (head 1: the target's ``hidden``) and the embedding of token i + k,
+    and ``lm`` holds the output rows (the full head or a draft vocabulary's)."""
+    L = hidden.shape[1]
+    prev = hidden
+    for k in range(1, len(drafter.heads) + 1):
+        n = L - k
+        if n < 1:
+            return
+        head = drafter.heads[k - 1]
+        out = head(drafter.embed(tokens[:, k : k + n]), prev[:, :n], torch.arange(n, device=hidden.device))
+        norm = head.final_norm if head.final_norm is not None else drafter._shared["final_norm"]
+        yield k, n, F.linear(norm(out), lm).float()
+        prev = out
 
 
 class HeadTrainer:

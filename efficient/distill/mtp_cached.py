@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .mtp import HeadTrainer
+from .mtp import HeadTrainer, chained_head_logits
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ def cached_head_losses(drafter, tokens: torch.Tensor, hidden: torch.Tensor, labe
     computed for those ids only and positions whose label lies outside are left out of the loss (they count
     as misses in the agreement).
     """
-    L = tokens.shape[1]
     lm = drafter._shared["lm_head"].weight
     if vocab is not None:
         lm = lm[vocab]
@@ -53,19 +52,10 @@ def cached_head_losses(drafter, tokens: torch.Tensor, hidden: torch.Tensor, labe
         target = labels.long()
     tokens = tokens.long()
     losses, agree = [], []
-    prev = hidden
-    for k in range(1, len(drafter.heads) + 1):
-        n = L - k
-        if n < 1:
-            break
-        head = drafter.heads[k - 1]
-        out = head(drafter.embed(tokens[:, k : k + n]), prev[:, :n], torch.arange(n, device=hidden.device))
-        norm = head.final_norm if head.final_norm is not None else drafter._shared["final_norm"]
-        logits = F.linear(norm(out), lm).float()
+    for k, n, logits in chained_head_logits(drafter, tokens, hidden, lm):
         t = target[:, k : k + n]
         losses.append(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), t.reshape(-1), ignore_index=-100))
         agree.append(float((logits.argmax(-1) == t).float().mean()))
-        prev = out
     return losses, agree
 
 
