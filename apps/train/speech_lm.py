@@ -315,6 +315,24 @@ _INT = ("steps", "batch_size", "max_patches", "warmup", "seed", "save_every", "l
 _FLOAT = ("lr", "weight_decay", "ctc_weight", "patch_dropout", "curriculum_start_s", "audio_weight")
 
 
+_HELP = {
+    "steps": "length of the learning-rate schedule in steps", "batch_size": "examples per step",
+    "seed": "seed of the initialisation and of every step's batch", "lr": "peak learning rate",
+    "max_patches": "longest example in patches (longer ones are cut at the end)",
+    "warmup": "linear warm-up steps", "save_every": "checkpoint last/ every N steps",
+    "log_every": "log a line every N steps", "eval_items": "held-out examples per task at the end (0: skip)",
+    "eval_sentences": "test-split sentences for the held-out loss",
+    "curriculum_steps": "utterances grow from --curriculum-start-s to all over N steps (0: off)",
+    "ctc_upsample": "CTC outputs per 25 Hz frame",
+    "ctc_lookahead": "the CTC head reads the backbone K patches later",
+    "ctc_context": "units each way of a training-only bidirectional GRU under the CTC head (0: none)",
+    "weight_decay": "AdamW weight decay", "ctc_weight": "weight of the auxiliary CTC loss (0: no CTC head)",
+    "patch_dropout": "share of teacher-forced past speech patches of TTS answers blanked in the input",
+    "curriculum_start_s": "longest utterance, s, at the curriculum's start",
+    "audio_weight": "speech loss against the text's",
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = LMTrainConfig(corpus="", out="")
     p.add_argument("--corpus", required=True, help="corpus directory (mimo-audio corpus build --out DIR)")
@@ -326,9 +344,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", "--preset", dest="preset", default=d.preset, choices=["small", "tiny"],
                    help="model size (--preset is the old spelling)")
     for name in _INT:
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
+                       help=f"{_HELP.get(name, '')} (default {getattr(d, name)})".lstrip())
     for name in _FLOAT:
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name),
+                       help=f"{_HELP.get(name, '')} (default {getattr(d, name)})".lstrip())
     p.add_argument("--stop-at", type=int, default=None, help="stop at this step (resumable; lr schedule keeps --steps)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--max-sentences", type=int, default=None,
