@@ -20,7 +20,7 @@ from torch import nn
 from efficient.quant import formats
 from efficient.quant.embedding import replace_embedding, tied_embedding
 from efficient.quant.formats import Scheme, parse_scheme
-from efficient.quant.gptq import gptq_quantize
+from efficient.quant.gptq import collect_hessians, gptq_quantize
 from efficient.quant.layouts import Layout, get_layout, make_layout
 from efficient.quant.linear import QuantLinear
 
@@ -90,42 +90,6 @@ def text_calibration(model: nn.Module, tokenizer, text: str, n_tokens: int = 409
             m(input_ids=batches[i : i + 4])
 
     return run
-
-
-def collect_hessians(model: nn.Module, targets: list[tuple[str, nn.Linear]], calib_fn: Callable,
-                     max_bytes: int = 1 << 30) -> Iterable[tuple[str, torch.Tensor]]:
-    """Yields (name, H = sum x x^T) per target; runs ``calib_fn(model)`` once per batch of layers so that
-    at most ``max_bytes`` of float32 Hessians are held at a time."""
-    batch: list[tuple[str, nn.Linear]] = []
-    size = 0
-    groups = []
-    for name, mod in targets:
-        b = 4 * mod.in_features**2
-        if batch and size + b > max_bytes:
-            groups.append(batch)
-            batch, size = [], 0
-        batch.append((name, mod))
-        size += b
-    if batch:
-        groups.append(batch)
-    for group in groups:
-        hs: dict[str, torch.Tensor] = {}
-        hooks = []
-        for name, mod in group:
-            hs[name] = torch.zeros(mod.in_features, mod.in_features)
-
-            def hook(_m, inp, _out, key=name, hs=hs):
-                x = inp[0].detach().reshape(-1, inp[0].shape[-1]).float()
-                hs[key].addmm_(x.T, x)
-
-            hooks.append(mod.register_forward_hook(hook))
-        try:
-            with torch.no_grad():
-                calib_fn(model)
-        finally:
-            for h in hooks:
-                h.remove()
-        yield from hs.items()
 
 
 METHODS = ("rtn", "rtn-act", "gptq")

@@ -10,7 +10,10 @@ with quantized inputs), which is simpler and close in quality for small models.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
+from torch import nn
 
 from efficient.quant import formats
 from efficient.quant.formats import QuantResult, Scheme
@@ -125,3 +128,39 @@ def _gptq_act_order(scheme: Scheme, w: torch.Tensor, H: torch.Tensor, percdamp: 
     inv = torch.argsort(perm)
     codes, dq_all = codes[:, inv], dq_all[:, inv]
     return QuantResult(codes.to(torch.uint8), tuple(p.contiguous() for p in params), dq_all[:, :K].contiguous())
+
+
+def collect_hessians(model: nn.Module, targets: list[tuple[str, nn.Linear]], calib_fn: Callable,
+                     max_bytes: int = 1 << 30) -> Iterable[tuple[str, torch.Tensor]]:
+    """Yields (name, H = sum x x^T) per target; runs ``calib_fn(model)`` once per batch of layers so that
+    at most ``max_bytes`` of float32 Hessians are held at a time."""
+    batch: list[tuple[str, nn.Linear]] = []
+    size = 0
+    groups = []
+    for name, mod in targets:
+        b = 4 * mod.in_features**2
+        if batch and size + b > max_bytes:
+            groups.append(batch)
+            batch, size = [], 0
+        batch.append((name, mod))
+        size += b
+    if batch:
+        groups.append(batch)
+    for group in groups:
+        hs: dict[str, torch.Tensor] = {}
+        hooks = []
+        for name, mod in group:
+            hs[name] = torch.zeros(mod.in_features, mod.in_features)
+
+            def hook(_m, inp, _out, key=name, hs=hs):
+                x = inp[0].detach().reshape(-1, inp[0].shape[-1]).float()
+                hs[key].addmm_(x.T, x)
+
+            hooks.append(mod.register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                calib_fn(model)
+        finally:
+            for h in hooks:
+                h.remove()
+        yield from hs.items()

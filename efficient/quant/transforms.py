@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from efficient.quant.formats import Scheme, UniformQuantizer, pad_columns, padded_k, parse_scheme
+from efficient.quant.gptq import collect_hessians
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,6 @@ def awq_transform(model: nn.Module, scheme: str | Scheme, calib_fn: Callable[[nn
     Points whose consuming layers are named in ``skip`` are left alone (they are not quantized).
     Returns ``(point, alpha, error ratio vs no scaling)`` per point.
     """
-    from efficient.quant.api import collect_hessians
-
     sch = scheme if isinstance(scheme, Scheme) else parse_scheme(scheme)
     if sch.kind != "uniform":
         raise ValueError(f"{sch.name}: the activation-aware transform supports the uniform w<bits>g<group> formats")
