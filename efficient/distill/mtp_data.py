@@ -74,7 +74,7 @@ def generate_rollout_shards(model: nn.Module, prompts: torch.Tensor, new_tokens:
     runner = copy.deepcopy(model).to(dtype) if dtype is not None and dtype != next(model.parameters()).dtype else model
     runner.eval()
     n_batches = (prompts.shape[0] + batch - 1) // batch
-    t0, done, gen = time.perf_counter(), 0, 0
+    t0, done, rows_done = time.perf_counter(), 0, 0
     bar = tqdm(total=n_batches, desc="target rollouts (hidden kept)", disable=not progress)
     for b in range(n_batches):
         path = out_dir / f"rollouts-{b:05d}.safetensors"
@@ -89,13 +89,14 @@ def generate_rollout_shards(model: nn.Module, prompts: torch.Tensor, new_tokens:
         save_file({k: v.contiguous() for k, v in data.items()}, str(tmp), metadata=meta)
         tmp.replace(path)
         done += 1
-        gen += rows.shape[0] * new_tokens
+        rows_done += rows.shape[0]  # the last batch may be short
         bar.update(1)
         if max_seconds and time.perf_counter() - t0 > max_seconds:
             log.info("rollouts stopped after %.0f s (%d shards); run again to resume", time.perf_counter() - t0, done)
             break
     bar.close()
-    info = {"shards": done, "rows": done * batch, "generated_tokens": gen, "seconds": time.perf_counter() - t0}
+    info = {"shards": done, "rows": rows_done, "generated_tokens": rows_done * new_tokens,
+            "seconds": time.perf_counter() - t0}
     (out_dir / "last_run.json").write_text(json.dumps(info))
     return info
 
@@ -111,6 +112,10 @@ def load_rollout_shards(directory: str | Path, max_rows: int = 0) -> dict[str, t
     rows = 0
     for f in files:
         data = load_file(str(f))
+        if parts["tokens"] and data["tokens"].shape[1] != parts["tokens"][0].shape[1]:
+            raise ValueError(f"{f}: rollouts of {data['tokens'].shape[1]} tokens, but {files[0].name} has "
+                             f"{parts['tokens'][0].shape[1]} (shards of another prompt/generation length: use a "
+                             "fresh directory)")
         for k in parts:
             parts[k].append(data[k])
         rows += data["tokens"].shape[0]

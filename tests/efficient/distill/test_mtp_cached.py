@@ -69,12 +69,17 @@ def test_shards_resume_and_load(tmp_path):
     assert first["shards"] == 1
     again = generate_rollout_shards(model, p, 6, tmp_path, batch=2, dtype=None, progress=False)
     assert again["shards"] == 2 and again["generated_tokens"] == 3 * 6  # shard 0 kept, 1 and 2 written
+    assert again["rows"] == 3  # the last shard holds one row
     data = load_rollout_shards(tmp_path)
     assert data["tokens"].shape == (5, 10) and data["hidden"].shape == (5, 10, 64)
     assert torch.equal(data["tokens"].long(), sample_continuations(model, p, 6, temperature=0.0))
     assert load_rollout_shards(tmp_path, max_rows=3)["labels"].shape == (3, 10)
     with pytest.raises(FileNotFoundError, match="no rollouts"):
         load_rollout_shards(tmp_path / "empty")
+    generate_rollout_shards(model, p[:2], 3, tmp_path / "mixed", batch=2, dtype=None, progress=False)
+    generate_rollout_shards(model, p, 6, tmp_path / "mixed", batch=2, dtype=None, progress=False)
+    with pytest.raises(ValueError, match="another prompt/generation length"):  # a resume with another --gen-len
+        load_rollout_shards(tmp_path / "mixed")
 
 
 def test_frequent_vocab_and_restricted_loss():
