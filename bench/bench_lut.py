@@ -742,7 +742,8 @@ def llama_cpp_7b(ggml: Ggml, type_name: str, threads: int, layers: int):
     return step
 
 
-def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12, fast: bool = False) -> None:
+def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12, fast: bool = False,
+           only: list[str] | None = None) -> None:
     """Decode speed of the speech LM's backbone shape (Qwen2, SHAPE_7B) at 2 and 4 bits, ours vs llama.cpp.
     All models are loaded at once and their decode steps interleaved round-robin, so that every model sees the
     same machine load (the VM is shared); medians over the steps."""
@@ -756,6 +757,8 @@ def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12, f
     rows += [("ours fast", s) for s in ("w2g128", "ternary", "w4g128", "w4g32", "w4g32s")] if fast else []
     if ggml is not None:
         rows += [("llama.cpp", t) for t in ("Q2_K", "TQ2_0", "Q4_0")]
+    if only:
+        rows = [r for r in rows if r[1] in only]
     steps, bpw = {}, {}
     for who, name in rows:
         try:
@@ -809,6 +812,8 @@ def main() -> None:
                     help="7B rows through the batch-1 fast path (mimo_audio.fast_decoder) instead of transformers")
     ap.add_argument("--threads-7b", type=int, nargs="+", default=None,
                     help="thread counts of the 7B comparison (default: the largest of --threads)")
+    ap.add_argument("--only-7b", nargs="+", default=None, metavar="NAME",
+                    help="7B rows to build, by format (e.g. w4g32s w4g32 Q4_0; default: all)")
     ap.add_argument("--layers-7b", type=int, default=36,
                     help="layers of the 7B-shaped model actually built (time scaled to 36 when fewer)")
     ap.add_argument("--schemes", nargs="+", default=None,
@@ -843,7 +848,7 @@ def main() -> None:
         e2e_smollm2(max(args.threads), args.ppl_tokens, args.decode_repeats)
     if not args.skip_7b:
         for th in args.threads_7b or [max(args.threads)]:
-            e2e_7b(th, args.layers_7b, ggml, fast=args.fast_7b)
+            e2e_7b(th, args.layers_7b, ggml, fast=args.fast_7b, only=args.only_7b)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 
