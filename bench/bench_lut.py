@@ -2,11 +2,12 @@
 
 1. Machine read bandwidth (1 and 2 threads).
 2. GEMV / small GEMM (M = 1, 8) for 4096x4096, 11008x4096, 4096x11008 with cold weights (a pool of distinct
-   weight copies larger than the caches is rotated): our formats (uniform 1-4 bit, ternary I2_S / TL, AFPQ),
-   torch fp32 / bf16 F.linear, and llama.cpp's ggml CPU kernels (Q4_0, Q4_K, Q2_K, TQ2_0, TQ1_0) called
-   through ctypes on the libggml shipped by llama-cpp-python: each weight copy is one ggml_mul_mat node of
-   a single graph, run by ggml_graph_compute_with_ctx with n threads; time / nodes = one GEMV (activation
-   quantization to Q8 included, as in ours). Effective GB/s = weight bytes / time, and its share of (1).
+   weight copies larger than the caches is rotated): our formats (uniform 1-4 bit, symmetric 4-bit w4g32s,
+   ternary I2_S / TL, AFPQ), torch fp32 / bf16 F.linear, and llama.cpp's ggml CPU kernels (Q4_0, Q4_K, Q2_K,
+   TQ2_0, TQ1_0) called through ctypes on the libggml shipped by llama-cpp-python: each weight copy is one
+   ggml_mul_mat node of a single graph, run by ggml_graph_compute_with_ctx with n threads; time / nodes = one
+   GEMV (activation quantization to Q8 included, as in ours). Effective GB/s = weight bytes / time, and its
+   share of (1).
 3. SmolLM2-135M-Instruct: perplexity on the offline test text and decode tokens/s, float vs our schemes
    (RTN and GPTQ) and llama.cpp (llama-cpp-python, the same GGUF requantized to Q4_0 / Q4_K / Q2_K).
 4. The speech LM's backbone shape (Qwen2, hidden 3584, MLP 18944, 28/4 heads, 36 layers, random weights):
@@ -480,8 +481,8 @@ def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | Non
 
 
 # ----------------------------------------------------------------------------------------------- end to end
-E2E_CONFIGS = ["w4g32:rtn", "w4g128:rtn", "afpq4g128:rtn", "w3g128:rtn", "afpq3g128:rtn", "w3g128:gptq", "w2g64:rtn",
-               "w2g64:gptq"]
+E2E_CONFIGS = ["w4g32:rtn", "w4g32s:rtn", "w4g128:rtn", "afpq4g128:rtn", "w3g128:rtn", "afpq3g128:rtn", "w3g128:gptq",
+               "w2g64:rtn", "w2g64:gptq"]
 LLAMA_CPP_QUANTS = ["Q4_1", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K"]
 
 
