@@ -403,9 +403,16 @@ def unpack_sym(packed: torch.Tensor, N: int, kp: int, g: int) -> tuple[torch.Ten
 def sym_as_uniform(scheme: Scheme, qweight: torch.Tensor, N: int, kp: int) -> tuple[Scheme, torch.Tensor]:
     """The same weights as the asymmetric ``w4g{group}`` format (min = -8 scale, exact in fp16): what the
     LUT kernels run on CPUs without AVX512-VNNI. Returns (that scheme, its canonical qweight)."""
-    codes, s = unpack_sym(qweight, N, kp, scheme.group_size)
-    twin = Scheme(f"w4g{scheme.group_size}", "uniform", 4, scheme.group_size, "lut")
-    return twin, _pack_uniform(codes, s, s * -8.0, 4, scheme.group_size)
+    g = scheme.group_size
+    twin = Scheme(f"w4g{g}", "uniform", 4, g, "lut")
+    rows, blk = 1024, sym_packed_bytes(16, kp, g)  # in slices of 64 row blocks: bounded temporary memory
+    flat = qweight.reshape(-1)
+    parts = []
+    for r in range(0, N, rows):
+        n = min(rows, N - r)
+        codes, s = unpack_sym(flat[r // 16 * blk : (r + n + 15) // 16 * blk], n, kp, g)
+        parts.append(_pack_uniform(codes, s, s * -8.0, 4, g))
+    return twin, torch.cat(parts)
 
 
 def int8_ternary_layout(qweight: torch.Tensor, wscale: torch.Tensor) -> torch.Tensor:

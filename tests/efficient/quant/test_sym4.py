@@ -58,6 +58,13 @@ def test_pack_unpack_round_trip_and_byte_positions() -> None:
     v, j = 6, 3
     assert int(blk[v * 64 + 4 * 5 + j]) >> 4 == int(codes[21, 128 + 8 * v + 4 + j])
     assert blk[8 * 64 :].view(torch.float16)[5].item() == scale[21, 2].item()
+    # the LUT twin (min = -8 scale) holds the same weights; built in slices of 1024 rows
+    sch = formats.parse_scheme("w4g32s")
+    codes = torch.randint(0, 16, (1100, 64), generator=g, dtype=torch.uint8)
+    pk = {"qweight": formats.pack_sym(codes, (torch.randn(1100, 2, generator=g) * 0.01).half().float(), 32)}
+    twin, lut = formats.sym_as_uniform(sch, pk["qweight"], 1100, 64)
+    assert twin.name == "w4g32" and lut.numel() == formats.uniform_packed_bytes(1100, 64, 32, 4)
+    assert torch.equal(formats.dequantize(twin, {"qweight": lut}, 1100, 64), formats.dequantize(sch, pk, 1100, 64))
 
 
 def test_quantizer_codes_dequant_and_clip_search_beats_plain_q4_0() -> None:
