@@ -2,11 +2,12 @@
 
 1. Machine read bandwidth (1 and 2 threads).
 2. GEMV / small GEMM (M = 1, 8) for 4096x4096, 11008x4096, 4096x11008 with cold weights (a pool of distinct
-   weight copies larger than the caches is rotated): our formats (uniform 1-4 bit, ternary I2_S / TL, AFPQ),
-   torch fp32 / bf16 F.linear, and llama.cpp's ggml CPU kernels (Q4_0, Q4_K, Q2_K, TQ2_0, TQ1_0) called
-   through ctypes on the libggml shipped by llama-cpp-python: each weight copy is one ggml_mul_mat node of
-   a single graph, run by ggml_graph_compute_with_ctx with n threads; time / nodes = one GEMV (activation
-   quantization to Q8 included, as in ours). Effective GB/s = weight bytes / time, and its share of (1).
+   weight copies larger than the caches is rotated): our formats (uniform 1-4 bit, symmetric 4-bit w4g32s,
+   ternary I2_S / TL, AFPQ), torch fp32 / bf16 F.linear, and llama.cpp's ggml CPU kernels (Q4_0, Q4_K, Q2_K,
+   TQ2_0, TQ1_0) called through ctypes on the libggml shipped by llama-cpp-python: each weight copy is one
+   ggml_mul_mat node of a single graph, run by ggml_graph_compute_with_ctx with n threads; time / nodes = one
+   GEMV (activation quantization to Q8 included, as in ours). Effective GB/s = weight bytes / time, and its
+   share of (1).
 3. SmolLM2-135M-Instruct: perplexity on the offline test text and decode tokens/s, float vs our schemes
    (RTN and GPTQ) and llama.cpp (llama-cpp-python, the same GGUF requantized to Q4_0 / Q4_K / Q2_K).
 4. The speech LM's backbone shape (Qwen2, hidden 3584, MLP 18944, 28/4 heads, 36 layers, random weights):
@@ -45,7 +46,7 @@ POOL_BYTES = 128 << 20  # distinct weight bytes rotated per measurement ("cold":
 OUR_SCHEMES = ["w1g128", "w2g128", "w3g128", "w4g128", "w4g32", "ternary", "ternary-tl", "afpq4g128", "afpq3g128",
                "w2g128:float", "w4g128:float"]
 if native.int8_supported():  # AVX512-VNNI: the int8-activation kernel's rows (skipped on other CPUs)
-    OUR_SCHEMES += ["w4g32:int8", "w4g128:int8", "w2g128:int8", "ternary:int8"]
+    OUR_SCHEMES += ["w4g32:int8", "w4g32s:int8", "w4g128:int8", "w2g128:int8", "ternary:int8"]
 GGML_TYPES = {"Q4_0": 2, "Q4_K": 12, "Q3_K": 11, "Q2_K": 10, "TQ2_0": 35, "TQ1_0": 34}
 GGML_BPW = {"Q4_0": 4.5, "Q4_K": 4.5, "Q3_K": 3.4375, "Q2_K": 2.625, "TQ2_0": 2.0625, "TQ1_0": 1.6875}
 GGML_SELECTED = list(GGML_TYPES)
@@ -54,8 +55,8 @@ WITH_TORCH = True
 EQUAL_BITS = [("w4g128", "Q4_K"), ("w4g32", "Q4_0"), ("w2g128", "Q2_K"), ("ternary", "TQ2_0"), ("ternary-tl", "TQ2_0"),
               ("afpq4g128", "Q4_K"), ("afpq3g128", "Q3_K"), ("w3g128", "Q3_K"),
               # the int8-activation kernel (":int8", AVX512-VNNI) against llama.cpp's 4-bit and 2-bit formats
-              ("w4g32:int8", "Q4_0"), ("w4g128:int8", "Q4_0"), ("w4g128:int8", "Q4_K"), ("w2g128:int8", "Q2_K"),
-              ("ternary:int8", "TQ2_0")]
+              ("w4g32:int8", "Q4_0"), ("w4g32s:int8", "Q4_0"), ("w4g128:int8", "Q4_0"), ("w4g128:int8", "Q4_K"),
+              ("w2g128:int8", "Q2_K"), ("ternary:int8", "TQ2_0")]
 
 
 def read_bandwidth(threads: int) -> float:
@@ -77,7 +78,7 @@ def random_packed(name: str, N: int, K: int) -> dict[str, torch.Tensor]:
     reps = -(-N // n0)
     out = {}
     for k, v in small.items():
-        if k == "qweight" and sch.kind == "uniform":  # flat bytes of 16-row blocks
+        if k == "qweight" and sch.kind in ("uniform", "sym"):  # flat bytes of 16-row blocks
             out[k] = v.view(n0 // 16, -1).repeat(reps, 1)[: (N + 15) // 16].reshape(-1).contiguous()
         elif k == "tl":  # [row blocks of 32, ...]
             out[k] = v.repeat(reps, 1, 1)[: (N + 31) // 32].contiguous()
@@ -93,6 +94,9 @@ def _random_packed_rows(name: str, N: int, K: int) -> dict[str, torch.Tensor]:
     if sch.kind == "uniform":
         codes = torch.randint(0, 1 << sch.bits, (N, kp), generator=g, dtype=torch.uint8)
         p = (torch.full((N, kp // sch.group_size), 0.01), torch.full((N, kp // sch.group_size), -0.05))
+    elif sch.kind == "sym":
+        codes = torch.randint(0, 16, (N, kp), generator=g, dtype=torch.uint8)
+        p = (torch.full((N, kp // sch.group_size), 0.01),)
     elif sch.kind == "ternary":
         codes = torch.randint(-1, 2, (N, kp), generator=g, dtype=torch.int8)
         p = (torch.full((N,), 0.02),)
@@ -115,6 +119,8 @@ def our_call(name: str, pk: dict, x: torch.Tensor, y: torch.Tensor, N: int, K: i
         w = pk["int8"].data_ptr()
         if sch.kind == "ternary":
             return lambda: lib.lk_int8_ternary_gemm(w, xp, yp, M, N, K, threads)
+        if sch.kind == "sym":  # symmetric 4-bit: the checkpoint layout is the kernel's
+            return lambda: lib.lk_int8_sym_gemm(w, xp, yp, M, N, K, sch.group_size, threads)
         return lambda: lib.lk_int8_gemm(w, xp, yp, M, N, K, sch.group_size, sch.bits, threads)
     tmode = native.TABLES.index(tables or "int8")
     if sch.kind == "uniform":
@@ -151,10 +157,13 @@ class Pool:
 
 def pool_ours(name: str, N: int, K: int, M: int) -> Pool:
     base, _, variant = name.partition(":")
+    if parse_scheme(base).kind == "sym" and variant != "int8":  # symmetric 4-bit: the int8 kernel only
+        name, variant = f"{base}:int8", "int8"
     pk0 = random_packed(base, N, K)
     if variant == "int8":  # the int8 kernel's layout instead of the LUT one (same bytes)
         sch = parse_scheme(base)
         pk0 = {"int8": formats.int8_ternary_layout(pk0["qweight"], pk0["wscale"]) if sch.kind == "ternary"
+               else pk0["qweight"] if sch.kind == "sym"
                else formats.int8_layout(pk0["qweight"], N, K, sch.bits, sch.group_size)}
     nbytes = sum(t.numel() * t.element_size() for t in pk0.values())
     copies = [pk0] + [{k: v.clone() for k, v in pk0.items()} for _ in range(max(1, POOL_BYTES // nbytes) - 1)]
@@ -472,8 +481,8 @@ def gemv_tables(shapes, ms, threads_list, bw: dict[int, float], ggml: Ggml | Non
 
 
 # ----------------------------------------------------------------------------------------------- end to end
-E2E_CONFIGS = ["w4g32:rtn", "w4g128:rtn", "afpq4g128:rtn", "w3g128:rtn", "afpq3g128:rtn", "w3g128:gptq", "w2g64:rtn",
-               "w2g64:gptq"]
+E2E_CONFIGS = ["w4g32:rtn", "w4g32s:rtn", "w4g128:rtn", "afpq4g128:rtn", "w3g128:rtn", "afpq3g128:rtn", "w3g128:gptq",
+               "w2g64:rtn", "w2g64:gptq"]
 LLAMA_CPP_QUANTS = ["Q4_1", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K"]
 
 
@@ -734,7 +743,8 @@ def llama_cpp_7b(ggml: Ggml, type_name: str, threads: int, layers: int):
     return step
 
 
-def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12, fast: bool = False) -> None:
+def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12, fast: bool = False,
+           only: list[str] | None = None) -> None:
     """Decode speed of the speech LM's backbone shape (Qwen2, SHAPE_7B) at 2 and 4 bits, ours vs llama.cpp.
     All models are loaded at once and their decode steps interleaved round-robin, so that every model sees the
     same machine load (the VM is shared); medians over the steps."""
@@ -744,10 +754,12 @@ def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12, f
           f"{sh['kv_heads']} KV, vocab {sh['vocab']}; random weights; {threads} threads; {layers} layers built"
           + ("" if layers == sh["layers"] else f", ms/token x{scale:.2f} to {sh['layers']} layers (head included)")
           + f"; lm_head in the layers' format; steps interleaved round-robin, median of {new_tokens - 1})")
-    rows = [("ours", s) for s in ("w2g128", "ternary", "w4g128")] if not fast else []
-    rows += [("ours fast", s) for s in ("w2g128", "ternary", "w4g128", "w4g32")] if fast else []
+    rows = [("ours", s) for s in ("w2g128", "ternary", "w4g128", "w4g32s")] if not fast else []
+    rows += [("ours fast", s) for s in ("w2g128", "ternary", "w4g128", "w4g32", "w4g32s")] if fast else []
     if ggml is not None:
         rows += [("llama.cpp", t) for t in ("Q2_K", "TQ2_0", "Q4_0")]
+    if only:
+        rows = [r for r in rows if r[1] in only]
     steps, bpw = {}, {}
     for who, name in rows:
         try:
@@ -772,7 +784,7 @@ def e2e_7b(threads: int, layers: int, ggml: Ggml | None, new_tokens: int = 12, f
     med = {k: statistics.median(v) * scale for k, v in times.items()}
     print("| model | bits/weight (linears) | ms/token | tok/s | vs llama.cpp (their time / ours) |")
     print("|---|---|---|---|---|")
-    ref = {"w2g128": "Q2_K", "ternary": "TQ2_0", "w4g128": "Q4_0", "w4g32": "Q4_0"}
+    ref = {"w2g128": "Q2_K", "ternary": "TQ2_0", "w4g128": "Q4_0", "w4g32": "Q4_0", "w4g32s": "Q4_0"}
     for (who, name), sec in med.items():
         other = med.get(("llama.cpp", ref.get(name, "")))
         vs = f"{other / sec:.2f}x vs {ref[name]}" if who.startswith("ours") and other else ""
@@ -801,6 +813,8 @@ def main() -> None:
                     help="7B rows through the batch-1 fast path (mimo_audio.fast_decoder) instead of transformers")
     ap.add_argument("--threads-7b", type=int, nargs="+", default=None,
                     help="thread counts of the 7B comparison (default: the largest of --threads)")
+    ap.add_argument("--only-7b", nargs="+", default=None, metavar="NAME",
+                    help="7B rows to build, by format (e.g. w4g32s w4g32 Q4_0; default: all)")
     ap.add_argument("--layers-7b", type=int, default=36,
                     help="layers of the 7B-shaped model actually built (time scaled to 36 when fewer)")
     ap.add_argument("--schemes", nargs="+", default=None,
@@ -835,7 +849,7 @@ def main() -> None:
         e2e_smollm2(max(args.threads), args.ppl_tokens, args.decode_repeats)
     if not args.skip_7b:
         for th in args.threads_7b or [max(args.threads)]:
-            e2e_7b(th, args.layers_7b, ggml, fast=args.fast_7b)
+            e2e_7b(th, args.layers_7b, ggml, fast=args.fast_7b, only=args.only_7b)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 

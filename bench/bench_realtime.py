@@ -323,12 +323,13 @@ def reference_decoder(cfg: SpeechLMConfig, fast: FastPatchDecoder):
         for mods, pm in (([a.q_proj, a.k_proj, a.v_proj], fl.qkv), ([a.o_proj], fl.o),
                          ([m.gate_proj, m.up_proj], fl.gate_up), ([m.down_proj], fl.down)):
             t = pm.canonical()  # the checkpoint layout (PackedMatrix may keep only the int8-kernel one)
-            per_row = t["qweight"].numel() // ((pm.N + 15) // 16) if pm.kind == "lut" else None
+            flat = pm.scheme.kind in ("uniform", "sym")  # flat bytes of 16-row blocks
+            per_row = t["qweight"].numel() // ((pm.N + 15) // 16) if flat else None
             r0 = 0
             for mod in mods:
                 q = QuantLinear(mod.in_features, mod.out_features, pm.scheme, bias=mod.bias is not None)
                 n = mod.out_features
-                if pm.kind == "lut":
+                if flat:
                     q.qweight = t["qweight"][r0 // 16 * per_row : (r0 + n) // 16 * per_row]
                 else:
                     q.qweight, q.wscale = t["qweight"][r0 : r0 + n], t["wscale"][r0 : r0 + n]
@@ -439,7 +440,8 @@ def _timed(fn) -> float:
 # ----------------------------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quant", default="w2g128", help="scheme of every linear: w2g128, w4g32, ternary, ...")
+    ap.add_argument("--quant", default="w2g128",
+                    help="scheme of every linear: w2g128, w4g32, w4g32s (symmetric 4-bit, 4.5 bpw), ternary, ...")
     ap.add_argument("--head-quant", default=None, help="scheme of the text head (default: --quant)")
     ap.add_argument("--local-head-quant", default="w4g32",
                     help="scheme of the patch decoder's 8 per-channel heads, or fp32 (dense)")

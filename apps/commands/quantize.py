@@ -8,7 +8,9 @@ from pathlib import Path
 
 log = logging.getLogger("mimo-audio.quantize")
 
-SCHEME_HELP = ("w<bits>g<group> (bits 1-4, group 32/64/128; T-MAC LUT kernel), ternary (BitNet I2_S), "
+SCHEME_HELP = ("w<bits>g<group> (bits 1-4, group 32/64/128; T-MAC LUT kernel), w4g<group>s (symmetric 4-bit, "
+               "one fp16 scale per group: w4g32s = 4.5 bits/weight as llama.cpp's Q4_0; int8 kernel on AVX512-VNNI), "
+               "ternary (BitNet I2_S), "
                "ternary-tl (ternary LUT), afpq4g<64|128> / afpq3g<64|128> (asymmetric FP, e2m1 / fp3), or a mixed "
                "layout: q2k-mix (llama.cpp Q2_K's per-tensor bits on a 576-wide model; the tied embedding packed "
                "too, docs/healing.md)")
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "for rtn, docs/healing.md); gptq: calibrated on offline English text")
     p.add_argument("--transform", choices=("awq",), default=None,
                    help="awq: first fold activation-aware per-input-channel scales into the norms / previous "
-                   "linears (exact in float, same packed format; calibrated; uniform w<bits>g<group> schemes)")
+                   "linears (exact in float, same packed format; calibrated; w<bits>g<group> and w4g<group>s schemes)")
     p.add_argument("--act-order", action="store_true",
                    help="gptq: quantize columns by descending activation, static groups (same packed format)")
     p.add_argument("--include", action="append", default=None,

@@ -24,7 +24,7 @@ from .params import attach_quant_adapters, attention_parameters
 log = logging.getLogger(__name__)
 
 _ATTENTION = re.compile(r"^(full|hysparse-1:\d+|hysparse-sparsest(-reselect)?|swa-\d+:1|[FSRWfsrw]+)$")
-_QUANT = re.compile(r"^(w[1-4]g(32|64|128)|afpq[34]g(64|128)|ternary(-tl|-i2s)?)$")
+_QUANT = re.compile(r"^(w[1-4]g(32|64|128)|w4g(32|64|128)s|afpq[34]g(64|128)|ternary(-tl|-i2s)?)$")
 
 
 @dataclass

@@ -7,7 +7,8 @@ several projections that read the same input share one packed matrix (their pack
 the kernels compute every output row independently, so the result equals the separate products exactly).
 
 Kinds: ``lut`` (uniform ``w{b}g{g}``, T-MAC LUT kernel; on AVX512-VNNI CPUs the int8-activation kernel
-for the bit widths :func:`efficient.quant.native.int8_kernel_for` selects, at every M),
+for the bit widths :func:`efficient.quant.native.int8_kernel_for` selects, at every M), ``sym`` (symmetric
+``w4g{g}s``, its int8 kernel; ``fallback`` through its ``w4g{g}`` twin where that kernel does not run),
 ``i2s`` (ternary), ``dense`` (fp32 or bf16 torch weight: oneDNN, AMX when the CPU has it), ``fallback``
 (other schemes, through ``formats.gemm``).
 """
@@ -42,7 +43,14 @@ class PackedMatrix:
         self.splits = list(splits) if splits is not None else [N]
         self.threads: int | None = None  # None: native.num_threads() at each call (follows torch)
         self.kp = formats.padded_k(scheme, K) if scheme is not None and scheme.kind != "ternary" else K
-        if kind in ("lut", "i2s"):
+        if kind == "sym":
+            self._lib = native.library()
+            if self._lib is not None and formats.sym_native():
+                self._w = self.t["qweight"].data_ptr()
+            else:  # the LUT kernels on the asymmetric twin, converted once
+                self.kind = "fallback"
+                self.t = {**self.t, "lut": formats.sym_as_uniform(scheme, self.t["qweight"], N, self.kp)[1]}
+        elif kind in ("lut", "i2s"):
             self._lib = native.library()
             path = native.kernel_path()
             if self._lib is None or path == "torch":
@@ -67,6 +75,8 @@ class PackedMatrix:
     def canonical(self) -> dict[str, torch.Tensor]:
         """The packed tensors in the checkpoint layout (``formats.pack``), rebuilt exactly from the int8-kernel
         layout when only that one is kept."""
+        if "lut" in self.t:  # symmetric weights' derived twin
+            return {k: v for k, v in self.t.items() if k != "lut"}
         if "int8" not in self.t:
             return self.t
         sch = self.scheme
@@ -100,13 +110,14 @@ class PackedMatrix:
                     bias: torch.Tensor | None = None) -> PackedMatrix:
         """Fuse already packed parts (row counts ``rows``) of one scheme into one matrix."""
         N = sum(rows)
-        kind = {"lut": "lut", "i2s": "i2s"}.get(scheme.kernel, "fallback")
-        if kind == "lut" and len(parts) > 1 and any(r % 16 for r in rows[:-1]):
-            raise ValueError(f"fusing LUT matrices needs row counts that are multiples of 16, got {list(rows)}")
+        kind = {"lut": "lut", "i2s": "i2s", "int8": "sym"}.get(scheme.kernel, "fallback")
+        if kind in ("lut", "sym") and len(parts) > 1 and any(r % 16 for r in rows[:-1]):
+            raise ValueError(f"fusing {scheme.name} matrices needs row counts that are multiples of 16, "
+                             f"got {list(rows)}")
         if scheme.kernel == "tl" and len(parts) > 1:
             raise ValueError("ternary-tl matrices cannot be fused (32-row blocks); use 'ternary'")
-        names = [k for k in parts[0] if k not in ("tl", "int8")]  # derived layouts are rebuilt for the fusion
-        t = {k: torch.cat([p[k].reshape(-1) if k == "qweight" and kind == "lut" else p[k] for p in parts])
+        names = [k for k in parts[0] if k not in ("tl", "int8", "lut")]  # derived layouts: rebuilt for the fusion
+        t = {k: torch.cat([p[k].reshape(-1) if k == "qweight" and kind in ("lut", "sym") else p[k] for p in parts])
              .contiguous() for k in names}
         if scheme.kernel == "tl":
             t["tl"] = parts[0]["tl"]
@@ -134,7 +145,11 @@ class PackedMatrix:
 
     # ------------------------------------------------------------------------------------------ running
     def nbytes(self) -> int:
-        return sum(v.numel() * v.element_size() for k, v in self.t.items() if k != "tl" or self.scheme.kernel == "tl")
+        """Weight bytes one product reads."""
+        skip = {"tl"} if self.scheme is None or self.scheme.kernel != "tl" else set()
+        if "lut" in self.t:
+            skip.add("qweight")  # the symmetric fallback reads its twin
+        return sum(v.numel() * v.element_size() for k, v in self.t.items() if k not in skip)
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, bias: bool = True) -> torch.Tensor:
         """``x`` fp32 [M, K] contiguous; ``out`` fp32 [M, N] (allocated when None); ``bias=False`` leaves the
@@ -154,7 +169,10 @@ class PackedMatrix:
             nt = self.threads or _threads()
             if self.kp != self.K:  # K not a multiple of the group: zero-pad the activations
                 x = F.pad(x, (0, self.kp - self.K))
-            if self.kind == "lut" and self._i8 is not None:
+            if self.kind == "sym":
+                rc = self._lib.lk_int8_sym_gemm(self._w, x.data_ptr(), out.data_ptr(), M, self.N, self.kp,
+                                                self.scheme.group_size, nt)
+            elif self.kind == "lut" and self._i8 is not None:
                 rc = self._lib.lk_int8_gemm(self._i8p, x.data_ptr(), out.data_ptr(), M, self.N, self.kp,
                                             self.scheme.group_size, self.scheme.bits, nt)
             elif self.kind == "lut":
@@ -196,6 +214,13 @@ def random_packed(scheme: str | Scheme, N: int, K: int, seed: int = 0,
         params = qz.params_for(wg.amin(-1), wg.amax(-1))
         q, _ = qz.qdq(wg, params)
         small = formats.pack(sch, QuantResult(q.view(n0, kp).to(torch.uint8), params, torch.empty(0)), n0, K)
+    elif sch.kind == "sym":  # fast: skip the clip search, Q4_0's scale (extreme / -8)
+        kp = formats.padded_k(sch, K)
+        wg = formats.pad_columns(w, kp).view(n0, kp // sch.group_size, sch.group_size)
+        ext = torch.gather(wg, -1, wg.abs().argmax(-1, keepdim=True)).squeeze(-1)
+        params = ((ext / -8).half().float(),)
+        q, _ = formats.SymQuantizer(4).qdq(wg, params)
+        small = formats.pack(sch, QuantResult(q.view(n0, kp).to(torch.uint8), params, torch.empty(0)), n0, K)
     else:
         small = formats.pack(sch, formats.rtn_quantize(sch, w), n0, K)
     if n0 == N:
@@ -203,7 +228,7 @@ def random_packed(scheme: str | Scheme, N: int, K: int, seed: int = 0,
     reps = -(-N // n0)
     out = {}
     for k, v in small.items():
-        if k == "qweight" and sch.kind == "uniform":
+        if k == "qweight" and sch.kind in ("uniform", "sym"):  # flat bytes of 16-row blocks
             out[k] = v.view(n0 // 16, -1).repeat(reps, 1)[: (N + 15) // 16].reshape(-1).contiguous()
         else:
             out[k] = v.repeat(reps, *[1] * (v.dim() - 1))[:N].contiguous()

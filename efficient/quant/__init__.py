@@ -5,7 +5,8 @@
 >>> reports = quantize(model, "w2g64", method="gptq", tokenizer=tok)   # calibrated
 >>> save_quantized(model, "out/")
 
-Schemes: ``w{1-4}g{32,64,128}`` (uniform asymmetric), ``ternary`` / ``ternary-tl``, ``afpq{3,4}g{64,128}``.
+Schemes: ``w{1-4}g{32,64,128}`` (uniform asymmetric), ``w4g{32,64,128}s`` (symmetric 4-bit: ``w4g32s`` is
+llama.cpp Q4_0's 4.5 bits/weight), ``ternary`` / ``ternary-tl``, ``afpq{3,4}g{64,128}``.
 Mixed layouts (a scheme per tensor, :mod:`efficient.quant.layouts`): ``quantize(model, "q2k-mix")`` (llama.cpp
 Q2_K's real allocation on 576-wide models, the tied embedding packed once as the head), or
 ``quantize(model, "w4g128", overrides={"*down_proj": "w3g64"}, embedding="w4g32")``.

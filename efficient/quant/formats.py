@@ -15,6 +15,12 @@ on-disk blocks):
   stored as nibbles (byte j of each 32-byte piece: code 64p+j low, 64p+32+j high), fp3 at 3 bits per weight
   as bit planes (per 64 columns: 8 bytes of magnitude bit 0, 8 of bit 1, 8 of sign; bit j = column j);
   both with fp16 [N, groups, 2] scales.
+* ``sym`` (``w4g{group}s``, group 32/64/128): symmetric 4-bit, w = scale * (u - 8), u in [0, 15], one fp16 scale
+  per group and no min (4 + 16 / group bits per weight: ``w4g32s`` = 4.5, as llama.cpp's Q4_0). Stored directly
+  in the int8 kernel's layout (csrc/int8kernels.cpp, no conversion at load): 16-row blocks; per group
+  ``group / 8`` vectors of 64 bytes (byte ``j`` of vector ``v``: low nibble the code of row ``j // 4``, column
+  ``8v + j % 4``, high nibble column ``8v + 4 + j % 4``), then the group's 16 fp16 scales. On CPUs without
+  AVX512-VNNI (or with the int8 kernel turned off) it runs on the LUT kernel as ``w4g{group}`` with min = -8 scale.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ AFPQ_FORMATS = {
 
 @dataclass(frozen=True)
 class Scheme:
-    """A weight format: ``kind`` in {uniform, ternary, afpq}; ``kernel`` in {lut, i2s, tl, fp}."""
+    """A weight format: ``kind`` in {uniform, sym, ternary, afpq}; ``kernel`` in {lut, int8, i2s, tl, fp}."""
 
     name: str
     kind: str
@@ -49,6 +55,8 @@ class Scheme:
             return self.bits + 32 / self.group_size
         if self.kind == "afpq":
             return self.bits + 32 / self.group_size  # e2m1 in nibbles, fp3 in 3 bit planes
+        if self.kind == "sym":
+            return self.bits + 16 / self.group_size  # one fp16 scale per group
         return 2.0
 
     def k_multiple(self) -> int:
@@ -58,13 +66,16 @@ class Scheme:
 
 _UNIFORM = re.compile(r"^w([1-4])g(32|64|128)$")
 _AFPQ = re.compile(r"^afpq([34])g(64|128)$")
+_SYM = re.compile(r"^w4g(32|64|128)s$")
 
 
 def parse_scheme(name: str) -> Scheme:
-    """``w{1-4}g{32,64,128}``, ``afpq{3,4}g{64,128}``, ``ternary`` or ``ternary-tl``."""
+    """``w{1-4}g{32,64,128}``, ``w4g{32,64,128}s``, ``afpq{3,4}g{64,128}``, ``ternary`` or ``ternary-tl``."""
     key = name.strip().lower()
     if m := _UNIFORM.match(key):
         return Scheme(key, "uniform", int(m.group(1)), int(m.group(2)), "lut")
+    if m := _SYM.match(key):
+        return Scheme(key, "sym", 4, int(m.group(1)), "int8")
     if m := _AFPQ.match(key):
         return Scheme(key, "afpq", int(m.group(1)), int(m.group(2)), "fp")
     if key in ("ternary", "ternary-i2s"):
@@ -73,7 +84,7 @@ def parse_scheme(name: str) -> Scheme:
         return Scheme("ternary-tl", "ternary", 2, 128, "tl")
     raise ValueError(
         f"unknown quantization scheme {name!r}: expected w<bits>g<group> (bits 1-4, group 32/64/128), "
-        "afpq<3|4>g<64|128>, ternary or ternary-tl"
+        "w4g<group>s (symmetric 4-bit), afpq<3|4>g<64|128>, ternary or ternary-tl"
     )
 
 
@@ -127,6 +138,27 @@ class UniformQuantizer:
         return best_clip(self.qdq, wg, weight, candidates)
 
 
+class SymQuantizer:
+    """Symmetric 4-bit: w = scale * q, q in [-8, 7] (code u = q + 8), fp16 scale of either sign: as Q4_0, the
+    larger-magnitude side of the group can use -8 (scale = extreme / -8) or the other side 7 (extreme / 7)."""
+
+    def __init__(self, bits: int = 4) -> None:
+        self.lo, self.hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+    def qdq(self, w: torch.Tensor, params: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        (scale,) = (p.unsqueeze(-1) if p.dim() < w.dim() else p for p in params)
+        safe = torch.where(scale.abs() < 1e-12, torch.full_like(scale, 1e-12), scale)
+        q = torch.clamp(torch.round(w / safe), self.lo, self.hi)
+        return q - self.lo, q * scale
+
+    def fit(self, wg: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """wg: [..., g] -> (scale,) per group; clip ratio and side (-8 or 7 on the extreme) searched."""
+        idx = wg.abs().argmax(-1, keepdim=True)
+        ext = torch.gather(wg, -1, idx).squeeze(-1)  # the signed value of largest magnitude
+        cands = [((ext * f / den).half().float(),) for f in CLIP_GRID for den in (self.lo, self.hi)]
+        return best_clip(self.qdq, wg, weight, cands)
+
+
 class AfpqQuantizer:
     def __init__(self, bits: int) -> None:
         fmt = AFPQ_FORMATS[bits]
@@ -165,6 +197,8 @@ class TernaryQuantizer:
 def make_quantizer(scheme: Scheme):
     if scheme.kind == "uniform":
         return UniformQuantizer(scheme.bits)
+    if scheme.kind == "sym":
+        return SymQuantizer(scheme.bits)
     if scheme.kind == "afpq":
         return AfpqQuantizer(scheme.bits)
     return TernaryQuantizer()
@@ -217,6 +251,8 @@ def pack(scheme: Scheme, res: QuantResult, N: int, K: int) -> dict[str, torch.Te
     kp = padded_k(scheme, K)
     if scheme.kind == "uniform":
         return {"qweight": _pack_uniform(res.codes, res.params[0], res.params[1], scheme.bits, scheme.group_size)}
+    if scheme.kind == "sym":
+        return {"qweight": pack_sym(res.codes, res.params[0], scheme.group_size)}
     if scheme.kind == "ternary":
         return {"qweight": _pack_i2s(res.codes.to(torch.int8)), "wscale": res.params[0].float().contiguous()}
     g = scheme.group_size
@@ -251,6 +287,8 @@ def expected_shapes(scheme: Scheme, N: int, K: int) -> dict[str, tuple[int, ...]
     kp = padded_k(scheme, K)
     if scheme.kind == "uniform":
         return {"qweight": (uniform_packed_bytes(N, kp, scheme.group_size, scheme.bits),)}
+    if scheme.kind == "sym":
+        return {"qweight": (sym_packed_bytes(N, kp, scheme.group_size),)}
     if scheme.kind == "ternary":
         return {"qweight": (N, kp // 4), "wscale": (N,)}
     return {"qweight": (N, kp * scheme.bits // 8), "scales": (N, kp // scheme.group_size, 2)}
@@ -330,6 +368,53 @@ def int8_layout(qweight: torch.Tensor, N: int, kp: int, bits: int, g: int) -> to
     return torch.cat([byte, sc, mb], dim=-1).reshape(-1).contiguous()
 
 
+def sym_packed_bytes(N: int, kp: int, g: int) -> int:
+    return (N + 15) // 16 * (kp // g) * (8 * g + 32)
+
+
+def pack_sym(codes: torch.Tensor, scale: torch.Tensor, g: int) -> torch.Tensor:
+    """Symmetric 4-bit codes u [N, kp] (0-15) and fp16-exact scales [N, kp / g] -> the flat uint8 layout
+    (module docstring; the int8 kernel's 4-bit code vectors, then 16 fp16 scales per group)."""
+    N, kp = codes.shape
+    npad = (N + 15) // 16 * 16
+    nR, nG, nv = npad // 16, kp // g, g // 8
+    q = torch.zeros(npad, kp, dtype=torch.uint8)
+    q[:N] = codes
+    c = q.view(nR, 16, nG, nv, 2, 4).permute(0, 2, 3, 4, 1, 5)  # [nR, nG, nv, nibble, row, col % 4]
+    byte = (c[:, :, :, 0] | (c[:, :, :, 1] << 4)).reshape(nR, nG, nv * 64)
+    s16 = torch.zeros(npad, nG, dtype=torch.float16)
+    s16[:N] = scale.half()
+    sc = s16.view(nR, 16, nG).transpose(1, 2).contiguous().view(torch.uint8)  # [nR, nG, 32]
+    return torch.cat([byte, sc], dim=-1).reshape(-1).contiguous()
+
+
+def unpack_sym(packed: torch.Tensor, N: int, kp: int, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> codes u [N, kp] uint8 (w = scale * (u - 8)), scale [N, kp / g] fp32."""
+    npad = (N + 15) // 16 * 16
+    nR, nG, nv = npad // 16, kp // g, g // 8
+    blk = packed.view(nR, nG, nv * 64 + 32)
+    byte = blk[..., : nv * 64].reshape(nR, nG, nv, 1, 16, 4)
+    c = torch.cat([byte & 15, byte >> 4], dim=3)  # [nR, nG, nv, 2, 16, 4]
+    codes = c.permute(0, 4, 1, 2, 3, 5).reshape(npad, kp)
+    s16 = blk[..., nv * 64 :].contiguous().view(torch.float16).view(nR, nG, 16).transpose(1, 2).reshape(npad, nG)
+    return codes[:N].contiguous(), s16[:N].float()
+
+
+def sym_as_uniform(scheme: Scheme, qweight: torch.Tensor, N: int, kp: int) -> tuple[Scheme, torch.Tensor]:
+    """The same weights as the asymmetric ``w4g{group}`` format (min = -8 scale, exact in fp16): what the
+    LUT kernels run on CPUs without AVX512-VNNI. Returns (that scheme, its canonical qweight)."""
+    g = scheme.group_size
+    twin = Scheme(f"w4g{g}", "uniform", 4, g, "lut")
+    rows, blk = 1024, sym_packed_bytes(16, kp, g)  # in slices of 64 row blocks: bounded temporary memory
+    flat = qweight.reshape(-1)
+    parts = []
+    for r in range(0, N, rows):
+        n = min(rows, N - r)
+        codes, s = unpack_sym(flat[r // 16 * blk : (r + n + 15) // 16 * blk], n, kp, g)
+        parts.append(_pack_uniform(codes, s, s * -8.0, 4, g))
+    return twin, torch.cat(parts)
+
+
 def int8_ternary_layout(qweight: torch.Tensor, wscale: torch.Tensor) -> torch.Tensor:
     """The ternary int8 kernel's layout of I2_S weights (``qweight`` [N, Kp / 4], ``wscale`` [N]), the same
     size: per 16-row block ``Kp / 16`` vectors of 64 bytes (2-bit codes ``w + 1``, arranged as in
@@ -399,6 +484,19 @@ def int8_gemm_reference(scheme: Scheme, qweight: torch.Tensor, x: torch.Tensor, 
     return y.sum(-1).float()
 
 
+def int8_sym_gemm_reference(scheme: Scheme, qweight: torch.Tensor, x: torch.Tensor, N: int) -> torch.Tensor:
+    """What the symmetric int8 kernel computes, in float64 (x: float32 [M, Kp], padded): activations rounded to
+    int8 per block of 32 columns as in :func:`int8_gemm_reference`, then y = sum_G s_G sum_b d_b (a_b . q_b) with
+    q = u - 8 (the integer dot products are exact; only the rounding of the activations is lossy)."""
+    M, kp = x.shape
+    g, ab = scheme.group_size, INT8_ACT_BLOCK
+    codes, s = unpack_sym(qweight, N, kp, g)
+    a, asc = _quant_act(x, ab)
+    adq = (a.double().view(M, kp // ab, ab) * asc.double().unsqueeze(-1)).view(M, kp // g, g)
+    dot = (adq.unsqueeze(1) * (codes.double().view(1, N, kp // g, g) - 8)).sum(-1)  # [M, N, nG]
+    return (dot * s.double().unsqueeze(0)).sum(-1).float()
+
+
 def _pack_i2s(codes: torch.Tensor) -> torch.Tensor:
     N, kp = codes.shape
     c = (codes.to(torch.int16) + 1).to(torch.uint8).view(N, kp // 128, 4, 32)
@@ -444,6 +542,11 @@ def dequantize(scheme: Scheme, packed: dict[str, torch.Tensor], N: int, K: int) 
         g = scheme.group_size
         w = codes.float().view(N, kp // g, g) * s.unsqueeze(-1) + m.unsqueeze(-1)
         return w.view(N, kp)[:, :K].contiguous()
+    if scheme.kind == "sym":
+        codes, s = unpack_sym(packed["qweight"], N, kp, scheme.group_size)
+        g = scheme.group_size
+        w = (codes.float().view(N, kp // g, g) - 8) * s.unsqueeze(-1)
+        return w.view(N, kp)[:, :K].contiguous()
     if scheme.kind == "ternary":
         return (unpack_i2s(packed["qweight"]).float() * packed["wscale"].unsqueeze(1))[:, :K].contiguous()
     codes = unpack_afpq(packed["qweight"], scheme.bits).long()
@@ -483,15 +586,24 @@ def gemm(
     Uniform weights whose ``packed`` also holds an ``int8`` layout (:func:`int8_layout`, added by
     ``QuantLinear`` where :func:`native.int8_kernel_for` says so) run the int8-activation kernel instead of
     the int8 LUT tables on the avx512 path (for every M, so that a layer computes the same at any M).
+    Symmetric ``w4g{g}s`` weights run the symmetric int8 kernel where :func:`sym_native` says so, else the LUT
+    kernel on their ``w4g{g}`` twin (``packed["lut"]`` when ``QuantLinear`` built it, else converted here).
     """
     path = path or native.kernel_path()
     mode = native.table_mode(tables)
+    if scheme.kind == "sym" and not (path == "torch" and mode == "int8") and not sym_native(path, mode):
+        kp = padded_k(scheme, K)
+        twin, lut = (Scheme(f"w4g{scheme.group_size}", "uniform", 4, scheme.group_size, "lut"), packed["lut"]) \
+            if "lut" in packed else sym_as_uniform(scheme, packed["qweight"], N, kp)
+        return gemm(twin, {"qweight": lut}, x, N, K, path, threads, tables)
     kp = padded_k(scheme, K)
     x = x.float().contiguous()
     if x.shape[1] != K:
         raise ValueError(f"activation has {x.shape[1]} features, the layer expects {K}")
     if scheme.kind != "ternary" and kp != K:
         x = torch.nn.functional.pad(x, (0, kp - K))
+    if path == "torch" and scheme.kind == "sym":  # the symmetric int8 kernel's arithmetic
+        return int8_sym_gemm_reference(scheme, packed["qweight"], x, N)
     if path == "torch":
         return _gemm_torch(scheme, packed, x, N, K, mode)  # the canonical layout: LUT arithmetic
     lib = native.library()
@@ -499,7 +611,10 @@ def gemm(
     nt = threads or native.num_threads()
     M = x.shape[0]
     y = torch.empty(M, N, dtype=torch.float32)
-    if scheme.kind == "uniform" and "int8" in packed and mode == "int8" and path == "avx512":
+    if scheme.kind == "sym":
+        rc = lib.lk_int8_sym_gemm(packed["qweight"].data_ptr(), x.data_ptr(), y.data_ptr(), M, N, kp,
+                                  scheme.group_size, nt)
+    elif scheme.kind == "uniform" and "int8" in packed and mode == "int8" and path == "avx512":
         rc = lib.lk_int8_gemm(packed["int8"].data_ptr(), x.data_ptr(), y.data_ptr(), M, N, kp, scheme.group_size,
                               scheme.bits, nt)
     elif scheme.kind == "uniform":
@@ -524,6 +639,15 @@ def gemm(
     if rc != 0:
         raise RuntimeError(f"native kernel rejected the shapes (scheme {scheme.name}, N={N}, K={K})")
     return y
+
+
+def sym_native(path: str | None = None, tables: str | None = None) -> bool:
+    """Whether symmetric ``w4g{g}s`` weights run the native symmetric int8 kernel here: the int8 kernel is chosen
+    for 4-bit weights (:func:`native.int8_kernel_for`), on the avx512 path with int8 tables, and the library
+    has the kernel; otherwise they run as their asymmetric ``w4g{g}`` twin on the LUT kernels."""
+    path = path or native.kernel_path()
+    return (path == "avx512" and native.table_mode(tables) == "int8" and native.int8_sym_supported()
+            and native.int8_kernel_for(4))
 
 
 _SIGNS = torch.tensor([[1.0 if (i >> j) & 1 else -1.0 for j in range(4)] for i in range(16)])

@@ -41,6 +41,7 @@ class QuantLinear(nn.Module):
             self.bias = None
         self._tl: torch.Tensor | None = None
         self._i8: torch.Tensor | None = None  # int8-kernel layout (AVX512-VNNI CPUs), derived from qweight
+        self._lut: torch.Tensor | None = None  # symmetric weights' w4g{g} twin for the LUT kernels (no VNNI)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, scheme: str | Scheme, result: QuantResult | None = None) -> QuantLinear:
@@ -70,10 +71,15 @@ class QuantLinear(nn.Module):
                 self._i8 = formats.int8_layout(self.qweight, self.out_features, kp, self.scheme.bits,
                                                self.scheme.group_size)
             d["int8"] = self._i8
+        if self.scheme.kind == "sym" and not formats.sym_native(tables=self.tables):
+            if self._lut is None:
+                kp = formats.padded_k(self.scheme, self.in_features)
+                self._lut = formats.sym_as_uniform(self.scheme, self.qweight, self.out_features, kp)[1]
+            d["lut"] = self._lut
         return d
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-        self._tl = self._i8 = None  # derived layouts are rebuilt from the new codes
+        self._tl = self._i8 = self._lut = None  # derived layouts are rebuilt from the new codes
         super()._load_from_state_dict(*args, **kwargs)
 
     def dequantize(self) -> torch.Tensor:
@@ -92,7 +98,7 @@ class QuantLinear(nn.Module):
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
     def packed_bytes(self) -> int:
-        names = [n for n in self.packed() if n not in ("tl", "int8")]  # derived layouts are not stored
+        names = [n for n in self.packed() if n not in ("tl", "int8", "lut")]  # derived layouts are not stored
         return sum(t.numel() * t.element_size() for t in (getattr(self, n) for n in names))
 
     def extra_repr(self) -> str:

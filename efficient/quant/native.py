@@ -90,6 +90,9 @@ def library() -> ctypes.CDLL | None:
         lib.lk_int8_gemm.restype = I32
         lib.lk_int8_ternary_gemm.argtypes = [P, P, P, I64, I64, I64, I32]
         lib.lk_int8_ternary_gemm.restype = I32
+    if hasattr(lib, "lk_int8_sym_gemm"):  # symmetric 4-bit (w4g{g}s); optional: older builds lack it
+        lib.lk_int8_sym_gemm.argtypes = [P, P, P, I64, I64, I64, I64, I32]
+        lib.lk_int8_sym_gemm.restype = I32
     if hasattr(lib, "lk_attn_step"):  # batch-1 step glue (stepglue.cpp); optional: older builds lack it
         lib.lk_add_rmsnorm.argtypes = [P, P, P, F32, I64, P]
         lib.lk_silu_mul.argtypes = [P, I64, P]
@@ -153,6 +156,12 @@ def int8_supported() -> bool:
         lib = library()
         _int8_ok = lib is not None and hasattr(lib, "lk_int8_gemm") and lib.lk_int8_supported() == 1
     return _int8_ok
+
+
+def int8_sym_supported() -> bool:
+    """True when the symmetric 4-bit int8 kernel (``lk_int8_sym_gemm``) runs here (AVX512-VNNI, a build that
+    has it); otherwise symmetric weights run on the LUT kernels as their asymmetric twin."""
+    return int8_supported() and hasattr(library(), "lk_int8_sym_gemm")
 
 
 def int8_kernel_for(bits: int | str) -> bool:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from efficient.quant.formats import Scheme, UniformQuantizer, pad_columns, padded_k, parse_scheme
+from efficient.quant.formats import Scheme, SymQuantizer, UniformQuantizer, pad_columns, padded_k, parse_scheme
 from efficient.quant.gptq import collect_hessians
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,12 @@ def _rtn_error(scheme: Scheme, w: torch.Tensor, H: torch.Tensor) -> torch.Tensor
     kp = padded_k(scheme, K)
     g = scheme.group_size
     wg = pad_columns(w, kp).view(N, kp // g, g)
-    qz = UniformQuantizer(scheme.bits)
-    _, dq = qz.qdq(wg, qz.params_for(wg.amin(-1), wg.amax(-1)))
+    if scheme.kind == "sym":  # Q4_0's scale: the group's extreme at -8
+        ext = torch.gather(wg, -1, wg.abs().argmax(-1, keepdim=True)).squeeze(-1)
+        _, dq = SymQuantizer(scheme.bits).qdq(wg, ((ext / -8).half().to(wg.dtype),))
+    else:
+        qz = UniformQuantizer(scheme.bits)
+        _, dq = qz.qdq(wg, qz.params_for(wg.amin(-1), wg.amax(-1)))
     dw = dq.view(N, kp)[:, :K] - w
     return ((dw @ H) * dw).sum()
 
@@ -140,13 +144,15 @@ def awq_transform(model: nn.Module, scheme: str | Scheme, calib_fn: Callable[[nn
                   skip: tuple[str, ...] = ()) -> list[tuple[str, float, float]]:
     """Search and fold activation-aware scales into every recognized scaling point of ``model`` (in place).
 
-    ``scheme`` must be uniform (``w<bits>g<group>``): the search measures that format's rounding error.
+    ``scheme`` must be uniform (``w<bits>g<group>`` or symmetric ``w4g<group>s``): the search measures that
+    format's rounding error.
     Points whose consuming layers are named in ``skip`` are left alone (they are not quantized).
     Returns ``(point, alpha, error ratio vs no scaling)`` per point.
     """
     sch = scheme if isinstance(scheme, Scheme) else parse_scheme(scheme)
-    if sch.kind != "uniform":
-        raise ValueError(f"{sch.name}: the activation-aware transform supports the uniform w<bits>g<group> formats")
+    if sch.kind not in ("uniform", "sym"):
+        raise ValueError(f"{sch.name}: the activation-aware transform supports the uniform w<bits>g<group> and "
+                         "w4g<group>s formats")
     points = [p for p in scale_points(model) if not any(n in skip for n, _ in p.layers)]
     if not points:
         raise ValueError("activation-aware scaling needs Llama-style decoder layers (input_layernorm, self_attn."

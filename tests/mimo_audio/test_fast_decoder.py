@@ -45,7 +45,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).detach().abs().max() / b.detach().abs().max())
 
 
-@pytest.mark.parametrize("scheme", [None, "w4g32", "ternary"])
+@pytest.mark.parametrize("scheme", [None, "w4g32", "w4g32s", "ternary"])
 def test_patch_decoder_greedy_identical_and_logits_close(scheme: str | None) -> None:
     lm = tiny_lm(scheme)
     fast = FastPatchDecoder.from_speech_lm(lm)

@@ -18,6 +18,12 @@
 // the group's 16 fp16 scales and 16 fp16 mins. Lane j / 4 of a vpdpbusd accumulator is row j / 4 of the
 // block, so no horizontal sums are needed; four row blocks run together for independent dependency chains.
 // Ternary weights (I2_S codes) get the same treatment below (lk_int8_ternary_gemm).
+//
+// Symmetric 4-bit (w4g{g}s, lk_int8_sym_gemm): w = s * (u - 8), u in [0, 15], one fp16 scale per (row, group),
+// no min (4 + 16 / g bits per weight: 4.5 at g = 32, as llama.cpp's Q4_0). The same code vectors, then only the
+// group's 16 fp16 scales (g * 8 + 32 bytes per 16 rows and group); per activation block the integer sum of a is
+// kept and y[n] = sum_G s[n,G] * sum_{b in G} d_b * (dot_b[n] - 8 * sum_{k in b} a[k]): the integer part is
+// exact (Q4_0 x Q8_0 arithmetic), no float correction term.
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -35,10 +41,11 @@ struct I8Args {
     const uint8_t *w;
     const int8_t *act;     // [M][K]
     const float *dsc;      // [M][K / AB] activation block scales
-    const float *corr;     // [M][nG] centring correction (see above)
-    const float *sumx;     // [M][nG]
+    const float *corr;     // [M][nG] centring correction (see above); symmetric: unused
+    const float *sumx;     // [M][nG]; symmetric: unused
     float *y;              // [M][N]
     int64_t N, K, M, g, bits;
+    const int32_t *asum8;  // symmetric: [M][K / AB] 8 * sum of the block's int8 activations
 };
 
 // Software prefetch distance in bytes along each of the R weight streams: one thread alone does not keep
@@ -48,7 +55,8 @@ constexpr int PREFETCH = 1024;
 // ahead into L2 (w4g32 4096x4096 cold, 1 thread, one interleaved run: 675 -> 653 us CPU time).
 constexpr int PREFETCH_L2 = 4096;
 
-inline int64_t group_bytes(int64_t g, int64_t bits) { return 2 * g * bits + 64; }
+// Bytes per 16 rows and group: the code vectors, then 16 fp16 scales (+ 16 fp16 mins unless symmetric).
+inline int64_t group_bytes(int64_t g, int64_t bits, bool sym = false) { return 2 * g * bits + (sym ? 32 : 64); }
 
 // Per block of AB columns: a = rint(x * 127 / max|x|) (round to nearest even, as torch.round), d = max / 127;
 // per weight group: the float sum of x and corr = c * (sum x - sum_b d_b * sum_b a).
@@ -73,6 +81,22 @@ V512 void quant_blocks(const float *x, int64_t K, int64_t g, float c, int8_t *q,
         }
         sum[G] = sg;
         corr[G] = c * (sg - qd);
+    }
+}
+
+// Symmetric weights: the same int8 blocks, plus 8 * (integer sum of each block) for the code offset.
+V512 void quant_blocks_sym(const float *x, int64_t K, int8_t *q, float *dsc, int32_t *asum8) {
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    for (int64_t b = 0; b < K; b += AB) {
+        __m512 v0 = _mm512_loadu_ps(x + b), v1 = _mm512_loadu_ps(x + b + 16);
+        float m = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        const __m512 vinv = _mm512_set1_ps(m > 0.f ? 127.0f / m : 0.f);
+        __m512i r0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v0, vinv)), lo), hi);
+        __m512i r1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v1, vinv)), lo), hi);
+        _mm_storeu_si128((__m128i *)(q + b), _mm512_cvtepi32_epi8(r0));
+        _mm_storeu_si128((__m128i *)(q + b + 16), _mm512_cvtepi32_epi8(r1));
+        dsc[b / AB] = m / 127.0f;
+        asum8[b / AB] = 8 * _mm512_reduce_add_epi32(_mm512_add_epi32(r0, r1));
     }
 }
 
@@ -121,13 +145,15 @@ V512 inline void block_dots(const uint8_t *const *p, const int32_t *aq, __m512i 
 // The float part, in this order in every path (GEMV and GEMM give the same bits for a row):
 // t = corr_G; t = fma(dot_b, d_b, t) per block; y = fma(s, t, y); y = fma(m, sumx_G, y).
 
-// R row blocks (16 rows each) starting at rb, activation row m.
-template <int B, int R>
+// R row blocks (16 rows each) starting at rb, activation row m. S: symmetric codes (no min, see above).
+template <int B, int R, bool S>
 V512 inline void rows(const I8Args *a, int64_t rb, int64_t m) {
     constexpr int F = 8 / B, NV = AB / 4 / F;
-    const int64_t g = a->g, nG = a->K / g, gb = group_bytes(g, B), nb = g / AB;
+    const int64_t g = a->g, nG = a->K / g, gb = group_bytes(g, B, S), nb = g / AB;
     const int32_t *act = (const int32_t *)(a->act + m * a->K);
-    const float *dsc = a->dsc + m * (a->K / AB), *cr = a->corr + m * nG, *sx = a->sumx + m * nG;
+    const float *dsc = a->dsc + m * (a->K / AB);
+    const float *cr = S ? nullptr : a->corr + m * nG, *sx = S ? nullptr : a->sumx + m * nG;
+    const int32_t *as8 = S ? a->asum8 + m * (a->K / AB) : nullptr;
     const uint8_t *p[R];
     __m512 y[R];
     for (int r = 0; r < R; r++) {
@@ -136,25 +162,27 @@ V512 inline void rows(const I8Args *a, int64_t rb, int64_t m) {
     }
     for (int64_t G = 0; G < nG; G++) {
         __m512 t[R];
-        for (int r = 0; r < R; r++) t[r] = _mm512_set1_ps(cr[G]);
+        for (int r = 0; r < R; r++) t[r] = S ? _mm512_setzero_ps() : _mm512_set1_ps(cr[G]);
         for (int64_t b = 0; b < nb; b++) {
             __m512i acc[R];
             block_dots<B, R>(p, act + (G * nb + b) * (AB / 4), acc);
             const __m512 d = _mm512_set1_ps(dsc[G * nb + b]);
             for (int r = 0; r < R; r++) {
+                if (S) acc[r] = _mm512_sub_epi32(acc[r], _mm512_set1_epi32(as8[G * nb + b]));
                 t[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), d, t[r]);
                 p[r] += NV * 64;
             }
         }
-        const __m512 sg = _mm512_set1_ps(sx[G]);
         for (int r = 0; r < R; r++) {
             _mm_prefetch((const char *)(p[r] + PREFETCH), _MM_HINT_T0);
             _mm_prefetch((const char *)(p[r] + PREFETCH_L2), _MM_HINT_T1);
             __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p[r]));
-            __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p[r] + 32)));
             y[r] = _mm512_fmadd_ps(s, t[r], y[r]);
-            y[r] = _mm512_fmadd_ps(mn, sg, y[r]);
-            p[r] += 64;
+            if (!S) {
+                __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p[r] + 32)));
+                y[r] = _mm512_fmadd_ps(mn, _mm512_set1_ps(sx[G]), y[r]);
+            }
+            p[r] += S ? 32 : 64;
         }
     }
     for (int r = 0; r < R; r++) {
@@ -166,10 +194,10 @@ V512 inline void rows(const I8Args *a, int64_t rb, int64_t m) {
 
 // Small-M GEMM (prefill): R row blocks x MB activation rows at m0; each weight vector is loaded and unpacked
 // once for the MB rows (the weights are read from memory once per call whatever M, as in a GEMV).
-template <int B, int R, int MB>
+template <int B, int R, int MB, bool S>
 V512 inline void rows_mb(const I8Args *a, int64_t rb, int64_t m0) {
     constexpr int F = 8 / B, NV = AB / 4 / F;
-    const int64_t g = a->g, nG = a->K / g, gb = group_bytes(g, B), nb = g / AB, nab = a->K / AB;
+    const int64_t g = a->g, nG = a->K / g, gb = group_bytes(g, B, S), nb = g / AB, nab = a->K / AB;
     const __m512i mask = _mm512_set1_epi8((char)((1 << B) - 1));
     const int32_t *act[MB];
     for (int j = 0; j < MB; j++) act[j] = (const int32_t *)(a->act + (m0 + j) * a->K);
@@ -182,7 +210,7 @@ V512 inline void rows_mb(const I8Args *a, int64_t rb, int64_t m0) {
     for (int64_t G = 0; G < nG; G++) {
         __m512 t[R][MB];
         for (int j = 0; j < MB; j++) {
-            const __m512 c0 = _mm512_set1_ps(a->corr[(m0 + j) * nG + G]);
+            const __m512 c0 = S ? _mm512_setzero_ps() : _mm512_set1_ps(a->corr[(m0 + j) * nG + G]);
             for (int r = 0; r < R; r++) t[r][j] = c0;
         }
         for (int64_t b = 0; b < nb; b++) {
@@ -210,19 +238,23 @@ V512 inline void rows_mb(const I8Args *a, int64_t rb, int64_t m0) {
             }
             for (int j = 0; j < MB; j++) {
                 const __m512 d = _mm512_set1_ps(a->dsc[(m0 + j) * nab + G * nb + b]);
-                for (int r = 0; r < R; r++) t[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][j]), d, t[r][j]);
+                for (int r = 0; r < R; r++) {
+                    if (S) acc[r][j] = _mm512_sub_epi32(acc[r][j], _mm512_set1_epi32(a->asum8[(m0 + j) * nab + G * nb + b]));
+                    t[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][j]), d, t[r][j]);
+                }
             }
             for (int r = 0; r < R; r++) p[r] += NV * 64;
         }
         for (int r = 0; r < R; r++) {
             _mm_prefetch((const char *)(p[r] + PREFETCH), _MM_HINT_T0);
             __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p[r]));
-            __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p[r] + 32)));
-            for (int j = 0; j < MB; j++) {
-                y[r][j] = _mm512_fmadd_ps(s, t[r][j], y[r][j]);
-                y[r][j] = _mm512_fmadd_ps(mn, _mm512_set1_ps(a->sumx[(m0 + j) * nG + G]), y[r][j]);
+            for (int j = 0; j < MB; j++) y[r][j] = _mm512_fmadd_ps(s, t[r][j], y[r][j]);
+            if (!S) {
+                __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p[r] + 32)));
+                for (int j = 0; j < MB; j++)
+                    y[r][j] = _mm512_fmadd_ps(mn, _mm512_set1_ps(a->sumx[(m0 + j) * nG + G]), y[r][j]);
             }
-            p[r] += 64;
+            p[r] += S ? 32 : 64;
         }
     }
     for (int r = 0; r < R; r++) {
@@ -232,37 +264,39 @@ V512 inline void rows_mb(const I8Args *a, int64_t rb, int64_t m0) {
     }
 }
 
-template <int B, int R>
+template <int B, int R, bool S>
 V512 inline void rows_m(const I8Args *a, int64_t rb) {
     int64_t m = 0;
-    for (; m + 4 <= a->M; m += 4) rows_mb<B, R, 4>(a, rb, m);
+    for (; m + 4 <= a->M; m += 4) rows_mb<B, R, 4, S>(a, rb, m);
     switch (a->M - m) {
-        case 3: rows_mb<B, R, 3>(a, rb, m); break;
-        case 2: rows_mb<B, R, 2>(a, rb, m); break;
-        case 1: rows<B, R>(a, rb, m); break;
+        case 3: rows_mb<B, R, 3, S>(a, rb, m); break;
+        case 2: rows_mb<B, R, 2, S>(a, rb, m); break;
+        case 1: rows<B, R, S>(a, rb, m); break;
         default: break;
     }
 }
 
-template <int B>
+template <int B, bool S>
 V512 void rows_task_t(const I8Args *a, int64_t rb0, int64_t rb1) {
     int64_t rb = rb0;
     if (a->M == 1) {  // GEMV: four row blocks at a time
-        for (; rb + 4 <= rb1; rb += 4) rows<B, 4>(a, rb, 0);
-        for (; rb < rb1; rb++) rows<B, 1>(a, rb, 0);
+        for (; rb + 4 <= rb1; rb += 4) rows<B, 4, S>(a, rb, 0);
+        for (; rb < rb1; rb++) rows<B, 1, S>(a, rb, 0);
         return;
     }
-    for (; rb + 2 <= rb1; rb += 2) rows_m<B, 2>(a, rb);
-    for (; rb < rb1; rb++) rows_m<B, 1>(a, rb);
+    for (; rb + 2 <= rb1; rb += 2) rows_m<B, 2, S>(a, rb);
+    for (; rb < rb1; rb++) rows_m<B, 1, S>(a, rb);
 }
 
 V512 void rows_task(void *vctx, int64_t rb0, int64_t rb1) {
     const I8Args *a = (const I8Args *)vctx;
     if (a->bits == 2)
-        rows_task_t<2>(a, rb0, rb1);
+        rows_task_t<2, false>(a, rb0, rb1);
     else
-        rows_task_t<4>(a, rb0, rb1);
+        rows_task_t<4, false>(a, rb0, rb1);
 }
+
+V512 void rows_task_sym(void *vctx, int64_t rb0, int64_t rb1) { rows_task_t<4, true>((const I8Args *)vctx, rb0, rb1); }
 
 // ---- Ternary (BitNet I2_S arithmetic, other layout): per 16-row block Kp / 16 vectors of 64 bytes as above
 // with 2-bit codes w + 1 (the whole row is one group), then the 16 rows' fp32 scales. Activations per row
@@ -387,11 +421,33 @@ int lk_int8_gemm(const uint8_t *w, const float *x, float *y, int64_t M, int64_t 
     const float c = (float)((1 << bits) - 1) / 2;
     for (int64_t m = 0; m < M; m++)
         quant_blocks(x + m * K, K, g, c, q + m * K, dsc + m * nab, corr + m * nG, sx + m * nG);
-    I8Args a{w, q, dsc, corr, sx, y, N, K, M, g, bits};
+    I8Args a{w, q, dsc, corr, sx, y, N, K, M, g, bits, nullptr};
     int64_t nrb = (N + 15) / 16;
     int64_t chunk = lk::pick_chunk(nrb, nthreads);
     if (chunk > 4) chunk = chunk / 4 * 4;  // whole groups of four row blocks
     lk::parallel_for(nthreads, nrb, chunk, rows_task, &a);
+    lk::unlock_call();
+    return 0;
+}
+
+// Symmetric 4-bit: y[M][N] = x[M][K] @ W^T, W in the symmetric layout above (g a multiple of 32, K of g).
+// Returns -1 on shapes it does not take or a CPU without AVX512-VNNI.
+int lk_int8_sym_gemm(const uint8_t *w, const float *x, float *y, int64_t M, int64_t N, int64_t K, int64_t g,
+                     int nthreads) {
+    if (!cpu_ok() || g % AB || g < AB || K % g || M < 1 || N < 1) return -1;
+    int64_t nab = K / AB;
+    size_t qb = ((size_t)M * K + 63) / 64 * 64;
+    lk::lock_call();
+    char *s = (char *)lk::scratch(qb + (sizeof(float) + sizeof(int32_t)) * M * nab + 64);
+    int8_t *q = (int8_t *)s;
+    float *dsc = (float *)(s + qb);
+    int32_t *as8 = (int32_t *)(dsc + M * nab);
+    for (int64_t m = 0; m < M; m++) quant_blocks_sym(x + m * K, K, q + m * K, dsc + m * nab, as8 + m * nab);
+    I8Args a{w, q, dsc, nullptr, nullptr, y, N, K, M, g, 4, as8};
+    int64_t nrb = (N + 15) / 16;
+    int64_t chunk = lk::pick_chunk(nrb, nthreads);
+    if (chunk > 4) chunk = chunk / 4 * 4;
+    lk::parallel_for(nthreads, nrb, chunk, rows_task_sym, &a);
     lk::unlock_call();
     return 0;
 }
