@@ -93,6 +93,20 @@ def greedy_tree_accept(tree: DraftTree, target_argmax: Sequence[int]) -> tuple[l
     return path, int(target_argmax[path[-1]])
 
 
+def prune_tree(tree: DraftTree, scores: Sequence[float], max_nodes: int) -> DraftTree:
+    """The root and the ``max_nodes`` draft nodes of highest ``scores`` (cumulative log-probabilities, so a
+    node never outscores its parent; ties go to the earlier node), re-indexed in breadth-first order."""
+    if not max_nodes or len(tree.tokens) - 1 <= max_nodes:
+        return tree
+    order = sorted(range(1, len(tree.tokens)), key=lambda i: (-scores[i], i))[:max_nodes]
+    keep = [0] + sorted(order)
+    new_index = {old: new for new, old in enumerate(keep)}
+    if any(tree.parents[i] not in new_index for i in keep[1:]):
+        raise ValueError("tree scores must not increase from a node to its children")
+    return DraftTree([tree.tokens[i] for i in keep], [new_index.get(tree.parents[i], -1) for i in keep],
+                     [tree.depths[i] for i in keep])
+
+
 def keep_cache_positions(cache: CropCache, start: int, keep: torch.Tensor) -> None:
     """Keep positions ``[0, start)`` and ``start + keep`` (in that order) of a transformers dynamic cache."""
     if hasattr(cache, "keep_positions"):  # a backend cache that knows how
@@ -120,12 +134,20 @@ def keep_cache_positions(cache: CropCache, start: int, keep: torch.Tensor) -> No
 class TreeSpeculativeDecoder(SpeculativeDecoder):
     """Greedy, lossless speculative decoding with a product draft tree (``tree=(3, 2, 2)``: 21 draft nodes).
 
+    ``max_nodes`` > 0 verifies only that many draft nodes each round: those of highest cumulative draft
+    probability (the product of the heads' probabilities along the path, as in EAGLE-2), which keeps the
+    verify pass short while the heads still explore the whole product tree.
+
     The target must implement ``forward_tree`` (:class:`~.target.CausalLMTarget` does) and its cache must let
     the accepted path be gathered (transformers' dynamic full-attention cache).
     """
 
-    def __init__(self, target, drafter, tree: str | Sequence[int] = (3, 2, 2), before_verify=None) -> None:
+    def __init__(self, target, drafter, tree: str | Sequence[int] = (3, 2, 2), max_nodes: int = 0,
+                 before_verify=None) -> None:
         self.tree = parse_tree(tree)
+        if max_nodes < 0:
+            raise ValueError(f"max_nodes must be >= 0 (0: the whole tree), got {max_nodes}")
+        self.max_nodes = max_nodes
         super().__init__(target, drafter, max_draft=len(self.tree), adaptive=False, before_verify=before_verify)
         if not hasattr(target, "forward_tree"):
             raise ValueError(f"{type(target).__name__} has no forward_tree: tree verification is not available")
@@ -150,7 +172,7 @@ class TreeSpeculativeDecoder(SpeculativeDecoder):
                     caches: list[HeadKVCache]) -> DraftTree:
         m = len(toks) - 1
         window = self.drafter.cfg.sliding_window
-        tokens, parents, depths = [toks[-1]], [-1], [0]
+        tokens, parents, depths, scores = [toks[-1]], [-1], [0], [0.0]
         level = [0]  # node indices of the current depth
         paths: list[list[int]] = [[]]  # draft tokens from the root to each node of the current depth
         prev = torch.zeros(1, 0, self.drafter.cfg.hidden_size)  # branch outputs of the previous depth
@@ -183,13 +205,15 @@ class TreeSpeculativeDecoder(SpeculativeDecoder):
             else:  # depth 0: the root's last position is in the trunk
                 out = torch.zeros(len(level), 0, self.drafter.cfg.hidden_size)
                 last = cache.output_at(m - 1, m)[:, -1]
-            top = self.drafter.logits(d, last).topk(width, dim=-1).indices  # [n, width]
+            logp = torch.log_softmax(self.drafter.logits(d, last).float(), dim=-1)
+            top = logp.topk(width, dim=-1)  # [n, width]
             new_level, new_paths = [], []
             for i, node in enumerate(level):
-                for t in top[i].tolist():
+                for t, lp in zip(top.indices[i].tolist(), top.values[i].tolist()):
                     tokens.append(int(t))
                     parents.append(node)
                     depths.append(d + 1)
+                    scores.append(scores[node] + lp)
                     new_level.append(len(tokens) - 1)
                     new_paths.append(paths[i] + [int(t)])
             prev, prev_level, level, paths = out, level, new_level, new_paths
@@ -199,7 +223,7 @@ class TreeSpeculativeDecoder(SpeculativeDecoder):
                 caches[d].reset(keep)
             else:
                 caches[d].crop(keep)
-        return DraftTree(tokens, parents, depths)
+        return prune_tree(DraftTree(tokens, parents, depths), scores, self.max_nodes)
 
     # -- generation ---------------------------------------------------------------------------------
     @torch.no_grad()

@@ -16,6 +16,7 @@ from efficient.spec.tree import (
     greedy_tree_accept,
     keep_cache_positions,
     parse_tree,
+    prune_tree,
     tree_attention_mask,
     tree_nodes,
 )
@@ -47,6 +48,8 @@ class OracleTree(TreeSpeculativeDecoder):
 
     def _draft_tree(self, tree, toks, hist, caches):
         draft = super()._draft_tree(tree, toks, hist, caches)
+        if self.max_nodes:
+            assert len(draft.tokens) == 1 + min(self.max_nodes, tree_nodes(tree))
         model, vocab = self.target.model, self.target.config.vocab_size
         tokens = [draft.tokens[0]] + [self.rng.randrange(vocab) for _ in draft.tokens[1:]]
         node, ext = 0, list(toks)
@@ -90,6 +93,16 @@ def test_mask_and_acceptance_on_a_hand_made_tree():
     assert greedy_tree_accept(tree, [1, 4, 0, 0, 6, 0]) == ([0, 1, 4], 6)
 
 
+def test_prune_keeps_the_most_probable_nodes_with_their_ancestors():
+    tree = DraftTree(tokens=[9, 1, 2, 3, 4, 5], parents=[-1, 0, 0, 1, 1, 2], depths=[0, 1, 1, 2, 2, 2])
+    scores = [0.0, -0.1, -1.0, -0.5, -3.0, -1.2]
+    small = prune_tree(tree, scores, 3)  # nodes 1, 3, 2 (node 5 would need its parent 2 first)
+    assert (small.tokens, small.parents, small.depths) == ([9, 1, 2, 3], [-1, 0, 0, 1], [0, 1, 1, 2])
+    assert prune_tree(tree, scores, 5) is tree and prune_tree(tree, scores, 0) is tree
+    with pytest.raises(ValueError, match="increase"):
+        prune_tree(tree, [0.0, -2.0, -1.0, -0.1, -3.0, -3.0], 1)
+
+
 def test_tree_forward_matches_sequential_forwards(target):
     """Each node's logits and hidden state under the tree mask and per-node positions equal a plain forward of
     the committed prefix followed by the node's own path; the gathered cache equals the accepted path's."""
@@ -119,14 +132,15 @@ def test_tree_forward_matches_sequential_forwards(target):
         torch.testing.assert_close(a.values, b.values, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("tree", [(3, 2, 2), (2, 1, 3), (4,), (1, 1, 1)])
-def test_tree_greedy_equals_plain_greedy(target, tree):
+@pytest.mark.parametrize("tree,max_nodes", [((3, 2, 2), 0), ((2, 1, 3), 0), ((4,), 0), ((1, 1, 1), 0),
+                                            ((4, 3, 2), 9)])
+def test_tree_greedy_equals_plain_greedy(target, tree, max_nodes):
     drafter = helpers.drafter_for(target, heads=3)
     for i, prompt in enumerate(PROMPTS):
         ref, _ = generate_plain(target, prompt, 18)
-        out, stats = TreeSpeculativeDecoder(target, drafter, tree).generate(prompt, 18)
+        out, stats = TreeSpeculativeDecoder(target, drafter, tree, max_nodes=max_nodes).generate(prompt, 18)
         assert out == ref
-        dec = OracleTree(target, drafter, tree=tree, corrupt=0.25, seed=i)
+        dec = OracleTree(target, drafter, tree=tree, max_nodes=max_nodes, corrupt=0.25, seed=i)
         out, stats = dec.generate(prompt, 18)
         assert out == ref
         assert stats.new_tokens == 18 and stats.draft_rounds > 0
