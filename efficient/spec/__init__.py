@@ -4,7 +4,7 @@
 - :func:`load_mtp`: heads from ``mtp.safetensors`` or from a checkpoint that carries MTP weights
 - :class:`CausalLMTarget`: the target-model step for any transformers causal LM (adapter hook: :class:`TargetStep`)
 - :class:`SpeculativeDecoder`, :func:`generate_plain`, :class:`SamplingParams`, :class:`SpecStats`
-- :class:`TreeSpeculativeDecoder`: greedy drafting of a token tree (``tree=(3, 2, 2)``), verified in one pass
+- :class:`TreeSpeculativeDecoder`: greedy drafting of a token tree (``tree=(4, 3, 2)``), verified in one pass
 - training: ``python -m apps.train.mtp_text --model DIR --heads 3``
 """
 

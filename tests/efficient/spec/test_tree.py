@@ -149,7 +149,7 @@ def test_tree_greedy_equals_plain_greedy(target, tree, max_nodes):
 
 def test_perfect_tree_commits_depth_plus_one(target):
     drafter = helpers.drafter_for(target, heads=3)
-    out, stats = OracleTree(target, drafter, tree=(3, 2, 2), corrupt=0.0).generate(PROMPTS[0], 21)
+    out, stats = OracleTree(target, drafter, tree=(3, 2, 2), max_nodes=0, corrupt=0.0).generate(PROMPTS[0], 21)
     assert out == generate_plain(target, PROMPTS[0], 21)[0]
     assert stats.acceptance_per_position == [1.0, 1.0, 1.0] and stats.acceptance_length == 4.0
     assert stats.target_forwards == 1 + 5
