@@ -17,7 +17,8 @@ Sections (``--sections``, each printed as soon as it is done; every figure is me
   cross-entropy on held-out flite sentences, float vs composed before vs after healing (text-head and
   patch-decoder KL).
 - ``mtp``: acceptance length of 3 MTP heads (tokens committed per draft round, greedy, 3 drafts a round, on
-  held-out test-text prompts; output asserted equal to plain greedy) before and after self-distillation on the
+  held-out test-text prompts; output asserted equal to plain greedy; with ``--mtp-tree 4,3,2`` also a draft
+  tree verified in one pass, on the same prompts and heads) before and after self-distillation on the
   target's own rollouts: by default batched greedy rollouts that keep the target's hidden states (resumable
   shards, ``--mtp-data``), then the heads alone on the cached states (``--mtp-mode online``: the first recipe).
 
@@ -361,29 +362,42 @@ def _mtp_drafter(model, target, data: dict):
     return drafter
 
 
-def mtp_acceptance(target, drafter, held: list[list[int]], new_tokens: int) -> dict:
-    """Acceptance length = tokens committed per drafting round (accepted drafts + the bonus token), greedy,
-    3 drafts a round (adaptive off), pooled over the held-out prompts; plain greedy is decoded too and the
-    outputs compared; decode times of both."""
-    from efficient.spec import SpeculativeDecoder, generate_plain
+def mtp_acceptance(target, drafter, held: list[list[int]], new_tokens: int, trees: list[tuple] = ()) -> dict:
+    """Acceptance length = tokens committed per drafting round (accepted drafts + the bonus token; one target
+    forward per round), greedy, pooled over the held-out prompts: the chain (3 drafts a round, adaptive off),
+    then each ``(shape, max_nodes)`` tree on the same prompts. Plain greedy is decoded once and every output is
+    compared with it; decode times are summed over the prompts (prefill excluded)."""
+    from efficient.spec import SpeculativeDecoder, TreeSpeculativeDecoder, generate_plain
 
-    rounds = toks = 0
-    proposed, accepted = [0, 0, 0], [0, 0, 0]
-    equal, t_plain, t_spec = True, 0.0, 0.0
+    refs, t_plain = [], 0.0
     for p in held:
         ref, sp = generate_plain(target, p, new_tokens)
-        out, st = SpeculativeDecoder(target, drafter.eval(), max_draft=3, adaptive=False).generate(p, new_tokens)
-        equal &= out == ref
-        rounds += st.draft_rounds
-        toks += st.draft_round_tokens
-        proposed = [a + b for a, b in zip(proposed, st.proposed)]
-        accepted = [a + b for a, b in zip(accepted, st.accepted)]
+        refs.append(ref)
         t_plain += sp.time_total - sp.time_prefill
-        t_spec += st.time_total - st.time_prefill
-    return {"accept": toks / max(rounds, 1), "greedy_equal": equal,
-            "per_position": [a / max(p, 1) for a, p in zip(accepted, proposed)],
-            "decode_speedup": t_plain / t_spec if t_spec else float("nan"), "prompts": len(held),
-            "tokens": new_tokens}
+
+    def run(make) -> dict:
+        rounds = toks = 0
+        proposed, accepted = [0, 0, 0], [0, 0, 0]
+        equal, t_spec = True, 0.0
+        for p, ref in zip(held, refs):
+            out, st = make().generate(p, new_tokens)
+            equal &= out == ref
+            rounds += st.draft_rounds
+            toks += st.draft_round_tokens
+            proposed = [a + b for a, b in zip(proposed, st.proposed)]
+            accepted = [a + b for a, b in zip(accepted, st.accepted)]
+            t_spec += st.time_total - st.time_prefill
+        return {"accept": toks / max(rounds, 1), "greedy_equal": equal,
+                "per_position": [a / max(p, 1) for a, p in zip(accepted, proposed)],
+                "decode_speedup": t_plain / t_spec if t_spec else float("nan"), "prompts": len(held),
+                "tokens": new_tokens, "decode_s": t_spec, "plain_decode_s": t_plain}
+
+    out = run(lambda: SpeculativeDecoder(target, drafter.eval(), max_draft=3, adaptive=False))
+    out["trees"] = {}
+    for shape, nodes in trees:
+        key = ",".join(map(str, shape)) + (f"@{nodes}" if nodes else "")
+        out["trees"][key] = run(lambda s=shape, k=nodes: TreeSpeculativeDecoder(target, drafter.eval(), s, max_nodes=k))
+    return out
 
 
 def _held_out_prompts(tok, n: int) -> list[list[int]]:
@@ -402,17 +416,23 @@ def mtp_section(model, tok, data: dict, args, results: dict) -> None:
     if args.mtp_old_protocol:  # docs/healing.md's first rows: 3 prompts x 40 tokens
         protocols["old (3 x 40)"] = (3, 40)
 
+    trees = args.mtp_tree or []
+
     def measure(drafter, tag: str) -> None:
         for name, (n, new) in protocols.items():
-            m = mtp_acceptance(target, drafter, _held_out_prompts(tok, n), new)
+            m = mtp_acceptance(target, drafter, _held_out_prompts(tok, n), new, trees if tag == "after" else [])
             r.setdefault(tag, {})[name] = m
-            per = "/".join(f"{x:.2f}" for x in m["per_position"])
-            print(f"MTP x3 {tag}, {name} ({n} prompts x {new} tokens): acceptance length {m['accept']:.2f} "
-                  f"(per draft position {per}); greedy output equal to plain greedy: {m['greedy_equal']}; "
-                  f"decode {m['decode_speedup']:.2f}x plain", flush=True)
-            assert m["greedy_equal"], "speculative greedy output differs from plain greedy"
+            for kind, x in [("chain", m), *((f"tree {k}", v) for k, v in m["trees"].items())]:
+                per = "/".join(f"{a:.2f}" for a in x["per_position"])
+                print(f"MTP x3 {tag}, {kind}, {name} ({n} prompts x {new} tokens): acceptance length "
+                      f"{x['accept']:.2f} (per draft depth {per}); greedy output equal to plain greedy: "
+                      f"{x['greedy_equal']}; decode {x['decode_speedup']:.2f}x plain", flush=True)
+                assert x["greedy_equal"], f"speculative greedy output ({kind}) differs from plain greedy"
             if tag == "after" and name == "held-out":
                 r["accept_after"], r["greedy_equal"] = m["accept"], m["greedy_equal"]
+                if m["trees"]:
+                    r["tree"], r["accept_after_tree"] = next(iter(m["trees"].items()))[0], \
+                        next(iter(m["trees"].values()))["accept"]
 
     if args.mtp_heads:  # evaluate trained heads only
         measure(load_mtp(args.mtp_heads, target), "after")
@@ -616,6 +636,9 @@ def summary(results: dict, args) -> None:
         for name, a in m.get("after", {}).items():
             print(f"  {name}: {a['accept']:.2f} ({a['prompts']} prompts x {a['tokens']} tokens), decode "
                   f"{a['decode_speedup']:.2f}x plain")
+            for key, x in a.get("trees", {}).items():
+                print(f"  {name}, tree {key}: {x['accept']:.2f} (greedy equal: {x['greedy_equal']}), decode "
+                      f"{x['decode_speedup']:.2f}x plain")
     sp = results.get("speech")
     if sp and "after" in sp:
         print(f"\n| speech LM (embedded), {sp['setup']['quant']} + hysparse-1:3 | text CE | speech CE (mean of 8 "
@@ -632,6 +655,19 @@ def summary(results: dict, args) -> None:
 
 def r_kv(_):
     return "-"
+
+
+def _tree_spec(text: str) -> tuple[tuple[int, ...], int]:
+    """``4,3,2`` or ``4,3,2@16`` -> (branching per depth, verified nodes or 0)."""
+    from efficient.spec import parse_tree
+
+    shape, _, nodes = text.partition("@")
+    try:
+        if nodes and int(nodes) < 1:
+            raise ValueError(f"NODES must be >= 1, got {nodes}")
+        return parse_tree(shape), int(nodes or 0)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -701,6 +737,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mtp-skip-before", action="store_true", help="skip measuring the untrained heads")
     ap.add_argument("--mtp-save", help="write the trained heads (mtp.safetensors) to this directory")
     ap.add_argument("--mtp-heads", help="evaluate these trained heads only (mtp.safetensors or its directory)")
+    ap.add_argument("--mtp-tree", nargs="+", metavar="SHAPE[@NODES]", type=_tree_spec,
+                    help="also measure tree drafting, each on the same prompts and heads as the chain: top-k per "
+                    "depth (4,3,2: 4 + 12 + 24 draft nodes), @NODES verifies only the NODES most probable "
+                    "(4,3,2@16); the first is the headline (default: chain only)")
     ap.add_argument("--speech-items", type=int, default=16, help="training sentences (validation: half)")
     ap.add_argument("--speech-steps", type=int, default=80)
     ap.add_argument("--speech-quant", default="w4g64")

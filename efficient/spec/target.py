@@ -112,3 +112,20 @@ class CausalLMTarget(TargetStep):
         )
         hidden, self._captured = self._captured, None
         return out.logits[0].float(), hidden[0]
+
+    @torch.no_grad()
+    def forward_tree(self, input_ids: torch.Tensor, cache: CropCache, position_ids: torch.Tensor,
+                     allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`forward` for a token tree: ``position_ids [n]`` per node, ``allowed [1, 1, n, past + n]``
+        (bool, True: attend). The ``n`` entries are appended to ``cache`` in input order (the caller keeps the
+        accepted ones)."""
+        start = cache.get_seq_length()
+        n = input_ids.shape[1]
+        dtype = self.lm_head.weight.dtype
+        # additive form: eager and sdpa attention both take it
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        slots = torch.arange(start, start + n, device=input_ids.device)
+        out = self.model(input_ids=input_ids, use_cache=True, position_ids=position_ids[None].to(input_ids.device),
+                         attention_mask=mask.to(input_ids.device), **cache_kwargs(self.model, cache, slots))
+        hidden, self._captured = self._captured, None
+        return out.logits[0].float(), hidden[0]
