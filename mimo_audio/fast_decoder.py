@@ -61,6 +61,7 @@ class FastLayer:
         self.v = torch.zeros(1, kv_heads, max_len, head_dim)
         self.n = 0  # positions in the cache
         self._buf: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._rows: dict[int, tuple[torch.Tensor, ...]] = {}  # rows_ buffers per M
         lib = native.library()
         self._glue = lib if lib is not None and hasattr(lib, "lk_attn_step") else None
         if self._glue is not None:  # batch-1 steps: 4 kernel calls + 4 native glue calls, fixed buffers
@@ -119,6 +120,42 @@ class FastLayer:
         lib.lk_silu_mul(gu, self.ffn, act)
         self.down(self._act1, self._dn1)
         return x.add_(self._dn1)
+
+    def rows_(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Causal prefill of M positions, in place: x fp32 [M, dim] contiguous becomes the layer's output (cos/sin
+        [M, head_dim] contiguous). One kernel call per matrix for all M rows, and per row the native glue of
+        :meth:`step_` (RMSNorm + residual, RoPE + cache append + attention over the cache so far: causal by
+        construction): the arithmetic of M single steps but SiLU, run vectorized over the M rows. ~0.4 ms less
+        per 4096-wide layer at M = 4 than :meth:`__call__`'s PyTorch ops (mask, RoPE, SDPA, norms). Without
+        the glue (or for a bidirectional layer): :meth:`__call__`."""
+        if self._glue is None or not self.causal:
+            x.copy_(self(x, cos, sin))
+            return x
+        M, D, F_ = x.shape[0], self.dim, self.ffn
+        if self.n + M > self.k.shape[2]:
+            raise ValueError(f"static cache of {self.k.shape[2]} positions is full")
+        b = self._rows.get(M)
+        if b is None:
+            b = self._rows[M] = tuple(torch.empty(M, n) for n in (D, self.qkv.N, self.H * self.D, D,
+                                                                  self.gate_up.N, F_, D))
+        h, qkv, att, o, gu, act, dn = b
+        lib, (_, _, _, _, _, _, ln1, ln2, kc, vc) = self._glue, self._p
+        xp, hp, qp, ap, op = (t.data_ptr() for t in (x, h, qkv, att, o))
+        nq, na, Dh, cp, sp = self.qkv.N, self.H * self.D, self.D, cos.data_ptr(), sin.data_ptr()
+        for i in range(M):
+            lib.lk_add_rmsnorm(xp + 4 * i * D, None, ln1, self.eps, D, hp + 4 * i * D)
+        self.qkv(h, qkv, bias=False)
+        for i in range(M):
+            lib.lk_attn_step(qp + 4 * i * nq, self._bias, kc, vc, self.n, self.H, self.Hkv, Dh, self.k.shape[2],
+                             cp + 4 * i * Dh, sp + 4 * i * Dh, ap + 4 * i * na)
+            self.n += 1
+        self.o(att, o)
+        for i in range(M):
+            lib.lk_add_rmsnorm(xp + 4 * i * D, op + 4 * i * D, ln2, self.eps, D, hp + 4 * i * D)
+        self.gate_up(h, gu)
+        torch.mul(F.silu(gu[:, :F_]), gu[:, F_:], out=act)  # vectorized: 4x faster than the glue's scalar expf
+        self.down(act, dn)
+        return x.add_(dn)
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x fp32 [M, dim] at positions ``n .. n+M-1`` (cos/sin [M, head_dim]); returns the new hidden [M, dim]."""
@@ -321,24 +358,25 @@ class FastSpeechLM:
         return x
 
     @torch.no_grad()
-    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, ids: torch.Tensor, text_logits: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Append ``ids [1, C+1, T]`` to the cache; returns text logits [vocab] and patch-decoder input
-        [1, local_dim] for the last position."""
-        return self.forward_embeds(self.embed(ids))
+        [1, local_dim] for the last position. ``text_logits=False`` skips the text head (one pass over its
+        151680 rows, ~20 ms at 4 bits on one core) and returns None for it: for prompt pieces whose last
+        position is not the one generation continues from."""
+        return self.forward_embeds(self.embed(ids), text_logits)
 
     @torch.no_grad()
-    def forward_embeds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_embeds(self, x: torch.Tensor, text_logits: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
         """As :meth:`forward` from backbone inputs ``x [M, hidden]`` (e.g. :meth:`encode_speech`'s output)."""
         M = x.shape[0]
         cos, sin = self.cos[self.n : self.n + M], self.sin[self.n : self.n + M]
+        x = x.float().clone().contiguous()  # updated in place by every layer
         if M == 1:
-            x = x.float().clone()  # updated in place by every layer
             for layer in self.layers:
                 layer.step_(x, cos, sin)
         else:
-            x = x.float()
             for layer in self.layers:
-                x = layer(x, cos, sin)
+                layer.rows_(x, cos, sin)
         self.n += M
         h = F.rms_norm(x[-1:], (x.shape[1],), self.norm, self.eps)
-        return self.lm_head(h)[0], self.hidden_downcast(h)
+        return (self.lm_head(h)[0] if text_logits else None), self.hidden_downcast(h)
