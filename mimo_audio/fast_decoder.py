@@ -157,6 +157,28 @@ class FastLayer:
         self.down(act, dn)
         return x.add_(dn)
 
+    def blocks(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Independent bidirectional blocks of ``G = len(cos)`` rows (the patch encoder's patches): x fp32 [N*G, dim]
+        -> [N*G, dim], each block as :meth:`__call__` on it alone from an empty cache, with one kernel call per
+        matrix for all N blocks (the cache is not used)."""
+        G, H, Hkv, D = cos.shape[0], self.H, self.Hkv, self.D
+        M = x.shape[0]
+        N = M // G
+        qkv, att_o, gu, act, dn = self._buffers(M)
+        h = F.rms_norm(x, (self.dim,), self.ln1, self.eps)
+        self.qkv(h, qkv)
+        q = qkv[:, : H * D].view(N, G, H, D).transpose(1, 2)
+        k = qkv[:, H * D : (H + Hkv) * D].view(N, G, Hkv, D).transpose(1, 2)
+        v = qkv[:, (H + Hkv) * D :].view(N, G, Hkv, D).transpose(1, 2)
+        att = F.scaled_dot_product_attention(_rope(q, cos, sin), _rope(k, cos, sin), v, enable_gqa=H != Hkv)
+        self.o(att.transpose(1, 2).reshape(M, H * D), att_o)
+        x = x + att_o
+        h = F.rms_norm(x, (self.dim,), self.ln2, self.eps)
+        self.gate_up(h, gu)
+        torch.mul(F.silu(gu[:, : self.ffn]), gu[:, self.ffn :], out=act)
+        self.down(act, dn)
+        return x + dn
+
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x fp32 [M, dim] at positions ``n .. n+M-1`` (cos/sin [M, head_dim]); returns the new hidden [M, dim]."""
         M = x.shape[0]
@@ -278,6 +300,9 @@ class FastSpeechLM:
         self.cos, self.sin = rope
         self.enc_cos, self.enc_sin = enc_rope
         self.n = 0
+        # prefill of M > 1 positions: FastLayer.rows_ and the patch encoder over all patches at once; False = the
+        # earlier path (PyTorch ops per layer, one patch at a time), kept for side-by-side timing
+        self.fast_prefill = True
 
     @classmethod
     def from_speech_lm(cls, lm: SpeechLM, scheme: str | None = None, max_len: int = 1024,
@@ -325,8 +350,19 @@ class FastSpeechLM:
         return picked
 
     def encode_speech(self, codes: torch.Tensor) -> torch.Tensor:
-        """Speech patches ``codes [N, C, G]`` -> backbone inputs [N, hidden] (patch encoder, one patch at a time)."""
+        """Speech patches ``codes [N, C, G]`` -> backbone inputs [N, hidden] (patch encoder: all N patches in one
+        pass of :meth:`FastLayer.blocks`; one patch at a time when ``fast_prefill`` is off)."""
         N, C, G = codes.shape
+        if self.fast_prefill:
+            mask = codes != torch.tensor(self.empty_ids[:C]).view(1, C, 1)
+            x = torch.zeros(N, G, self.speech_embeddings[0].shape[1])
+            for c in range(C):
+                x += self.speech_embeddings[c][codes[:, c]].float() * mask[:, c].unsqueeze(-1)
+            x = x.view(N * G, -1)
+            for layer in self.encoder:
+                x = layer.blocks(x, self.enc_cos, self.enc_sin)
+            x = F.rms_norm(x, (x.shape[1],), self.encoder_norm, self.eps)
+            return self.group_downcast(x.reshape(N, -1))
         out = []
         for i in range(N):
             buf = torch.zeros(G, self.speech_embeddings[0].shape[1])
@@ -374,9 +410,12 @@ class FastSpeechLM:
         if M == 1:
             for layer in self.layers:
                 layer.step_(x, cos, sin)
-        else:
+        elif self.fast_prefill:
             for layer in self.layers:
                 layer.rows_(x, cos, sin)
+        else:
+            for layer in self.layers:
+                x = layer(x, cos, sin)
         self.n += M
         h = F.rms_norm(x[-1:], (x.shape[1],), self.norm, self.eps)
         return (self.lm_head(h)[0] if text_logits else None), self.hidden_downcast(h)
