@@ -300,6 +300,7 @@ class FastSpeechLM:
         self.cos, self.sin = rope
         self.enc_cos, self.enc_sin = enc_rope
         self.n = 0
+        self._last: torch.Tensor | None = None  # normed hidden of the last position appended
         # prefill of M > 1 positions: FastLayer.rows_ and the patch encoder over all patches at once; False = the
         # earlier path (PyTorch ops per layer, one patch at a time), kept for side-by-side timing
         self.fast_prefill = True
@@ -329,6 +330,7 @@ class FastSpeechLM:
 
     def reset(self) -> None:
         self.n = 0
+        self._last = None
         for layer in self.layers:
             layer.reset()
 
@@ -397,8 +399,8 @@ class FastSpeechLM:
     def forward(self, ids: torch.Tensor, text_logits: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Append ``ids [1, C+1, T]`` to the cache; returns text logits [vocab] and patch-decoder input
         [1, local_dim] for the last position. ``text_logits=False`` skips the text head (one pass over its
-        151680 rows, ~20 ms at 4 bits on one core) and returns None for it: for prompt pieces whose last
-        position is not the one generation continues from."""
+        151680 rows, ~20 ms at 4 bits on one core) and returns None for it: for prompt pieces, whose last
+        position is not the one generation continues from (:meth:`text_logits` gives them when it is)."""
         return self.forward_embeds(self.embed(ids), text_logits)
 
     @torch.no_grad()
@@ -417,5 +419,12 @@ class FastSpeechLM:
             for layer in self.layers:
                 x = layer(x, cos, sin)
         self.n += M
-        h = F.rms_norm(x[-1:], (x.shape[1],), self.norm, self.eps)
+        h = self._last = F.rms_norm(x[-1:], (x.shape[1],), self.norm, self.eps)
         return (self.lm_head(h)[0] if text_logits else None), self.hidden_downcast(h)
+
+    @torch.no_grad()
+    def text_logits(self) -> torch.Tensor:
+        """Text logits [vocab] of the last position appended (e.g. after prompt pieces run without them)."""
+        if self._last is None:
+            raise ValueError("nothing appended yet")
+        return self.lm_head(self._last)[0]

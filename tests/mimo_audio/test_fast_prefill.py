@@ -87,9 +87,13 @@ def test_prompt_pieces_without_the_text_head_keep_the_same_state() -> None:
         assert skipped is None and text.shape == (lm.config.vocab_size,)
         assert torch.equal(local, local2)
     assert with_head.n == without.n == 6
+    assert torch.equal(without.text_logits(), text)  # computed later, for the last position appended
     t1, _ = with_head.forward(ids[..., :4])  # generation continues identically
     t2, _ = without.forward(ids[..., :4])
     assert torch.equal(t1, t2)
+    without.reset()
+    with pytest.raises(ValueError, match="nothing"):
+        without.text_logits()
 
 
 @pytest.mark.parametrize("scheme", [None, "w4g32"])
