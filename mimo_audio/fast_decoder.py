@@ -160,9 +160,9 @@ class FastLayer:
         return x.add_(dn)
 
     def blocks(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Independent bidirectional blocks of ``G = len(cos)`` rows (the patch encoder's patches): x fp32 [N*G, dim]
-        -> [N*G, dim], each block as :meth:`__call__` on it alone from an empty cache, with one kernel call per
-        matrix for all N blocks (the cache is not used)."""
+        """Independent blocks of ``G = len(cos)`` rows (the patch encoder's patches; attention within each block,
+        causal if the layer is): x fp32 [N*G, dim] -> [N*G, dim], each block as :meth:`__call__` on it alone from
+        an empty cache, with one kernel call per matrix for all N blocks (the cache is not used)."""
         G, H, Hkv, D = cos.shape[0], self.H, self.Hkv, self.D
         M = x.shape[0]
         N = M // G
@@ -172,7 +172,8 @@ class FastLayer:
         q = qkv[:, : H * D].view(N, G, H, D).transpose(1, 2)
         k = qkv[:, H * D : (H + Hkv) * D].view(N, G, Hkv, D).transpose(1, 2)
         v = qkv[:, (H + Hkv) * D :].view(N, G, Hkv, D).transpose(1, 2)
-        att = F.scaled_dot_product_attention(_rope(q, cos, sin), _rope(k, cos, sin), v, enable_gqa=H != Hkv)
+        att = F.scaled_dot_product_attention(_rope(q, cos, sin), _rope(k, cos, sin), v, is_causal=self.causal,
+                                             enable_gqa=H != Hkv)
         self.o(att.transpose(1, 2).reshape(M, H * D), att_o)
         x = x + att_o
         h = F.rms_norm(x, (self.dim,), self.ln2, self.eps)

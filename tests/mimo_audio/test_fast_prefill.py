@@ -119,3 +119,14 @@ def test_patch_encoder_over_all_patches_at_once_equals_one_at_a_time(scheme: str
     # measured: <= 7.5e-7 relative
     assert rel(batched, one) < 1e-5
     assert rel(local2, local1) < 1e-5 and rel(text2, text1) < 1e-5
+
+
+def test_causal_patch_encoder_blocks_equal_one_at_a_time() -> None:
+    lm, fast = tiny_fast(None)
+    for layer in fast.encoder:
+        layer.causal = not layer.causal  # the other attention kind of the patch encoder (input_full_attention)
+    codes = speech_ids(lm, 3, seed=4)[0, 1:].reshape(8, -1, lm.config.group_size).transpose(0, 1)
+    fast.fast_prefill = False
+    one = fast.encode_speech(codes)
+    fast.fast_prefill = True
+    assert rel(fast.encode_speech(codes), one) < 1e-5
