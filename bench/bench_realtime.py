@@ -18,7 +18,9 @@ What runs (batch 1, greedy, random weights: speed does not depend on the values)
   speech patch's 4 frames pushed through the tokenizer's incremental decoder (``stream_decoder(lookahead)``),
   audio out: the first push as soon as it can return audio (``--first-push``), then every ``--push-every``
   patches. ``--compare-first-audio`` also runs the loop as before (tokenizer linears plain, first patch pushed
-  alone) and prints first audio before/after side by side.
+  alone) and prints first audio before/after side by side; ``--compare-prompt`` the same for the prompt's
+  prefill (``--prompt-path before``: one patch at a time through the patch encoder, PyTorch ops per backbone
+  layer, text head after every piece).
 * ``--tokenizer official``: the official tokenizer shape (1.28 B) with random weights in bf16; ``tiny``: the test
   preset; ``embedded``: the small tokenizer shipped with the package.
 
@@ -212,6 +214,9 @@ def spoken_prompt(lm: FastSpeechLM, tok, wav: torch.Tensor, G: int, C: int, args
     audio that has arrived by then: a prompt that falls behind catches up in larger pieces, paying the
     encoder's fixed per-call cost (one pass over its weights) less often. Codes that do not fill a patch wait
     for the next piece. The work itself is real and timed with ``now``; the clock only skips the idle waits.
+    Prefill (``--prompt-path fast``): all patches of a piece through the patch encoder at once, the backbone
+    with ``FastLayer.rows_``, the text head only after the last piece (no earlier piece's logits are used);
+    ``before``: the path before that (one patch at a time, PyTorch ops per layer, text head every piece).
     Returns the last logits, the prompt's lag after its end, and per-piece times / audio seconds.
     """
     sr = tok.sample_rate
@@ -221,6 +226,8 @@ def spoken_prompt(lm: FastSpeechLM, tok, wav: torch.Tensor, G: int, C: int, args
     carry = torch.zeros(C, 0, dtype=torch.long)
     chunk_times, enc_times, chunk_audio = [], [], []
     text_logits = local = None
+    fast = args.prompt_path == "fast"
+    lm.fast_prefill = fast
     while pos < n:
         clock = max(clock, min((pos + step) / sr, seconds))  # wait for a chunk of new audio
         end = max(pos + step, int(clock * sr) // patch_samples * patch_samples)  # all that has arrived
@@ -232,13 +239,16 @@ def spoken_prompt(lm: FastSpeechLM, tok, wav: torch.Tensor, G: int, C: int, args
         codes = torch.cat([carry, codes], dim=1)
         frames = codes.shape[1] // G * G
         if frames:
-            text_logits, local = lm.forward(speech_ids(codes[:, :frames], G))
+            text_logits, local = lm.forward(speech_ids(codes[:, :frames], G), text_logits=not fast)
+        if fast and end >= n:  # the prompt's last position: generation starts from its text logits
+            text_logits = lm.text_logits()
         carry = codes[:, frames:]
         dt = now() - t0
         chunk_times.append(dt)
         chunk_audio.append((end - pos) / sr)
         clock += dt
         pos = end
+    lm.fast_prefill = True
     return text_logits, local, clock - seconds, chunk_times, enc_times, chunk_audio
 
 
@@ -412,10 +422,10 @@ def speculative_model(lm: FastSpeechLM, r: dict, accept: float, reps: int = 3) -
             layer.reset(0)
             layer.step_(torch.randn(1, H), cos[:1], sin[:1])
 
-    def two():
+    def two():  # what FastSpeechLM.forward_embeds runs for 2 positions
         for layer in layers:
             layer.reset(0)
-            layer(torch.randn(2, H), cos, sin)
+            layer.rows_(torch.randn(2, H), cos, sin)
 
     t1 = min(_timed(one) for _ in range(reps))
     t2 = min(_timed(two) for _ in range(reps))
@@ -467,6 +477,12 @@ def main() -> None:
                     help="until audio comes out: push once it can return audio (audible), or every patch at once "
                          "(at-once: with lookahead 4 the first patch alone returns nothing, a decoder pass spent "
                          "for no audio)")
+    ap.add_argument("--prompt-path", choices=("fast", "before"), default="fast",
+                    help="prompt prefill: fast (patch encoder over all patches of a piece at once, backbone rows "
+                         "with the native glue, text head only after the last piece) or before (the earlier path)")
+    ap.add_argument("--compare-prompt", action="store_true",
+                    help="also run the loop with --prompt-path before and print the prompt work and first audio "
+                         "before/after side by side (same run, same weights)")
     ap.add_argument("--compare-first-audio", action="store_true",
                     help="also run the loop as before this work (tokenizer linears plain, first patch pushed at once) "
                          "and print first audio before/after side by side")
@@ -529,6 +545,10 @@ def main() -> None:
         if tok_before is not None:
             old = tts_run(lm, tok_before, cfg, argparse.Namespace(**{**vars(args), "first_push": "at-once"}))
             first_audio_table(args, th, old, r)
+        if args.compare_prompt:
+            old = tts_run(lm, tok, cfg, argparse.Namespace(**{**vars(args), "prompt_path": "before"}))
+            first_audio_table(args, th, old, r, "prompt prefill before (one patch at a time, PyTorch ops per "
+                                                "layer, text head every piece) / after (--prompt-path fast)")
         sp = speculative_model(lm, r, args.accept)
         print(f"speculative patch decoding with the patch MTP head (acceptance {args.accept}), {th} thread(s): "
               f"backbone 2 positions / 1 = {sp['c2']:.2f}x, B = {sp['B'] * 1e3:.0f} ms, D = {sp['D'] * 1e3:.0f} ms "
@@ -538,15 +558,17 @@ def main() -> None:
     print(f"\npatches/s {args.quant} threads={th}: {r['speech'] / r['total']:.2f}")
 
 
-def first_audio_table(args, th, before: dict, after: dict) -> None:
-    """The first-audio path before this work (plain tokenizer linears, first patch pushed alone) and now."""
-    rows = [("tokenizer encode per prompt piece, ms (median)", "encode_ms", 1),
+def first_audio_table(args, th, before: dict, after: dict,
+                      what: str = "before (plain tokenizer linears, first patch pushed alone) / after (packed, "
+                                  "first push when audible)") -> None:
+    """The first-audio path before and after one change, same run."""
+    rows = [("prompt pieces", "chunks", 1), ("audio per prompt piece, s (median)", "chunk_audio_s", 1),
+            ("tokenizer encode per prompt piece, ms (median)", "encode_ms", 1),
             ("encode + prefill per prompt piece, ms (median)", "chunk_ms", 1),
             ("prompt work left when the prompt ends, s", "prompt_lag", 1),
             ("patches decoded before first audio", "patches_to_audio", 1),
             ("first audio after the prompt ends, s", "first_audio", 1)]
-    print(f"\nfirst audio, {th} thread(s), {args.clock} clock: before (plain tokenizer linears, first patch pushed "
-          f"alone) / after (packed, first push when audible), same run")
+    print(f"\nfirst audio, {th} thread(s), {args.clock} clock: {what}, same run")
     print("| quantity | before | after | before/after |")
     print("|---|---|---|---|")
     for name, key, mul in rows:

@@ -284,6 +284,11 @@ V512 void rows_task_t(const I8Args *a, int64_t rb0, int64_t rb1) {
         for (; rb < rb1; rb++) rows<B, 1, S>(a, rb, 0);
         return;
     }
+    // Four row blocks at a time here too: four weight streams in flight keep the memory busier than two while
+    // the MB x R dot products run (one thread, cold 4096-wide layer, M = 2..4: 0.5-0.9 ms less per layer,
+    // within ~10% of the GEMV); up to M = 8 (two MB = 4 blocks re-reading the four blocks' weights from L2).
+    if (a->M <= 8)
+        for (; rb + 4 <= rb1; rb += 4) rows_m<B, 4, S>(a, rb);
     for (; rb + 2 <= rb1; rb += 2) rows_m<B, 2, S>(a, rb);
     for (; rb < rb1; rb++) rows_m<B, 1, S>(a, rb);
 }

@@ -60,6 +60,34 @@ G512 void axpy_avx512(float *y, float a, const float *x, int64_t n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
+// silu(g) * u for 16 lanes: exp(-g) = 2^n * e^r, n = round(-g * log2 e), r = -g - n ln 2 (two-part ln 2, so r
+// keeps full precision), e^r by its degree-7 Taylor polynomial (|r| <= 0.35), 2^n by scalef (no overflow for any
+// input); measured <= 2e-7 relative against float64 (as expf). Vectorized: the scalar expf loop cost ~40-70 us per
+// 11008-wide row, a fifth of the GEMV it follows at 4 bits.
+G512 void silu_mul_avx512(const float *gu, int64_t F, float *out) {
+    const __m512 nlog2e = _mm512_set1_ps(-1.44269504f), one = _mm512_set1_ps(1.0f);
+    const __m512 ln2hi = _mm512_set1_ps(0.693145752f), ln2lo = _mm512_set1_ps(1.42860677e-06f);
+    const float c[8] = {1.0f, 1.0f, 1.0f / 2, 1.0f / 6, 1.0f / 24, 1.0f / 120, 1.0f / 720, 1.0f / 5040};
+    int64_t i = 0;
+    for (; i + 16 <= F; i += 16) {
+        __m512 g = _mm512_loadu_ps(gu + i);
+        __m512 x = _mm512_max_ps(_mm512_min_ps(_mm512_sub_ps(_mm512_setzero_ps(), g), _mm512_set1_ps(104.0f)),
+                                 _mm512_set1_ps(-104.0f));  // -g; beyond: exp over- or underflows anyway
+        __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_sub_ps(_mm512_setzero_ps(), nlog2e)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 r = _mm512_fnmadd_ps(n, ln2hi, x);
+        r = _mm512_fnmadd_ps(n, ln2lo, r);
+        __m512 p = _mm512_set1_ps(c[7]);
+        for (int k = 6; k >= 0; k--) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[k]));
+        __m512 e = _mm512_scalef_ps(p, n);  // exp(-g)
+        __m512 s = _mm512_div_ps(g, _mm512_add_ps(one, e));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(s, _mm512_loadu_ps(gu + F + i)));
+    }
+    for (; i < F; i++) {
+        float g = gu[i];
+        out[i] = g / (1.0f + expf(-g)) * gu[F + i];
+    }
+}
 inline void axpy_scalar(float *y, float a, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
@@ -78,6 +106,10 @@ void lk_add_rmsnorm(float *x, const float *delta, const float *w, float eps, int
 
 // out[i] = silu(gu[i]) * gu[F + i] for one row of the fused gate/up product.
 void lk_silu_mul(const float *gu, int64_t F, float *out) {
+    if (has_avx512()) {
+        silu_mul_avx512(gu, F, out);
+        return;
+    }
     for (int64_t i = 0; i < F; i++) {
         float g = gu[i];
         out[i] = g / (1.0f + expf(-g)) * gu[F + i];
