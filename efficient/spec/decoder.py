@@ -174,6 +174,16 @@ def _stop_set(eos_token_id: int | Collection[int] | None) -> frozenset[int]:
     return frozenset(int(t) for t in eos_token_id)
 
 
+def trim_head_caches(caches: list[HeadKVCache], committed: int) -> None:
+    """Keep in head d's cache only positions whose inputs are all committed tokens (the first ``committed - d``)."""
+    for d, c in enumerate(caches):
+        keep = max(committed - d, 0)
+        if keep < c.offset:
+            c.reset(keep)
+        else:
+            c.crop(keep)
+
+
 class _History:
     """The target's pre-norm hidden states for the last ``keep`` positions."""
 
@@ -242,12 +252,7 @@ class SpeculativeDecoder:
                 x = sample(q, gen)
                 qs.append(q)
             ext.append(x)
-        for d in range(k):  # keep only positions whose inputs are all committed tokens
-            keep = max(m - d, 0)
-            if keep < caches[d].offset:
-                caches[d].reset(keep)
-            else:
-                caches[d].crop(keep)
+        trim_head_caches(caches[:k], m)
         return ext[m + 1 :], (torch.stack(qs) if qs else None)
 
     # -- generation ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .decoder import SpecStats, SpeculativeDecoder, _History, _stop_set, _token_list
+from .decoder import SpecStats, SpeculativeDecoder, _History, _stop_set, _token_list, trim_head_caches
 from .mtp import HeadKVCache
 from .sampling import SamplingParams
 from .target import CropCache
@@ -219,12 +219,7 @@ class TreeSpeculativeDecoder(SpeculativeDecoder):
                     new_level.append(len(tokens) - 1)
                     new_paths.append(paths[i] + [int(t)])
             prev, prev_level, level, paths = out, level, new_level, new_paths
-        for d in range(len(tree)):  # keep only positions whose inputs are all committed tokens
-            keep = max(m - d, 0)
-            if keep < caches[d].offset:
-                caches[d].reset(keep)
-            else:
-                caches[d].crop(keep)
+        trim_head_caches(caches[: len(tree)], m)
         return prune_tree(DraftTree(tokens, parents, depths), scores, self.max_nodes)
 
     # -- generation ---------------------------------------------------------------------------------
