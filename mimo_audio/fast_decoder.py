@@ -175,7 +175,10 @@ class FastLayer:
         att = F.scaled_dot_product_attention(_rope(q, cos, sin), _rope(k, cos, sin), v, is_causal=self.causal,
                                              enable_gqa=H != Hkv)
         self.o(att.transpose(1, 2).reshape(M, H * D), att_o)
-        x = x + att_o
+        return self._mlp_residual(x + att_o, gu, act, dn)
+
+    def _mlp_residual(self, x: torch.Tensor, gu: torch.Tensor, act: torch.Tensor, dn: torch.Tensor) -> torch.Tensor:
+        """The MLP half of a layer with its residual, into the preallocated buffers."""
         h = F.rms_norm(x, (self.dim,), self.ln2, self.eps)
         self.gate_up(h, gu)
         torch.mul(F.silu(gu[:, : self.ffn]), gu[:, self.ffn :], out=act)
@@ -208,12 +211,7 @@ class FastLayer:
                                              enable_gqa=H != Hkv)
         self.n = n + M
         self.o(att[0].transpose(0, 1).reshape(M, H * D), att_o)
-        x = x + att_o
-        h = F.rms_norm(x, (self.dim,), self.ln2, self.eps)
-        self.gate_up(h, gu)
-        torch.mul(F.silu(gu[:, : self.ffn]), gu[:, self.ffn :], out=act)
-        self.down(act, dn)
-        return x + dn
+        return self._mlp_residual(x + att_o, gu, act, dn)
 
 
 class FastPatchDecoder:
