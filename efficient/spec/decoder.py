@@ -268,18 +268,10 @@ class SpeculativeDecoder:
         """Decode up to ``max_new_tokens``; ``eos_token_id`` may be one id or several (any of them stops)."""
         params = sampling or SamplingParams()
         stops = _stop_set(eos_token_id)
-        prompt = _token_list(prompt_ids)
-        if not prompt:
-            raise ValueError("empty prompt")
         K = self.max_draft
-        stats = SpecStats(max_draft=K)
         ctl = AdaptiveDraftLength(K, enabled=self.adaptive)
         t_start = time.perf_counter()
-        cache = self.target.new_cache()
-        logits, h = self.target.forward(torch.tensor([prompt]), cache)
-        stats.target_forwards += 1
-        hist = _History(self.drafter.cfg.sliding_window + self.drafter.cfg.draft_slack + K + 1)
-        hist.append(h)
+        prompt, stats, cache, hist, logits = self._prefill(prompt_ids, K)
         tok = self._pick(logits[-1], params, generator)
         toks, out = prompt + [tok], [tok]
         stats.time_prefill = time.perf_counter() - t_start
@@ -329,6 +321,22 @@ class SpeculativeDecoder:
         stats.new_tokens = len(out)
         stats.time_total = time.perf_counter() - t_start
         return out, stats
+
+    def _prefill(
+        self, prompt_ids: list[int] | torch.Tensor, K: int
+    ) -> tuple[list[int], SpecStats, object, _History, torch.Tensor]:
+        """Run the target over the prompt: the prompt ids, fresh stats, the target cache, the hidden-state
+        history the heads read (long enough for ``K`` drafts) and the prompt's logits."""
+        prompt = _token_list(prompt_ids)
+        if not prompt:
+            raise ValueError("empty prompt")
+        stats = SpecStats(max_draft=K)
+        cache = self.target.new_cache()
+        logits, h = self.target.forward(torch.tensor([prompt]), cache)
+        stats.target_forwards += 1
+        hist = _History(self.drafter.cfg.sliding_window + self.drafter.cfg.draft_slack + K + 1)
+        hist.append(h)
+        return prompt, stats, cache, hist, logits
 
     @staticmethod
     def _pick(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .decoder import SpecStats, SpeculativeDecoder, _History, _stop_set, _token_list, trim_head_caches
+from .decoder import SpecStats, SpeculativeDecoder, _History, _stop_set, trim_head_caches
 from .mtp import HeadKVCache
 from .sampling import SamplingParams
 from .target import CropCache
@@ -236,17 +236,9 @@ class TreeSpeculativeDecoder(SpeculativeDecoder):
         if sampling is not None and not sampling.greedy:
             raise ValueError("tree drafting verifies greedily only; use chain drafting (no tree) to sample")
         stops = _stop_set(eos_token_id)
-        prompt = _token_list(prompt_ids)
-        if not prompt:
-            raise ValueError("empty prompt")
         K = len(self.tree)
-        stats = SpecStats(max_draft=K)
         t_start = time.perf_counter()
-        cache = self.target.new_cache()
-        logits, h = self.target.forward(torch.tensor([prompt]), cache)
-        stats.target_forwards += 1
-        hist = _History(self.drafter.cfg.sliding_window + self.drafter.cfg.draft_slack + K + 1)
-        hist.append(h)
+        prompt, stats, cache, hist, logits = self._prefill(prompt_ids, K)
         tok = int(logits[-1].argmax())
         toks, out = prompt + [tok], [tok]
         stats.time_prefill = time.perf_counter() - t_start
