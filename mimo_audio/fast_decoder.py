@@ -356,30 +356,24 @@ class FastSpeechLM:
         """Speech patches ``codes [N, C, G]`` -> backbone inputs [N, hidden] (patch encoder: all N patches in one
         pass of :meth:`FastLayer.blocks`; one patch at a time when ``fast_prefill`` is off)."""
         N, C, G = codes.shape
+        mask = codes != torch.tensor(self.empty_ids[:C]).view(1, C, 1)  # empty codes add nothing
+        x = torch.zeros(N, G, self.speech_embeddings[0].shape[1])
+        for c in range(C):
+            x += self.speech_embeddings[c][codes[:, c]].float() * mask[:, c].unsqueeze(-1)
         if self.fast_prefill:
-            mask = codes != torch.tensor(self.empty_ids[:C]).view(1, C, 1)
-            x = torch.zeros(N, G, self.speech_embeddings[0].shape[1])
-            for c in range(C):
-                x += self.speech_embeddings[c][codes[:, c]].float() * mask[:, c].unsqueeze(-1)
             x = x.view(N * G, -1)
             for layer in self.encoder:
                 x = layer.blocks(x, self.enc_cos, self.enc_sin)
-            x = F.rms_norm(x, (x.shape[1],), self.encoder_norm, self.eps)
-            return self.group_downcast(x.reshape(N, -1))
-        out = []
-        for i in range(N):
-            buf = torch.zeros(G, self.speech_embeddings[0].shape[1])
-            for c in range(C):
-                cc = codes[i, c]
-                e = self.speech_embeddings[c][cc].float()
-                buf += e * (cc != self.empty_ids[c]).unsqueeze(-1)
-            x = buf
-            for layer in self.encoder:
-                layer.reset()
-                x = layer(x, self.enc_cos, self.enc_sin)
-            x = F.rms_norm(x, (x.shape[1],), self.encoder_norm, self.eps)
-            out.append(self.group_downcast(x.reshape(1, -1)))
-        return torch.cat(out)
+        else:
+            out = []
+            for patch in x:
+                for layer in self.encoder:
+                    layer.reset()
+                    patch = layer(patch, self.enc_cos, self.enc_sin)
+                out.append(patch)
+            x = torch.cat(out)
+        x = F.rms_norm(x, (x.shape[1],), self.encoder_norm, self.eps)
+        return self.group_downcast(x.reshape(N, -1))
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids [1, C+1, T]`` -> [T/G, hidden] fp32."""
